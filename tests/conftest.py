@@ -1,0 +1,56 @@
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# wandb online with no network hangs ~100 s; tests never log anywhere.
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data beside the checkout; tests that need it skip cleanly without it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+def random_grid(rng: np.random.Generator, max_side: int = 8, colors: int = 10) -> list[list[int]]:
+    h, w = rng.integers(1, max_side + 1, size=2)
+    return rng.integers(0, colors, size=(h, w)).tolist()
+
+
+def random_task(rng: np.random.Generator, n_train: int = 3, n_test: int = 1, max_side: int = 8) -> dict:
+    def pair():
+        return {"input": random_grid(rng, max_side), "output": random_grid(rng, max_side)}
+
+    return {"train": [pair() for _ in range(n_train)], "test": [pair() for _ in range(n_test)]}
+
+
+def write_folder_source(root: Path, subsets: dict[str, dict[str, dict]]) -> Path:
+    """A folder source: root/<subset>/<task id>.json."""
+    for subset, tasks in subsets.items():
+        (root / subset).mkdir(parents=True, exist_ok=True)
+        for task_id, task in tasks.items():
+            (root / subset / f"{task_id}.json").write_text(json.dumps(task))
+    return root
+
+
+def write_kaggle_source(root: Path, subsets: dict[str, dict[str, dict]], with_solutions: bool = True) -> str:
+    """A Kaggle prefix: <root>/arc_<subset>_challenges.json (+ _solutions.json)."""
+    root.mkdir(parents=True, exist_ok=True)
+    prefix = str(root / "arc")
+    for subset, tasks in subsets.items():
+        challenges = {tid: {"train": t["train"], "test": [{"input": p["input"]} for p in t["test"]]}
+                      for tid, t in tasks.items()}
+        Path(f"{prefix}_{subset}_challenges.json").write_text(json.dumps(challenges))
+        if with_solutions:
+            solutions = {tid: [p["output"] for p in t["test"]] for tid, t in tasks.items()}
+            Path(f"{prefix}_{subset}_solutions.json").write_text(json.dumps(solutions))
+    return prefix
