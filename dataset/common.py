@@ -45,7 +45,7 @@ class PuzzleDatasetMetadata:
     sets: list[str] = field(default_factory=lambda: ["all"])
 
     @classmethod
-    def load(cls, path: str) -> "PuzzleDatasetMetadata":
+    def load(cls, path: str) -> PuzzleDatasetMetadata:
         with open(path) as f:
             raw = json.load(f)
         names = {f.name for f in dataclasses.fields(cls)}

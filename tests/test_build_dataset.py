@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, random_task, write_folder_source, write_kaggle_source
+
 from dataset.augment import crop_canvas, find_origin, inverse_transform_grid, parse_variant_name
 from dataset.build_arc_dataset import main
 from dataset.common import PAD_ID, PuzzleDatasetMetadata
