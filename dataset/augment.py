@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from dataset.common import COLOR_OFFSET, EOS_ID, PAD_ID, PUZZLE_ID_SEPARATOR
+from dataset.common import ARC_MAX_GRID_SIZE, COLOR_OFFSET, EOS_ID, PAD_ID, PUZZLE_ID_SEPARATOR
 
 # Dihedral id -> inverse id (rotations by 90 and 270 degrees swap; the rest are involutions).
 DIHEDRAL_INVERSE = np.array([0, 3, 2, 1, 4, 5, 6, 7], dtype=np.int64)
@@ -161,11 +161,13 @@ def inverse_transform_grid(grid, trans_id: int, mapping):
 
 # ----------------------------------------------------------------------------------------
 # Hashing for dedup. Two variants of a task are the same iff they hold the same multiset
-# of (input, label) grid pairs, as TRM's sha256-based check; 64-bit mixing keeps the
-# chance of a false match far below 1e-9 for a whole build.
+# of (input, label) grid pairs, as TRM's sha256-based check. A grid's hash is linear in
+# per-position weights: H = shape term + sum_i w_i * F[colour_i]. Grouping positions by
+# source colour, H(t, mapping) = S[t] + sum_c W[t, c] * F[mapping[c]], so with W and S
+# precomputed for the 8 dihedral maps a trial costs 10 multiply-adds per grid instead of
+# a pass over its cells. Weights and F are pseudo-random 64-bit values: a false match
+# has probability ~2^-64 per comparison.
 
-_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-_FNV_PRIME = np.uint64(0x100000001B3)
 _UNLABELED_HASH = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -179,36 +181,57 @@ def _mix64(x):
     return x
 
 
+def _pseudo_random_u64(n: int, salt: int) -> np.ndarray:
+    x = (np.arange(n, dtype=np.uint64) + np.uint64(salt)) * np.uint64(0x9E3779B97F4A7C15)
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+_POSITION_WEIGHTS = _pseudo_random_u64(ARC_MAX_GRID_SIZE * ARC_MAX_GRID_SIZE, 1)
+_COLOUR_WEIGHTS = _pseudo_random_u64(10, 1000)
+
+
 @njit(cache=True)
-def _hash_transformed(cells, offset: int, h: int, w: int, trans_id: int, mapping):
-    oh, ow = transformed_shape(trans_id, h, w)
-    acc = _FNV_OFFSET
-    acc = (acc ^ np.uint64(oh)) * _FNV_PRIME
-    acc = (acc ^ np.uint64(ow)) * _FNV_PRIME
-    for i in range(oh):
-        for j in range(ow):
-            r, c = source_cell(trans_id, i, j, h, w)
-            acc = (acc ^ np.uint64(mapping[cells[offset + r * w + c]])) * _FNV_PRIME
+def _grid_hash_tables(cells, offset: int, h: int, w: int, position_weights):
+    """W[t, c]: summed position weights of colour c in the grid under dihedral map t;
+    S[t]: the transformed shape's hash."""
+    colour_sums = np.zeros((NUM_DIHEDRAL, 10), dtype=np.uint64)
+    shape_terms = np.zeros(NUM_DIHEDRAL, dtype=np.uint64)
+    for t in range(NUM_DIHEDRAL):
+        oh, ow = transformed_shape(t, h, w)
+        shape_terms[t] = _mix64(np.uint64(oh * 64 + ow + 1))
+        for i in range(oh):
+            for j in range(ow):
+                r, c = source_cell(t, i, j, h, w)
+                colour_sums[t, cells[offset + r * w + c]] += position_weights[i * ow + j]
+    return colour_sums, shape_terms
+
+
+@njit(cache=True, inline="always")
+def _variant_grid_hash(colour_sums, shape_terms, t: int, mapping, colour_weights):
+    acc = shape_terms[t]
+    for c in range(10):
+        acc += colour_sums[t, c] * colour_weights[mapping[c]]
     return _mix64(acc)
 
 
 @njit(cache=True)
-def _task_key(cells, grid_offsets, grid_heights, grid_widths, pair_inputs, pair_labels,
-              trans_id: int, mapping, scratch):
-    n = pair_inputs.shape[0]
+def _task_key(in_sums, in_shapes, lab_sums, lab_shapes, labeled, trans_id: int, mapping, colour_weights, scratch):
+    n = in_sums.shape[0]
     for p in range(n):
-        gi = pair_inputs[p]
-        hi = _hash_transformed(cells, grid_offsets[gi], grid_heights[gi], grid_widths[gi], trans_id, mapping)
-        gl = pair_labels[p]
-        if gl < 0:
-            hl = _UNLABELED_HASH
-        else:
-            hl = _hash_transformed(cells, grid_offsets[gl], grid_heights[gl], grid_widths[gl], trans_id, mapping)
+        hi = _variant_grid_hash(in_sums[p], in_shapes[p], trans_id, mapping, colour_weights)
+        hl = _UNLABELED_HASH
+        if labeled[p]:
+            hl = _variant_grid_hash(lab_sums[p], lab_shapes[p], trans_id, mapping, colour_weights)
         scratch[p] = _mix64(hi * np.uint64(31) + hl)
     pair_hashes = np.sort(scratch[:n])
-    acc = _FNV_OFFSET
+    acc = np.uint64(0xCBF29CE484222325)
     for p in range(n):
-        acc = _mix64(acc ^ pair_hashes[p]) * _FNV_PRIME
+        acc = _mix64(acc ^ pair_hashes[p]) * np.uint64(0x100000001B3)
     return acc
 
 
@@ -227,13 +250,8 @@ def _table_insert(table, used, key) -> bool:
 
 
 @njit(cache=True)
-def plan_augmentations(cells, grid_offsets, grid_heights, grid_widths, pair_inputs, pair_labels,
-                       num_aug: int, max_trials: int, key, pos):
-    """Draw augmentations for one task as TRM does and keep the distinct ones.
-
-    Each trial draws ``randint(0, 8)`` then a permutation of colours 1..9 (0 stays), whether
-    or not it is kept. Returns (trans_ids[k], mappings[k, 10]) with the original task
-    (id 0, identity colours) first; k <= num_aug + 1."""
+def _plan(cells, grid_offsets, grid_heights, grid_widths, pair_inputs, pair_labels,
+          num_aug: int, max_trials: int, key, pos, position_weights, colour_weights):
     identity = np.arange(10).astype(np.uint8)
     trans_ids = np.zeros(num_aug + 1, dtype=np.uint8)
     mappings = np.empty((num_aug + 1, 10), dtype=np.uint8)
@@ -241,14 +259,28 @@ def plan_augmentations(cells, grid_offsets, grid_heights, grid_widths, pair_inpu
     count = 1
     if num_aug == 0:
         return trans_ids[:1], mappings[:1]
+    n = pair_inputs.shape[0]
+    in_sums = np.zeros((n, NUM_DIHEDRAL, 10), dtype=np.uint64)
+    in_shapes = np.zeros((n, NUM_DIHEDRAL), dtype=np.uint64)
+    lab_sums = np.zeros((n, NUM_DIHEDRAL, 10), dtype=np.uint64)
+    lab_shapes = np.zeros((n, NUM_DIHEDRAL), dtype=np.uint64)
+    labeled = pair_labels >= 0
+    for p in range(n):
+        g = pair_inputs[p]
+        in_sums[p], in_shapes[p] = _grid_hash_tables(cells, grid_offsets[g], grid_heights[g], grid_widths[g],
+                                                     position_weights)
+        g = pair_labels[p]
+        if g >= 0:
+            lab_sums[p], lab_shapes[p] = _grid_hash_tables(cells, grid_offsets[g], grid_heights[g], grid_widths[g],
+                                                           position_weights)
     table_size = 1
     while table_size < 2 * (num_aug + 2):
         table_size *= 2
     table = np.zeros(table_size, dtype=np.uint64)
     used = np.zeros(table_size, dtype=np.bool_)
-    scratch = np.empty(pair_inputs.shape[0], dtype=np.uint64)
-    _table_insert(table, used, _task_key(cells, grid_offsets, grid_heights, grid_widths,
-                                         pair_inputs, pair_labels, 0, identity, scratch))
+    scratch = np.empty(n, dtype=np.uint64)
+    _table_insert(table, used, _task_key(in_sums, in_shapes, lab_sums, lab_shapes, labeled, 0, identity,
+                                         colour_weights, scratch))
     mapping = identity.copy()
     for _ in range(max_trials):
         trans_id = random_interval(key, pos, 7)
@@ -258,8 +290,7 @@ def plan_augmentations(cells, grid_offsets, grid_heights, grid_widths, pair_inpu
             t = mapping[i]
             mapping[i] = mapping[j + 1]
             mapping[j + 1] = t
-        k = _task_key(cells, grid_offsets, grid_heights, grid_widths, pair_inputs, pair_labels,
-                      trans_id, mapping, scratch)
+        k = _task_key(in_sums, in_shapes, lab_sums, lab_shapes, labeled, trans_id, mapping, colour_weights, scratch)
         if _table_insert(table, used, k):
             trans_ids[count] = trans_id
             mappings[count] = mapping
@@ -267,6 +298,17 @@ def plan_augmentations(cells, grid_offsets, grid_heights, grid_widths, pair_inpu
         if count >= num_aug + 1:
             break
     return trans_ids[:count], mappings[:count]
+
+
+def plan_augmentations(cells, grid_offsets, grid_heights, grid_widths, pair_inputs, pair_labels,
+                       num_aug: int, max_trials: int, key, pos):
+    """Draw augmentations for one task as TRM does and keep the distinct ones.
+
+    Each trial draws ``randint(0, 8)`` then a permutation of colours 1..9 (0 stays), whether
+    or not it is kept. Returns (trans_ids[k], mappings[k, 10]) with the original task
+    (id 0, identity colours) first; k <= num_aug + 1."""
+    return _plan(cells, grid_offsets, grid_heights, grid_widths, pair_inputs, pair_labels, num_aug, max_trials,
+                 key, pos, _POSITION_WEIGHTS, _COLOUR_WEIGHTS)
 
 
 # ----------------------------------------------------------------------------------------
@@ -320,7 +362,7 @@ def _encode_grid(out, cells, offset: int, h: int, w: int, trans_id: int, mapping
             out[i * canvas + eos_c] = EOS_ID
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def encode_examples(first: int, inputs_out, labels_out, example_inputs, example_labels, example_puzzle,
                     puzzle_trans, puzzle_mappings, pad_rows, pad_cols,
                     cells, grid_offsets, grid_heights, grid_widths, canvas: int):

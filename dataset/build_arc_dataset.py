@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -328,18 +329,30 @@ def write_split(out_dir: str, layout: SplitLayout, pad_rows: np.ndarray, pad_col
     seq_len = canvas * canvas
     f_in = _write_uint8_rows(os.path.join(out_dir, f"{SET_NAME}__inputs.npy"), n, seq_len)
     f_lab = _write_uint8_rows(os.path.join(out_dir, f"{SET_NAME}__labels.npy"), n, seq_len)
-    buf_in = np.empty((min(chunk, max(n, 1)), seq_len), dtype=np.uint8)
-    buf_lab = np.empty_like(buf_in)
-    with f_in, f_lab, tqdm(total=n, desc=f"encode {os.path.basename(out_dir)}", unit="ex",
-                           unit_scale=True, disable=None) as bar:
-        for first in range(0, n, chunk):
+    # Double-buffered: a writer thread copies chunk k to disk while numba encodes chunk k+1.
+    rows_per_chunk = min(chunk, max(n, 1))
+    buffers = [(np.empty((rows_per_chunk, seq_len), np.uint8), np.empty((rows_per_chunk, seq_len), np.uint8))
+               for _ in range(2)]
+    pending: Future | None = None
+
+    def write_rows(buf_in: np.ndarray, buf_lab: np.ndarray, rows: int) -> None:
+        f_in.write(buf_in[:rows].data)
+        f_lab.write(buf_lab[:rows].data)
+
+    with f_in, f_lab, ThreadPoolExecutor(max_workers=1) as writer, \
+            tqdm(total=n, desc=f"encode {os.path.basename(out_dir)}", unit="ex", unit_scale=True, disable=None) as bar:
+        for k, first in enumerate(range(0, n, chunk)):
             rows = min(chunk, n - first)
+            buf_in, buf_lab = buffers[k % 2]
             encode_examples(first, buf_in[:rows], buf_lab[:rows], layout.example_inputs, layout.example_labels,
                             layout.example_puzzle, layout.puzzle_trans, layout.puzzle_mappings, pad_rows, pad_cols,
                             cells, offsets, heights, widths, canvas)
-            f_in.write(buf_in[:rows].data)
-            f_lab.write(buf_lab[:rows].data)
+            if pending is not None:
+                pending.result()  # the other buffer is free again, and errors surface here
+            pending = writer.submit(write_rows, buf_in, buf_lab, rows)
             bar.update(rows)
+        if pending is not None:
+            pending.result()
     for name in ("puzzle_identifiers", "puzzle_indices", "group_indices"):
         np.save(os.path.join(out_dir, f"{SET_NAME}__{name}.npy"), getattr(layout, name))
 
@@ -403,11 +416,12 @@ def build(config: BuildConfig) -> dict:
         for split, layout, pads in (("train", train, train_pads), ("test", test, test_pads)):
             write_split(os.path.join(tmp_dir, split), layout, pads[0], pads[1], grids, canvas, len(names),
                         config.chunk_examples)
+        # json.dumps uses the C encoder (json.dump streams through the Python one); same bytes.
         with open(os.path.join(tmp_dir, "identifiers.json"), "w") as f:
-            json.dump(names, f)
+            f.write(json.dumps(names))
         test_puzzles = {p.task.task_id: p.task.raw for p in planned if p.is_test}
         with open(os.path.join(tmp_dir, "test_puzzles.json"), "w") as f:
-            json.dump(test_puzzles, f)
+            f.write(json.dumps(test_puzzles))
         info = {
             "config": asdict(config),
             "train_examples": train.num_examples,

@@ -246,7 +246,8 @@ def test_duplicate_task_ids_across_subsets_are_refused(tmp_path, capsys):
     assert "task same is in both subset 'training' and 'evaluation'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", sorted(REFERENCE_SHA256))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if REFERENCE_SHA256[n]["num_aug"] >= 1000 else [])
+                                  for n in sorted(REFERENCE_SHA256)])
 def test_byte_identical_to_tinyrecursivemodels(tmp_path, shared_data, name):
     """Digests of TinyRecursiveModels' builder (commit e7b68717, PYTHONHASHSEED=0) on the
     Kaggle files it bundles; see docs/data.md for how they were produced."""
