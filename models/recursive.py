@@ -1,0 +1,356 @@
+"""Recursive reasoning models with ACT halting: TRM, HRM and a plain transformer baseline.
+
+Each *core* maps (carry, batch) to (new carry, logits, halt logits) for one supervision
+step; ``ACTModel`` wraps a core with the carry bookkeeping of deep supervision and
+Q-learned halting. Submodule names follow TinyRecursiveModels / HRM so their checkpoints
+load after stripping prefixes (``models/convert.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.layers import (
+    Attention,
+    CastedEmbedding,
+    CastedLinear,
+    CosSin,
+    RotaryEmbedding,
+    SwiGLU,
+    rms_norm,
+    trunc_normal_init_,
+)
+from models.sparse_embedding import PuzzleEmbedding
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class RecursiveArchConfig:
+    """Schema of the ``arch`` options trm, trm_mlp, hrm, transformer and trm_tiny."""
+
+    name: str = "trm"
+    hidden_size: int = 512
+    num_heads: int = 8
+    expansion: float = 4.0
+    H_cycles: int = 3
+    L_cycles: int = 4
+    H_layers: int = 0  # HRM's high level and the transformer's stack; TRM has none
+    L_layers: int = 2
+    puzzle_emb_ndim: int = 512
+    puzzle_emb_len: int = 16  # tokens the puzzle embedding occupies; 0: ceil(ndim / hidden)
+    pos_encodings: str = "rope"  # rope | learned | none
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    mlp_t: bool = False  # TRM-MLP: an MLP across the sequence replaces attention
+    halt_max_steps: int = 16
+    halt_exploration_prob: float = 0.1
+    no_ACT_continue: bool = True  # True: halt when q_halt > 0 (TRM); False: Q-learning with continue (HRM)
+    forward_dtype: str = "bfloat16"
+
+    def validate(self) -> None:
+        checks = {
+            "hidden_size": self.hidden_size > 0 and self.hidden_size % max(self.num_heads, 1) == 0,
+            "num_heads": self.num_heads > 0,
+            "H_cycles": self.H_cycles >= 1,
+            "L_cycles": self.L_cycles >= 1,
+            "L_layers": self.L_layers >= 0,
+            "H_layers": self.H_layers >= 0,
+            "puzzle_emb_ndim": self.puzzle_emb_ndim >= 0,
+            "puzzle_emb_len": self.puzzle_emb_len >= 0,
+            "pos_encodings": self.pos_encodings in ("rope", "learned", "none"),
+            "halt_max_steps": self.halt_max_steps >= 1,
+            "halt_exploration_prob": 0.0 <= self.halt_exploration_prob <= 1.0,
+            "forward_dtype": self.forward_dtype in DTYPES,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"arch {self.name}: invalid {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+
+
+@dataclass
+class DataShape:
+    """What a model needs to know about the dataset (from its metadata)."""
+
+    seq_len: int
+    vocab_size: int
+    num_puzzle_identifiers: int
+    batch_size: int  # per-rank batch, for the sparse puzzle-embedding buffers
+
+
+@dataclass
+class InnerCarry:
+    z_H: torch.Tensor
+    z_L: torch.Tensor | None
+
+
+@dataclass
+class ACTCarry:
+    inner: InnerCarry
+    steps: torch.Tensor  # int32 [B]: supervision steps taken on the current example
+    halted: torch.Tensor  # bool [B]: replace with a new example at the next step
+    current_data: dict[str, torch.Tensor]
+
+
+@dataclass
+class ACTOutput:
+    logits: torch.Tensor  # [B, seq_len, vocab]
+    q_halt_logits: torch.Tensor  # float32 [B]
+    q_continue_logits: torch.Tensor  # float32 [B]
+    halted: torch.Tensor  # bool [B], after this step
+    steps: torch.Tensor  # int32 [B], after this step
+    target_q_continue: torch.Tensor | None = None  # Q-learning target (no_ACT_continue=False, training)
+
+
+# ----------------------------------------------------------------------------------------
+# Blocks
+
+
+class Block(nn.Module):
+    """Post-norm block: token mixing (attention, or an MLP across positions) then SwiGLU."""
+
+    def __init__(self, config: RecursiveArchConfig, total_len: int):
+        super().__init__()
+        self.eps = config.rms_norm_eps
+        self.mixes_sequence = config.mlp_t
+        if config.mlp_t:
+            self.mlp_t = SwiGLU(total_len, config.expansion)
+        else:
+            self.self_attn = Attention(config.hidden_size, config.num_heads)
+        self.mlp = SwiGLU(config.hidden_size, config.expansion)
+
+    def forward(self, x: torch.Tensor, cos_sin: CosSin | None) -> torch.Tensor:
+        if self.mixes_sequence:
+            xt = x.transpose(1, 2)
+            x = rms_norm(xt + self.mlp_t(xt), self.eps).transpose(1, 2)
+        else:
+            x = rms_norm(x + self.self_attn(x, cos_sin), self.eps)
+        return rms_norm(x + self.mlp(x), self.eps)
+
+
+class ReasoningModule(nn.Module):
+    """A stack of blocks applied to ``state + injection``."""
+
+    def __init__(self, layers: list[Block]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, state: torch.Tensor, injection: torch.Tensor, cos_sin: CosSin | None) -> torch.Tensor:
+        x = state + injection
+        for layer in self.layers:
+            x = layer(x, cos_sin)
+        return x
+
+
+# ----------------------------------------------------------------------------------------
+# Cores
+
+
+class RecursiveCore(nn.Module):
+    """Input embedding (tokens + puzzle embedding + positions), output heads and initial
+    states; subclasses define one supervision step's recursion in ``reason``."""
+
+    uses_z_L = True
+
+    def __init__(self, config: RecursiveArchConfig, shape: DataShape):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.shape = shape
+        self.forward_dtype = DTYPES[config.forward_dtype]
+        d = config.hidden_size
+        self.embed_scale = d**0.5
+        self.puzzle_emb_len = self.puzzle_tokens(config)
+        self.total_len = shape.seq_len + self.puzzle_emb_len
+
+        self.embed_tokens = CastedEmbedding(shape.vocab_size, d, init_std=1.0 / self.embed_scale, cast_to=self.forward_dtype)
+        self.lm_head = CastedLinear(d, shape.vocab_size, bias=False)
+        self.q_head = CastedLinear(d, 2, bias=True)
+        if config.puzzle_emb_ndim > 0:
+            self.puzzle_emb = PuzzleEmbedding(shape.num_puzzle_identifiers, config.puzzle_emb_ndim,
+                                              batch_size=shape.batch_size, init_std=0.0, cast_to=self.forward_dtype)
+        if config.pos_encodings == "rope":
+            self.rotary_emb = RotaryEmbedding(d // config.num_heads, self.total_len, config.rope_theta)
+        elif config.pos_encodings == "learned":
+            self.embed_pos = CastedEmbedding(self.total_len, d, init_std=1.0 / self.embed_scale, cast_to=self.forward_dtype)
+
+        self.H_init = nn.Buffer(trunc_normal_init_(torch.empty(d, dtype=self.forward_dtype), std=1))
+        if self.uses_z_L:
+            self.L_init = nn.Buffer(trunc_normal_init_(torch.empty(d, dtype=self.forward_dtype), std=1))
+        # Halting starts almost never (sigmoid(-5)), so early training is plain deep supervision.
+        with torch.no_grad():
+            self.q_head.weight.zero_()
+            self.q_head.bias.fill_(-5)
+
+    @staticmethod
+    def puzzle_tokens(config: RecursiveArchConfig) -> int:
+        if config.puzzle_emb_len:
+            return config.puzzle_emb_len
+        return -(config.puzzle_emb_ndim // -config.hidden_size)
+
+    def blocks(self, n: int) -> ReasoningModule:
+        return ReasoningModule([Block(self.config, self.total_len) for _ in range(n)])
+
+    def input_embeddings(self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor) -> torch.Tensor:
+        x = self.embed_tokens(inputs.to(torch.int32))
+        if self.config.puzzle_emb_ndim > 0:
+            p = self.puzzle_emb(puzzle_identifiers)
+            pad = self.puzzle_emb_len * self.config.hidden_size - p.shape[-1]
+            if pad > 0:
+                p = F.pad(p, (0, pad))
+            x = torch.cat((p.view(-1, self.puzzle_emb_len, self.config.hidden_size), x), dim=-2)
+        if self.config.pos_encodings == "learned":
+            x = 0.707106781 * (x + self.embed_pos.embedding_weight.to(self.forward_dtype))  # keep the variance
+        return self.embed_scale * x
+
+    def empty_carry(self, batch_size: int, device: torch.device | None = None) -> InnerCarry:
+        shape = (batch_size, self.total_len, self.config.hidden_size)
+        z_L = torch.empty(shape, dtype=self.forward_dtype, device=device) if self.uses_z_L else None
+        return InnerCarry(torch.empty(shape, dtype=self.forward_dtype, device=device), z_L)
+
+    def reset_carry(self, reset: torch.Tensor, carry: InnerCarry) -> InnerCarry:
+        flag = reset.view(-1, 1, 1)
+        z_L = torch.where(flag, self.L_init, carry.z_L) if self.uses_z_L else None
+        return InnerCarry(torch.where(flag, self.H_init, carry.z_H), z_L)
+
+    def reason(self, carry: InnerCarry, x: torch.Tensor, cos_sin: CosSin | None) -> InnerCarry:
+        raise NotImplementedError
+
+    def forward(self, carry: InnerCarry, batch: dict[str, torch.Tensor]):
+        cos_sin = self.rotary_emb() if self.config.pos_encodings == "rope" else None
+        x = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
+        carry = self.reason(carry, x, cos_sin)
+        logits = self.lm_head(carry.z_H)[:, self.puzzle_emb_len:]
+        q = self.q_head(carry.z_H[:, 0]).to(torch.float32)  # halting reads the first (puzzle) position
+        z_L = carry.z_L.detach() if carry.z_L is not None else None
+        return InnerCarry(carry.z_H.detach(), z_L), logits, q[..., 0], q[..., 1]
+
+
+class TRMCore(RecursiveCore):
+    """Tiny Recursive Model: one small network updates the latent z_L from (z_H + x)
+    L_cycles times, then the answer z_H from z_L; H_cycles - 1 rounds run without
+    gradient, the last with it."""
+
+    def __init__(self, config: RecursiveArchConfig, shape: DataShape):
+        super().__init__(config, shape)
+        self.L_level = self.blocks(config.L_layers)
+
+    def _round(self, z_H, z_L, x, cos_sin):
+        for _ in range(self.config.L_cycles):
+            z_L = self.L_level(z_L, z_H + x, cos_sin)
+        return self.L_level(z_H, z_L, cos_sin), z_L
+
+    def reason(self, carry: InnerCarry, x: torch.Tensor, cos_sin: CosSin | None) -> InnerCarry:
+        z_H, z_L = carry.z_H, carry.z_L
+        with torch.no_grad():
+            for _ in range(self.config.H_cycles - 1):
+                z_H, z_L = self._round(z_H, z_L, x, cos_sin)
+        z_H, z_L = self._round(z_H, z_L, x, cos_sin)
+        return InnerCarry(z_H, z_L)
+
+
+class HRMCore(RecursiveCore):
+    """Hierarchical Reasoning Model: a low level updated L_cycles times per high-level
+    update, H_cycles high-level updates; only the final L and H updates carry gradient."""
+
+    def __init__(self, config: RecursiveArchConfig, shape: DataShape):
+        super().__init__(config, shape)
+        self.H_level = self.blocks(config.H_layers)
+        self.L_level = self.blocks(config.L_layers)
+
+    def reason(self, carry: InnerCarry, x: torch.Tensor, cos_sin: CosSin | None) -> InnerCarry:
+        z_H, z_L = carry.z_H, carry.z_L
+        last_h, last_l = self.config.H_cycles - 1, self.config.L_cycles - 1
+        with torch.no_grad():
+            for h in range(self.config.H_cycles):
+                for ll in range(self.config.L_cycles):
+                    if not (h == last_h and ll == last_l):
+                        z_L = self.L_level(z_L, z_H + x, cos_sin)
+                if h != last_h:
+                    z_H = self.H_level(z_H, z_L, cos_sin)
+        z_L = self.L_level(z_L, z_H + x, cos_sin)
+        z_H = self.H_level(z_H, z_L, cos_sin)
+        return InnerCarry(z_H, z_L)
+
+
+class TransformerCore(RecursiveCore):
+    """Baseline: one pass of an H_layers-deep transformer per supervision step, the
+    previous step's state added to the input."""
+
+    uses_z_L = False
+
+    def __init__(self, config: RecursiveArchConfig, shape: DataShape):
+        super().__init__(config, shape)
+        self.H_level = self.blocks(config.H_layers)
+
+    def reason(self, carry: InnerCarry, x: torch.Tensor, cos_sin: CosSin | None) -> InnerCarry:
+        return InnerCarry(self.H_level(carry.z_H, x, cos_sin), None)
+
+
+# ----------------------------------------------------------------------------------------
+# ACT wrapper
+
+
+class ACTModel(nn.Module):
+    """Deep supervision with adaptive halting.
+
+    Each call runs one supervision step on every example in the carry. Examples that halted
+    at the previous call are replaced by the batch's new examples (their state reset);
+    the others continue. In training an example halts when its halt logit says so (or
+    beats the continue logit, ``no_ACT_continue=False``), never before a random minimum
+    with probability ``halt_exploration_prob``, and always at ``halt_max_steps``; in
+    evaluation every example runs ``halt_max_steps`` steps so a batch halts together."""
+
+    def __init__(self, core: RecursiveCore):
+        super().__init__()
+        self.inner = core
+        self.config = core.config
+
+    @property
+    def puzzle_emb(self) -> PuzzleEmbedding | None:
+        return getattr(self.inner, "puzzle_emb", None)
+
+    def initial_carry(self, batch: dict[str, torch.Tensor]) -> ACTCarry:
+        b = batch["inputs"].shape[0]
+        device = batch["inputs"].device
+        return ACTCarry(
+            inner=self.inner.empty_carry(b, device),
+            steps=torch.zeros(b, dtype=torch.int32, device=device),
+            halted=torch.ones(b, dtype=torch.bool, device=device),  # all "halted": the first call loads the batch
+            current_data={k: torch.empty_like(v) for k, v in batch.items()},
+        )
+
+    def forward(self, carry: ACTCarry, batch: dict[str, torch.Tensor]) -> tuple[ACTCarry, ACTOutput]:
+        inner = self.inner.reset_carry(carry.halted, carry.inner)
+        steps = torch.where(carry.halted, 0, carry.steps)
+        data = {k: torch.where(carry.halted.view((-1,) + (1,) * (batch[k].ndim - 1)), batch[k], v)
+                for k, v in carry.current_data.items()}
+
+        inner, logits, q_halt, q_continue = self.inner(inner, data)
+        target = None
+        with torch.no_grad():
+            steps = steps + 1
+            is_last = steps >= self.config.halt_max_steps
+            halted = is_last
+            if self.training and self.config.halt_max_steps > 1:
+                if self.config.no_ACT_continue:
+                    halted = halted | (q_halt > 0)
+                else:
+                    halted = halted | (q_halt > q_continue)
+                explore = torch.rand_like(q_halt) < self.config.halt_exploration_prob
+                min_steps = explore * torch.randint_like(steps, low=2, high=self.config.halt_max_steps + 1)
+                halted = halted & (steps >= min_steps)
+                if not self.config.no_ACT_continue:
+                    # Bootstrapped target from the next step's Q values (no replay buffer or
+                    # target network; the large batch plays the role of parallel envs).
+                    _, _, next_halt, next_continue = self.inner(inner, data)
+                    target = torch.sigmoid(torch.where(is_last, next_halt, torch.maximum(next_halt, next_continue)))
+        new_carry = ACTCarry(inner, steps, halted, data)
+        return new_carry, ACTOutput(logits, q_halt, q_continue, halted, steps, target)
+
+
+CORES: dict[str, type[RecursiveCore]] = {"trm": TRMCore, "hrm": HRMCore, "transformer": TransformerCore}

@@ -1,0 +1,37 @@
+"""Per-puzzle embeddings, trained sparsely.
+
+A table of ``num_puzzle_identifiers`` rows would make a dense optimizer touch (and keep
+Adam moments for) every row each step. As in TinyRecursiveModels, the table is a buffer
+(``weights``) and each training forward copies the batch's rows into ``local_weights``,
+the only tensor that receives a gradient; ``SparseSignSGD`` (utils/optimizers.py) then
+applies sign-SGD to the touched rows, summing duplicate ids across DDP ranks. Being
+buffers, none of this is synchronised by DDP's gradient all-reduce (DDP must run with
+``broadcast_buffers=False`` so ranks keep their own local rows).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.layers import trunc_normal_init_
+
+
+class PuzzleEmbedding(nn.Module):
+    def __init__(self, num_embeddings: int, embedding_dim: int, batch_size: int, init_std: float,
+                 cast_to: torch.dtype):
+        super().__init__()
+        self.cast_to = cast_to
+        self.weights = nn.Buffer(trunc_normal_init_(torch.empty(num_embeddings, embedding_dim), std=init_std))
+        self.local_weights = nn.Buffer(torch.zeros(batch_size, embedding_dim, requires_grad=True), persistent=False)
+        self.local_ids = nn.Buffer(torch.zeros(batch_size, dtype=torch.int32), persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self.weights[ids].to(self.cast_to)
+        if ids.shape[0] != self.local_ids.shape[0]:
+            raise ValueError(f"puzzle embedding built for batch {self.local_ids.shape[0]}, got {ids.shape[0]}")
+        with torch.no_grad():
+            self.local_weights.copy_(self.weights[ids])
+            self.local_ids.copy_(ids)
+        return self.local_weights.to(self.cast_to)

@@ -1,0 +1,236 @@
+"""Train a recursive model on an ARC dataset.
+
+    python pretrain.py arch=trm data=arc1                        # one process (CPU or one GPU)
+    torchrun --nproc-per-node 4 pretrain.py arch=trm data=arc1   # DDP: nccl on GPUs, gloo on CPU
+    python pretrain.py -m optimizer.lr=1e-4,3e-4                 # a Hydra sweep, one folder per job
+
+Reads top to bottom: config -> distributed -> data -> model -> optimizers -> resume ->
+loop -> cleanup. Configuration: conf/ (docs/training.md lists every key).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import time
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from dataset.puzzle_dataset import PuzzleDataset
+from losses import build_loss
+from models import build_model
+from models.convert import convert_state_dict
+from models.recursive import ACTModel, DataShape
+from utils import checkpoint as ckpt
+from utils.config import TrainConfig, load_config, register_configs
+from utils.distributed import DistEnv, all_reduce_sum, cleanup_distributed, init_distributed
+from utils.ema import EMA
+from utils.evaluate import evaluate_examples
+from utils.optimizers import SparseSignSGD, build_optimizer
+
+register_configs()
+
+
+def cosine_lr(step: int, base_lr: float, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up, then cosine from base_lr down to min_ratio * base_lr (TRM's schedule)."""
+    if step < warmup:
+        return base_lr * step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return base_lr * (min_ratio + max(0.0, (1 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))))
+
+
+def init_wandb(config: TrainConfig, env: DistEnv, num_params: int):
+    mode = os.environ.get("WANDB_MODE", config.wandb.mode)
+    if not env.is_main or mode == "disabled":
+        return None
+    import wandb
+
+    run = wandb.init(project=config.wandb.project or config.project_name, entity=config.wandb.entity,
+                     name=config.run_name, mode=mode, config=ckpt.config_to_dict(config))
+    run.log({"num_params": num_params}, step=0)
+    return run
+
+
+def reduce_metrics(metrics: dict[str, torch.Tensor], env: DistEnv, global_batch_size: int) -> dict[str, float]:
+    """Sum over ranks; losses per example of the global batch, the rest per halted example."""
+    keys = sorted(metrics)
+    values = all_reduce_sum(torch.stack([metrics[k].detach().to(torch.float64) for k in keys]), env).tolist()
+    raw = dict(zip(keys, values))
+    count = max(raw["count"], 1.0)
+    return {f"train/{k}": v / (global_batch_size if k.endswith("loss") else count) for k, v in raw.items()}
+
+
+def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
+    # --- data ---------------------------------------------------------------------------
+    if config.global_batch_size % env.world_size:
+        raise ValueError(f"global_batch_size {config.global_batch_size} is not divisible by {env.world_size} ranks")
+    local_batch = config.global_batch_size // env.world_size
+    train_data = PuzzleDataset(config.data.paths, "train", config.global_batch_size, env.rank, env.world_size,
+                               seed=config.seed)
+    eval_data = PuzzleDataset(config.data.test_paths or config.data.paths, "test", config.global_batch_size,
+                              env.rank, env.world_size, seed=config.seed)
+    meta = train_data.metadata
+    ids_hash = ckpt.identifiers_hash(config.data.paths)
+    # The schedule's length (TRM's estimate); max_steps stops early without changing it, so
+    # a run cut by max_steps and resumed matches an uninterrupted one.
+    total_steps = int(config.epochs * meta.total_groups * meta.mean_puzzle_examples / config.global_batch_size)
+    stop_step = min(total_steps, config.max_steps or total_steps)
+
+    # --- model --------------------------------------------------------------------------
+    torch.manual_seed(config.seed)
+    shape = DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, local_batch)
+    model: ACTModel = build_model(config.arch, shape).to(env.device)
+    loss_fn = build_loss(config.loss)
+    if config.init_from:
+        state = torch.load(config.init_from, map_location="cpu", weights_only=False)
+        state = state.get("model", state)
+        model.load_state_dict(convert_state_dict(state, model.state_dict()))
+    num_params = sum(p.numel() for p in model.parameters())
+    # The puzzle-embedding table is made of buffers: DDP must neither sync them (each rank
+    # holds its own batch rows) nor reduce their gradients (SparseSignSGD all-gathers them).
+    ddp = DistributedDataParallel(model, broadcast_buffers=False) if env.distributed else None
+    step_fn = torch.compile(ddp or model) if config.compile else (ddp or model)
+
+    # --- optimizers ---------------------------------------------------------------------
+    optimizers: list[torch.optim.Optimizer] = []
+    base_lrs: list[float] = []
+    if model.puzzle_emb is not None:
+        optimizers.append(SparseSignSGD(model.puzzle_emb, lr=0.0, weight_decay=config.puzzle_emb_weight_decay))
+        base_lrs.append(config.puzzle_emb_lr)
+    if config.freeze_weights:
+        model.requires_grad_(False)
+    else:
+        optimizers.append(build_optimizer(config.optimizer, model.parameters()))
+        base_lrs.append(config.optimizer.lr)
+    ema = EMA(model, config.ema_rate) if config.ema else None
+
+    # --- resume -------------------------------------------------------------------------
+    checkpoint_root = config.checkpoint_path or os.path.join("checkpoints", config.project_name, config.run_name)
+    step, carry = 0, None
+    resume_from = ckpt.resolve_resume(config.resume, checkpoint_root)
+    if config.resume == "none" and ckpt.list_checkpoints(checkpoint_root):
+        raise ValueError(f"{checkpoint_root} already holds checkpoints of another run: pass resume=auto to continue "
+                         f"it, or choose another run_name / checkpoint_path")
+    if resume_from:
+        shared = ckpt.load_shared(resume_from)
+        if shared["identifiers_sha256"] != ids_hash and not config.force_identifiers:
+            raise ValueError(f"{resume_from} was trained on a dataset with other puzzle identifiers "
+                             f"(identifiers.json differs); its puzzle embeddings would be wrong. "
+                             f"Pass force_identifiers=true to load it anyway.")
+        model.load_state_dict(shared["model"])
+        for opt, state in zip(optimizers, shared["optimizers"], strict=True):
+            opt.load_state_dict(state)
+        if ema is not None and shared.get("ema") is not None:
+            ema.load_state_dict(shared["ema"])
+        train_data.load_state_dict(shared["data_position"])
+        step = shared["step"]
+        own = ckpt.load_rank(resume_from, env.rank) if shared["world_size"] == env.world_size else None
+        if own is not None:
+            carry = ckpt.carry_from_dict(own["carry"], env.device)
+            ckpt.set_rng_state(own["rng"])
+        if env.is_main:
+            print(f"resumed from {resume_from} at step {step}")
+
+    def save(tag: str) -> None:
+        shared = {"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+                  "ema": ema.state_dict() if ema else None, "step": step, "data_position": train_data.state_dict(),
+                  "config": ckpt.config_to_dict(config), "identifiers_sha256": ids_hash, "world_size": env.world_size}
+        per_rank = {"carry": ckpt.carry_to_dict(carry), "rng": ckpt.rng_state()}
+        path = ckpt.save_checkpoint(checkpoint_root, step, shared, per_rank, env, keep=config.max_checkpoints)
+        if env.is_main:
+            print(f"checkpoint ({tag}): {path}")
+
+    def run_eval() -> dict[str, float]:
+        eval_model = model
+        if ema is not None:
+            eval_model = build_model(config.arch, shape).to(env.device)
+            eval_model.load_state_dict(model.state_dict())
+            ema.copy_to(eval_model)
+        return evaluate_examples(eval_model, loss_fn, eval_data, env)
+
+    # --- loop ---------------------------------------------------------------------------
+    wandb_run = init_wandb(config, env, num_params)
+    bar = tqdm(total=stop_step, initial=step, disable=not (env.is_main and config.progress_bar), unit="step")
+    last_train: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    started = time.perf_counter()
+    model.train()
+    epoch = train_data.state_dict()["epoch"]
+    while epoch < config.epochs and step < stop_step:
+        for _set, batch, _n in train_data:
+            batch = {k: v.to(env.device) for k, v in batch.items()}
+            if carry is None:
+                carry = model.initial_carry(batch)
+            carry, output = step_fn(carry, batch)
+            loss, metrics = loss_fn(output, carry.current_data)
+            # Per-rank mean; DDP averages over ranks -> the mean over the global batch.
+            (loss / local_batch).backward()
+            lr = 0.0
+            for opt, base_lr in zip(optimizers, base_lrs, strict=True):
+                lr = cosine_lr(step, base_lr, config.lr_warmup_steps, total_steps, config.lr_min_ratio)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            bar.update(1)
+            if step % config.log_interval == 0 or step == stop_step:
+                last_train = {**reduce_metrics(metrics, env, config.global_batch_size), "train/lr": lr}
+                if wandb_run is not None:
+                    wandb_run.log(last_train, step=step)
+                bar.set_postfix(loss=f"{last_train['train/lm_loss']:.3f}", acc=f"{last_train['train/accuracy']:.3f}")
+            if config.checkpoint_interval_steps and step % config.checkpoint_interval_steps == 0:
+                save("interval")
+            if step >= stop_step:
+                break
+        epoch = train_data.state_dict()["epoch"]
+        finished = epoch >= config.epochs or step >= stop_step
+        if (epoch % config.eval_interval == 0 or finished) and epoch >= config.min_eval_interval:
+            last_eval = run_eval()
+            if env.is_main:
+                print(f"epoch {epoch} step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+            if wandb_run is not None:
+                wandb_run.log(last_eval, step=step)
+            if config.checkpoint_every_eval:
+                save("eval")
+    bar.close()
+    if not config.checkpoint_every_eval and config.checkpoint_interval_steps:
+        save("final")
+    if wandb_run is not None:
+        wandb_run.finish()
+    summary = {"step": step, "seconds": time.perf_counter() - started, "num_params": num_params,
+               **last_train, **last_eval}
+    # --- cleanup: free DDP objects before the process group goes ----------------------------
+    del ddp, step_fn
+    gc.collect()
+    return summary
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    config = load_config(cfg)
+    if config.run_name is None:
+        config.run_name = f"{config.arch.name}-{config.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    env = init_distributed(config.device)
+    try:
+        if env.is_main:
+            print(OmegaConf.to_yaml(cfg, resolve=True))
+        summary = train(config, env)
+        if env.is_main:
+            print("final: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                        for k, v in summary.items()))
+        return summary
+    finally:
+        cleanup_distributed(env)
+
+
+if __name__ == "__main__":
+    main()

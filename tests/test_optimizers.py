@@ -1,0 +1,343 @@
+import copy
+import math
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from omegaconf import OmegaConf
+
+import utils.optimizers as optimizers
+from models.sparse_embedding import PuzzleEmbedding
+from utils.optimizers import AdamATan2, OptimizerConfig, SparseSignSGD, adam_atan2, build_optimizer
+
+# ---------------------------------------------------------------------------------------
+# AdamATan2
+# ---------------------------------------------------------------------------------------
+
+
+def reference_steps(p0, grads, lr, betas, wd, decay_first=True, bias_correction=True):
+    """The kernel's update, element by element, in plain Python floats."""
+    b1, b2 = betas
+    p = list(p0)
+    m = [0.0] * len(p)
+    v = [0.0] * len(p)
+    for t, g in enumerate(grads, start=1):
+        bc1 = 1 - b1**t if bias_correction else 1.0
+        bc2 = 1 - b2**t if bias_correction else 1.0
+        for i in range(len(p)):
+            m[i] = m[i] + (1 - b1) * (g[i] - m[i])
+            v[i] = v[i] + (1 - b2) * (g[i] * g[i] - v[i])
+            upd = lr * math.atan2(m[i] / bc1, math.sqrt(v[i]) / math.sqrt(bc2))
+            if decay_first:
+                p[i] = p[i] * (1 - lr * wd) - upd
+            else:
+                p[i] = (p[i] - upd) * (1 - lr * wd)
+    return p
+
+
+P0 = [0.5, -1.25, 2.0, 0.0, -0.75, 3.0]
+GRADS = [[0.3, -0.2, 1e-3, 5.0, -0.7, 0.0], [-0.4, -0.1, 2e-3, -5.0, 0.9, 0.2]]
+
+
+def run_steps(dtype, grads, lr=0.1, betas=(0.9, 0.95), wd=0.5, p0=P0):
+    p = torch.nn.Parameter(torch.tensor(p0, dtype=dtype))
+    opt = AdamATan2([p], lr=lr, betas=betas, weight_decay=wd)
+    for g in grads:
+        p.grad = torch.tensor(g, dtype=dtype)
+        opt.step()
+    return p.detach(), opt
+
+
+def test_two_steps_match_hand_computed_fp32():
+    p, opt = run_steps(torch.float32, GRADS)
+    expected = reference_steps(P0, GRADS, lr=0.1, betas=(0.9, 0.95), wd=0.5)
+    torch.testing.assert_close(p, torch.tensor(expected), rtol=0, atol=1e-6)
+    state = opt.state[opt.param_groups[0]["params"][0]]
+    assert state["exp_avg"].dtype == torch.float32 and state["exp_avg_sq"].dtype == torch.float32
+    assert float(state["step"]) == 2.0
+
+
+def test_two_steps_match_hand_computed_bf16():
+    p0 = [float(x) for x in torch.tensor(P0, dtype=torch.bfloat16).float()]  # the values bf16 really holds
+    grads = [[float(x) for x in torch.tensor(g, dtype=torch.bfloat16).float()] for g in GRADS]
+    p, opt = run_steps(torch.bfloat16, GRADS)
+    assert p.dtype == torch.bfloat16
+    expected = reference_steps(p0, grads, lr=0.1, betas=(0.9, 0.95), wd=0.5)
+    # each step moves an element by ~0.08, far more than this tolerance
+    torch.testing.assert_close(p.float(), torch.tensor(expected), rtol=1e-2, atol=2e-2)
+    state = opt.state[opt.param_groups[0]["params"][0]]
+    assert state["exp_avg"].dtype == torch.bfloat16  # state in the param dtype, as in the CUDA kernel
+
+
+def test_weight_decay_is_applied_before_the_update():
+    p, _ = run_steps(torch.float32, GRADS)
+    first = torch.tensor(reference_steps(P0, GRADS, 0.1, (0.9, 0.95), 0.5, decay_first=True))
+    after = torch.tensor(reference_steps(P0, GRADS, 0.1, (0.9, 0.95), 0.5, decay_first=False))
+    assert (first - after).abs().max() > 1e-3  # the two orders are distinguishable here
+    torch.testing.assert_close(p, first, rtol=0, atol=1e-6)
+
+
+def test_bias_correction_first_step_is_lr_pi_over_4():
+    # with bias correction the first step is atan2(g, |g|) = +-pi/4 whatever |g|;
+    # without it, atan2(0.1 g, sqrt(0.05) |g|) ~ 0.42 instead.
+    grads = [[1e-6, -3.0, 250.0, -1e-3, 7.0, 0.5]]
+    p, _ = run_steps(torch.float32, grads, lr=0.1, wd=0.0)
+    expected = [p0 - 0.1 * math.copysign(math.pi / 4, g) for p0, g in zip(P0, grads[0])]
+    torch.testing.assert_close(p, torch.tensor(expected), rtol=0, atol=1e-6)
+    no_bc = reference_steps(P0, grads, 0.1, (0.9, 0.95), 0.0, bias_correction=False)
+    assert max(abs(a - b) for a, b in zip(no_bc, expected)) > 1e-2
+
+
+def test_update_is_bounded_for_huge_gradients():
+    lr, wd = 0.01, 0.1
+    p = torch.nn.Parameter(torch.tensor(P0))
+    opt = AdamATan2([p], lr=lr, weight_decay=wd)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        before = p.detach().clone()
+        scale = 10.0 ** torch.randint(-30, 19, (len(P0),), generator=gen).float()
+        p.grad = torch.randn(len(P0), generator=gen) * scale
+        opt.step()
+        delta = (p.detach() - before).abs()
+        assert torch.isfinite(p).all()
+        assert (delta <= lr * math.pi / 2 + before.abs() * lr * wd + 1e-6).all()
+
+
+def test_zero_grad_only_decays_and_none_grad_skips():
+    p = torch.nn.Parameter(torch.tensor(P0))
+    q = torch.nn.Parameter(torch.tensor(P0))
+    opt = AdamATan2([p, q], lr=0.1, weight_decay=0.5)
+    p.grad = torch.zeros_like(p)
+    opt.step()
+    torch.testing.assert_close(p.detach(), torch.tensor(P0) * (1 - 0.1 * 0.5), rtol=0, atol=0)
+    assert torch.equal(q.detach(), torch.tensor(P0)) and q not in opt.state
+
+
+def test_lr_changed_through_param_groups():
+    p = torch.nn.Parameter(torch.tensor(P0))
+    opt = AdamATan2([p], lr=0.1, weight_decay=0.5)
+    lrs = [0.1, 0.02]
+    for lr, g in zip(lrs, GRADS):
+        opt.param_groups[0]["lr"] = lr
+        p.grad = torch.tensor(g)
+        opt.step()
+    # reference with per-step lr
+    b1, b2, wd = 0.9, 0.95, 0.5
+    ref, m, v = list(P0), [0.0] * 6, [0.0] * 6
+    for t, (lr, g) in enumerate(zip(lrs, GRADS), start=1):
+        for i in range(6):
+            m[i] += (1 - b1) * (g[i] - m[i])
+            v[i] += (1 - b2) * (g[i] ** 2 - v[i])
+            ref[i] = ref[i] * (1 - lr * wd) - lr * math.atan2(m[i] / (1 - b1**t), math.sqrt(v[i] / (1 - b2**t)))
+    torch.testing.assert_close(p.detach(), torch.tensor(ref), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=-1e-3), dict(lr=float("nan")), dict(betas=(1.0, 0.9)),
+                                    dict(betas=(0.9, -0.1)), dict(weight_decay=-0.1)])
+def test_invalid_arguments(kwargs):
+    with pytest.raises(ValueError):
+        AdamATan2([torch.nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+def test_state_dict_round_trip():
+    gen = torch.Generator().manual_seed(1)
+    grads = [(torch.randn(3, 4, generator=gen), torch.randn(5, generator=gen)) for _ in range(3)]
+
+    def make(values=None):
+        ps = [torch.nn.Parameter(torch.linspace(-1, 1, 12).reshape(3, 4)), torch.nn.Parameter(torch.ones(5))]
+        if values is not None:
+            with torch.no_grad():
+                for p, val in zip(ps, values):
+                    p.copy_(val)
+        return ps, AdamATan2(ps, lr=0.05, betas=(0.8, 0.9), weight_decay=0.2)
+
+    def step(ps, opt, gs):
+        for p, g in zip(ps, gs):
+            p.grad = g.clone()
+        opt.step()
+
+    a_params, a = make()
+    step(a_params, a, grads[0])
+    saved = copy.deepcopy(a.state_dict())
+    saved_params = [p.detach().clone() for p in a_params]
+    for gs in grads[1:]:
+        step(a_params, a, gs)
+
+    b_params, b = make(saved_params)
+    b.load_state_dict(saved)
+    for gs in grads[1:]:
+        step(b_params, b, gs)
+    for pa, pb in zip(a_params, b_params):
+        assert torch.equal(pa, pb)
+    assert float(b.state[b_params[0]]["step"]) == 3.0
+
+    # without the loaded state the result differs (bias correction, moments)
+    c_params, c = make(saved_params)
+    for gs in grads[1:]:
+        step(c_params, c, gs)
+    assert not torch.equal(a_params[0], c_params[0])
+
+
+def test_factory_returns_pure_class_on_cpu(monkeypatch):
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = adam_atan2([p], lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    assert type(opt) is AdamATan2
+    assert opt.defaults["lr"] == 1e-3
+
+    class FakeCuda:  # even when the CUDA package imports, CPU params get the pure class
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("CUDA class chosen for CPU params")
+
+    monkeypatch.setattr(optimizers, "_CudaAdamATan2", FakeCuda)
+    assert type(adam_atan2((q for q in [p]), 1e-3, (0.9, 0.95), 0.1)) is AdamATan2
+
+
+@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
+                                       ("adam_atan2", AdamATan2)])
+def test_build_optimizer(name, cls):
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = build_optimizer(OptimizerConfig(name=name, lr=3e-4, betas=[0.8, 0.9], weight_decay=0.05), [p])
+    assert type(opt) is cls
+    group = opt.param_groups[0]
+    assert (group["lr"], tuple(group["betas"]), group["weight_decay"]) == (3e-4, (0.8, 0.9), 0.05)
+
+
+@pytest.mark.parametrize("kwargs", [dict(name="sgd"), dict(lr=-1.0), dict(betas=[0.9]), dict(betas=[0.9, 1.0]),
+                                    dict(weight_decay=-0.1), dict(eps=0.0)])
+def test_optimizer_config_validation(kwargs):
+    with pytest.raises(ValueError):
+        OptimizerConfig(**kwargs).validate()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "conf" / "optimizer").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_conf_optimizer_files_fit_the_schema(path):
+    options = OmegaConf.load(path)
+    options.pop("defaults", None)
+    config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(OptimizerConfig), options))
+    assert config.name == path.stem
+    config.validate()
+
+
+# ---------------------------------------------------------------------------------------
+# SparseSignSGD
+# ---------------------------------------------------------------------------------------
+
+NUM, DIM = 8, 3
+
+
+def make_embedding(batch_size: int) -> PuzzleEmbedding:
+    torch.manual_seed(0)
+    emb = PuzzleEmbedding(NUM, DIM, batch_size=batch_size, init_std=1.0, cast_to=torch.float32)
+    emb.train()
+    return emb
+
+
+def backward_with_grad(emb: PuzzleEmbedding, ids: list[int], grad: torch.Tensor) -> None:
+    out = emb(torch.tensor(ids, dtype=torch.int32))
+    (out * grad).sum().backward()  # d/d local_weights = grad
+
+
+def expected_sign_step(w0: torch.Tensor, ids: list[int], grad: torch.Tensor, lr: float, wd: float) -> torch.Tensor:
+    w = w0.clone()
+    for i in sorted(set(ids)):
+        summed = sum(grad[k] for k in range(len(ids)) if ids[k] == i)
+        w[i] = w0[i] * (1 - lr * wd) - lr * torch.sign(summed)
+    return w
+
+
+def test_sparse_sign_sgd_sums_duplicates_and_touches_only_batch_rows():
+    lr, wd = 0.1, 0.5
+    ids = [1, 4, 1, 6]
+    # id 1: rows sum to [-2, -1, 0]; per-row signs would be [+, -, +] then [-, +, -]
+    grad = torch.tensor([[1.0, -2.0, 0.5], [0.3, -0.2, 0.0], [-3.0, 1.0, -0.5], [-1.0, 4.0, 2.0]])
+    emb = make_embedding(len(ids))
+    w0 = emb.weights.clone()
+    opt = SparseSignSGD(emb, lr=lr, weight_decay=wd)
+
+    backward_with_grad(emb, ids, grad)
+    assert emb.local_weights.grad is not None
+    opt.step()
+    w = emb.weights
+
+    decay = 1 - lr * wd
+    torch.testing.assert_close(w[1], w0[1] * decay - lr * torch.tensor([-1.0, -1.0, 0.0]), rtol=0, atol=1e-7)
+    torch.testing.assert_close(w[1, 2], w0[1, 2] * decay, rtol=0, atol=0)  # zero summed grad: decay only
+    torch.testing.assert_close(w[4], w0[4] * decay - lr * torch.tensor([1.0, -1.0, 0.0]), rtol=0, atol=1e-7)
+    torch.testing.assert_close(w, expected_sign_step(w0, ids, grad, lr, wd), rtol=0, atol=1e-7)
+    untouched = [r for r in range(NUM) if r not in ids]
+    assert torch.equal(w[untouched], w0[untouched])  # not even decayed
+
+    opt.zero_grad()
+    assert emb.local_weights.grad is None
+    w1 = w.clone()
+    opt.step()  # no grad: nothing happens
+    assert torch.equal(emb.weights, w1)
+
+
+def test_sparse_sign_sgd_validation():
+    emb = make_embedding(2)
+    with pytest.raises(ValueError):
+        SparseSignSGD(emb, lr=-1.0)
+    with pytest.raises(ValueError):
+        SparseSignSGD(emb, weight_decay=-1.0)
+    opt = SparseSignSGD(emb)
+    with pytest.raises(ValueError):
+        opt.add_param_group({"params": [torch.zeros(1)]})
+
+
+RANK_IDS = [[0, 5, 2, 5], [5, 3, 0, 7]]  # 0 and 5 on both ranks; 5 twice on rank 0
+
+
+def rank_grad(rank: int) -> torch.Tensor:
+    if rank == 0:  # id 5 sums to [+2, -2, +1] here, but rank 1's row flips the first two
+        return torch.tensor([[1.0, 1.0, 1.0], [1.0, -1.0, 0.5], [0.2, -0.3, 0.4], [1.0, -1.0, 0.5]])
+    return torch.tensor([[-5.0, 4.0, 0.5], [0.1, 0.2, -0.3], [-2.0, -2.0, 0.5], [0.7, -0.7, 0.7]])
+
+
+def _gloo_worker(rank: int, world_size: int, port: int, out_dir: str, lr: float, wd: float) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=30))
+    try:
+        emb = make_embedding(len(RANK_IDS[rank]))
+        opt = SparseSignSGD(emb, lr=lr, weight_decay=wd)
+        backward_with_grad(emb, RANK_IDS[rank], rank_grad(rank))
+        opt.step()
+        torch.save(emb.weights.clone(), f"{out_dir}/rank{rank}.pt")
+        del opt, emb
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
+def test_sparse_sign_sgd_two_rank_gloo(tmp_path):
+    lr, wd = 0.1, 0.5
+    # the single-process reference on the concatenated batch; built first so that the
+    # (slow, ~2 s) lazy torch._dynamo import of Optimizer.__init__ is inherited by forked ranks
+    all_ids = RANK_IDS[0] + RANK_IDS[1]
+    all_grad = torch.cat([rank_grad(0), rank_grad(1)])
+    single = make_embedding(len(all_ids))
+    start = single.weights.clone()
+    opt = SparseSignSGD(single, lr=lr, weight_decay=wd)
+    backward_with_grad(single, all_ids, all_grad)
+    opt.step()
+
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"  # fork: no re-import of torch
+    mp.start_processes(_gloo_worker, args=(2, _free_port(), str(tmp_path), lr, wd), nprocs=2, join=True,
+                       start_method=method)
+    w0, w1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert torch.equal(w0, w1)
+    torch.testing.assert_close(w0, single.weights, rtol=0, atol=1e-7)
+    # the cross-rank sum matters: rank 0 alone would move id 5 the other way
+    local_only = expected_sign_step(start, RANK_IDS[0], rank_grad(0), lr, wd)
+    assert not torch.allclose(local_only[5], w0[5])

@@ -1,0 +1,122 @@
+"""Whole-state checkpoints: one folder per step, written atomically.
+
+    <checkpoint_path>/step_00001234/
+        state.pt     model, optimizers, EMA, step, data position, resolved config,
+                     identifiers hash, world size (rank 0 writes it)
+        rank<r>.pt   that rank's ACT carry (examples in flight) and RNG states
+
+Every rank writes into ``.step_00001234.tmp``; after a barrier rank 0 renames it into
+place, so a folder named ``step_*`` is always complete. ``resume=auto`` takes the newest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import shutil
+from typing import Any
+
+import torch
+
+from models.recursive import ACTCarry, InnerCarry
+from utils.distributed import DistEnv, barrier
+
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def identifiers_hash(dataset_paths: list[str]) -> str:
+    """SHA-256 over the datasets' identifiers.json: puzzle embeddings are indexed by it, so
+    weights trained on one dataset are meaningless on another with different identifiers."""
+    h = hashlib.sha256()
+    for path in dataset_paths:
+        with open(os.path.join(path, "identifiers.json"), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
+def carry_to_dict(carry: ACTCarry | None) -> dict[str, Any] | None:
+    if carry is None:
+        return None
+    return {"z_H": carry.inner.z_H, "z_L": carry.inner.z_L, "steps": carry.steps, "halted": carry.halted,
+            "current_data": carry.current_data}
+
+
+def carry_from_dict(d: dict[str, Any] | None, device: torch.device) -> ACTCarry | None:
+    if d is None:
+        return None
+    to = lambda t: t.to(device) if t is not None else None  # noqa: E731
+    return ACTCarry(InnerCarry(to(d["z_H"]), to(d["z_L"])), to(d["steps"]), to(d["halted"]),
+                    {k: to(v) for k, v in d["current_data"].items()})
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def list_checkpoints(root: str) -> list[tuple[int, str]]:
+    if not os.path.isdir(root):
+        return []
+    found = [(int(m.group(1)), os.path.join(root, name)) for name in os.listdir(root) if (m := STEP_DIR.match(name))]
+    return sorted(found)
+
+
+def save_checkpoint(root: str, step: int, shared: dict[str, Any], per_rank: dict[str, Any], env: DistEnv,
+                    keep: int = 0) -> str:
+    final = os.path.join(root, f"step_{step:08d}")
+    tmp = os.path.join(root, f".step_{step:08d}.tmp")
+    if env.is_main:
+        os.makedirs(root, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    barrier(env)
+    torch.save(per_rank, os.path.join(tmp, f"rank{env.rank}.pt"))
+    if env.is_main:
+        torch.save(shared, os.path.join(tmp, "state.pt"))
+    barrier(env)
+    if env.is_main:
+        if os.path.exists(final):  # the same step saved twice (e.g. eval and interval): replace
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        if keep > 0:
+            for _, old in list_checkpoints(root)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    barrier(env)
+    return final
+
+
+def resolve_resume(resume: str, checkpoint_root: str) -> str | None:
+    """The checkpoint folder to resume from: none, the newest (auto), or a given folder."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        found = list_checkpoints(checkpoint_root)
+        return found[-1][1] if found else None
+    if not os.path.isfile(os.path.join(resume, "state.pt")):
+        raise FileNotFoundError(f"resume={resume}: no checkpoint there (expected {resume}/state.pt)")
+    return resume
+
+
+def load_shared(path: str) -> dict[str, Any]:
+    return torch.load(os.path.join(path, "state.pt"), map_location="cpu", weights_only=False)
+
+
+def load_rank(path: str, rank: int) -> dict[str, Any] | None:
+    file = os.path.join(path, f"rank{rank}.pt")
+    if not os.path.isfile(file):
+        return None
+    return torch.load(file, map_location="cpu", weights_only=False)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)

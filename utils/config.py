@@ -1,0 +1,121 @@
+"""Typed run configuration: the schemas of ``conf/`` registered in Hydra's ConfigStore.
+
+Each group option (``conf/<group>/<name>.yaml``) extends its group's schema, so a key that
+is not in the schema is an error at composition time, with its name. ``load_config``
+turns the composed DictConfig into dataclasses and checks the values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from losses import LossConfig
+from models import RecursiveArchConfig
+from utils.optimizers import OptimizerConfig
+
+
+@dataclass
+class DataConfig:
+    """Schema of the ``data`` options: dataset folders written by dataset.build_arc_dataset."""
+
+    name: str = MISSING
+    paths: list[str] = MISSING
+    test_paths: list[str] = field(default_factory=list)  # default: evaluate on ``paths``' test split
+
+    def validate(self) -> None:
+        if not self.paths:
+            raise ValueError("data.paths: name at least one dataset folder")
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled; the WANDB_MODE variable wins when set
+    project: str | None = None  # default: project_name
+    entity: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """The run keys (TinyRecursiveModels' cfg_pretrain.yaml names) and the four groups."""
+
+    arch: Any = MISSING
+    data: Any = MISSING
+    loss: Any = MISSING
+    optimizer: Any = MISSING
+
+    global_batch_size: int = 768
+    epochs: int = 100000
+    eval_interval: int = 10000
+    min_eval_interval: int = 0
+    checkpoint_every_eval: bool = True
+    checkpoint_interval_steps: int = 0
+    max_checkpoints: int = 2
+
+    lr_warmup_steps: int = 2000
+    lr_min_ratio: float = 1.0
+    puzzle_emb_lr: float = 1e-2
+    puzzle_emb_weight_decay: float = 0.1
+    freeze_weights: bool = False
+
+    ema: bool = False
+    ema_rate: float = 0.999
+    seed: int = 0
+
+    project_name: str = "arcforge"
+    run_name: str | None = None  # default: <arch>-<data>-<time>; name it to resume with resume=auto
+    checkpoint_path: str | None = None  # default: checkpoints/<project_name>/<run_name>
+    resume: str = "none"  # none | auto (newest checkpoint in checkpoint_path) | a checkpoint folder
+    init_from: str | None = None  # weights only (ours or a TinyRecursiveModels checkpoint)
+    force_identifiers: bool = False  # load although the dataset's identifiers.json differs
+    max_steps: int | None = None  # stop early (debugging, benchmarks)
+
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False
+    log_interval: int = 10
+    progress_bar: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def validate(self) -> None:
+        positive = {"global_batch_size": self.global_batch_size, "epochs": self.epochs,
+                    "eval_interval": self.eval_interval, "log_interval": self.log_interval}
+        bad = [f"{k}={v}" for k, v in positive.items() if v <= 0]
+        if self.lr_warmup_steps < 0:
+            bad.append(f"lr_warmup_steps={self.lr_warmup_steps}")
+        if not 0.0 <= self.lr_min_ratio <= 1.0:
+            bad.append(f"lr_min_ratio={self.lr_min_ratio}")
+        if not 0.0 <= self.ema_rate < 1.0:
+            bad.append(f"ema_rate={self.ema_rate}")
+        if self.resume not in ("none", "auto") and not self.resume:
+            bad.append("resume=''")
+        if self.device not in ("auto", "cpu", "cuda"):
+            bad.append(f"device={self.device!r}")
+        if self.wandb.mode not in ("offline", "online", "disabled"):
+            bad.append(f"wandb.mode={self.wandb.mode!r}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            bad.append(f"max_steps={self.max_steps}")
+        if bad:
+            raise ValueError(f"invalid config values: {', '.join(bad)}")
+        for group in (self.arch, self.data, self.loss, self.optimizer):
+            group.validate()
+
+
+SCHEMAS = {"arch": RecursiveArchConfig, "data": DataConfig, "loss": LossConfig, "optimizer": OptimizerConfig}
+SCHEMA_NAMES = {"arch": "recursive_schema", "data": "data_schema", "loss": "loss_schema", "optimizer": "optimizer_schema"}
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    for group, schema in SCHEMAS.items():
+        cs.store(group=group, name=SCHEMA_NAMES[group], node=schema)
+
+
+def load_config(cfg: DictConfig) -> TrainConfig:
+    config = OmegaConf.to_object(cfg)
+    assert isinstance(config, TrainConfig)
+    config.validate()
+    return config
