@@ -67,9 +67,11 @@ class RecursiveArchConfig:
             "halt_exploration_prob": 0.0 <= self.halt_exploration_prob <= 1.0,
             "forward_dtype": self.forward_dtype in DTYPES,
         }
-        bad = [k for k, ok in checks.items() if not ok]
+        bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
+        if self.num_heads > 0 and self.hidden_size % self.num_heads:
+            bad[bad.index(f"hidden_size={self.hidden_size!r}")] += f" (not divisible by num_heads={self.num_heads})"
         if bad:
-            raise ValueError(f"arch {self.name}: invalid {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+            raise ValueError(f"arch {self.name}: invalid {', '.join(bad)}")
 
 
 @dataclass

@@ -7,9 +7,11 @@ turns the composed DictConfig into dataclasses and checks the values.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -112,6 +114,18 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     for group, schema in SCHEMAS.items():
         cs.store(group=group, name=SCHEMA_NAMES[group], node=schema)
+
+
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+
+
+def compose_config(overrides: list[str]) -> TrainConfig:
+    """The config pretrain.py would run with these command-line overrides (for tests,
+    benchmarks and notebooks)."""
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return load_config(cfg)
 
 
 def load_config(cfg: DictConfig) -> TrainConfig:
