@@ -48,9 +48,10 @@ def convert_state_dict(state: dict[str, torch.Tensor], target: dict[str, torch.T
     if unknown or missing:
         raise ValueError(f"checkpoint does not fit the model: unknown keys {unknown[:8]}, missing keys {missing[:8]}")
     emb = state.get(PUZZLE_EMB_KEY)
-    if emb is not None and emb.shape != target[PUZZLE_EMB_KEY].shape:
+    if emb is not None and emb.shape[1:] == target[PUZZLE_EMB_KEY].shape[1:] and emb.shape != target[PUZZLE_EMB_KEY].shape:
         state[PUZZLE_EMB_KEY] = emb.mean(0, keepdim=True).expand(target[PUZZLE_EMB_KEY].shape).contiguous()
     for key, value in state.items():
         if value.shape != target[key].shape:
-            raise ValueError(f"checkpoint key {key}: shape {tuple(value.shape)}, model has {tuple(target[key].shape)}")
+            raise ValueError(f"checkpoint does not fit the model: {key} has shape {tuple(value.shape)}, "
+                             f"the model {tuple(target[key].shape)}")
     return state

@@ -132,3 +132,41 @@ def test_hydra_multirun_gives_each_job_its_folder(tiny_data, tmp_path):
     for job in ("0", "1"):
         assert ckpt.list_checkpoints(str(sweep / job / "checkpoints")), job
         assert (sweep / job / ".hydra" / "overrides.yaml").read_text().count(f"seed={job}") == 1
+
+
+def test_freeze_weights_trains_only_puzzle_embeddings(tiny_data, tmp_path):
+    summary, config = run(tiny_overrides(tiny_data, tmp_path / "ck", "epochs=3", "eval_interval=1000",
+                                         "freeze_weights=true"))
+    state = latest_state(tmp_path / "ck")
+    torch.manual_seed(config.seed)  # pretrain builds the model right after this
+    meta = PuzzleDataset([str(tiny_data)], "train", 8).metadata
+    fresh = build_model(config.arch, DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, 8))
+    for key, value in fresh.state_dict().items():
+        if key == "inner.puzzle_emb.weights":
+            assert not torch.equal(state["model"][key], value)  # sign-SGD moved the rows it saw
+        else:
+            assert torch.equal(state["model"][key], value), key
+
+
+def test_init_from_reference_style_checkpoint(tiny_data, tmp_path):
+    run(tiny_overrides(tiny_data, tmp_path / "a", "epochs=2", "eval_interval=1000"))
+    weights = latest_state(tmp_path / "a")["model"]
+    # as TinyRecursiveModels saves them: torch.compile(ACTLossHead(model)).state_dict()
+    reference_style = {f"_orig_mod.model.{k}": v for k, v in weights.items()}
+    torch.save(reference_style, tmp_path / "step_100")
+    other = build_tiny_dataset(tmp_path, num_aug=1, canvas=3, side=2, prefix="new-")  # more identifiers
+    summary, _ = run(tiny_overrides(other, tmp_path / "b", "epochs=1", "eval_interval=1000", "max_steps=1",
+                                    "optimizer.lr=0", "puzzle_emb_lr=0", "lr_warmup_steps=0"))
+    first = latest_state(tmp_path / "b")["model"]
+    summary, _ = run(tiny_overrides(other, tmp_path / "c", "epochs=1", "eval_interval=1000", "max_steps=1",
+                                    "optimizer.lr=0", "puzzle_emb_lr=0", "lr_warmup_steps=0",
+                                    f"init_from={tmp_path / 'step_100'}"))
+    loaded = latest_state(tmp_path / "c")["model"]
+    assert torch.equal(loaded["inner.lm_head.weight"], weights["inner.lm_head.weight"])  # lr 0: unchanged
+    assert not torch.equal(first["inner.lm_head.weight"], weights["inner.lm_head.weight"])
+    table = loaded["inner.puzzle_emb.weights"]
+    assert table.shape[0] > weights["inner.puzzle_emb.weights"].shape[0]  # resized to the new identifiers
+    assert torch.allclose(table, weights["inner.puzzle_emb.weights"].mean(0).expand_as(table))
+    with pytest.raises(ValueError, match="does not fit"):
+        run(tiny_overrides(other, tmp_path / "d", "epochs=1", "max_steps=1", "arch.hidden_size=32",
+                           "arch.puzzle_emb_ndim=32", f"init_from={tmp_path / 'step_100'}"))
