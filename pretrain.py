@@ -196,7 +196,8 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
         if (epoch % config.eval_interval == 0 or finished) and epoch >= config.min_eval_interval:
             last_eval = run_eval()
             if env.is_main:
-                print(f"epoch {epoch} step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+                print(f"epoch {epoch} step {step} [test split, per augmented example, no voting]: "
+                      + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
             if wandb_run is not None:
                 wandb_run.log(last_eval, step=step)
             if config.checkpoint_every_eval:

@@ -45,6 +45,12 @@ def test_every_option_composes_and_builds(group, option):
         assert build_optimizer(chosen, [torch.nn.Parameter(torch.zeros(3))]) is not None
 
 
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes(experiment):
+    config = compose_config([f"experiment={experiment}"])
+    assert config.arch.name and config.data.paths
+
+
 def test_schemas_are_registered_for_every_group():
     for group, name in SCHEMA_NAMES.items():
         for option in options(group):
