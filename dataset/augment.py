@@ -181,14 +181,12 @@ def _mix64(x):
     return x
 
 
-def _pseudo_random_u64(n: int, salt: int) -> np.ndarray:
-    x = (np.arange(n, dtype=np.uint64) + np.uint64(salt)) * np.uint64(0x9E3779B97F4A7C15)
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return x
+@njit(cache=True)
+def _pseudo_random_u64(n: int, salt: int):
+    out = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        out[i] = _mix64(np.uint64(i + salt) * np.uint64(0x9E3779B97F4A7C15))
+    return out
 
 
 _POSITION_WEIGHTS = _pseudo_random_u64(ARC_MAX_GRID_SIZE * ARC_MAX_GRID_SIZE, 1)

@@ -44,6 +44,13 @@ def _check_lr_wd(lr: float, weight_decay: float) -> None:
         raise ValueError(f"Invalid weight_decay: {weight_decay} (must be >= 0)")
 
 
+def _evaluate_closure(closure: Callable[[], float] | None) -> float | None:
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class AdamATan2(torch.optim.Optimizer):
     r"""Adam with ``atan2`` in place of ``m / (sqrt(v) + eps)`` (Everett et al., 2024).
 
@@ -82,10 +89,7 @@ class AdamATan2(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate_closure(closure)
 
         for group in self.param_groups:
             lr = float(group["lr"])
@@ -269,10 +273,7 @@ class SparseSignSGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate_closure(closure)
 
         for group in self.param_groups:
             roles = dict(zip(self._ROLES, group["params"]))
