@@ -142,21 +142,33 @@ class SplitLayout:
 # Loading
 
 
-def load_tasks(config: BuildConfig) -> dict[str, list[Task]]:
-    """Every subset's tasks, validated, in file order; duplicate ids across subsets refused."""
+def load_tasks(config: BuildConfig, test_subsets: set[str]) -> tuple[dict[str, list[Task]], list[dict]]:
+    """Every subset's tasks, validated, in file order.
+
+    A task id in a training subset and in the test set is leakage (ARC-AGI-2's training2
+    holds ARC-AGI-1 evaluation tasks under their ids): it is reported, and the training
+    copy is renamed ``<id>@<subset>`` so identifiers stay unique. Any other repeated id is
+    an error."""
     by_subset: dict[str, list[Task]] = {}
-    seen: dict[str, str] = {}
+    seen: dict[str, Task] = {}
+    leaks: list[dict] = []
     for subset in config.subsets:
         tasks = load_subset(config.input_file_prefix, subset)
-        for task_id in tasks:
-            if PUZZLE_ID_SEPARATOR in task_id:
-                raise TaskFormatError(f"subset {subset}: task id {task_id!r} contains '{PUZZLE_ID_SEPARATOR}'")
-            if task_id in seen:
-                raise TaskFormatError(f"task {task_id} is in both subset '{seen[task_id]}' and '{subset}'; "
-                                      "a task may appear once per build")
-            seen[task_id] = subset
+        for task_id, task in tasks.items():
+            if PUZZLE_ID_SEPARATOR in task_id or "@" in task_id:
+                raise TaskFormatError(f"subset {subset}: task id {task_id!r} contains '{PUZZLE_ID_SEPARATOR}' or '@'")
+            earlier = seen.get(task_id)
+            if earlier is not None:
+                pair = {earlier.subset in test_subsets, subset in test_subsets}
+                if pair != {True, False}:
+                    raise TaskFormatError(f"task {task_id} is in both subset '{earlier.subset}' and '{subset}'; "
+                                          "a task may appear once per build")
+                training_copy = task if subset not in test_subsets else earlier
+                training_copy.task_id = f"{task_id}@{training_copy.subset}"
+                leaks.append({"test_task": task_id, "test_pair": "all", "training_task": training_copy.task_id})
+            seen[task_id] = task
         by_subset[subset] = list(tasks.values())
-    return by_subset
+    return by_subset, leaks
 
 
 def drop_oversized(by_subset: dict[str, list[Task]], config: BuildConfig) -> list[str]:
@@ -379,11 +391,11 @@ def build(config: BuildConfig) -> dict:
     config.validate()
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    by_subset = load_tasks(config)
     test_subsets = {config.test_set_name, config.test_set_name2} & set(config.subsets)
+    by_subset, leaks = load_tasks(config, test_subsets)
     skipped = drop_oversized(by_subset, config)
 
-    leaks = find_leakage(by_subset, test_subsets)
+    leaks += find_leakage(by_subset, test_subsets)
     if leaks:
         listing = "; ".join(f"{x['test_task']} test pair {x['test_pair']} ~ {x['training_task']}" for x in leaks)
         message = f"{len(leaks)} test pairs also appear in training subsets: {listing}"

@@ -238,12 +238,28 @@ def test_leakage_is_reported_and_can_be_refused(tmp_path, capsys, caplog):
     assert "leakage" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
-def test_duplicate_task_ids_across_subsets_are_refused(tmp_path, capsys):
+def test_duplicate_task_ids_across_training_subsets_are_refused(tmp_path, capsys):
     rng = np.random.default_rng(2)
     t = random_task(rng)
-    src = write_folder_source(tmp_path / "src", {"training": {"same": t}, "evaluation": {"same": t}})
-    assert build(src, tmp_path / "ds") == 2
-    assert "task same is in both subset 'training' and 'evaluation'" in capsys.readouterr().err
+    src = write_folder_source(tmp_path / "src", {"training": {"same": t, "x": random_task(rng)},
+                                                  "training2": {"same": t}, "evaluation": {"e": random_task(rng)}})
+    assert build(src, tmp_path / "ds", subsets=("training", "training2", "evaluation")) == 2
+    assert "task same is in both subset 'training' and 'training2'" in capsys.readouterr().err
+
+
+def test_test_task_id_in_a_training_subset_is_leakage(tmp_path, capsys, caplog):
+    """ARC-AGI-2's training2 holds ARC-AGI-1 evaluation tasks under the same ids."""
+    rng = np.random.default_rng(4)
+    shared = random_task(rng)
+    src = write_folder_source(tmp_path / "src", {"training2": {"00576224": shared, "t": random_task(rng)},
+                                                  "evaluation": {"00576224": shared}})
+    out = tmp_path / "a"
+    assert build(src, out, subsets=("training2", "evaluation")) == 0
+    assert "00576224 test pair all ~ 00576224@training2" in caplog.text
+    names = json.loads((out / "identifiers.json").read_text())
+    assert "00576224" in names and "00576224@training2" in names
+    assert build(src, tmp_path / "b", "--fail-on-leakage", subsets=("training2", "evaluation")) == 2
+    assert "00576224" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if REFERENCE_SHA256[n]["num_aug"] >= 1000 else [])
