@@ -1,0 +1,135 @@
+"""Check an ARC Prize submission against the tasks it answers.
+
+    python -m evaluators.validate_submission SUBMISSION --tasks PATH
+
+PATH is a dataset folder (its ``test_puzzles.json``), a Kaggle challenges JSON
+(``{task_id: task}``) or a folder of task JSONs (``**/*.json``, task id = file stem).
+Every problem is printed (task id, index, what); exit status 1 if there is any, else 0
+with a one-line OK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+MAX_SIDE = 30
+ATTEMPTS = ("attempt_1", "attempt_2")
+
+
+def grid_problem(grid) -> str | None:
+    """What is wrong with a grid, or None when it is a valid ARC grid."""
+    if not isinstance(grid, list) or not grid:
+        return "not a non-empty list of rows"
+    if len(grid) > MAX_SIDE:
+        return f"{len(grid)} rows (max {MAX_SIDE})"
+    width = None
+    for r, row in enumerate(grid):
+        if not isinstance(row, list) or not row:
+            return f"row {r} is not a non-empty list"
+        if width is None:
+            width = len(row)
+        elif len(row) != width:
+            return f"ragged: row {r} has {len(row)} cells, row 0 has {width}"
+        for c, x in enumerate(row):
+            if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= 9:
+                return f"cell ({r}, {c}) is {x!r}, not a colour 0-9"
+    if width > MAX_SIDE:
+        return f"{width} columns (max {MAX_SIDE})"
+    return None
+
+
+def validate(submission, tasks: dict[str, dict]) -> list[str]:
+    """Problems of ``submission`` against ``tasks`` ({task_id: task with a "test" list})."""
+    if not isinstance(submission, dict):
+        return [f"submission is a {type(submission).__name__}, not an object of task ids"]
+    problems = []
+    for task_id in tasks:
+        if task_id not in submission:
+            problems.append(f"{task_id}: missing task")
+    for task_id in submission:
+        if task_id not in tasks:
+            problems.append(f"{task_id}: unknown task")
+    for task_id, task in tasks.items():
+        if task_id not in submission:
+            continue
+        entries = submission[task_id]
+        n_tests = len(task["test"])
+        if not isinstance(entries, list):
+            problems.append(f"{task_id}: not a list of attempts")
+            continue
+        if len(entries) != n_tests:
+            problems.append(f"{task_id}: {len(entries)} entries for {n_tests} test inputs")
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                problems.append(f"{task_id}[{i}]: not an object with attempt_1 and attempt_2")
+                continue
+            for name in ATTEMPTS:
+                if name not in entry:
+                    problems.append(f"{task_id}[{i}]: missing {name}")
+                else:
+                    what = grid_problem(entry[name])
+                    if what:
+                        problems.append(f"{task_id}[{i}].{name}: {what}")
+            extra = sorted(set(entry) - set(ATTEMPTS))
+            if extra:
+                problems.append(f"{task_id}[{i}]: unexpected keys {extra}")
+    return problems
+
+
+def load_tasks(path: str) -> dict[str, dict]:
+    """Tasks from a dataset folder, a Kaggle challenges JSON or a folder of task JSONs."""
+    p = Path(path)
+    if p.is_dir() and (p / "test_puzzles.json").is_file():
+        p = p / "test_puzzles.json"
+    if p.is_file():
+        with open(p) as f:
+            tasks = json.load(f)
+        if not isinstance(tasks, dict) or not all(isinstance(t, dict) and "test" in t for t in tasks.values()):
+            raise ValueError(f"{p}: not a {{task_id: task}} JSON object")
+        return tasks
+    if p.is_dir():
+        tasks = {}
+        for f in sorted(p.rglob("*.json")):
+            with open(f) as fh:
+                task = json.load(fh)
+            if isinstance(task, dict) and "test" in task:
+                if f.stem in tasks:
+                    raise ValueError(f"{f}: task id {f.stem} appears twice under {p}")
+                tasks[f.stem] = task
+        if not tasks:
+            raise ValueError(f"{p}: no task JSON files")
+        return tasks
+    raise FileNotFoundError(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evaluators.validate_submission", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("submission")
+    parser.add_argument("--tasks", required=True,
+                        help="dataset folder, Kaggle challenges JSON or folder of task JSONs")
+    args = parser.parse_args(argv)
+    try:
+        with open(args.submission) as f:
+            submission = json.load(f)
+        tasks = load_tasks(args.tasks)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    problems = validate(submission, tasks)
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"{len(problems)} problem(s) in {os.fspath(args.submission)}", file=sys.stderr)
+        return 1
+    n_inputs = sum(len(t["test"]) for t in tasks.values())
+    print(f"OK: {len(tasks)} tasks, {n_inputs} test inputs, 2 attempts each")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
