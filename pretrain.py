@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from dataset.puzzle_dataset import PuzzleDataset
+from evaluators.arc import ARCVoter, write_submission
 from losses import build_loss
 from models import build_model
 from models.convert import convert_state_dict
@@ -32,6 +33,7 @@ from utils.config import TrainConfig, load_config, register_configs
 from utils.distributed import DistEnv, all_reduce_sum, cleanup_distributed, init_distributed
 from utils.ema import EMA
 from utils.evaluate import evaluate_examples
+from utils.io import write_json_atomic
 from utils.optimizers import SparseSignSGD, build_optimizer
 
 register_configs()
@@ -146,13 +148,23 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
         if env.is_main:
             print(f"checkpoint ({tag}): {path}")
 
+    eval_paths = config.data.test_paths or config.data.paths
+
     def run_eval() -> dict[str, float]:
         eval_model = model
         if ema is not None:
             eval_model = build_model(config.arch, shape).to(env.device)
             eval_model.load_state_dict(model.state_dict())
             ema.copy_to(eval_model)
-        return evaluate_examples(eval_model, loss_fn, eval_data, env)
+        # Votes are per evaluation (TRM pools them over a run's evaluations by default).
+        voter = ARCVoter(eval_paths[0]) if len(eval_paths) == 1 else None
+        metrics, submission = evaluate_examples(eval_model, loss_fn, eval_data, env, voter)
+        if submission is not None and env.is_main:
+            out_dir = os.path.join(checkpoint_root, f"evaluator_ARC_step_{step}")
+            os.makedirs(out_dir, exist_ok=True)
+            write_submission(os.path.join(out_dir, "submission.json"), submission)
+            write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
+        return metrics
 
     # --- loop ---------------------------------------------------------------------------
     wandb_run = init_wandb(config, env, num_params)
@@ -197,7 +209,12 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
             last_eval = run_eval()
             if env.is_main:
                 print(f"epoch {epoch} step {step} [test split, per augmented example, no voting]: "
-                      + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+                      + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items() if k.startswith("eval/")))
+                if "ARC/pass@1" in last_eval:
+                    print(f"  [test split, {last_eval['ARC/views_per_input']:.0f} augmented views voted per input; "
+                          f"pass@k per task as ARC Prize, over {last_eval['ARC/tasks_scored']:.0f} tasks]: "
+                          + ", ".join(f"pass@{k} {last_eval[f'ARC/pass@{k}']:.4f}" for k in (1, 2, 10)
+                                      if f"ARC/pass@{k}" in last_eval))
             if wandb_run is not None:
                 wandb_run.log(last_eval, step=step)
             if config.checkpoint_every_eval:

@@ -38,13 +38,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from dataset.augment import invert_predictions, parse_variant_name
 from dataset.common import BLANK_IDENTIFIER, PUZZLE_ID_SEPARATOR, PuzzleDatasetMetadata
+from utils.io import write_json_atomic
 
 RANKINGS = ("vote", "count", "noisy_or")
 DEFAULT_PASS_KS = (1, 2, 5, 10, 100, 1000)
@@ -331,20 +331,7 @@ class ARCVoter:
 
 def write_submission(path: str, submission: dict) -> None:
     """Write the submission JSON atomically (temp file in the same folder, then os.replace)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".submission-", suffix=".json.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(submission, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_json_atomic(path, submission, separators=(",", ":"))
 
 
 __all__ = ["ARCVoter", "RANKINGS", "DEFAULT_PASS_KS", "grid_key", "key_to_grid", "write_submission"]

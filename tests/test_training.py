@@ -5,10 +5,11 @@ import sys
 import pytest
 import torch
 from conftest import ROOT
-from train_helpers import build_tiny_dataset, compose_config, tiny_overrides
+from train_helpers import build_tiny_dataset, compose_config, read_json, tiny_overrides
 
 import pretrain
 from dataset.puzzle_dataset import PuzzleDataset
+from evaluators.validate_submission import load_tasks, validate
 from losses import build_loss
 from models import build_model
 from models.recursive import DataShape
@@ -43,7 +44,7 @@ def test_tiny_model_memorises_tiny_dataset(tiny_data, tmp_path):
     model = build_model(config.arch, DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, 8))
     model.load_state_dict(state["model"])
     train_split = PuzzleDataset([str(tiny_data)], "train", 8, test_mode=True)
-    metrics = evaluate_examples(model, build_loss(config.loss), train_split, CPU)
+    metrics, _ = evaluate_examples(model, build_loss(config.loss), train_split, CPU)
     assert metrics["eval/count"] == 15
     assert metrics["eval/exact_accuracy"] == 1.0, metrics
 
@@ -99,6 +100,15 @@ def test_ema_weights_are_evaluated_and_saved(tiny_data, tmp_path):
     name = "inner.lm_head.weight"
     assert not torch.equal(state["ema"][name], state["model"][name])
     assert "eval/exact_accuracy" in summary
+
+
+def test_periodic_eval_votes_and_writes_a_valid_submission(tiny_data, tmp_path):
+    summary, _ = run(tiny_overrides(tiny_data, tmp_path / "ck", "epochs=2", "eval_interval=1"))
+    assert 0.0 <= summary["ARC/pass@2"] <= 1.0 and summary["ARC/tasks_scored"] == 1
+    out = tmp_path / "ck" / f"evaluator_ARC_step_{summary['step']}"
+    submission = read_json(out / "submission.json")
+    assert validate(submission, load_tasks(str(tiny_data))) == []
+    assert read_json(out / "metrics.json")["ARC/pass@2"] == summary["ARC/pass@2"]
 
 
 def _env():

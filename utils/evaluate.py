@@ -1,30 +1,40 @@
-"""Evaluation shared by pretrain.py's periodic eval (and evaluate.py, issue 4):
-run every test example for ``halt_max_steps`` supervision steps and report the loss
-head's metrics over the test split.
+"""Evaluation shared by pretrain.py's periodic eval (and evaluate.py, issue 4): run every
+test example for ``halt_max_steps`` supervision steps, report the loss head's metrics over
+the test split and, with an ``ARCVoter``, vote over the augmented views of each test input.
 
-The figures here are per augmented test example, without voting: ``eval/exact_accuracy``
-is the fraction of (variant, test input) examples whose whole output grid is right.
+``eval/*`` figures are per augmented test example, without voting (``eval/exact_accuracy``:
+the fraction of (variant, test input) examples whose whole output grid is right).
+``ARC/*`` figures are the voter's: ``ARC/pass@k`` is the ARC Prize convention (a task scores
+the fraction of its test inputs whose answer is among the top k voted grids; averaged over
+tasks), with ``ARC/kaggle_pass@k`` (per test input) and ``ARC/strict_pass@k`` beside it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import torch
+import torch.distributed as dist
 
+from evaluators.arc import ARCVoter
 from losses.act import ACTLoss
 from models.recursive import ACTModel
 from utils.distributed import DistEnv, all_reduce_sum
 
 
 @torch.no_grad()
-def evaluate_examples(model: ACTModel, loss_fn: ACTLoss, loader: Iterable, env: DistEnv) -> dict[str, float]:
+def evaluate_examples(model: ACTModel, loss_fn: ACTLoss, loader: Iterable, env: DistEnv,
+                      voter: ARCVoter | None = None) -> tuple[dict[str, float], dict | None]:
+    """Returns (metrics, submission); the submission (and the ARC/* metrics) only with a
+    voter, and only on rank 0."""
     was_training = model.training
     model.eval()
     keys: list[str] | None = None
     totals: torch.Tensor | None = None
     for _set_name, batch, _n in loader:
-        batch = {k: v.to(env.device) for k, v in batch.items() if k != "example_indices"}
+        example_indices = batch.pop("example_indices", None)
+        batch = {k: v.to(env.device) for k, v in batch.items()}
         carry = model.initial_carry(batch)
         for _ in range(model.config.halt_max_steps):
             carry, output = model(carry, batch)
@@ -33,10 +43,23 @@ def evaluate_examples(model: ACTModel, loss_fn: ACTLoss, loader: Iterable, env: 
             keys = sorted(metrics)
             totals = torch.zeros(len(keys), dtype=torch.float64, device=env.device)
         totals += torch.stack([metrics[k].to(torch.float64) for k in keys])
+        if voter is not None and example_indices is not None:
+            preds = output.logits.argmax(-1).to(torch.uint8).cpu().numpy()
+            voter.add(example_indices.numpy(), preds, output.q_halt_logits.float().cpu().numpy())
     model.train(was_training)
-    if keys is None:
-        return {}
-    totals = all_reduce_sum(totals, env)
-    count = max(float(totals[keys.index("count")]), 1.0)
-    result = {f"eval/{k}": float(v) / (count if k != "count" else 1.0) for k, v in zip(keys, totals.tolist())}
-    return result
+    result: dict[str, float] = {}
+    if keys is not None:
+        totals = all_reduce_sum(totals, env)
+        count = max(float(totals[keys.index("count")]), 1.0)
+        result = {f"eval/{k}": float(v) / (count if k != "count" else 1.0) for k, v in zip(keys, totals.tolist())}
+    if voter is None:
+        return result, None
+    if env.distributed:
+        states = [None] * env.world_size if env.is_main else None
+        dist.gather_object(voter.state(), states, dst=0)
+        if not env.is_main:
+            return result, None
+        voter.merge(states[1:])
+    arc_metrics, submission = voter.finalize()
+    result.update({k: float(v) for k, v in arc_metrics.items() if isinstance(v, (int, float, np.number))})
+    return result, submission
