@@ -94,9 +94,13 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
         state = state.get("model", state)
         model.load_state_dict(convert_state_dict(state, model.state_dict()))
     num_params = sum(p.numel() for p in model.parameters())
+    if config.freeze_weights:
+        model.requires_grad_(False)  # before DDP, which registers the parameters it reduces
     # The puzzle-embedding table is made of buffers: DDP must neither sync them (each rank
     # holds its own batch rows) nor reduce their gradients (SparseSignSGD all-gathers them).
-    ddp = DistributedDataParallel(model, broadcast_buffers=False) if env.distributed else None
+    # With frozen weights nothing is left for DDP to reduce.
+    use_ddp = env.distributed and not config.freeze_weights
+    ddp = DistributedDataParallel(model, broadcast_buffers=False) if use_ddp else None
     step_fn = torch.compile(ddp or model) if config.compile else (ddp or model)
 
     # --- optimizers ---------------------------------------------------------------------
@@ -105,9 +109,7 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
     if model.puzzle_emb is not None:
         optimizers.append(SparseSignSGD(model.puzzle_emb, lr=0.0, weight_decay=config.puzzle_emb_weight_decay))
         base_lrs.append(config.puzzle_emb_lr)
-    if config.freeze_weights:
-        model.requires_grad_(False)
-    else:
+    if not config.freeze_weights:
         optimizers.append(build_optimizer(config.optimizer, model.parameters()))
         base_lrs.append(config.optimizer.lr)
     ema = EMA(model, config.ema_rate) if config.ema else None
