@@ -151,6 +151,7 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
             print(f"checkpoint ({tag}): {path}")
 
     eval_paths = config.data.test_paths or config.data.paths
+    pooled_voter = ARCVoter(eval_paths[0]) if config.eval.pool_votes and len(eval_paths) == 1 else None
 
     def run_eval() -> dict[str, float]:
         eval_model = model
@@ -158,9 +159,10 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
             eval_model = build_model(config.arch, shape).to(env.device)
             eval_model.load_state_dict(model.state_dict())
             ema.copy_to(eval_model)
-        # Votes are per evaluation (TRM pools them over a run's evaluations by default).
-        voter = ARCVoter(eval_paths[0]) if len(eval_paths) == 1 else None
-        metrics, submission = evaluate_examples(eval_model, loss_fn, eval_data, env, voter)
+        # Votes are per evaluation unless eval.pool_votes (TRM's default, which grows memory).
+        voter = pooled_voter or (ARCVoter(eval_paths[0]) if len(eval_paths) == 1 else None)
+        metrics, submission = evaluate_examples(eval_model, loss_fn, eval_data, env, voter,
+                                                config.eval.pass_ks, config.eval.ranking)
         if submission is not None and env.is_main:
             out_dir = os.path.join(checkpoint_root, f"evaluator_ARC_step_{step}")
             os.makedirs(out_dir, exist_ok=True)
@@ -211,7 +213,7 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
             last_eval = run_eval()
             if env.is_main:
                 print(f"epoch {epoch} step {step} [test split, per augmented example, no voting]: "
-                      + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items() if k.startswith("eval/")))
+                      + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items() if k.startswith("all/")))
                 if "ARC/pass@1" in last_eval:
                     print(f"  [test split, {last_eval['ARC/views_per_input']:.0f} augmented views voted per input; "
                           f"pass@k per task as ARC Prize, over {last_eval['ARC/tasks_scored']:.0f} tasks]: "

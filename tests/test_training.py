@@ -45,8 +45,8 @@ def test_tiny_model_memorises_tiny_dataset(tiny_data, tmp_path):
     model.load_state_dict(state["model"])
     train_split = PuzzleDataset([str(tiny_data)], "train", 8, test_mode=True)
     metrics, _ = evaluate_examples(model, build_loss(config.loss), train_split, CPU)
-    assert metrics["eval/count"] == 15
-    assert metrics["eval/exact_accuracy"] == 1.0, metrics
+    assert metrics["all/count"] == 15
+    assert metrics["all/exact_accuracy"] == 1.0, metrics
 
 
 def test_interrupted_run_resumes_step_for_step(tiny_data, tmp_path):
@@ -99,7 +99,14 @@ def test_ema_weights_are_evaluated_and_saved(tiny_data, tmp_path):
     assert state["ema"] is not None
     name = "inner.lm_head.weight"
     assert not torch.equal(state["ema"][name], state["model"][name])
-    assert "eval/exact_accuracy" in summary
+    assert "all/exact_accuracy" in summary
+
+
+def test_votes_are_per_evaluation_unless_pooled(tiny_data, tmp_path):
+    per_eval, _ = run(tiny_overrides(tiny_data, tmp_path / "a", "epochs=2", "eval_interval=1"))
+    pooled, _ = run(tiny_overrides(tiny_data, tmp_path / "b", "epochs=2", "eval_interval=1", "eval.pool_votes=true"))
+    assert per_eval["ARC/views_per_input"] == 1  # num-aug 0: one view per evaluation
+    assert pooled["ARC/views_per_input"] == 2  # the second evaluation also counts the first one's votes
 
 
 def test_periodic_eval_votes_and_writes_a_valid_submission(tiny_data, tmp_path):

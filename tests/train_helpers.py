@@ -12,8 +12,11 @@ from dataset.build_arc_dataset import main as build_main
 from utils.config import CONF_DIR, compose_config  # noqa: F401  (re-exported for the tests)
 
 
-def flip_tasks(root: Path, n_train: int = 3, n_eval: int = 1, side: int = 3, seed: int = 0, prefix: str = "") -> Path:
-    """Tasks of one rule (mirror left-right) on small random grids."""
+def flip_tasks(root: Path, n_train: int = 3, n_eval: int = 1, side: int = 3, seed: int = 0, prefix: str = "",
+               memorisable: bool = False) -> Path:
+    """Tasks of one rule (mirror left-right) on small random grids. ``memorisable``: each
+    task's test pair repeats its first demonstration pair, so memorising the training split
+    solves the test split."""
     rng = np.random.default_rng(seed)
 
     def task():
@@ -21,7 +24,7 @@ def flip_tasks(root: Path, n_train: int = 3, n_eval: int = 1, side: int = 3, see
         for _ in range(4):
             g = rng.integers(0, 10, size=(side, side))
             pairs.append({"input": g.tolist(), "output": g[:, ::-1].tolist()})
-        return {"train": pairs[:3], "test": pairs[3:]}
+        return {"train": pairs[:3], "test": pairs[:1] if memorisable else pairs[3:]}
 
     return write_folder_source(root, {"training": {f"{prefix}tr{i}": task() for i in range(n_train)},
                                       "evaluation": {f"{prefix}ev{i}": task() for i in range(n_eval)}})

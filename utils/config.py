@@ -41,6 +41,32 @@ class WandbConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Scoring (pretrain.py's periodic evaluation and evaluate.py)."""
+
+    pass_ks: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 100, 1000])
+    ranking: str = "vote"  # vote (count, then mean halt confidence; TRM) | count | noisy_or
+    pool_votes: bool = False  # pool votes over all of a run's evaluations (TRM's default)
+    checkpoint: str | None = None  # evaluate.py: a checkpoint folder, or a TRM checkpoint file
+    limit: int | None = None  # evaluate.py: the first N test tasks only
+    output_dir: str | None = None  # evaluate.py: default <checkpoint folder>/evaluate
+    report_tasks: int = 16  # tasks drawn in report.png
+
+    def validate(self) -> None:
+        from evaluators.arc import RANKINGS
+
+        bad = []
+        if self.ranking not in RANKINGS:
+            bad.append(f"eval.ranking={self.ranking!r} (one of {', '.join(RANKINGS)})")
+        if not self.pass_ks or min(self.pass_ks) < 1:
+            bad.append(f"eval.pass_ks={list(self.pass_ks)}")
+        if self.limit is not None and self.limit < 1:
+            bad.append(f"eval.limit={self.limit}")
+        if bad:
+            raise ValueError(f"invalid config values: {', '.join(bad)}")
+
+
+@dataclass
 class TrainConfig:
     """The run keys (TinyRecursiveModels' cfg_pretrain.yaml names) and the four groups."""
 
@@ -80,6 +106,7 @@ class TrainConfig:
     log_interval: int = 10
     progress_bar: bool = True
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
         positive = {"global_batch_size": self.global_batch_size, "epochs": self.epochs,
@@ -101,7 +128,7 @@ class TrainConfig:
             bad.append(f"max_steps={self.max_steps}")
         if bad:
             raise ValueError(f"invalid config values: {', '.join(bad)}")
-        for group in (self.arch, self.data, self.loss, self.optimizer):
+        for group in (self.arch, self.data, self.loss, self.optimizer, self.eval):
             group.validate()
 
 

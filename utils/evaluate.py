@@ -2,7 +2,7 @@
 test example for ``halt_max_steps`` supervision steps, report the loss head's metrics over
 the test split and, with an ``ARCVoter``, vote over the augmented views of each test input.
 
-``eval/*`` figures are per augmented test example, without voting (``eval/exact_accuracy``:
+``all/*`` figures are per augmented test example, without voting (``all/exact_accuracy``:
 the fraction of (variant, test input) examples whose whole output grid is right).
 ``ARC/*`` figures are the voter's: ``ARC/pass@k`` is the ARC Prize convention (a task scores
 the fraction of its test inputs whose answer is among the top k voted grids; averaged over
@@ -16,24 +16,43 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
-from evaluators.arc import ARCVoter
+from dataset.common import IGNORE_LABEL_ID
+from dataset.puzzle_dataset import PuzzleDataset
+from evaluators.arc import DEFAULT_PASS_KS, ARCVoter
 from losses.act import ACTLoss
 from models.recursive import ACTModel
 from utils.distributed import DistEnv, all_reduce_sum
 
 
+def first_tasks_rows(dataset: PuzzleDataset, num_tasks: int) -> int:
+    """Rows of the test split's first ``num_tasks`` groups (tasks): a prefix of the split."""
+    index = dataset.index_arrays()
+    groups = index["group_indices"]
+    return int(index["puzzle_indices"][groups[min(num_tasks, len(groups) - 1)]])
+
+
 @torch.no_grad()
 def evaluate_examples(model: ACTModel, loss_fn: ACTLoss, loader: Iterable, env: DistEnv,
-                      voter: ARCVoter | None = None) -> tuple[dict[str, float], dict | None]:
+                      voter: ARCVoter | None = None, pass_ks=DEFAULT_PASS_KS, ranking: str = "vote",
+                      task_limit: int | None = None, progress: bool = False) -> tuple[dict[str, float], dict | None]:
     """Returns (metrics, submission); the submission (and the ARC/* metrics) only with a
-    voter, and only on rank 0."""
+    voter, and only on rank 0. ``task_limit``: evaluate the first N test tasks only."""
+    max_rows = first_tasks_rows(loader, task_limit) if task_limit is not None else None
     was_training = model.training
     model.eval()
     keys: list[str] | None = None
     totals: torch.Tensor | None = None
-    for _set_name, batch, _n in loader:
+    bar = tqdm(loader, desc="evaluate", unit="batch", disable=not (progress and env.is_main))
+    for b, (_set_name, batch, _n) in enumerate(bar):
+        if max_rows is not None and b * loader.global_batch_size >= max_rows:
+            break  # the same batch on every rank: batches cover fixed global row ranges
         example_indices = batch.pop("example_indices", None)
+        if max_rows is not None and example_indices is not None:
+            beyond = example_indices >= max_rows
+            batch["labels"][beyond] = IGNORE_LABEL_ID
+            example_indices = torch.where(beyond, -1, example_indices)
         batch = {k: v.to(env.device) for k, v in batch.items()}
         carry = model.initial_carry(batch)
         for _ in range(model.config.halt_max_steps):
@@ -46,20 +65,22 @@ def evaluate_examples(model: ACTModel, loss_fn: ACTLoss, loader: Iterable, env: 
         if voter is not None and example_indices is not None:
             preds = output.logits.argmax(-1).to(torch.uint8).cpu().numpy()
             voter.add(example_indices.numpy(), preds, output.q_halt_logits.float().cpu().numpy())
+    bar.close()
     model.train(was_training)
     result: dict[str, float] = {}
     if keys is not None:
         totals = all_reduce_sum(totals, env)
         count = max(float(totals[keys.index("count")]), 1.0)
-        result = {f"eval/{k}": float(v) / (count if k != "count" else 1.0) for k, v in zip(keys, totals.tolist())}
+        result = {f"all/{k}": float(v) / (count if k != "count" else 1.0) for k, v in zip(keys, totals.tolist())}
     if voter is None:
         return result, None
     if env.distributed:
         states = [None] * env.world_size if env.is_main else None
         dist.gather_object(voter.state(), states, dst=0)
         if not env.is_main:
+            voter.reset()  # its votes now live on rank 0
             return result, None
         voter.merge(states[1:])
-    arc_metrics, submission = voter.finalize()
+    arc_metrics, submission = voter.finalize(pass_ks, ranking, task_limit)
     result.update({k: float(v) for k, v in arc_metrics.items() if isinstance(v, (int, float, np.number))})
     return result, submission
