@@ -44,7 +44,9 @@ def evaluate_examples(model: ACTModel, loss_fn: ACTLoss, loader: Iterable, env: 
     model.eval()
     keys: list[str] | None = None
     totals: torch.Tensor | None = None
-    bar = tqdm(loader, desc="evaluate", unit="batch", disable=not (progress and env.is_main))
+    rows = max_rows if max_rows is not None else int(loader.index_arrays()["puzzle_indices"][-1])
+    bar = tqdm(loader, desc="evaluate", unit="batch", total=-(-rows // loader.global_batch_size),
+               disable=not (progress and env.is_main))
     for b, (_set_name, batch, _n) in enumerate(bar):
         if max_rows is not None and b * loader.global_batch_size >= max_rows:
             break  # the same batch on every rank: batches cover fixed global row ranges
