@@ -10,6 +10,7 @@ loop -> cleanup. Configuration: conf/ (docs/training.md lists every key).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import os
@@ -54,7 +55,7 @@ def init_wandb(config: TrainConfig, env: DistEnv, num_params: int):
     import wandb
 
     run = wandb.init(project=config.wandb.project or config.project_name, entity=config.wandb.entity,
-                     name=config.run_name, mode=mode, config=ckpt.config_to_dict(config))
+                     name=config.run_name, mode=mode, config=dataclasses.asdict(config))
     run.log({"num_params": num_params}, step=0)
     return run
 
@@ -144,7 +145,7 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
     def save(tag: str) -> None:
         shared = {"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
                   "ema": ema.state_dict() if ema else None, "step": step, "data_position": train_data.state_dict(),
-                  "config": ckpt.config_to_dict(config), "identifiers_sha256": ids_hash, "world_size": env.world_size}
+                  "config": dataclasses.asdict(config), "identifiers_sha256": ids_hash, "world_size": env.world_size}
         per_rank = {"carry": ckpt.carry_to_dict(carry), "rng": ckpt.rng_state()}
         path = ckpt.save_checkpoint(checkpoint_root, step, shared, per_rank, env, keep=config.max_checkpoints)
         if env.is_main:

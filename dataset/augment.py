@@ -39,11 +39,6 @@ class LegacyRandom:
         rs.set_state(("MT19937", self.key.copy(), int(self.pos[0]), 0, 0.0))
         return rs
 
-    def load_random_state(self, rs: np.random.RandomState) -> None:
-        _, key, pos, _, _ = rs.get_state(legacy=True)
-        self.key[:] = key
-        self.pos[0] = pos
-
 
 @njit(cache=True)
 def _mt_twist(key):
@@ -460,11 +455,18 @@ def invert_predictions(tokens, trans_ids, mappings, canvas: int):
 # Variant names: "<task>|||t<k>|||<mapping digits>" (TRM's format)
 
 
+def augmented_names(task_id: str, trans_ids: np.ndarray, mappings: np.ndarray) -> list[str]:
+    """Names of augmented variants (never the original's bare id), vectorised for builds
+    with hundreds of thousands of variants."""
+    digits = (np.asarray(mappings, dtype=np.uint8) + ord("0")).astype(np.uint8)
+    sep = PUZZLE_ID_SEPARATOR
+    return [f"{task_id}{sep}t{t}{sep}{d.tobytes().decode()}" for t, d in zip(np.asarray(trans_ids).tolist(), digits)]
+
+
 def variant_name(task_id: str, trans_id: int, mapping: np.ndarray) -> str:
     if trans_id == 0 and np.array_equal(mapping, np.arange(10)):
         return task_id
-    digits = "".join(str(int(x)) for x in mapping)
-    return f"{task_id}{PUZZLE_ID_SEPARATOR}t{trans_id}{PUZZLE_ID_SEPARATOR}{digits}"
+    return augmented_names(task_id, np.array([trans_id]), np.asarray(mapping)[None, :])[0]
 
 
 def parse_variant_name(name: str) -> tuple[str, int, np.ndarray]:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from dataset.augment import (
     LegacyRandom,
+    augmented_names,
     draw_translations,
     encode_examples,
     plan_augmentations,
@@ -309,13 +310,10 @@ def identifier_names(planned: list[PlannedTask], start: int) -> tuple[list[str],
     train-split order as TRM does."""
     names = [BLANK_IDENTIFIER] * start
     first: dict[str, int] = {}
-    sep = PUZZLE_ID_SEPARATOR
     for p in planned:
         first[p.task.task_id] = len(names)
         names.append(p.task.task_id)
-        digits = (p.mappings[1:] + ord("0")).astype(np.uint8)
-        names.extend(f"{p.task.task_id}{sep}t{t}{sep}{d.tobytes().decode()}"
-                     for t, d in zip(p.trans_ids[1:].tolist(), digits))
+        names.extend(augmented_names(p.task.task_id, p.trans_ids[1:], p.mappings[1:]))
     return names, first
 
 

@@ -11,7 +11,6 @@ place, so a folder named ``step_*`` is always complete. ``resume=auto`` takes th
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import re
@@ -116,7 +115,3 @@ def load_rank(path: str, rank: int) -> dict[str, Any] | None:
     if not os.path.isfile(file):
         return None
     return torch.load(file, map_location="cpu", weights_only=False)
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
