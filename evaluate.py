@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from dataset.demonstrations import Demonstrations
 from dataset.puzzle_dataset import PuzzleDataset
 from evaluators.arc import ARCVoter, write_submission
 from evaluators.report import render_report
@@ -105,8 +106,9 @@ def evaluate(config: TrainConfig, weights: dict, state: dict | None, checkpoint:
         ema.copy_to(model)  # pretrain.py evaluates (and means) the EMA weights
 
     voter = ARCVoter(test_path)
+    demos = Demonstrations([test_path], model.num_demos, config.seed) if model.num_demos else None
     metrics, submission = evaluate_examples(model, build_loss(config.loss), data, env, voter, config.eval.pass_ks,
-                                            config.eval.ranking, config.eval.limit, progress=True)
+                                            config.eval.ranking, config.eval.limit, progress=True, demos=demos)
     if not env.is_main:
         return {}
     out_dir = config.eval.output_dir or os.path.join(
@@ -119,7 +121,7 @@ def evaluate(config: TrainConfig, weights: dict, state: dict | None, checkpoint:
     else:
         scored = "unlabeled test set: no score"
     title = (f"{os.path.basename(os.path.normpath(test_path))}, test split: {metrics.get('ARC/tasks', 0):.0f} tasks, "
-             f"{views:.0f} augmented views voted per input ({config.eval.ranking})\n{scored}")
+             f"{views:.0f} predictions voted per input (augmented views x samples, {config.eval.ranking})\n{scored}")
     report = {"checkpoint": checkpoint, "dataset": test_path, "split": "test", "ranking": config.eval.ranking,
               "task_limit": config.eval.limit, "metrics": metrics}
     write_json_atomic(os.path.join(out_dir, "metrics.json"), report, indent=1)

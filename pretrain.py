@@ -23,12 +23,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from dataset.demonstrations import Demonstrations
 from dataset.puzzle_dataset import PuzzleDataset
 from evaluators.arc import ARCVoter, write_submission
 from losses import build_loss
 from models import build_model
+from models.base import ARCModel
 from models.convert import convert_state_dict
-from models.recursive import ACTModel, DataShape
+from models.recursive import DataShape
 from utils import checkpoint as ckpt
 from utils.config import TrainConfig, load_config, register_configs
 from utils.distributed import DistEnv, all_reduce_sum, cleanup_distributed, init_distributed
@@ -69,6 +71,17 @@ def reduce_metrics(metrics: dict[str, torch.Tensor], env: DistEnv, global_batch_
     return {f"train/{k}": v / (global_batch_size if k.endswith("loss") else count) for k, v in raw.items()}
 
 
+def component_grad_norms(model: torch.nn.Module) -> dict[str, float]:
+    """Gradient norm of each top-level submodule: shows which parts learn (a frozen-by-mistake
+    language model reads 0). Gradients are already averaged over DDP ranks."""
+    norms = {}
+    for name, child in model.named_children():
+        grads = [p.grad.detach().float().norm() for p in child.parameters() if p.grad is not None]
+        if grads:
+            norms[f"train/grad_norm/{name}"] = float(torch.stack(grads).norm())
+    return norms
+
+
 def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
     # --- data ---------------------------------------------------------------------------
     if config.global_batch_size % env.world_size:
@@ -88,7 +101,7 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
     # --- model --------------------------------------------------------------------------
     torch.manual_seed(config.seed)
     shape = DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, local_batch)
-    model: ACTModel = build_model(config.arch, shape).to(env.device)
+    model: ARCModel = build_model(config.arch, shape).to(env.device)
     loss_fn = build_loss(config.loss)
     if config.init_from:
         state = torch.load(config.init_from, map_location="cpu", weights_only=False)
@@ -111,7 +124,7 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
         optimizers.append(SparseSignSGD(model.puzzle_emb, lr=0.0, weight_decay=config.puzzle_emb_weight_decay))
         base_lrs.append(config.puzzle_emb_lr)
     if not config.freeze_weights:
-        optimizers.append(build_optimizer(config.optimizer, model.parameters()))
+        optimizers.append(build_optimizer(config.optimizer, model.param_groups()))
         base_lrs.append(config.optimizer.lr)
     ema = EMA(model, config.ema_rate) if config.ema else None
 
@@ -152,6 +165,9 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
             print(f"checkpoint ({tag}): {path}")
 
     eval_paths = config.data.test_paths or config.data.paths
+    # In-context models read demonstration pairs of the example's own task (train split).
+    train_demos = Demonstrations(config.data.paths, model.num_demos, config.seed) if model.num_demos else None
+    eval_demos = Demonstrations(eval_paths, model.num_demos, config.seed) if model.num_demos else None
     pooled_voter = ARCVoter(eval_paths[0]) if config.eval.pool_votes and len(eval_paths) == 1 else None
 
     def run_eval() -> dict[str, float]:
@@ -163,7 +179,7 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
         # Votes are per evaluation unless eval.pool_votes (TRM's default, which grows memory).
         voter = pooled_voter or (ARCVoter(eval_paths[0]) if len(eval_paths) == 1 else None)
         metrics, submission = evaluate_examples(eval_model, loss_fn, eval_data, env, voter,
-                                                config.eval.pass_ks, config.eval.ranking)
+                                                config.eval.pass_ks, config.eval.ranking, demos=eval_demos)
         if submission is not None and env.is_main:
             out_dir = os.path.join(checkpoint_root, f"evaluator_ARC_step_{step}")
             os.makedirs(out_dir, exist_ok=True)
@@ -181,6 +197,8 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
     epoch = train_data.state_dict()["epoch"]
     while epoch < config.epochs and step < stop_step:
         for _set, batch, _n in train_data:
+            if train_demos is not None:
+                batch = train_demos.attach(batch)
             batch = {k: v.to(env.device) for k, v in batch.items()}
             if carry is None:
                 carry = model.initial_carry(batch)
@@ -188,19 +206,21 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
             loss, metrics = loss_fn(output, carry.current_data)
             # Per-rank mean; DDP averages over ranks -> the mean over the global batch.
             (loss / local_batch).backward()
+            logging = (step + 1) % config.log_interval == 0 or step + 1 == stop_step
+            grad_norms = component_grad_norms(model) if logging else {}
             lr = 0.0
             for opt, base_lr in zip(optimizers, base_lrs, strict=True):
                 lr = cosine_lr(step, base_lr, config.lr_warmup_steps, total_steps, config.lr_min_ratio)
                 for group in opt.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             if ema is not None:
                 ema.update(model)
             step += 1
             bar.update(1)
-            if step % config.log_interval == 0 or step == stop_step:
-                last_train = {**reduce_metrics(metrics, env, config.global_batch_size), "train/lr": lr}
+            if logging:
+                last_train = {**reduce_metrics(metrics, env, config.global_batch_size), **grad_norms, "train/lr": lr}
                 if wandb_run is not None:
                     wandb_run.log(last_train, step=step)
                 bar.set_postfix(loss=f"{last_train['train/lm_loss']:.3f}", acc=f"{last_train['train/accuracy']:.3f}")

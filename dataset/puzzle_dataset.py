@@ -288,6 +288,11 @@ class PuzzleDataset(IterableDataset):
         group = np.searchsorted(data.group_indices, puzzle, side="right") - 1
         return np.where(pad, -1, puzzle), np.where(pad, -1, group)
 
+    def read_examples(self, rows: np.ndarray, set_name: str = "all") -> tuple[np.ndarray, np.ndarray]:
+        """Inputs and labels (int32, ignored labels as IGNORE_LABEL_ID) of merged example rows."""
+        inputs, labels = self._set(set_name).read_rows(np.asarray(rows, dtype=np.int64), self.metadata.seq_len)
+        return inputs, self._map_labels(labels)
+
     def _set(self, set_name: str) -> _SetData:
         if set_name not in self._sets:
             raise ValueError(f"unknown set {set_name!r}; sets are {list(self._sets)}")

@@ -1,11 +1,18 @@
-"""Loss registry: one entry per ``conf/loss/<name>.yaml`` option."""
+"""Loss registry: one entry per ``conf/loss/<name>.yaml`` option, and one typed schema per
+loss family (``<family>_schema`` in the ConfigStore). A loss turns (model output, batch)
+into (loss summed over examples, metrics); see models/base.py for the contract."""
+
+from collections.abc import Callable
+from typing import Any
 
 from losses.act import ACTLoss, LossConfig
 
-LOSSES = {"stablemax": ACTLoss, "softmax": ACTLoss}
+LOSSES: dict[str, Callable[[Any], Any]] = {"stablemax": ACTLoss, "softmax": ACTLoss}
+
+LOSS_SCHEMAS: dict[str, type] = {"loss_schema": LossConfig}
 
 
-def build_loss(config: LossConfig) -> ACTLoss:
+def build_loss(config: Any):
     if config.name not in LOSSES:
         raise ValueError(f"loss.name={config.name!r}: choose from {sorted(LOSSES)}")
     return LOSSES[config.name](config)

@@ -1,19 +1,33 @@
-"""Model registry: one entry per ``conf/arch/<name>.yaml`` option."""
+"""Model registry: one entry per ``conf/arch/<name>.yaml`` option, and one typed schema per
+model family (``<family>_schema`` in Hydra's ConfigStore, which each option extends)."""
 
 from __future__ import annotations
 
-from models.recursive import ACTModel, DataShape, HRMCore, RecursiveArchConfig, RecursiveCore, TransformerCore, TRMCore
+from collections.abc import Callable
+from typing import Any
 
-MODELS: dict[str, type[RecursiveCore]] = {
-    "trm": TRMCore,
-    "trm_mlp": TRMCore,
-    "trm_tiny": TRMCore,
-    "hrm": HRMCore,
-    "transformer": TransformerCore,
+from models.base import ARCModel
+from models.recursive import ACTModel, DataShape, HRMCore, RecursiveArchConfig, TransformerCore, TRMCore
+
+
+def _recursive(core: type) -> Callable[[RecursiveArchConfig, DataShape], ACTModel]:
+    return lambda config, shape: ACTModel(core(config, shape))
+
+
+MODELS: dict[str, Callable[[Any, DataShape], ARCModel]] = {
+    "trm": _recursive(TRMCore),
+    "trm_mlp": _recursive(TRMCore),
+    "trm_tiny": _recursive(TRMCore),
+    "hrm": _recursive(HRMCore),
+    "transformer": _recursive(TransformerCore),
+}
+
+ARCH_SCHEMAS: dict[str, type] = {
+    "recursive_schema": RecursiveArchConfig,
 }
 
 
-def build_model(config: RecursiveArchConfig, shape: DataShape) -> ACTModel:
+def build_model(config: Any, shape: DataShape) -> ARCModel:
     if config.name not in MODELS:
         raise ValueError(f"arch.name={config.name!r} is not a registered model: choose from {sorted(MODELS)}")
-    return ACTModel(MODELS[config.name](config, shape))
+    return MODELS[config.name](config, shape)

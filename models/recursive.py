@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.base import ARCModel, Predictions
 from models.layers import (
     Attention,
     CastedEmbedding,
@@ -297,7 +298,7 @@ class TransformerCore(RecursiveCore):
 # ACT wrapper
 
 
-class ACTModel(nn.Module):
+class ACTModel(ARCModel):
     """Deep supervision with adaptive halting.
 
     Each call runs one supervision step on every example in the carry. Examples that halted
@@ -353,6 +354,15 @@ class ACTModel(nn.Module):
                     target = torch.sigmoid(torch.where(is_last, next_halt, torch.maximum(next_halt, next_continue)))
         new_carry = ACTCarry(inner, steps, halted, data)
         return new_carry, ACTOutput(logits, q_halt, q_continue, halted, steps, target)
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> tuple[ACTOutput, dict[str, torch.Tensor], Predictions]:
+        """Every example runs ``halt_max_steps`` steps (in eval mode none halts earlier);
+        one candidate per example, scored by its halt logit."""
+        carry = self.initial_carry(batch)
+        for _ in range(self.config.halt_max_steps):
+            carry, output = self(carry, batch)
+        predictions = Predictions(output.logits.argmax(-1).unsqueeze(1), output.q_halt_logits.unsqueeze(1))
+        return output, carry.current_data, predictions
 
 
 CORES: dict[str, type[RecursiveCore]] = {"trm": TRMCore, "hrm": HRMCore, "transformer": TransformerCore}

@@ -8,7 +8,7 @@ from train_helpers import CONF_DIR, compose_config
 from losses import LOSSES, build_loss
 from models import MODELS, build_model
 from models.recursive import DataShape
-from utils.config import SCHEMA_NAMES
+from utils.config import SCHEMAS
 from utils.optimizers import OPTIMIZER_NAMES, build_optimizer
 
 GROUPS = {"arch": set(MODELS), "loss": set(LOSSES), "optimizer": set(OPTIMIZER_NAMES), "data": None}
@@ -36,9 +36,14 @@ def test_every_option_composes_and_builds(group, option):
         model = build_model(chosen, DataShape(seq_len=16, vocab_size=12, num_puzzle_identifiers=3, batch_size=2))
         batch = {"inputs": torch.randint(0, 12, (2, 16)), "labels": torch.randint(0, 12, (2, 16)),
                  "puzzle_identifiers": torch.tensor([1, 2], dtype=torch.int32)}
+        if model.num_demos:
+            k = model.num_demos
+            batch.update(demo_inputs=torch.randint(0, 12, (2, k, 16)), demo_labels=torch.randint(0, 12, (2, k, 16)),
+                         demo_mask=torch.ones(2, k, dtype=torch.bool))
         model.eval()
-        carry, out = model(model.initial_carry(batch), batch)
-        assert out.logits.shape == (2, 16, 12)
+        _, _, predictions = model.predict(batch)
+        assert predictions.tokens.shape[0] == 2 and predictions.tokens.shape[-1] == 16
+        assert predictions.scores.shape == predictions.tokens.shape[:2]
     elif group == "loss":
         assert callable(build_loss(chosen))
     elif group == "optimizer":
@@ -52,10 +57,11 @@ def test_every_experiment_composes(experiment):
 
 
 def test_schemas_are_registered_for_every_group():
-    for group, name in SCHEMA_NAMES.items():
+    for group, schemas in SCHEMAS.items():
         for option in options(group):
             text = (Path(CONF_DIR) / group / f"{option}.yaml").read_text()
-            assert f"- {name}" in text, f"conf/{group}/{option}.yaml does not extend {name}"
+            assert any(f"- {name}" in text for name in schemas), \
+                f"conf/{group}/{option}.yaml extends none of {sorted(schemas)}"
 
 
 @pytest.mark.parametrize("override,key", [

@@ -35,8 +35,9 @@ def identifiers_hash(dataset_paths: list[str]) -> str:
     return h.hexdigest()
 
 
-def carry_to_dict(carry: ACTCarry | None) -> dict[str, Any] | None:
-    if carry is None:
+def carry_to_dict(carry: Any) -> dict[str, Any] | None:
+    """A recursive model's carry; other models' carries (the batch) are rebuilt each step."""
+    if not isinstance(carry, ACTCarry):
         return None
     return {"z_H": carry.inner.z_H, "z_L": carry.inner.z_L, "steps": carry.steps, "halted": carry.halted,
             "current_data": carry.current_data}

@@ -15,8 +15,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from losses import LossConfig
-from models import RecursiveArchConfig
+from losses import LOSS_SCHEMAS
+from models import ARCH_SCHEMAS
 from utils.optimizers import OptimizerConfig
 
 
@@ -132,15 +132,21 @@ class TrainConfig:
             group.validate()
 
 
-SCHEMAS = {"arch": RecursiveArchConfig, "data": DataConfig, "loss": LossConfig, "optimizer": OptimizerConfig}
-SCHEMA_NAMES = {"arch": "recursive_schema", "data": "data_schema", "loss": "loss_schema", "optimizer": "optimizer_schema"}
+# group -> {schema name in the ConfigStore: dataclass}; every option extends one of its group's.
+SCHEMAS: dict[str, dict[str, type]] = {
+    "arch": ARCH_SCHEMAS,
+    "data": {"data_schema": DataConfig},
+    "loss": LOSS_SCHEMAS,
+    "optimizer": {"optimizer_schema": OptimizerConfig},
+}
 
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
-    for group, schema in SCHEMAS.items():
-        cs.store(group=group, name=SCHEMA_NAMES[group], node=schema)
+    for group, schemas in SCHEMAS.items():
+        for name, schema in schemas.items():
+            cs.store(group=group, name=name, node=schema)
 
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")

@@ -1,6 +1,7 @@
-"""Evaluation shared by pretrain.py's periodic eval (and evaluate.py, issue 4): run every
-test example for ``halt_max_steps`` supervision steps, report the loss head's metrics over
-the test split and, with an ``ARCVoter``, vote over the augmented views of each test input.
+"""Evaluation shared by pretrain.py's periodic eval and evaluate.py: ``model.predict`` on
+every test example (a recursive model runs ``halt_max_steps`` supervision steps; a diffusion
+or sequence model samples), the loss's metrics over the test split and, with an
+``ARCVoter``, votes over the candidates of all augmented views of each test input.
 
 ``all/*`` figures are per augmented test example, without voting (``all/exact_accuracy``:
 the fraction of (variant, test input) examples whose whole output grid is right).
@@ -19,10 +20,10 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from dataset.common import IGNORE_LABEL_ID
+from dataset.demonstrations import Demonstrations
 from dataset.puzzle_dataset import PuzzleDataset
 from evaluators.arc import DEFAULT_PASS_KS, ARCVoter
-from losses.act import ACTLoss
-from models.recursive import ACTModel
+from models.base import ARCModel
 from utils.distributed import DistEnv, all_reduce_sum
 
 
@@ -34,11 +35,13 @@ def first_tasks_rows(dataset: PuzzleDataset, num_tasks: int) -> int:
 
 
 @torch.no_grad()
-def evaluate_examples(model: ACTModel, loss_fn: ACTLoss, loader: Iterable, env: DistEnv,
+def evaluate_examples(model: ARCModel, loss_fn, loader: Iterable, env: DistEnv,
                       voter: ARCVoter | None = None, pass_ks=DEFAULT_PASS_KS, ranking: str = "vote",
-                      task_limit: int | None = None, progress: bool = False) -> tuple[dict[str, float], dict | None]:
+                      task_limit: int | None = None, progress: bool = False,
+                      demos: Demonstrations | None = None) -> tuple[dict[str, float], dict | None]:
     """Returns (metrics, submission); the submission (and the ARC/* metrics) only with a
-    voter, and only on rank 0. ``task_limit``: evaluate the first N test tasks only."""
+    voter, and only on rank 0. ``task_limit``: evaluate the first N test tasks only.
+    ``demos``: demonstration pairs for an in-context model (``model.num_demos > 0``)."""
     max_rows = first_tasks_rows(loader, task_limit) if task_limit is not None else None
     was_training = model.training
     model.eval()
@@ -55,18 +58,19 @@ def evaluate_examples(model: ACTModel, loss_fn: ACTLoss, loader: Iterable, env: 
             beyond = example_indices >= max_rows
             batch["labels"][beyond] = IGNORE_LABEL_ID
             example_indices = torch.where(beyond, -1, example_indices)
+        if demos is not None:
+            batch = demos.attach(batch)
         batch = {k: v.to(env.device) for k, v in batch.items()}
-        carry = model.initial_carry(batch)
-        for _ in range(model.config.halt_max_steps):
-            carry, output = model(carry, batch)
-        _, metrics = loss_fn(output, carry.current_data)
+        output, data, predictions = model.predict(batch)
+        _, metrics = loss_fn(output, data)
         if keys is None:
             keys = sorted(metrics)
             totals = torch.zeros(len(keys), dtype=torch.float64, device=env.device)
         totals += torch.stack([metrics[k].to(torch.float64) for k in keys])
         if voter is not None and example_indices is not None:
-            preds = output.logits.argmax(-1).to(torch.uint8).cpu().numpy()
-            voter.add(example_indices.numpy(), preds, output.q_halt_logits.float().cpu().numpy())
+            n = predictions.tokens.shape[1]  # candidates per example: each one a vote
+            voter.add(example_indices.numpy().repeat(n), predictions.tokens.flatten(0, 1).to(torch.uint8).cpu().numpy(),
+                      predictions.scores.flatten().float().cpu().numpy())
     bar.close()
     model.train(was_training)
     result: dict[str, float] = {}
