@@ -42,12 +42,32 @@ from utils.optimizers import SparseSignSGD, build_optimizer
 register_configs()
 
 
-def cosine_lr(step: int, base_lr: float, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up, then cosine from base_lr down to min_ratio * base_lr (TRM's schedule)."""
+def lr_factor(config: TrainConfig, step: int, total_steps: int) -> float:
+    """The scheduled lr at ``step`` as a multiple of the configured lr (every optimizer
+    follows it). ``cosine``: linear warm-up, then cosine down to ``lr_min_ratio`` (TRM).
+    ``cosine_restarts``: warm-up, then cosine cycles of ``restarts.T_0`` epochs, each
+    ``T_mult`` times longer than the last, down to ``restarts.eta_min``."""
+    warmup = config.lr_warmup_steps
     if step < warmup:
-        return base_lr * step / max(1, warmup)
-    progress = (step - warmup) / max(1, total - warmup)
-    return base_lr * (min_ratio + max(0.0, (1 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))))
+        return step / warmup
+    if config.lr_schedule == "cosine":
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        ratio = config.lr_min_ratio
+        return ratio + max(0.0, (1 - ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    r = config.restarts
+    t, period = (step - warmup) * config.epochs / max(1, total_steps), r.T_0  # t in epochs
+    while t >= period:
+        t, period = t - period, period * r.T_mult
+    floor = r.eta_min / config.optimizer.lr
+    return floor + (1 - floor) * 0.5 * (1.0 + math.cos(math.pi * t / period))
+
+
+def prefers(config: TrainConfig, value: float, best: float | None) -> bool:
+    """Whether ``value`` of the monitored metric improves on ``best``."""
+    if best is None:
+        return True
+    delta = config.callbacks.min_delta
+    return value < best - delta if config.callbacks.mode == "min" else value > best + delta
 
 
 def init_wandb(config: TrainConfig, env: DistEnv, num_params: int):
@@ -116,21 +136,29 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
     use_ddp = env.distributed and not config.freeze_weights
     ddp = DistributedDataParallel(model, broadcast_buffers=False) if use_ddp else None
     step_fn = torch.compile(ddp or model) if config.compile else (ddp or model)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+    scaler = torch.amp.GradScaler(env.device.type, enabled=config.precision == "fp16")
 
     # --- optimizers ---------------------------------------------------------------------
     optimizers: list[torch.optim.Optimizer] = []
     base_lrs: list[float] = []
+    dense: torch.optim.Optimizer | None = None
     if model.puzzle_emb is not None:
         optimizers.append(SparseSignSGD(model.puzzle_emb, lr=0.0, weight_decay=config.puzzle_emb_weight_decay))
         base_lrs.append(config.puzzle_emb_lr)
     if not config.freeze_weights:
-        optimizers.append(build_optimizer(config.optimizer, model.param_groups()))
+        dense = build_optimizer(config.optimizer, model.param_groups())
+        optimizers.append(dense)
         base_lrs.append(config.optimizer.lr)
+    dense_params = [p for group in dense.param_groups for p in group["params"]] if dense else []
     ema = EMA(model, config.ema_rate) if config.ema else None
 
     # --- resume -------------------------------------------------------------------------
     checkpoint_root = config.checkpoint_path or os.path.join("checkpoints", config.project_name, config.run_name)
     step, carry = 0, None
+    # Callback state: the best monitored value so far and evaluations since it improved.
+    monitor = {"best": None, "stale_evals": 0}
     resume_from = ckpt.resolve_resume(config.resume, checkpoint_root)
     if config.resume == "none" and ckpt.list_checkpoints(checkpoint_root):
         raise ValueError(f"{checkpoint_root} already holds checkpoints of another run: pass resume=auto to continue "
@@ -148,6 +176,9 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
             ema.load_state_dict(shared["ema"])
         train_data.load_state_dict(shared["data_position"])
         step = shared["step"]
+        monitor = shared.get("monitor", monitor)
+        if shared.get("scaler"):
+            scaler.load_state_dict(shared["scaler"])
         own = ckpt.load_rank(resume_from, env.rank) if shared["world_size"] == env.world_size else None
         if own is not None:
             carry = ckpt.carry_from_dict(own["carry"], env.device)
@@ -155,12 +186,14 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
         if env.is_main:
             print(f"resumed from {resume_from} at step {step}")
 
-    def save(tag: str) -> None:
+    def save(tag: str, score: float | None = None) -> None:
         shared = {"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
                   "ema": ema.state_dict() if ema else None, "step": step, "data_position": train_data.state_dict(),
-                  "config": dataclasses.asdict(config), "identifiers_sha256": ids_hash, "world_size": env.world_size}
+                  "config": dataclasses.asdict(config), "identifiers_sha256": ids_hash, "world_size": env.world_size,
+                  "monitor": monitor, "scaler": scaler.state_dict() if scaler.is_enabled() else None}
         per_rank = {"carry": ckpt.carry_to_dict(carry), "rng": ckpt.rng_state()}
-        path = ckpt.save_checkpoint(checkpoint_root, step, shared, per_rank, env, keep=config.max_checkpoints)
+        path = ckpt.save_checkpoint(checkpoint_root, step, shared, per_rank, env, keep=config.max_checkpoints,
+                                    score=score, keep_best=config.callbacks.keep_best, mode=config.callbacks.mode)
         if env.is_main:
             print(f"checkpoint ({tag}): {path}")
 
@@ -195,26 +228,37 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
     started = time.perf_counter()
     model.train()
     epoch = train_data.state_dict()["epoch"]
-    while epoch < config.epochs and step < stop_step:
+    out_of_time = stopped_early = False
+    while epoch < config.epochs and step < stop_step and not (out_of_time or stopped_early):
         for _set, batch, _n in train_data:
             if train_demos is not None:
                 batch = train_demos.attach(batch)
             batch = {k: v.to(env.device) for k, v in batch.items()}
             if carry is None:
                 carry = model.initial_carry(batch)
-            carry, output = step_fn(carry, batch)
-            loss, metrics = loss_fn(output, carry.current_data)
+            with torch.autocast(env.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                carry, output = step_fn(carry, batch)
+                loss, metrics = loss_fn(output, carry.current_data)
             # Per-rank mean; DDP averages over ranks -> the mean over the global batch.
-            (loss / local_batch).backward()
+            scaler.scale(loss / local_batch).backward()
+            if dense is not None:
+                scaler.unscale_(dense)
             logging = (step + 1) % config.log_interval == 0 or step + 1 == stop_step
             grad_norms = component_grad_norms(model) if logging else {}
-            lr = 0.0
+            if config.grad_clip_norm is not None and dense_params:
+                torch.nn.utils.clip_grad_norm_(dense_params, config.grad_clip_norm)
+            factor = lr_factor(config, step, total_steps)
             for opt, base_lr in zip(optimizers, base_lrs, strict=True):
-                lr = cosine_lr(step, base_lr, config.lr_warmup_steps, total_steps, config.lr_min_ratio)
                 for group in opt.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
-                opt.step()
+                    group["lr"] = base_lr * factor * group.get("lr_scale", 1.0)
+                if opt is dense:
+                    scaler.step(opt)  # skipped when fp16 gradients overflowed
+                elif not scaler.is_enabled() or all(torch.isfinite(p.grad).all() for g in opt.param_groups
+                                                    for p in g["params"] if p.grad is not None):
+                    opt.step()  # sign-SGD ignores the loss scale
                 opt.zero_grad(set_to_none=True)
+            scaler.update()
+            lr = config.optimizer.lr * factor
             if ema is not None:
                 ema.update(model)
             step += 1
@@ -226,10 +270,13 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
                 bar.set_postfix(loss=f"{last_train['train/lm_loss']:.3f}", acc=f"{last_train['train/accuracy']:.3f}")
             if config.checkpoint_interval_steps and step % config.checkpoint_interval_steps == 0:
                 save("interval")
-            if step >= stop_step:
+            if config.max_minutes is not None:  # rank 0's clock decides, so all ranks stop together
+                late = float(env.is_main and time.perf_counter() - started > 60 * config.max_minutes)
+                out_of_time = bool(all_reduce_sum(torch.tensor([late], device=env.device), env).item())
+            if step >= stop_step or out_of_time:
                 break
         epoch = train_data.state_dict()["epoch"]
-        finished = epoch >= config.epochs or step >= stop_step
+        finished = epoch >= config.epochs or step >= stop_step or out_of_time
         if (epoch % config.eval_interval == 0 or finished) and epoch >= config.min_eval_interval:
             last_eval = run_eval()
             if env.is_main:
@@ -242,15 +289,30 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
                                       if f"ARC/pass@{k}" in last_eval))
             if wandb_run is not None:
                 wandb_run.log(last_eval, step=step)
-            if config.checkpoint_every_eval:
-                save("eval")
+            score = last_eval.get(config.callbacks.monitor)
+            watching = config.callbacks.keep_best or config.callbacks.early_stopping_patience
+            if watching and score is None:
+                raise ValueError(f"callbacks.monitor={config.callbacks.monitor!r} is not an evaluation metric; "
+                                 f"they are: {', '.join(sorted(last_eval))}")
+            if score is not None:
+                improved = prefers(config, score, monitor["best"])
+                monitor = {"best": score if improved else monitor["best"],
+                           "stale_evals": 0 if improved else monitor["stale_evals"] + 1}
+            patience = config.callbacks.early_stopping_patience
+            if patience and monitor["stale_evals"] >= patience:
+                stopped_early = True
+                if env.is_main:
+                    print(f"early stop: {config.callbacks.monitor} has not improved on {monitor['best']:.4f} "
+                          f"for {patience} evaluations")
+            if config.checkpoint_every_eval or stopped_early:
+                save("eval", score)
     bar.close()
     if not config.checkpoint_every_eval and config.checkpoint_interval_steps:
         save("final")
     if wandb_run is not None:
         wandb_run.finish()
     summary = {"step": step, "seconds": time.perf_counter() - started, "num_params": num_params,
-               **last_train, **last_eval}
+               **last_train, **last_eval, "best_monitor": monitor["best"]}
     # --- cleanup: free DDP objects before the process group goes ----------------------------
     del ddp, step_fn
     gc.collect()
@@ -258,7 +320,9 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> dict[str, Any]:
+def main(cfg: DictConfig) -> float | None:
+    """Returns the best value of ``callbacks.monitor``: the objective of an Optuna sweep
+    (``-m hydra/sweeper=optuna``; set ``hydra.sweeper.direction`` to match callbacks.mode)."""
     config = load_config(cfg)
     if config.run_name is None:
         config.run_name = f"{config.arch.name}-{config.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -270,7 +334,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         if env.is_main:
             print("final: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                         for k, v in summary.items()))
-        return summary
+        return summary["best_monitor"]
     finally:
         cleanup_distributed(env)
 

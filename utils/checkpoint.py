@@ -12,6 +12,7 @@ place, so a folder named ``step_*`` is always complete. ``resume=auto`` takes th
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ import torch
 from models.recursive import ACTCarry, InnerCarry
 from utils.distributed import DistEnv, barrier
 
+SCORE_FILE = "score.json"  # the monitored evaluation metric of a checkpoint (callbacks)
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -72,7 +74,10 @@ def list_checkpoints(root: str) -> list[tuple[int, str]]:
 
 
 def save_checkpoint(root: str, step: int, shared: dict[str, Any], per_rank: dict[str, Any], env: DistEnv,
-                    keep: int = 0) -> str:
+                    keep: int = 0, score: float | None = None, keep_best: int = 0, mode: str = "min") -> str:
+    """Write ``step_<N>/`` atomically (a temp folder, then rename), with ``score.json`` when a
+    monitored metric is given; then keep the newest ``keep`` (0: all) plus the ``keep_best``
+    best-scored checkpoints."""
     final = os.path.join(root, f"step_{step:08d}")
     tmp = os.path.join(root, f".step_{step:08d}.tmp")
     if env.is_main:
@@ -83,16 +88,41 @@ def save_checkpoint(root: str, step: int, shared: dict[str, Any], per_rank: dict
     torch.save(per_rank, os.path.join(tmp, f"rank{env.rank}.pt"))
     if env.is_main:
         torch.save(shared, os.path.join(tmp, "state.pt"))
+        if score is not None:
+            with open(os.path.join(tmp, SCORE_FILE), "w") as f:
+                json.dump({"score": score}, f)
     barrier(env)
     if env.is_main:
         if os.path.exists(final):  # the same step saved twice (e.g. eval and interval): replace
             shutil.rmtree(final)
         os.rename(tmp, final)
-        if keep > 0:
-            for _, old in list_checkpoints(root)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(root, keep, keep_best, mode)
     barrier(env)
     return final
+
+
+def checkpoint_score(path: str) -> float | None:
+    file = os.path.join(path, SCORE_FILE)
+    if not os.path.isfile(file):
+        return None
+    with open(file) as f:
+        return float(json.load(f)["score"])
+
+
+def prune_checkpoints(root: str, keep: int, keep_best: int = 0, mode: str = "min") -> list[str]:
+    """Delete all but the newest ``keep`` (0: keep everything) and the ``keep_best`` best
+    scored checkpoints; returns the kept folders, oldest first."""
+    found = [path for _, path in list_checkpoints(root)]
+    if keep <= 0:
+        return found
+    kept = set(found[-keep:])
+    scored = [(s, path) for path in found if (s := checkpoint_score(path)) is not None]
+    scored.sort(key=lambda sp: sp[0], reverse=mode == "max")
+    kept.update(path for _, path in scored[:keep_best])
+    for path in found:
+        if path not in kept:
+            shutil.rmtree(path, ignore_errors=True)
+    return [path for path in found if path in kept]
 
 
 def resolve_resume(resume: str, checkpoint_root: str) -> str | None:

@@ -67,6 +67,43 @@ class EvalConfig:
 
 
 @dataclass
+class RestartsConfig:
+    """``lr_schedule=cosine_restarts`` (CosineAnnealingWarmRestarts, counted in epochs)."""
+
+    T_0: float = 10.0  # epochs in the first cycle
+    T_mult: int = 1  # each cycle this many times longer than the last
+    eta_min: float = 0.0  # the lr at the bottom of a cycle
+
+
+@dataclass
+class CallbacksConfig:
+    """Decisions taken at each evaluation, from one evaluation metric."""
+
+    monitor: str = "all/lm_loss"  # an evaluation metric (all/* or ARC/*)
+    mode: str = "min"  # min | max: which direction is better
+    keep_best: int = 0  # also keep the k checkpoints with the best monitor value (besides the newest)
+    early_stopping_patience: int = 0  # stop after this many evaluations without improvement (0: never)
+    min_delta: float = 0.0  # an improvement must beat the best by more than this
+
+    def validate(self) -> None:
+        bad = []
+        if self.mode not in ("min", "max"):
+            bad.append(f"callbacks.mode={self.mode!r} (min or max)")
+        if self.keep_best < 0:
+            bad.append(f"callbacks.keep_best={self.keep_best}")
+        if self.early_stopping_patience < 0:
+            bad.append(f"callbacks.early_stopping_patience={self.early_stopping_patience}")
+        if self.min_delta < 0:
+            bad.append(f"callbacks.min_delta={self.min_delta}")
+        if bad:
+            raise ValueError(f"invalid config values: {', '.join(bad)}")
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+LR_SCHEDULES = ("cosine", "cosine_restarts")
+
+
+@dataclass
 class TrainConfig:
     """The run keys (TinyRecursiveModels' cfg_pretrain.yaml names) and the four groups."""
 
@@ -83,8 +120,12 @@ class TrainConfig:
     checkpoint_interval_steps: int = 0
     max_checkpoints: int = 2
 
+    lr_schedule: str = "cosine"  # cosine (warm-up, then cosine to lr_min_ratio; TRM) | cosine_restarts
     lr_warmup_steps: int = 2000
     lr_min_ratio: float = 1.0
+    restarts: RestartsConfig = field(default_factory=RestartsConfig)
+    grad_clip_norm: float | None = None  # clip the dense gradients' global norm
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast (fp16 with a GradScaler)
     puzzle_emb_lr: float = 1e-2
     puzzle_emb_weight_decay: float = 0.1
     freeze_weights: bool = False
@@ -100,6 +141,7 @@ class TrainConfig:
     init_from: str | None = None  # weights only (ours or a TinyRecursiveModels checkpoint)
     force_identifiers: bool = False  # load although the dataset's identifiers.json differs
     max_steps: int | None = None  # stop early (debugging, benchmarks)
+    max_minutes: float | None = None  # stop (and checkpoint) after this much training time
 
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False
@@ -107,6 +149,7 @@ class TrainConfig:
     progress_bar: bool = True
     wandb: WandbConfig = field(default_factory=WandbConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
 
     def validate(self) -> None:
         positive = {"global_batch_size": self.global_batch_size, "epochs": self.epochs,
@@ -126,9 +169,19 @@ class TrainConfig:
             bad.append(f"wandb.mode={self.wandb.mode!r}")
         if self.max_steps is not None and self.max_steps <= 0:
             bad.append(f"max_steps={self.max_steps}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            bad.append(f"max_minutes={self.max_minutes}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            bad.append(f"lr_schedule={self.lr_schedule!r} (one of {', '.join(LR_SCHEDULES)})")
+        if self.restarts.T_0 <= 0 or self.restarts.T_mult < 1 or self.restarts.eta_min < 0:
+            bad.append(f"restarts={self.restarts}")
+        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
+            bad.append(f"grad_clip_norm={self.grad_clip_norm}")
+        if self.precision not in PRECISIONS:
+            bad.append(f"precision={self.precision!r} (one of {', '.join(PRECISIONS)})")
         if bad:
             raise ValueError(f"invalid config values: {', '.join(bad)}")
-        for group in (self.arch, self.data, self.loss, self.optimizer, self.eval):
+        for group in (self.arch, self.data, self.loss, self.optimizer, self.eval, self.callbacks):
             group.validate()
 
 

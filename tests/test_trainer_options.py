@@ -1,0 +1,124 @@
+"""Trainer options: LR schedules, precision, callbacks (early stopping, best-k retention),
+Optuna and SLURM launcher configs."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+from hydra import compose, initialize_config_dir
+from train_helpers import CONF_DIR, build_tiny_dataset, compose_config, tiny_overrides
+
+import pretrain
+from utils import checkpoint as ckpt
+from utils.config import register_configs
+from utils.distributed import DistEnv
+
+CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return build_tiny_dataset(tmp_path_factory.mktemp("tiny"), num_aug=0, canvas=3, side=2)
+
+
+def test_cosine_restarts_schedule_by_hand():
+    config = compose_config(["lr_schedule=cosine_restarts", "restarts.T_0=2", "restarts.T_mult=2",
+                             "restarts.eta_min=1e-4", "optimizer.lr=1e-3", "lr_warmup_steps=0", "epochs=14"])
+    total = 140  # 10 steps per epoch; cycles of 2, 4, 8 epochs start at epochs 0, 2, 6
+    floor = 0.1
+    expected = {0: 1.0, 10: floor + (1 - floor) * 0.5, 20: 1.0, 40: floor + (1 - floor) * 0.5, 60: 1.0,
+                100: floor + (1 - floor) * 0.5}
+    for step, value in expected.items():
+        assert pretrain.lr_factor(config, step, total) == pytest.approx(value), step
+    assert pretrain.lr_factor(config, 19, total) < 0.12  # the bottom of the first cycle
+
+
+def test_warmup_then_cosine_is_trms_schedule():
+    config = compose_config(["lr_warmup_steps=10", "lr_min_ratio=0.1"])
+    assert pretrain.lr_factor(config, 5, 110) == pytest.approx(0.5)
+    assert pretrain.lr_factor(config, 60, 110) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
+    assert pretrain.lr_factor(config, 110, 110) == pytest.approx(0.1)
+
+
+def _fake_checkpoints(root, scores):
+    for step, score in enumerate(scores, start=1):
+        path = root / f"step_{step:08d}"
+        path.mkdir(parents=True)
+        (path / ckpt.SCORE_FILE).write_text(json.dumps({"score": score}))
+
+
+def test_best_k_retention_keeps_exactly_k_plus_last(tmp_path):
+    _fake_checkpoints(tmp_path, [0.9, 0.3, 0.5, 0.2, 0.8, 0.7])
+    kept = ckpt.prune_checkpoints(str(tmp_path), keep=1, keep_best=2, mode="min")
+    assert [p.rsplit("_", 1)[1] for p in kept] == ["00000002", "00000004", "00000006"]
+    assert len(ckpt.list_checkpoints(str(tmp_path))) == 3
+
+
+def test_best_k_retention_max_mode_and_last_among_best(tmp_path):
+    _fake_checkpoints(tmp_path, [0.1, 0.9, 0.5, 0.95])
+    kept = ckpt.prune_checkpoints(str(tmp_path), keep=1, keep_best=2, mode="max")
+    assert [p.rsplit("_", 1)[1] for p in kept] == ["00000002", "00000004"]  # the newest is also a best
+
+
+def test_early_stopping_triggers_on_a_flat_validation_loss(tiny_data, tmp_path):
+    # lr 0: nothing learns, the validation loss is exactly flat -> stop after 1 + patience evals.
+    summary = pretrain.train(compose_config(tiny_overrides(
+        tiny_data, tmp_path / "ck", "epochs=30", "eval_interval=1", "optimizer.lr=0", "puzzle_emb_lr=0",
+        "callbacks.early_stopping_patience=3", "callbacks.keep_best=1", "max_checkpoints=1")), CPU)
+    steps_per_epoch = 1  # 15 train examples, batch 8: one full batch per epoch
+    assert summary["step"] == 4 * steps_per_epoch
+    kept = ckpt.list_checkpoints(str(tmp_path / "ck"))
+    assert [step for step, _ in kept] == [1, 4]  # the best (first, never beaten) and the last
+
+
+def test_unknown_monitor_is_an_error_naming_it(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="callbacks.monitor='all/nope'"):
+        pretrain.train(compose_config(tiny_overrides(tiny_data, tmp_path / "ck", "epochs=1", "eval_interval=1",
+                                                     "callbacks.monitor=all/nope", "callbacks.keep_best=1")), CPU)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains(tiny_data, tmp_path, precision):
+    summary = pretrain.train(compose_config(tiny_overrides(
+        tiny_data, tmp_path / "ck", "epochs=20", "eval_interval=20", f"precision={precision}",
+        "grad_clip_norm=1.0", "optimizer.lr=3e-3")), CPU)
+    assert summary["step"] == 20 and math.isfinite(summary["train/lm_loss"])
+    state = ckpt.load_shared(ckpt.list_checkpoints(str(tmp_path / "ck"))[-1][1])
+    assert (state["scaler"] is not None) == (precision == "fp16")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("override,key", [("precision=fp8", "precision"), ("lr_schedule=step", "lr_schedule"),
+                                          ("callbacks.mode=up", "callbacks.mode"), ("grad_clip_norm=0", "grad_clip_norm")])
+def test_bad_trainer_values_name_the_key(override, key):
+    with pytest.raises(ValueError, match=key):
+        compose_config([override])
+
+
+def test_optuna_sweep_runs_two_trials_and_reports_best(tiny_data, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "sweep"
+    args = [a for a in tiny_overrides(tiny_data, tmp_path / "unused", "epochs=2", "eval_interval=1")
+            if not a.startswith(("checkpoint_path", "optimizer.lr"))]
+    res = subprocess.run([sys.executable, "pretrain.py", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
+                          "hydra.sweeper.sampler.seed=0", "optimizer.lr=interval(1e-4,1e-2)", *args,
+                          f"hydra.sweep.dir={sweep}", "checkpoint_path=${hydra:runtime.output_dir}/ck"],
+                         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = (sweep / "optimization_results.yaml").read_text()
+    assert "best_params" in results and "optimizer.lr" in results
+    assert all(ckpt.list_checkpoints(str(sweep / job / "ck")) for job in ("0", "1"))
+
+
+def test_submitit_slurm_launcher_composes():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=submitit_slurm", "hydra.launcher.nodes=2"],
+                      return_hydra_config=True)
+    assert "SlurmLauncher" in cfg.hydra.launcher._target_ and cfg.hydra.launcher.nodes == 2
