@@ -66,6 +66,9 @@ class BuildConfig:
     max_grid_size: int = ARC_MAX_GRID_SIZE
     skip_oversized: bool = False
     fail_on_leakage: bool = False
+    holdout_test_pairs: int = 0
+    task_split_frac: float = 0.0
+    task_split_seed: int = 0
     chunk_examples: int = DEFAULT_CHUNK_EXAMPLES
 
     def validate(self) -> None:
@@ -83,6 +86,12 @@ class BuildConfig:
             raise ValueError(f"--puzzle-identifiers-start must be >= 1 (0 is <blank>), got {self.puzzle_identifiers_start}")
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"--seed must be in [0, 2**32), got {self.seed}")
+        if self.holdout_test_pairs < 0:
+            raise ValueError(f"--holdout-test-pairs must be >= 0, got {self.holdout_test_pairs}")
+        if not 0.0 <= self.task_split_frac < 1.0:
+            raise ValueError(f"--task-split-frac must be in [0, 1), got {self.task_split_frac}")
+        if self.task_split_seed < 0:
+            raise ValueError(f"--task-split-seed must be >= 0, got {self.task_split_seed}")
 
 
 @dataclass
@@ -117,6 +126,7 @@ class PlannedTask:
     pair_labels: np.ndarray  # -1 where the output is hidden
     train_pairs: np.ndarray  # pair positions that go to the train split
     test_pairs: np.ndarray  # pair positions that go to the test split
+    unseen: bool = False  # held out of training by --task-split-frac (the unseen dataset's task)
     trans_ids: np.ndarray | None = None
     mappings: np.ndarray | None = None
 
@@ -154,7 +164,7 @@ def load_tasks(config: BuildConfig, test_subsets: set[str]) -> tuple[dict[str, l
     seen: dict[str, Task] = {}
     leaks: list[dict] = []
     for subset in config.subsets:
-        tasks = load_subset(config.input_file_prefix, subset)
+        tasks = load_subset(config.input_file_prefix, subset, config.holdout_test_pairs)
         for task_id, task in tasks.items():
             if PUZZLE_ID_SEPARATOR in task_id or "@" in task_id:
                 raise TaskFormatError(f"subset {subset}: task id {task_id!r} contains '{PUZZLE_ID_SEPARATOR}' or '@'")
@@ -223,10 +233,26 @@ def find_leakage(by_subset: dict[str, list[Task]], test_subsets: set[str]) -> li
 # Planning: every random draw, in TRM's order
 
 
-def plan_tasks(by_subset: dict[str, list[Task]], test_subsets: set[str], store: GridStore,
+def choose_unseen(by_subset: dict[str, list[Task]], test_subsets: set[str], config: BuildConfig) -> list[str]:
+    """The training tasks that ``--task-split-frac`` moves to the unseen dataset: a seeded
+    choice among the training subsets' tasks that have test pairs (sorted ids)."""
+    if config.task_split_frac == 0:
+        return []
+    eligible = [t.task_id for subset, tasks in by_subset.items() if subset not in test_subsets for t in tasks
+                if any(kind == "test" for kind, _, _, _ in t.pairs)]
+    n = round(config.task_split_frac * len(eligible))
+    if n == 0:
+        raise TaskFormatError(f"--task-split-frac {config.task_split_frac} of the {len(eligible)} training tasks with "
+                              "test pairs is no task (tasks without test pairs need --holdout-test-pairs)")
+    picked = np.random.default_rng(config.task_split_seed).choice(len(eligible), size=n, replace=False)
+    return sorted(eligible[i] for i in picked)
+
+
+def plan_tasks(by_subset: dict[str, list[Task]], test_subsets: set[str], unseen: set[str], store: GridStore,
                rng: LegacyRandom, config: BuildConfig) -> tuple[list[PlannedTask], tuple[np.ndarray, ...]]:
     """Shuffle each subset and draw its tasks' augmentations, in TRM's order: a subset's
-    shuffle, then each of its tasks' trials, then the next subset."""
+    shuffle, then each of its tasks' trials, then the next subset. Unseen tasks are planned
+    like the others (so identifiers and draws do not depend on the split)."""
     prepared: dict[str, list[PlannedTask]] = {}
     for subset, tasks in by_subset.items():
         is_test = subset in test_subsets
@@ -239,13 +265,19 @@ def plan_tasks(by_subset: dict[str, list[Task]], test_subsets: set[str], store: 
                 train = [p for p, k in enumerate(kinds) if k == "train"]
                 test = [p for p, k in enumerate(kinds) if k == "test"]
                 if not test:
-                    raise TaskFormatError(f"{task.origin}: task {task.task_id} of the test set has no test pairs")
+                    raise TaskFormatError(f"{task.origin}: task {task.task_id} of the test set has no test pairs "
+                                          "(--holdout-test-pairs N makes its last N train pairs its tests)")
+            elif task.task_id in unseen:
+                # Demonstrations (context, test-time training) in its train split, tests in its test split.
+                train = [p for p, k in enumerate(kinds) if k == "train"]
+                test = [p for p, k in enumerate(kinds) if k == "test"]
             else:
                 # A hidden test output cannot be trained on (TRM trains on a dummy [[0]] there).
                 train = [p for p in range(len(kinds)) if pair_labels[p] >= 0]
                 test = []
             prepared[subset].append(PlannedTask(task, is_test, pair_inputs, pair_labels,
-                                                np.array(train, dtype=np.int64), np.array(test, dtype=np.int64)))
+                                                np.array(train, dtype=np.int64), np.array(test, dtype=np.int64),
+                                                unseen=task.task_id in unseen))
 
     grids = store.freeze()
     cells, offsets, heights, widths = grids
@@ -269,14 +301,16 @@ def plan_tasks(by_subset: dict[str, list[Task]], test_subsets: set[str], store: 
     return planned, grids
 
 
-def layout_split(planned: list[PlannedTask], split: str, identifier_of_first: dict[str, int]) -> SplitLayout:
+def layout_split(planned: list[PlannedTask], split: str, identifier_of_first: dict[str, int],
+                 unseen: bool = False) -> SplitLayout:
     """Arrays for one split. ``identifier_of_first`` maps task id -> identifier of its
-    original variant (variants follow consecutively, in acceptance order)."""
+    original variant (variants follow consecutively, in acceptance order). ``unseen``: the
+    split of the unseen dataset (the held-out training tasks) instead of the main one."""
     ex_in, ex_lab, ex_puz, trans, maps, ids, sizes, group_sizes = [], [], [], [], [], [], [], []
     n_puzzles = 0
     for p in planned:
         pairs = p.train_pairs if split == "train" else p.test_pairs
-        if split == "test" and not p.is_test:
+        if p.unseen != unseen or (split == "test" and not unseen and not p.is_test):
             continue
         n_var = len(p.trans_ids)
         ex_in.append(np.tile(p.pair_inputs[pairs], n_var))
@@ -401,18 +435,28 @@ def build(config: BuildConfig) -> dict:
             raise TaskFormatError(f"leakage: {message}")
         log.warning("leakage (pass --fail-on-leakage to refuse): %s", message)
 
+    unseen = choose_unseen(by_subset, test_subsets, config)
     timings["load"] = time.perf_counter() - started
     rng = LegacyRandom(config.seed)
-    planned, grids = plan_tasks(by_subset, test_subsets, GridStore(), rng, config)
+    planned, grids = plan_tasks(by_subset, test_subsets, set(unseen), GridStore(), rng, config)
     names, first_identifier = identifier_names(planned, config.puzzle_identifiers_start)
-    train = layout_split(planned, "train", first_identifier)
-    test = layout_split(planned, "test", first_identifier)
     canvas = config.max_grid_size
+
+    def translated(layout: SplitLayout) -> tuple[np.ndarray, np.ndarray]:
+        return draw_translations(layout.example_inputs, layout.example_labels, layout.puzzle_indices.astype(np.int64),
+                                 layout.puzzle_trans, grids[2], grids[3], canvas, rng.key, rng.pos)
+
+    def top_left(layout: SplitLayout) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros(layout.num_examples, np.uint8), np.zeros(layout.num_examples, np.uint8)
+
     # Train examples are translated (all but one per puzzle); test examples sit top-left.
     # TRM also draws one unused number per test puzzle after these; nothing follows it.
-    train_pads = draw_translations(train.example_inputs, train.example_labels, train.puzzle_indices.astype(np.int64),
-                                   train.puzzle_trans, grids[2], grids[3], canvas, rng.key, rng.pos)
-    test_pads = (np.zeros(test.num_examples, np.uint8), np.zeros(test.num_examples, np.uint8))
+    # The unseen dataset's draws come after the main dataset's, so the split changes nothing before them.
+    splits = []
+    for folder, is_unseen in (("", False), ("unseen", True)) if unseen else (("", False),):
+        train = layout_split(planned, "train", first_identifier, is_unseen)
+        test = layout_split(planned, "test", first_identifier, is_unseen)
+        splits.append((folder, train, test, translated(train), top_left(test)))
     timings["plan"] = time.perf_counter() - started - timings["load"]
 
     output_dir = os.path.abspath(config.output_dir)
@@ -423,19 +467,31 @@ def build(config: BuildConfig) -> dict:
         shutil.rmtree(tmp_dir)
     os.makedirs(tmp_dir)
     try:
-        for split, layout, pads in (("train", train, train_pads), ("test", test, test_pads)):
-            write_split(os.path.join(tmp_dir, split), layout, pads[0], pads[1], grids, canvas, len(names),
-                        config.chunk_examples)
-        # json.dumps uses the C encoder (json.dump streams through the Python one); same bytes.
-        with open(os.path.join(tmp_dir, "identifiers.json"), "w") as f:
-            f.write(json.dumps(names))
-        test_puzzles = {p.task.task_id: p.task.raw for p in planned if p.is_test}
-        with open(os.path.join(tmp_dir, "test_puzzles.json"), "w") as f:
-            f.write(json.dumps(test_puzzles))
+        for folder, train, test, train_pads, test_pads in splits:
+            root = os.path.join(tmp_dir, folder)
+            for split, layout, pads in (("train", train, train_pads), ("test", test, test_pads)):
+                write_split(os.path.join(root, split), layout, pads[0], pads[1], grids, canvas, len(names),
+                            config.chunk_examples)
+            # json.dumps uses the C encoder (json.dump streams through the Python one); same bytes.
+            # Both datasets share the identifiers, so a model built on one indexes the other.
+            with open(os.path.join(root, "identifiers.json"), "w") as f:
+                f.write(json.dumps(names))
+            test_puzzles = {p.task.task_id: p.task.raw for p in planned if (p.unseen if folder else p.is_test)}
+            with open(os.path.join(root, "test_puzzles.json"), "w") as f:
+                f.write(json.dumps(test_puzzles))
+        _, train, test, _, _ = splits[0]
+        task_split = {"frac": config.task_split_frac, "seed": config.task_split_seed, "unseen_tasks": unseen}
+        if unseen:
+            _, u_train, u_test, _, _ = splits[1]
+            unseen_info = {"held_out_of": "..", "task_split": task_split, "train_examples": u_train.num_examples,
+                           "test_examples": u_test.num_examples, "num_puzzle_identifiers": len(names)}
+            with open(os.path.join(tmp_dir, "unseen", "build_info.json"), "w") as f:
+                json.dump(unseen_info, f, indent=1)
         info = {
             "config": asdict(config),
             "train_examples": train.num_examples,
             "test_examples": test.num_examples,
+            "task_split": task_split,
             "num_puzzle_identifiers": len(names),
             "tasks": {s: [t.task_id for t in tasks] for s, tasks in by_subset.items()},
             "test_subsets": sorted(test_subsets),
@@ -487,6 +543,13 @@ def parse_args(argv: list[str] | None = None) -> BuildConfig:
     parser.add_argument("--skip-oversized", action="store_true", help="leave out tasks larger than --max-grid-size")
     parser.add_argument("--fail-on-leakage", action="store_true",
                         help="refuse to build when test pairs also appear in training subsets")
+    parser.add_argument("--holdout-test-pairs", type=int, default=0, metavar="N",
+                        help="tasks without test pairs (e.g. generated many-pair files) use their last N train "
+                             "pairs as test pairs")
+    parser.add_argument("--task-split-frac", type=float, default=0.0, metavar="F",
+                        help="move a seeded fraction F of the training subsets' tasks (those with test pairs) out "
+                             "of training into <output-dir>/unseen, a dataset of tasks never trained on")
+    parser.add_argument("--task-split-seed", type=int, default=0, help="seed of the --task-split-frac choice")
     parser.add_argument("--chunk-examples", type=int, default=DEFAULT_CHUNK_EXAMPLES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     return BuildConfig(**{k: v for k, v in vars(args).items()})

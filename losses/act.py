@@ -64,6 +64,10 @@ class ACTLoss:
         self.token_loss = TOKEN_LOSSES[config.name]
 
     def __call__(self, output: ACTOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if not isinstance(output, ACTOutput):
+            raise TypeError(f"loss={self.config.name} scores recursive (ACT) models, got a {type(output).__name__}: "
+                            "pair arch=diffusion with loss=diffusion, arch=efe_agent with loss=efe, and "
+                            "decoder_only / encoder_decoder / champion with loss=seq_ce")
         labels = batch["labels"]
         valid = labels != IGNORE_LABEL_ID
         counts = valid.sum(-1)

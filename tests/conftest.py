@@ -8,6 +8,9 @@ import pytest
 # wandb online with no network hangs ~100 s; tests never log anywhere.
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# numba's OpenMP layer resets torch's thread count to all cores at its first parallel call
+# (builder, voter); the workqueue layer leaves it alone.
+os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
