@@ -6,10 +6,24 @@ from collections.abc import Callable
 from typing import Any
 
 from losses.act import ACTLoss, LossConfig
+from losses.diffusion import DiffusionLoss, DiffusionLossConfig
+from losses.efe import EFELoss, EFELossConfig
+from losses.sequence import SequenceCELoss, SequenceLossConfig
 
-LOSSES: dict[str, Callable[[Any], Any]] = {"stablemax": ACTLoss, "softmax": ACTLoss}
+LOSSES: dict[str, Callable[[Any], Any]] = {
+    "stablemax": ACTLoss,
+    "softmax": ACTLoss,
+    "diffusion": DiffusionLoss,
+    "efe": EFELoss,
+    "seq_ce": SequenceCELoss,
+}
 
-LOSS_SCHEMAS: dict[str, type] = {"loss_schema": LossConfig}
+LOSS_SCHEMAS: dict[str, type] = {
+    "loss_schema": LossConfig,
+    "diffusion_loss_schema": DiffusionLossConfig,
+    "efe_loss_schema": EFELossConfig,
+    "sequence_loss_schema": SequenceLossConfig,
+}
 
 
 def build_loss(config: Any):
