@@ -206,7 +206,8 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
     def run_eval() -> dict[str, float]:
         eval_model = model
         if ema is not None:
-            eval_model = build_model(config.arch, shape).to(env.device)
+            with torch.random.fork_rng(devices=[]):  # building the copy must not move the training RNG (resume)
+                eval_model = build_model(config.arch, shape).to(env.device)
             eval_model.load_state_dict(model.state_dict())
             ema.copy_to(eval_model)
         # Votes are per evaluation unless eval.pool_votes (TRM's default, which grows memory).
