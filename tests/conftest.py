@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 # wandb online with no network hangs ~100 s; tests never log anywhere.
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -57,3 +58,14 @@ def write_kaggle_source(root: Path, subsets: dict[str, dict[str, dict]], with_so
             solutions = {tid: [p["output"] for p in t["test"]] for tid, t in tasks.items()}
             Path(f"{prefix}_{subset}_solutions.json").write_text(json.dumps(solutions))
     return prefix
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny-model training: on a busy 2-core machine two
+    intra-op threads on tiny tensors wait on each other (10-50x slower measured here).
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

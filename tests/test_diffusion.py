@@ -29,13 +29,7 @@ DIFFUSION = ["arch=diffusion_tiny", "loss=diffusion"]
 PIPELINE_EPOCHS = 400  # with the lr decayed to 5%: the tiny model memorises the tiny set (300 sufficed in 3 of 3 seeds)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two intra-op threads on these tiny tensors are up to 10x slower on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_dataset(*args, **kwargs) -> Path:

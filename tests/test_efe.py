@@ -34,13 +34,7 @@ CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 NEG = -1e4  # a logit whose probability is 0 in float32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convolutions on 2 busy cores run ~50x slower with 2 threads than with 1.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -37,15 +37,7 @@ SIDE = 4
 SHAPE = DataShape(seq_len=SIDE * SIDE, vocab_size=12, num_puzzle_identifiers=3, batch_size=8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two OpenMP threads run several times
-    slower. (numba's first parallel call, in the builder or the voter, resets torch's thread
-    count: tests that build call torch.set_num_threads(1) again.)"""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def canvas(grid, side: int = SIDE, r0: int = 0, c0: int = 0) -> torch.Tensor:

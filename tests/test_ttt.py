@@ -28,13 +28,7 @@ SHARED_TEST_MASK = np.array([[1, 0], [1, 1]])
 PRETRAIN = ["epochs=150", "eval_interval=150", "optimizer.lr=3e-3", "arch.halt_max_steps=2", "puzzle_emb_lr=0.1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two intra-op threads on two busy cores wait on each other (10x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def mask(rng: np.random.Generator) -> np.ndarray:
