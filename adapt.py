@@ -52,7 +52,6 @@ BARE_KEYS = ("checkpoint", "tasks", "subset")  # given without the ttt. prefix
 # pretrain.train stops on max_steps / max_minutes; these keep its epoch count, periodic
 # evaluation and interval checkpoints out of the way (it then saves one final checkpoint).
 FOREVER_EPOCHS = 10**9
-NEVER_STEP = 10**15
 SOURCE_SUBSET = "ttt"  # subset name of the per-chunk task file the builder reads
 
 
@@ -236,8 +235,7 @@ def stage_overrides(config: TTTConfig, data_dir: str, batch: int, init_file: str
     out = [f"data.paths=[{q(data_dir)}]", "data.test_paths=[]", f"global_batch_size={batch}", f"init_from={q(init_file)}",
            f"run_name={q(os.path.basename(stage_dir))}", f"checkpoint_path={q(stage_dir)}", "resume=none",
            f"freeze_weights={str(frozen).lower()}", f"puzzle_emb_lr={config.embedding_lr}",
-           f"lr_warmup_steps={config.warmup_steps}", f"epochs={FOREVER_EPOCHS}", f"min_eval_interval={FOREVER_EPOCHS + 1}",
-           "checkpoint_every_eval=false", f"checkpoint_interval_steps={NEVER_STEP}", "max_checkpoints=1",
+           f"lr_warmup_steps={config.warmup_steps}", f"epochs={FOREVER_EPOCHS}", "evaluate=false", "max_checkpoints=1",
            f"max_steps={'null' if steps is None else steps}", f"max_minutes={'null' if minutes is None else minutes}"]
     if not frozen:
         out.append(f"optimizer.lr={config.trunk_lr}")

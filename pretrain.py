@@ -278,7 +278,8 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
                 break
         epoch = train_data.state_dict()["epoch"]
         finished = epoch >= config.epochs or step >= stop_step or out_of_time
-        if (epoch % config.eval_interval == 0 or finished) and epoch >= config.min_eval_interval:
+        due = epoch % config.eval_interval == 0 or finished
+        if config.evaluate and due and epoch >= config.min_eval_interval:
             last_eval = run_eval()
             if env.is_main:
                 print(f"epoch {epoch} step {step} [test split, per augmented example, no voting]: "
@@ -308,7 +309,7 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
             if config.checkpoint_every_eval or stopped_early:
                 save("eval", score)
     bar.close()
-    if not config.checkpoint_every_eval and config.checkpoint_interval_steps:
+    if not config.evaluate or (not config.checkpoint_every_eval and config.checkpoint_interval_steps):
         save("final")
     if wandb_run is not None:
         wandb_run.finish()

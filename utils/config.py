@@ -115,6 +115,7 @@ class TrainConfig:
     global_batch_size: int = 768
     epochs: int = 100000
     eval_interval: int = 10000
+    evaluate: bool = True  # false: no evaluation during or after training (a caller evaluates); one final checkpoint
     min_eval_interval: int = 0
     checkpoint_every_eval: bool = True
     checkpoint_interval_steps: int = 0
