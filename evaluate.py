@@ -29,6 +29,7 @@ from evaluators.arc import ARCVoter, write_submission
 from evaluators.report import render_report
 from losses import build_loss
 from models import build_model
+from models.base import ARCModel
 from models.convert import convert_state_dict
 from models.recursive import DataShape
 from utils import checkpoint as ckpt
@@ -86,6 +87,19 @@ def load_run(argv: list[str]) -> tuple[TrainConfig, dict[str, torch.Tensor], dic
     return compose_config(argv), weights.get("model", weights), None, path
 
 
+def load_eval_model(config: TrainConfig, shape: DataShape, weights: dict, state: dict | None,
+                    device: torch.device) -> ARCModel:
+    """The model to evaluate: the weights, with a checkpoint's EMA applied when it kept one
+    (pretrain.py evaluates, and means, the EMA weights)."""
+    model = build_model(config.arch, shape).to(device)
+    model.load_state_dict(convert_state_dict(weights, model.state_dict()))
+    if state is not None and state.get("ema") is not None:
+        ema = EMA(model, config.ema_rate)
+        ema.load_state_dict(state["ema"])
+        ema.copy_to(model)
+    return model
+
+
 def evaluate(config: TrainConfig, weights: dict, state: dict | None, checkpoint: str, env: DistEnv) -> dict:
     test_paths = config.data.test_paths or config.data.paths
     if len(test_paths) != 1:
@@ -98,13 +112,7 @@ def evaluate(config: TrainConfig, weights: dict, state: dict | None, checkpoint:
     data = PuzzleDataset([test_path], "test", config.global_batch_size, env.rank, env.world_size)
     meta = data.metadata
     shape = DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, data.local_batch_size)
-    model = build_model(config.arch, shape).to(env.device)
-    model.load_state_dict(convert_state_dict(weights, model.state_dict()))
-    if state is not None and state.get("ema") is not None:
-        ema = EMA(model, config.ema_rate)
-        ema.load_state_dict(state["ema"])
-        ema.copy_to(model)  # pretrain.py evaluates (and means) the EMA weights
-
+    model = load_eval_model(config, shape, weights, state, env.device)
     voter = ARCVoter(test_path)
     demos = Demonstrations([test_path], model.num_demos, config.seed) if model.num_demos else None
     metrics, submission = evaluate_examples(model, build_loss(config.loss), data, env, voter, config.eval.pass_ks,

@@ -49,14 +49,13 @@ from dataset.build_arc_dataset import main as build_dataset
 from dataset.generator import generate_tasks
 from dataset.puzzle_dataset import PuzzleDataset
 from dataset.sources import load_subset
+from evaluate import load_eval_model
 from evaluators.arc import ARCVoter
 from losses import build_loss
-from models import build_model
 from models.recursive import DataShape
 from utils import checkpoint as ckpt
 from utils.config import TrainConfig, register_configs
 from utils.distributed import DistEnv, cleanup_distributed, init_distributed
-from utils.ema import EMA
 from utils.evaluate import evaluate_examples
 from utils.io import write_json_atomic
 
@@ -229,13 +228,8 @@ def evaluate_episode(config: TrainConfig, model_dir: str, dataset_path: str, gro
     state = ckpt.load_shared(ckpt.list_checkpoints(model_dir)[-1][1])
     test = PuzzleDataset([dataset_path], "test", config.global_batch_size)
     meta = test.metadata
-    model = build_model(config.arch, DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers,
-                                               test.local_batch_size)).to(env.device)
-    model.load_state_dict(state["model"])
-    if state.get("ema") is not None:
-        ema = EMA(model, config.ema_rate)
-        ema.load_state_dict(state["ema"])
-        ema.copy_to(model)
+    shape = DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, test.local_batch_size)
+    model = load_eval_model(config, shape, state["model"], state, env.device)
     loss_fn = build_loss(config.loss)
     fit = per_task_training_fit(model, loss_fn, dataset_path, config.global_batch_size, env)
     metrics = {"train/mean_accuracy": float(np.mean([v["accuracy"] for v in fit.values()])),
