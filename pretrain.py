@@ -46,7 +46,10 @@ def lr_factor(config: TrainConfig, step: int, total_steps: int) -> float:
     """The scheduled lr at ``step`` as a multiple of the configured lr (every optimizer
     follows it). ``cosine``: linear warm-up, then cosine down to ``lr_min_ratio`` (TRM).
     ``cosine_restarts``: warm-up, then cosine cycles of ``restarts.T_0`` epochs, each
-    ``T_mult`` times longer than the last, down to ``restarts.eta_min``."""
+    ``T_mult`` times longer than the last, down to ``restarts.eta_min_ratio``.
+
+    ``step`` counts optimizer steps from 1, as TRM (which increments its step before
+    computing the lr): the first update already moves the weights by ``1 / warmup``."""
     warmup = config.lr_warmup_steps
     if step < warmup:
         return step / warmup
@@ -58,7 +61,7 @@ def lr_factor(config: TrainConfig, step: int, total_steps: int) -> float:
     t, period = (step - warmup) * config.epochs / max(1, total_steps), r.T_0  # t in epochs
     while t >= period:
         t, period = t - period, period * r.T_mult
-    floor = r.eta_min / config.optimizer.lr
+    floor = r.eta_min_ratio  # a ratio, so each optimizer bottoms out at its own lr times it
     return floor + (1 - floor) * 0.5 * (1.0 + math.cos(math.pi * t / period))
 
 
@@ -83,12 +86,13 @@ def init_wandb(config: TrainConfig, env: DistEnv, num_params: int):
 
 
 def reduce_metrics(metrics: dict[str, torch.Tensor], env: DistEnv, global_batch_size: int) -> dict[str, float]:
-    """Sum over ranks; losses per example of the global batch, the rest per halted example."""
+    """Sum over ranks; losses per example of the global batch, ``count`` (examples that
+    halted at this step) as the sum, the rest per halted example."""
     keys = sorted(metrics)
     values = all_reduce_sum(torch.stack([metrics[k].detach().to(torch.float64) for k in keys]), env).tolist()
     raw = dict(zip(keys, values))
     count = max(raw["count"], 1.0)
-    return {f"train/{k}": v / (global_batch_size if k.endswith("loss") else count) for k, v in raw.items()}
+    return {f"train/{k}": v / (global_batch_size if k.endswith("loss") else 1.0 if k == "count" else count) for k, v in raw.items()}
 
 
 def component_grad_norms(model: torch.nn.Module) -> dict[str, float]:
@@ -248,7 +252,7 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
             grad_norms = component_grad_norms(model) if logging else {}
             if config.grad_clip_norm is not None and dense_params:
                 torch.nn.utils.clip_grad_norm_(dense_params, config.grad_clip_norm)
-            factor = lr_factor(config, step, total_steps)
+            factor = lr_factor(config, step + 1, total_steps)
             for opt, base_lr in zip(optimizers, base_lrs, strict=True):
                 for group in opt.param_groups:
                     group["lr"] = base_lr * factor * group.get("lr_scale", 1.0)

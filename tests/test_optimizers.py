@@ -20,22 +20,24 @@ from utils.optimizers import AdamATan2, OptimizerConfig, SparseSignSGD, adam_ata
 
 
 def reference_steps(p0, grads, lr, betas, wd, decay_first=True, bias_correction=True):
-    """The kernel's update, element by element, in plain Python floats."""
+    """The adam-atan2 CUDA kernel's update, element by element, in plain Python floats:
+    decoupled decay, lerp the moments, then p -= (lr / bc1) * atan2(m, sqrt(v) / sqrt(bc2))."""
     b1, b2 = betas
+    lrs = lr if isinstance(lr, list) else [lr] * len(grads)
     p = list(p0)
     m = [0.0] * len(p)
     v = [0.0] * len(p)
-    for t, g in enumerate(grads, start=1):
+    for t, (g, lr_t) in enumerate(zip(grads, lrs), start=1):
         bc1 = 1 - b1**t if bias_correction else 1.0
         bc2 = 1 - b2**t if bias_correction else 1.0
         for i in range(len(p)):
             m[i] = m[i] + (1 - b1) * (g[i] - m[i])
             v[i] = v[i] + (1 - b2) * (g[i] * g[i] - v[i])
-            upd = lr * math.atan2(m[i] / bc1, math.sqrt(v[i]) / math.sqrt(bc2))
+            upd = (lr_t / bc1) * math.atan2(m[i], math.sqrt(v[i]) / math.sqrt(bc2))
             if decay_first:
-                p[i] = p[i] * (1 - lr * wd) - upd
+                p[i] = p[i] * (1 - lr_t * wd) - upd
             else:
-                p[i] = (p[i] - upd) * (1 - lr * wd)
+                p[i] = (p[i] - upd) * (1 - lr_t * wd)
     return p
 
 
@@ -81,15 +83,32 @@ def test_weight_decay_is_applied_before_the_update():
     torch.testing.assert_close(p, first, rtol=0, atol=1e-6)
 
 
-def test_bias_correction_first_step_is_lr_pi_over_4():
-    # with bias correction the first step is atan2(g, |g|) = +-pi/4 whatever |g|;
-    # without it, atan2(0.1 g, sqrt(0.05) |g|) ~ 0.42 instead.
+def test_first_step_moves_by_lr_over_bc1_times_atan_of_one_minus_beta1():
+    # step 1: m = 0.1 g, sqrt(v) / sqrt(bc2) = |g|, bc1 = 0.1, so the update is
+    # (lr / 0.1) * atan2(0.1 g, |g|) = 10 lr * atan(0.1) sign(g) = 0.9967 lr, whatever |g|.
+    # (atan2(m / bc1, ...) without the outer 1 / bc1 would move lr * pi / 4 = 0.785 lr.)
     grads = [[1e-6, -3.0, 250.0, -1e-3, 7.0, 0.5]]
     p, _ = run_steps(torch.float32, grads, lr=0.1, wd=0.0)
-    expected = [p0 - 0.1 * math.copysign(math.pi / 4, g) for p0, g in zip(P0, grads[0])]
+    expected = [p0 - 0.1 * 10 * math.copysign(math.atan(0.1), g) for p0, g in zip(P0, grads[0])]
     torch.testing.assert_close(p, torch.tensor(expected), rtol=0, atol=1e-6)
+    inside = [p0 - 0.1 * math.copysign(math.pi / 4, g) for p0, g in zip(P0, grads[0])]
+    assert max(abs(a - b) for a, b in zip(inside, expected)) > 1e-2  # the two rules are distinguishable
     no_bc = reference_steps(P0, grads, 0.1, (0.9, 0.95), 0.0, bias_correction=False)
     assert max(abs(a - b) for a, b in zip(no_bc, expected)) > 1e-2
+
+
+def test_twenty_steps_with_varying_lr_match_the_kernel_formula():
+    gen = torch.Generator().manual_seed(3)
+    grads = (torch.randn(20, len(P0), generator=gen) * 10.0 ** torch.randint(-3, 3, (20, 1), generator=gen)).tolist()
+    lrs = [0.05 * (1 + math.cos(math.pi * t / 20)) / 2 + 1e-3 for t in range(20)]
+    p = torch.nn.Parameter(torch.tensor(P0, dtype=torch.float64))
+    opt = AdamATan2([p], lr=lrs[0], betas=(0.9, 0.95), weight_decay=0.1)
+    for lr, g in zip(lrs, grads):
+        opt.param_groups[0]["lr"] = lr
+        p.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+    expected = torch.tensor(reference_steps(P0, grads, lrs, (0.9, 0.95), 0.1), dtype=torch.float64)
+    assert (p.detach() - expected).abs().max() < 1e-12
 
 
 def test_update_is_bounded_for_huge_gradients():
@@ -104,7 +123,8 @@ def test_update_is_bounded_for_huge_gradients():
         opt.step()
         delta = (p.detach() - before).abs()
         assert torch.isfinite(p).all()
-        assert (delta <= lr * math.pi / 2 + before.abs() * lr * wd + 1e-6).all()
+        step = int(opt.state[p]["step"])
+        assert (delta <= lr / (1 - 0.9**step) * math.pi / 2 + before.abs() * lr * wd + 1e-6).all()
 
 
 def test_zero_grad_only_decays_and_none_grad_skips():
@@ -125,14 +145,7 @@ def test_lr_changed_through_param_groups():
         opt.param_groups[0]["lr"] = lr
         p.grad = torch.tensor(g)
         opt.step()
-    # reference with per-step lr
-    b1, b2, wd = 0.9, 0.95, 0.5
-    ref, m, v = list(P0), [0.0] * 6, [0.0] * 6
-    for t, (lr, g) in enumerate(zip(lrs, GRADS), start=1):
-        for i in range(6):
-            m[i] += (1 - b1) * (g[i] - m[i])
-            v[i] += (1 - b2) * (g[i] ** 2 - v[i])
-            ref[i] = ref[i] * (1 - lr * wd) - lr * math.atan2(m[i] / (1 - b1**t), math.sqrt(v[i] / (1 - b2**t)))
+    ref = reference_steps(P0, GRADS, lrs, (0.9, 0.95), 0.5)
     torch.testing.assert_close(p.detach(), torch.tensor(ref), rtol=0, atol=1e-6)
 
 

@@ -28,7 +28,7 @@ def tiny_data(tmp_path_factory):
 
 def test_cosine_restarts_schedule_by_hand():
     config = compose_config(["lr_schedule=cosine_restarts", "restarts.T_0=2", "restarts.T_mult=2",
-                             "restarts.eta_min=1e-4", "optimizer.lr=1e-3", "lr_warmup_steps=0", "epochs=14"])
+                             "restarts.eta_min_ratio=0.1", "optimizer.lr=1e-3", "lr_warmup_steps=0", "epochs=14"])
     total = 140  # 10 steps per epoch; cycles of 2, 4, 8 epochs start at epochs 0, 2, 6
     floor = 0.1
     expected = {0: 1.0, 10: floor + (1 - floor) * 0.5, 20: 1.0, 40: floor + (1 - floor) * 0.5, 60: 1.0,

@@ -72,7 +72,7 @@ class RestartsConfig:
 
     T_0: float = 10.0  # epochs in the first cycle
     T_mult: int = 1  # each cycle this many times longer than the last
-    eta_min: float = 0.0  # the lr at the bottom of a cycle
+    eta_min_ratio: float = 0.0  # the lr at the bottom of a cycle, as a fraction of each optimizer's lr
 
 
 @dataclass
@@ -174,7 +174,7 @@ class TrainConfig:
             bad.append(f"max_minutes={self.max_minutes}")
         if self.lr_schedule not in LR_SCHEDULES:
             bad.append(f"lr_schedule={self.lr_schedule!r} (one of {', '.join(LR_SCHEDULES)})")
-        if self.restarts.T_0 <= 0 or self.restarts.T_mult < 1 or self.restarts.eta_min < 0:
+        if self.restarts.T_0 <= 0 or self.restarts.T_mult < 1 or not 0.0 <= self.restarts.eta_min_ratio <= 1.0:
             bad.append(f"restarts={self.restarts}")
         if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
             bad.append(f"grad_clip_norm={self.grad_clip_norm}")

@@ -61,10 +61,13 @@ class AdamATan2(torch.optim.Optimizer):
         p = p * (1 - lr * weight_decay)            # decoupled weight decay, first
         m = lerp(m, g, 1 - beta1)
         v = lerp(v, g * g, 1 - beta2)
-        p = p - lr * atan2(m / bc1, sqrt(v) / sqrt(bc2))
+        p = p - (lr / bc1) * atan2(m, sqrt(v) / sqrt(bc2))
 
-    ``atan2`` needs no epsilon and bounds every element's update by ``lr * pi / 2`` however
-    large (or small) the gradient. Note there are no extra scale factors (the
+    The first bias correction scales the step size, outside ``atan2`` (the kernel's
+    ``step_size = lr / bias_correction1``); ``atan2`` is not linear, so moving ``1 / bc1``
+    inside it would be another optimizer (step 1 would move ``0.785 lr`` instead of
+    ``0.997 lr``). ``atan2`` needs no epsilon and bounds every element's update by
+    ``lr / bc1 * pi / 2`` however large (or small) the gradient. Note there are no extra scale factors (the
     ``adam-atan2-pytorch`` package has ``a``/``b``; the CUDA kernel does not).
 
     Dtypes: the moments ``exp_avg``/``exp_avg_sq`` are stored in the parameter's dtype, as
@@ -124,7 +127,7 @@ class AdamATan2(torch.optim.Optimizer):
                 lr: float, beta1: float, beta2: float, wd: float) -> None:
         torch._foreach_add_(steps, 1.0)
         step_values = [s.item() for s in steps]
-        bc1 = [1.0 - beta1**s for s in step_values]
+        step_sizes = [lr / (1.0 - beta1**s) for s in step_values]
         sqrt_bc2 = [math.sqrt(1.0 - beta2**s) for s in step_values]
 
         low = dtype in _LOW_PRECISION
@@ -142,11 +145,10 @@ class AdamATan2(torch.optim.Optimizer):
             torch._foreach_mul_(p32, 1.0 - lr * wd)
         torch._foreach_lerp_(m32, g32, 1.0 - beta1)
         torch._foreach_lerp_(v32, torch._foreach_mul(g32, g32), 1.0 - beta2)
-        m_hat = torch._foreach_div(m32, bc1)
         v_hat = torch._foreach_sqrt(v32)
         torch._foreach_div_(v_hat, sqrt_bc2)
-        updates = [torch.atan2(m, v) for m, v in zip(m_hat, v_hat)]
-        torch._foreach_add_(p32, updates, alpha=-lr)
+        updates = [torch.atan2(m, v).mul_(-step_size) for m, v, step_size in zip(m32, v_hat, step_sizes)]
+        torch._foreach_add_(p32, updates)
 
         if low:
             for dst, src in zip(params + exp_avgs + exp_avg_sqs, p32 + m32 + v32):
