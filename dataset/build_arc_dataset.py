@@ -66,6 +66,7 @@ class BuildConfig:
     max_grid_size: int = ARC_MAX_GRID_SIZE
     skip_oversized: bool = False
     fail_on_leakage: bool = False
+    allow_test_leakage: bool = False
     holdout_test_pairs: int = 0
     task_split_frac: float = 0.0
     task_split_seed: int = 0
@@ -92,6 +93,8 @@ class BuildConfig:
             raise ValueError(f"--task-split-frac must be in [0, 1), got {self.task_split_frac}")
         if self.task_split_seed < 0:
             raise ValueError(f"--task-split-seed must be >= 0, got {self.task_split_seed}")
+        if self.allow_test_leakage and self.fail_on_leakage:
+            raise ValueError("--allow-test-leakage and --fail-on-leakage contradict each other: pass one")
 
 
 @dataclass
@@ -154,15 +157,17 @@ class SplitLayout:
 
 
 def load_tasks(config: BuildConfig, test_subsets: set[str]) -> tuple[dict[str, list[Task]], list[dict]]:
-    """Every subset's tasks, validated, in file order.
+    """Every subset's tasks, validated, in file order, and the test tasks whose id is also
+    in a training subset (``{"task_id", "test_subset", "training_subset"}`` each).
 
-    A task id in a training subset and in the test set is leakage (ARC-AGI-2's training2
-    holds ARC-AGI-1 evaluation tasks under their ids): it is reported, and the training
+    Such a shared id is leakage (ARC-AGI-2's training2 holds ARC-AGI-1 evaluation tasks
+    under their ids): the model would train on the test task's outputs. It is refused,
+    naming the ids and subsets, unless ``config.allow_test_leakage``; then the training
     copy is renamed ``<id>@<subset>`` so identifiers stay unique. Any other repeated id is
     an error."""
     by_subset: dict[str, list[Task]] = {}
     seen: dict[str, Task] = {}
-    leaks: list[dict] = []
+    shared: list[dict] = []
     for subset in config.subsets:
         tasks = load_subset(config.input_file_prefix, subset, config.holdout_test_pairs)
         for task_id, task in tasks.items():
@@ -174,12 +179,30 @@ def load_tasks(config: BuildConfig, test_subsets: set[str]) -> tuple[dict[str, l
                 if pair != {True, False}:
                     raise TaskFormatError(f"task {task_id} is in both subset '{earlier.subset}' and '{subset}'; "
                                           "a task may appear once per build")
-                training_copy = task if subset not in test_subsets else earlier
+                training_copy, test_copy = (task, earlier) if subset not in test_subsets else (earlier, task)
+                shared.append({"task_id": task_id, "test_subset": test_copy.subset,
+                               "training_subset": training_copy.subset})
                 training_copy.task_id = f"{task_id}@{training_copy.subset}"
-                leaks.append({"test_task": task_id, "test_pair": "all", "training_task": training_copy.task_id})
             seen[task_id] = task
         by_subset[subset] = list(tasks.values())
-    return by_subset, leaks
+    if shared and not config.allow_test_leakage:
+        raise TaskFormatError(f"test leakage: {_describe_shared(shared)}; the model would train on these test "
+                              "tasks' outputs. Leave them out of the training subset, or pass --allow-test-leakage "
+                              "to build anyway (recorded in build_info.json)")
+    return by_subset, shared
+
+
+def _describe_shared(shared: list[dict], limit: int = 20) -> str:
+    """'test subset 'e' and training subset 't' share 2 task ids: a, b', one clause per subset pair."""
+    by_pair: dict[tuple[str, str], list[str]] = {}
+    for x in shared:
+        by_pair.setdefault((x["test_subset"], x["training_subset"]), []).append(x["task_id"])
+    clauses = []
+    for (test_subset, training_subset), ids in by_pair.items():
+        shown = ", ".join(ids[:limit]) + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
+        clauses.append(f"test subset '{test_subset}' and training subset '{training_subset}' share "
+                       f"{len(ids)} task id{'s' if len(ids) > 1 else ''}: {shown}")
+    return "; ".join(clauses)
 
 
 def drop_oversized(by_subset: dict[str, list[Task]], config: BuildConfig) -> list[str]:
@@ -424,9 +447,13 @@ def build(config: BuildConfig) -> dict:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     test_subsets = {config.test_set_name, config.test_set_name2} & set(config.subsets)
-    by_subset, leaks = load_tasks(config, test_subsets)
+    by_subset, shared = load_tasks(config, test_subsets)
     skipped = drop_oversized(by_subset, config)
+    if shared:
+        log.warning("test leakage allowed (--allow-test-leakage): %s", _describe_shared(shared))
 
+    leaks = [{"test_task": x["task_id"], "test_pair": "all", "training_task": f"{x['task_id']}@{x['training_subset']}"}
+             for x in shared]
     leaks += find_leakage(by_subset, test_subsets)
     if leaks:
         listing = "; ".join(f"{x['test_task']} test pair {x['test_pair']} ~ {x['training_task']}" for x in leaks)
@@ -498,6 +525,7 @@ def build(config: BuildConfig) -> dict:
             "unlabeled_test_tasks": sorted(p.task.task_id for p in planned if p.is_test and not p.task.labeled),
             "skipped_oversized": skipped,
             "leakage": leaks,
+            "test_leakage": {"allowed": config.allow_test_leakage, "tasks": shared},
             "ignore_label_id_in_loader": IGNORE_LABEL_ID,
         }
         with open(os.path.join(tmp_dir, "build_info.json"), "w") as f:
@@ -543,6 +571,10 @@ def parse_args(argv: list[str] | None = None) -> BuildConfig:
     parser.add_argument("--skip-oversized", action="store_true", help="leave out tasks larger than --max-grid-size")
     parser.add_argument("--fail-on-leakage", action="store_true",
                         help="refuse to build when test pairs also appear in training subsets")
+    parser.add_argument("--allow-test-leakage", action="store_true",
+                        help="build even when a test task's id is also in a training subset (the model then trains "
+                             "on that test task's outputs; its training copy is renamed <id>@<subset>); refused "
+                             "by default")
     parser.add_argument("--holdout-test-pairs", type=int, default=0, metavar="N",
                         help="tasks without test pairs (e.g. generated many-pair files) use their last N train "
                              "pairs as test pairs")

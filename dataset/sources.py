@@ -24,6 +24,7 @@ import glob
 import json
 import os
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -67,8 +68,10 @@ def _grid(value: Any, where: str) -> np.ndarray:
         arr = np.array(value)
     except ValueError:
         arr = None
+    # JSON true/false are not colours, though Python's True == 1 and numpy turns [[true, 2]]
+    # into integers: the type scan (C-speed, no Python loop) keeps them off the fast path.
     if (arr is not None and arr.ndim == 2 and arr.size and arr.dtype.kind in "iu"
-            and arr.min() >= 0 and arr.max() <= 9):
+            and arr.min() >= 0 and arr.max() <= 9 and bool not in set(map(type, chain.from_iterable(value)))):
         if max(arr.shape) > ARC_MAX_SIDE:
             raise TaskFormatError(f"{where}: grid is {arr.shape[0]}x{arr.shape[1]}, "
                                   f"larger than ARC's {ARC_MAX_SIDE}x{ARC_MAX_SIDE}")
@@ -84,6 +87,8 @@ def _grid(value: Any, where: str) -> np.ndarray:
         elif len(row) != width:
             raise TaskFormatError(f"{where}: ragged grid (row 0 has {width} cells, row {r} has {len(row)})")
         for c, x in enumerate(row):
+            if type(x) is bool:
+                raise TaskFormatError(f"{where}: cell ({r}, {c}) = {json.dumps(x)} is a boolean, not a colour 0-9")
             if type(x) is not int or not 0 <= x <= 9:
                 raise TaskFormatError(f"{where}: cell ({r}, {c}) = {x!r} is not a colour 0-9")
     raise TaskFormatError(f"{where}: not a grid of colours 0-9")

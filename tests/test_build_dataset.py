@@ -123,6 +123,11 @@ def _bad_task_cases():
         "colour": ({**ok, "test": [{"input": [[1, 10]], "output": [[1]]}]}, "cell (0, 1) = 10"),
         "negative": ({**ok, "train": [{"input": [[1]], "output": [[-1]]}]}, "train pair 0 output"),
         "float": ({**ok, "train": [{"input": [[1.5]], "output": [[1]]}]}, "is not a colour"),
+        # JSON true is not colour 1 (Python's True == 1; numpy makes [[1, true]] an int grid)
+        "boolean": ({**ok, "train": [{"input": [[1, True]], "output": [[1]]}]},
+                    "train pair 0 input: cell (0, 1) = true is a boolean"),
+        "boolean_output": ({**ok, "test": [{"input": [[1]], "output": [[False, 2]]}]},
+                           "test pair 0 output: cell (0, 0) = false is a boolean"),
         "empty": ({**ok, "train": [{"input": [], "output": [[1]]}]}, "non-empty list of rows"),
         "oversized": ({**ok, "train": [{"input": [[0] * 31], "output": [[1]]}]}, "larger than ARC's 30x30"),
         "no_train": ({"test": ok["test"]}, "missing 'train'"),
@@ -234,6 +239,8 @@ def test_leakage_is_reported_and_can_be_refused(tmp_path, capsys, caplog):
     assert "ev test pair 0 ~ leaky" in caplog.text
     assert json.loads((tmp_path / "a" / "build_info.json").read_text())["leakage"] == [
         {"test_task": "ev", "test_pair": 0, "training_task": "leaky"}]
+    assert json.loads((tmp_path / "a" / "build_info.json").read_text())["test_leakage"] == {
+        "allowed": False, "tasks": []}
     assert build(src, tmp_path / "b", "--fail-on-leakage") == 2
     assert "leakage" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
@@ -247,19 +254,38 @@ def test_duplicate_task_ids_across_training_subsets_are_refused(tmp_path, capsys
     assert "task same is in both subset 'training' and 'training2'" in capsys.readouterr().err
 
 
-def test_test_task_id_in_a_training_subset_is_leakage(tmp_path, capsys, caplog):
-    """ARC-AGI-2's training2 holds ARC-AGI-1 evaluation tasks under the same ids."""
+def test_test_task_id_in_a_training_subset_is_refused_unless_allowed(tmp_path, capsys, caplog):
+    """ARC-AGI-2's training2 holds ARC-AGI-1 evaluation tasks under the same ids: building
+    them together would train on the test tasks' outputs."""
     rng = np.random.default_rng(4)
-    shared = random_task(rng)
-    src = write_folder_source(tmp_path / "src", {"training2": {"00576224": shared, "t": random_task(rng)},
-                                                  "evaluation": {"00576224": shared}})
-    out = tmp_path / "a"
-    assert build(src, out, subsets=("training2", "evaluation")) == 0
+    shared, other = random_task(rng), random_task(rng)
+    src = write_folder_source(tmp_path / "src", {
+        "training2": {"00576224": shared, "t": random_task(rng), "009d5c81": other},
+        "evaluation": {"00576224": shared, "009d5c81": other, "e": random_task(rng)}})
+    subsets = ("training2", "evaluation")
+    assert build(src, tmp_path / "a", subsets=subsets) == 2
+    err = capsys.readouterr().err
+    assert ("test subset 'evaluation' and training subset 'training2' share 2 task ids: 00576224, 009d5c81"
+            in err), err
+    assert "--allow-test-leakage" in err
+    assert not (tmp_path / "a").exists() and not list(tmp_path.glob(".a*"))
+
+    out = tmp_path / "b"
+    assert build(src, out, "--allow-test-leakage", subsets=subsets) == 0
     assert "00576224 test pair all ~ 00576224@training2" in caplog.text
     names = json.loads((out / "identifiers.json").read_text())
     assert "00576224" in names and "00576224@training2" in names
-    assert build(src, tmp_path / "b", "--fail-on-leakage", subsets=("training2", "evaluation")) == 2
-    assert "00576224" in capsys.readouterr().err
+    info = json.loads((out / "build_info.json").read_text())
+    assert info["config"]["allow_test_leakage"] is True
+    assert info["test_leakage"] == {"allowed": True, "tasks": [
+        {"task_id": "00576224", "test_subset": "evaluation", "training_subset": "training2"},
+        {"task_id": "009d5c81", "test_subset": "evaluation", "training_subset": "training2"}]}
+
+    # the test set listed first: the same refusal, the same subsets named
+    assert build(src, tmp_path / "c", subsets=("evaluation", "training2")) == 2
+    assert "training subset 'training2' share 2 task ids" in capsys.readouterr().err
+    assert build(src, tmp_path / "d", "--allow-test-leakage", "--fail-on-leakage", subsets=subsets) == 2
+    assert "contradict" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if REFERENCE_SHA256[n]["num_aug"] >= 1000 else [])
