@@ -1,4 +1,5 @@
-"""Recursive reasoning models with ACT halting: TRM, HRM and a plain transformer baseline.
+"""Recursive reasoning models with ACT halting: TRM, HRM and a plain transformer baseline
+(TinyRecursiveModels' ``transformers_baseline``, see docs/training.md).
 
 Each *core* maps (carry, batch) to (new carry, logits, halt logits) for one supervision
 step; ``ACTModel`` wraps a core with the carry bookkeeping of deep supervision and
@@ -50,7 +51,11 @@ class RecursiveArchConfig:
     mlp_t: bool = False  # TRM-MLP: an MLP across the sequence replaces attention
     halt_max_steps: int = 16
     halt_exploration_prob: float = 0.1
-    no_ACT_continue: bool = True  # True: halt when q_halt > 0 (TRM); False: Q-learning with continue (HRM)
+    no_ACT_continue: bool = True  # True: halt when q_halt > 0 (TRM); False: halt when q_halt > q_continue
+    # With no_ACT_continue=False: True trains q_continue on a bootstrapped Q target (HRM; one
+    # more inner forward per step); False computes no target, so q_continue is never trained
+    # (TRM's transformers_baseline, whose loss never asks for it). Ignored with True.
+    q_continue_target: bool = True
     forward_dtype: str = "bfloat16"
 
     def validate(self) -> None:
@@ -106,7 +111,7 @@ class ACTOutput:
     q_continue_logits: torch.Tensor  # float32 [B]
     halted: torch.Tensor  # bool [B], after this step
     steps: torch.Tensor  # int32 [B], after this step
-    target_q_continue: torch.Tensor | None = None  # Q-learning target (no_ACT_continue=False, training)
+    target_q_continue: torch.Tensor | None = None  # Q target (training, no_ACT_continue=False, q_continue_target)
 
 
 # ----------------------------------------------------------------------------------------
@@ -282,7 +287,8 @@ class HRMCore(RecursiveCore):
 
 class TransformerCore(RecursiveCore):
     """Baseline: one pass of an H_layers-deep transformer per supervision step, the
-    previous step's state added to the input."""
+    previous step's state added to the input (TRM's ``transformers_baseline``; with
+    ``conf/arch/transformer.yaml``'s one puzzle token and q_halt > q_continue halting)."""
 
     uses_z_L = False
 
@@ -306,7 +312,9 @@ class ACTModel(ARCModel):
     the others continue. In training an example halts when its halt logit says so (or
     beats the continue logit, ``no_ACT_continue=False``), never before a random minimum
     with probability ``halt_exploration_prob``, and always at ``halt_max_steps``; in
-    evaluation every example runs ``halt_max_steps`` steps so a batch halts together."""
+    evaluation every example runs ``halt_max_steps`` steps so a batch halts together.
+    The continue logit's Q target is computed only with ``no_ACT_continue=False`` and
+    ``q_continue_target`` (in training)."""
 
     def __init__(self, core: RecursiveCore):
         super().__init__()
@@ -347,7 +355,7 @@ class ACTModel(ARCModel):
                 explore = torch.rand_like(q_halt) < self.config.halt_exploration_prob
                 min_steps = explore * torch.randint_like(steps, low=2, high=self.config.halt_max_steps + 1)
                 halted = halted & (steps >= min_steps)
-                if not self.config.no_ACT_continue:
+                if not self.config.no_ACT_continue and self.config.q_continue_target:
                     # Bootstrapped target from the next step's Q values (no replay buffer or
                     # target network; the large batch plays the role of parallel envs).
                     _, _, next_halt, next_continue = self.inner(inner, data)
