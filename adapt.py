@@ -41,7 +41,7 @@ from dataset.sources import Task, load_subset
 from evaluators.arc import write_submission
 from evaluators.report import render_report
 from evaluators.validate_submission import validate
-from models.convert import NEW_ROW_INITS, PUZZLE_EMB_KEY, extend_puzzle_embeddings, strip_prefixes
+from models.convert import NEW_ROW_INITS, PUZZLE_EMB_KEY, apply_ema, extend_puzzle_embeddings, strip_prefixes
 from utils import checkpoint as ckpt
 from utils.config import TrainConfig, compose_config
 from utils.distributed import DistEnv
@@ -156,9 +156,8 @@ def load_setup(config: TTTConfig, train_args: list[str]) -> Setup:
     base, weights, state, path = evaluate.load_run([f"checkpoint={config.checkpoint}", *train_args])
     overrides = evaluate.saved_overrides(state["config"], train_args) if state is not None else []
     overrides += ["wandb.mode=disabled", "progress_bar=false", *train_args]
-    weights = strip_prefixes(weights)
-    if state is not None and state.get("ema"):  # evaluate.py and pretrain.py evaluate the EMA weights
-        weights.update({k: v.to(weights[k].dtype) for k, v in state["ema"].items()})
+    # evaluate.py and pretrain.py evaluate the EMA weights
+    weights = apply_ema(strip_prefixes(weights), state.get("ema") if state is not None else None)
     table = weights.get(PUZZLE_EMB_KEY)
     if table is None and config.mode != "all":
         raise ValueError(f"checkpoint={path} has no puzzle-embedding table to adapt: use ttt.mode=all")
@@ -259,7 +258,8 @@ def adapt_chunk(setup: Setup, tasks: dict[str, Task], chunk_dir: str, minutes: f
     if PUZZLE_EMB_KEY in weights:
         weights = extend_puzzle_embeddings(weights, meta.num_puzzle_identifiers, config.new_rows)
     init_file = os.path.join(chunk_dir, "init.pt")
-    torch.save({"model": weights}, init_file)
+    with open(os.path.join(data_dir, "identifiers.json")) as f:  # rows named: init_from keeps them all
+        torch.save({"model": weights, "identifiers": json.load(f)}, init_file)
     timings = {"build_seconds": time.perf_counter() - started}
 
     weights_file, final, steps_done = init_file, None, []

@@ -17,6 +17,7 @@ data come from the arguments.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -30,14 +31,15 @@ from evaluators.report import render_report
 from losses import build_loss
 from models import build_model
 from models.base import ARCModel
-from models.convert import convert_state_dict
+from models.convert import fit_weights
 from models.recursive import DataShape
 from utils import checkpoint as ckpt
 from utils.config import CONF_DIR, SCHEMAS, TrainConfig, compose_config
 from utils.distributed import DistEnv, cleanup_distributed, init_distributed
-from utils.ema import EMA
 from utils.evaluate import evaluate_examples
 from utils.io import write_json_atomic
+
+log = logging.getLogger(__name__)
 
 
 def _override_value(value: Any) -> str:
@@ -88,15 +90,17 @@ def load_run(argv: list[str]) -> tuple[TrainConfig, dict[str, torch.Tensor], dic
 
 
 def load_eval_model(config: TrainConfig, shape: DataShape, weights: dict, state: dict | None,
-                    device: torch.device) -> ARCModel:
-    """The model to evaluate: the weights, with a checkpoint's EMA applied when it kept one
-    (pretrain.py evaluates, and means, the EMA weights)."""
+                    device: torch.device, identifiers: list[str] | None = None) -> ARCModel:
+    """The model to evaluate on a dataset with these puzzle ``identifiers``: the weights, with
+    a checkpoint's EMA applied when it kept one (pretrain.py evaluates, and means, the EMA
+    weights), loaded by ``models.convert.fit_weights``."""
     model = build_model(config.arch, shape).to(device)
-    model.load_state_dict(convert_state_dict(weights, model.state_dict()))
-    if state is not None and state.get("ema") is not None:
-        ema = EMA(model, config.ema_rate)
-        ema.load_state_dict(state["ema"])
-        ema.copy_to(model)
+    state = state or {}
+    fitted, notes = fit_weights(weights, model.state_dict(), ema=state.get("ema"), source_ids=state.get("identifiers"),
+                                target_ids=identifiers)
+    for note in notes:
+        log.warning(note)
+    model.load_state_dict(fitted)
     return model
 
 
@@ -112,7 +116,7 @@ def evaluate(config: TrainConfig, weights: dict, state: dict | None, checkpoint:
     data = PuzzleDataset([test_path], "test", config.global_batch_size, env.rank, env.world_size)
     meta = data.metadata
     shape = DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, data.local_batch_size)
-    model = load_eval_model(config, shape, weights, state, env.device)
+    model = load_eval_model(config, shape, weights, state, env.device, data.identifiers)
     voter = ARCVoter(test_path)
     demos = Demonstrations([test_path], model.num_demos, config.seed) if model.num_demos else None
     metrics, submission = evaluate_examples(model, build_loss(config.loss), data, env, voter, config.eval.pass_ks,

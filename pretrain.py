@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
 import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -29,10 +31,18 @@ from evaluators.arc import ARCVoter, write_submission
 from losses import build_loss
 from models import build_model
 from models.base import ARCModel
-from models.convert import convert_state_dict
+from models.convert import fit_weights
 from models.recursive import DataShape
 from utils import checkpoint as ckpt
-from utils.config import TrainConfig, load_config, register_configs
+from utils.config import (
+    ConfigError,
+    TrainConfig,
+    check_command_line,
+    exit_with_error,
+    load_config,
+    register_configs,
+    resume_differences,
+)
 from utils.distributed import DistEnv, all_reduce_sum, cleanup_distributed, init_distributed
 from utils.ema import EMA
 from utils.evaluate import evaluate_examples
@@ -40,6 +50,7 @@ from utils.io import write_json_atomic
 from utils.optimizers import SparseSignSGD, build_optimizer
 
 register_configs()
+log = logging.getLogger("pretrain")
 
 
 def lr_factor(config: TrainConfig, step: int, total_steps: int) -> float:
@@ -73,6 +84,30 @@ def prefers(config: TrainConfig, value: float, best: float | None) -> bool:
     return value < best - delta if config.callbacks.mode == "min" else value > best + delta
 
 
+def check_resumable(path: str, saved: dict[str, Any], config: TrainConfig, env: DistEnv) -> None:
+    """Refuse a resume that would silently mix two runs: weights or data that do not fit
+    (arch, data, batch, seed) always; other training keys (lr, schedule, loss, ...) unless
+    ``allow_config_change``. Bookkeeping changes (max_steps, logging, evaluation) are listed."""
+    fixed, training, free = resume_differences(saved, dataclasses.asdict(config))
+    if fixed:
+        raise ConfigError(f"resume: {path} was trained with other {', '.join(fixed)}; it cannot continue as this run. "
+                          f"Start a new run (another run_name or checkpoint_path)")
+    if training and not config.allow_config_change:
+        raise ConfigError(f"resume: {path} was trained with {', '.join(training)}. Continuing would mix two runs: "
+                          f"start a new run (another run_name), or pass allow_config_change=true to continue "
+                          f"with the new values")
+    if env.is_main and (training or free):
+        log.warning("resume: config differs from %s: %s", path, "; ".join(training + free))
+
+
+def check_monitor(config: TrainConfig, metric_names: list[str]) -> None:
+    """The callbacks' metric is one the evaluation reports (checked before training)."""
+    watching = config.callbacks.keep_best or config.callbacks.early_stopping_patience
+    if watching and config.callbacks.monitor not in metric_names:
+        raise ConfigError(f"callbacks.monitor={config.callbacks.monitor!r} is not an evaluation metric of this run; "
+                          f"they are: {', '.join(sorted(metric_names))}")
+
+
 def init_wandb(config: TrainConfig, env: DistEnv, num_params: int):
     mode = os.environ.get("WANDB_MODE", config.wandb.mode)
     if not env.is_main or mode == "disabled":
@@ -92,7 +127,8 @@ def reduce_metrics(metrics: dict[str, torch.Tensor], env: DistEnv, global_batch_
     values = all_reduce_sum(torch.stack([metrics[k].detach().to(torch.float64) for k in keys]), env).tolist()
     raw = dict(zip(keys, values))
     count = max(raw["count"], 1.0)
-    return {f"train/{k}": v / (global_batch_size if k.endswith("loss") else 1.0 if k == "count" else count) for k, v in raw.items()}
+    divisor = {k: global_batch_size if k.endswith("loss") else 1.0 if k == "count" else count for k in keys}
+    return {f"train/{k}": v / divisor[k] for k, v in raw.items()}
 
 
 def component_grad_norms(model: torch.nn.Module) -> dict[str, float]:
@@ -111,6 +147,7 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
     if config.global_batch_size % env.world_size:
         raise ValueError(f"global_batch_size {config.global_batch_size} is not divisible by {env.world_size} ranks")
     local_batch = config.global_batch_size // env.world_size
+    config.data.check_exists()
     train_data = PuzzleDataset(config.data.paths, "train", config.global_batch_size, env.rank, env.world_size,
                                seed=config.seed)
     eval_data = PuzzleDataset(config.data.test_paths or config.data.paths, "test", config.global_batch_size,
@@ -128,9 +165,13 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
     model: ARCModel = build_model(config.arch, shape).to(env.device)
     loss_fn = build_loss(config.loss)
     if config.init_from:
-        state = torch.load(config.init_from, map_location="cpu", weights_only=False)
-        state = state.get("model", state)
-        model.load_state_dict(convert_state_dict(state, model.state_dict()))
+        source = torch.load(config.init_from, map_location="cpu", weights_only=False)
+        weights, notes = fit_weights(source.get("model", source), model.state_dict(), ema=source.get("ema"),
+                                     source_ids=source.get("identifiers"), target_ids=train_data.identifiers)
+        model.load_state_dict(weights)
+        for note in notes:
+            if env.is_main:
+                log.warning("init_from=%s: %s", config.init_from, note)
     num_params = sum(p.numel() for p in model.parameters())
     if config.freeze_weights:
         model.requires_grad_(False)  # before DDP, which registers the parameters it reduces
@@ -165,14 +206,17 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
     monitor = {"best": None, "stale_evals": 0}
     resume_from = ckpt.resolve_resume(config.resume, checkpoint_root)
     if config.resume == "none" and ckpt.list_checkpoints(checkpoint_root):
-        raise ValueError(f"{checkpoint_root} already holds checkpoints of another run: pass resume=auto to continue "
-                         f"it, or choose another run_name / checkpoint_path")
+        raise ConfigError(f"{checkpoint_root} already holds checkpoints of another run: pass resume=auto to continue "
+                          f"it, or choose another run_name / checkpoint_path")
+    if config.resume == "auto" and resume_from is None and env.is_main:
+        log.info("resume=auto: no checkpoint in %s yet; starting a new run", checkpoint_root)
     if resume_from:
         shared = ckpt.load_shared(resume_from)
         if shared["identifiers_sha256"] != ids_hash and not config.force_identifiers:
-            raise ValueError(f"{resume_from} was trained on a dataset with other puzzle identifiers "
-                             f"(identifiers.json differs); its puzzle embeddings would be wrong. "
-                             f"Pass force_identifiers=true to load it anyway.")
+            raise ConfigError(f"resume: {resume_from} was trained on data.paths={shared['config']['data']['paths']}, "
+                              f"whose puzzle identifiers differ from {config.data.paths}' (identifiers.json); its "
+                              f"puzzle embeddings would be wrong. Pass force_identifiers=true to load it anyway.")
+        check_resumable(resume_from, shared["config"], config, env)
         model.load_state_dict(shared["model"])
         for opt, state in zip(optimizers, shared["optimizers"], strict=True):
             opt.load_state_dict(state)
@@ -188,18 +232,24 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
             carry = ckpt.carry_from_dict(own["carry"], env.device)
             ckpt.set_rng_state(own["rng"])
         if env.is_main:
-            print(f"resumed from {resume_from} at step {step}")
+            log.info("resumed from %s at step %d", resume_from, step)
+
+    in_root = resume_from and os.path.dirname(os.path.abspath(resume_from)) == os.path.abspath(checkpoint_root)
+    saved_step = step if in_root else None  # the step of the newest checkpoint in checkpoint_root
 
     def save(tag: str, score: float | None = None) -> None:
+        nonlocal saved_step
         shared = {"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
                   "ema": ema.state_dict() if ema else None, "step": step, "data_position": train_data.state_dict(),
-                  "config": dataclasses.asdict(config), "identifiers_sha256": ids_hash, "world_size": env.world_size,
+                  "config": dataclasses.asdict(config), "identifiers_sha256": ids_hash,
+                  "identifiers": train_data.identifiers, "world_size": env.world_size,
                   "monitor": monitor, "scaler": scaler.state_dict() if scaler.is_enabled() else None}
         per_rank = {"carry": ckpt.carry_to_dict(carry), "rng": ckpt.rng_state()}
         path = ckpt.save_checkpoint(checkpoint_root, step, shared, per_rank, env, keep=config.max_checkpoints,
                                     score=score, keep_best=config.callbacks.keep_best, mode=config.callbacks.mode)
+        saved_step = step
         if env.is_main:
-            print(f"checkpoint ({tag}): {path}")
+            log.info("checkpoint (%s): %s", tag, path)
 
     eval_paths = config.data.test_paths or config.data.paths
     # In-context models read demonstration pairs of the example's own task (train split).
@@ -225,6 +275,15 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
             write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
         return metrics
 
+    if config.evaluate and (config.callbacks.keep_best or config.callbacks.early_stopping_patience):
+        # One test task through the evaluation now, so a misspelled monitor fails in seconds,
+        # not at the first evaluation hours in; the RNG stays as it was (resume).
+        with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
+            preview, _ = evaluate_examples(model, loss_fn, eval_data, env, ARCVoter(eval_paths[0]) if len(eval_paths) == 1
+                                           else None, config.eval.pass_ks, config.eval.ranking, task_limit=1,
+                                           demos=eval_demos)
+        check_monitor(config, list(preview))
+
     # --- loop ---------------------------------------------------------------------------
     wandb_run = init_wandb(config, env, num_params)
     bar = tqdm(total=stop_step, initial=step, disable=not (env.is_main and config.progress_bar), unit="step")
@@ -248,8 +307,8 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
             scaler.scale(loss / local_batch).backward()
             if dense is not None:
                 scaler.unscale_(dense)
-            logging = (step + 1) % config.log_interval == 0 or step + 1 == stop_step
-            grad_norms = component_grad_norms(model) if logging else {}
+            log_now = (step + 1) % config.log_interval == 0 or step + 1 == stop_step
+            grad_norms = component_grad_norms(model) if log_now else {}
             if config.grad_clip_norm is not None and dense_params:
                 torch.nn.utils.clip_grad_norm_(dense_params, config.grad_clip_norm)
             factor = lr_factor(config, step + 1, total_steps)
@@ -268,7 +327,7 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
                 ema.update(model)
             step += 1
             bar.update(1)
-            if logging:
+            if log_now:
                 last_train = {**reduce_metrics(metrics, env, config.global_batch_size), **grad_norms, "train/lr": lr}
                 if wandb_run is not None:
                     wandb_run.log(last_train, step=step)
@@ -295,11 +354,7 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
                                       if f"ARC/pass@{k}" in last_eval))
             if wandb_run is not None:
                 wandb_run.log(last_eval, step=step)
-            score = last_eval.get(config.callbacks.monitor)
-            watching = config.callbacks.keep_best or config.callbacks.early_stopping_patience
-            if watching and score is None:
-                raise ValueError(f"callbacks.monitor={config.callbacks.monitor!r} is not an evaluation metric; "
-                                 f"they are: {', '.join(sorted(last_eval))}")
+            score = last_eval.get(config.callbacks.monitor)  # check_monitor: there when callbacks watch it
             if score is not None:
                 improved = prefers(config, score, monitor["best"])
                 monitor = {"best": score if improved else monitor["best"],
@@ -313,7 +368,7 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
             if config.checkpoint_every_eval or stopped_early:
                 save("eval", score)
     bar.close()
-    if not config.evaluate or (not config.checkpoint_every_eval and config.checkpoint_interval_steps):
+    if saved_step != step:  # every run ends with its weights on disk, however it stopped
         save("final")
     if wandb_run is not None:
         wandb_run.finish()
@@ -329,21 +384,30 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
 def main(cfg: DictConfig) -> float | None:
     """Returns the best value of ``callbacks.monitor``: the objective of an Optuna sweep
     (``-m hydra/sweeper=optuna``; set ``hydra.sweeper.direction`` to match callbacks.mode)."""
-    config = load_config(cfg)
+    try:
+        config = load_config(cfg)
+    except ConfigError as e:
+        exit_with_error(e)
     if config.run_name is None:
         config.run_name = f"{config.arch.name}-{config.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     env = init_distributed(config.device)
     try:
         if env.is_main:
-            print(OmegaConf.to_yaml(cfg, resolve=True))
+            log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
         summary = train(config, env)
         if env.is_main:
-            print("final: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                        for k, v in summary.items()))
+            log.info("final: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                           for k, v in summary.items()))
         return summary["best_monitor"]
+    except ConfigError as e:  # found before training started: nothing to lose
+        exit_with_error(e)
     finally:
         cleanup_distributed(env)
 
 
 if __name__ == "__main__":
+    try:
+        check_command_line(sys.argv[1:])  # Hydra's own composition errors are a page of traceback
+    except ConfigError as e:
+        exit_with_error(e)
     main()

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from dataset.common import IGNORE_LABEL_ID, PuzzleDatasetMetadata
+from models.convert import apply_ema
 from utils import checkpoint as ckpt
 from utils.config import CONF_DIR, TrainConfig, compose_config
 from utils.distributed import DistEnv, barrier, cleanup_distributed, init_distributed
@@ -261,10 +262,7 @@ def checkpoint_weights(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     """(weights, shared state) of a checkpoint, with the EMA weights in place when it has them
     (pretrain.py evaluates those)."""
     state = ckpt.load_shared(path)
-    weights = dict(state["model"])
-    for name, value in (state.get("ema") or {}).items():
-        weights[name] = value.to(weights[name].dtype)
-    return weights, state
+    return apply_ema(state["model"], state.get("ema")), state
 
 
 def load_artifact(path: str, key: str) -> dict:

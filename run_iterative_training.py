@@ -41,7 +41,7 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import pretrain
 from dataset.augment import parse_variant_name
@@ -54,7 +54,7 @@ from evaluators.arc import ARCVoter
 from losses import build_loss
 from models.recursive import DataShape
 from utils import checkpoint as ckpt
-from utils.config import TrainConfig, register_configs
+from utils.config import ConfigError, TrainConfig, check_command_line, exit_with_error, load_config, register_configs
 from utils.distributed import DistEnv, cleanup_distributed, init_distributed
 from utils.evaluate import evaluate_examples
 from utils.io import write_json_atomic
@@ -229,7 +229,7 @@ def evaluate_episode(config: TrainConfig, model_dir: str, dataset_path: str, gro
     test = PuzzleDataset([dataset_path], "test", config.global_batch_size)
     meta = test.metadata
     shape = DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, test.local_batch_size)
-    model = load_eval_model(config, shape, state["model"], state, env.device)
+    model = load_eval_model(config, shape, state["model"], state, env.device, test.identifiers)
     loss_fn = build_loss(config.loss)
     fit = per_task_training_fit(model, loss_fn, dataset_path, config.global_batch_size, env)
     metrics = {"train/mean_accuracy": float(np.mean([v["accuracy"] for v in fit.values()])),
@@ -380,7 +380,7 @@ def run_episode(config: IterativeRunConfig, env: DistEnv, episode: int, train_ta
     train_config.resume = "auto"  # an interrupted episode continues its own training
     if cfg.warm_start and previous_model and not config.init_from:
         newest = ckpt.list_checkpoints(previous_model)[-1][1]
-        train_config.init_from = os.path.join(newest, "state.pt")  # puzzle table: resized to its mean row
+        train_config.init_from = os.path.join(newest, "state.pt")  # puzzle rows matched by identifier
     started = time.perf_counter()
     pretrain.train(train_config, env)
     metrics, details = evaluate_episode(train_config, model_dir, dataset, groups if test_tasks else {}, env)
@@ -401,9 +401,11 @@ cs.store(name="iterative_schema", node=IterativeRunConfig)
 @hydra.main(config_path="conf", config_name="iterative", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    config = OmegaConf.to_object(cfg)
+    try:
+        config = load_config(cfg)
+    except ConfigError as e:
+        exit_with_error(e)
     assert isinstance(config, IterativeRunConfig)
-    config.validate()
     env = init_distributed(config.device)
     try:
         run(config, env)
@@ -414,4 +416,8 @@ def main(cfg: DictConfig) -> None:
 register_configs()
 
 if __name__ == "__main__":
+    try:
+        check_command_line(sys.argv[1:], "iterative")
+    except ConfigError as e:
+        exit_with_error(e)
     main()

@@ -16,7 +16,8 @@ submodule names under ``inner.``:
 | inner.H_init, inner.L_init                            | same                               |
 
 ``extend_puzzle_embeddings`` grows the table for tasks the checkpoint never saw (test-time
-training, adapt.py).
+training, adapt.py). ``fit_weights`` is the one rule every loader follows: a checkpoint's
+EMA applied, keys converted, and each puzzle-embedding row matched to its task by identifier.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 
 PREFIXES = ("_orig_mod.", "module.", "model.")
 PUZZLE_EMB_KEY = "inner.puzzle_emb.weights"
+TABLE_SUFFIX = "puzzle_emb.weights"  # every family's puzzle-embedding table (recursive: PUZZLE_EMB_KEY)
 NEW_ROW_INITS = ("mean", "zeros")
 
 
@@ -44,21 +46,80 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def convert_state_dict(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Reference (or ARCForge) state dict -> one that ``load_state_dict`` accepts for a model
-    whose state dict is ``target``. A puzzle-embedding table of another size (a dataset
-    with other identifiers) is replaced by its mean row, as TRM does when fine-tuning."""
+    whose state dict is ``target``: prefixes stripped, every key and shape checked. Puzzle
+    tables must already fit (``fit_weights`` matches their rows to the dataset's tasks)."""
     state = strip_prefixes(state)
     unknown = sorted(set(state) - set(target))
     missing = sorted(set(target) - set(state))
     if unknown or missing:
         raise ValueError(f"checkpoint does not fit the model: unknown keys {unknown[:8]}, missing keys {missing[:8]}")
-    emb = state.get(PUZZLE_EMB_KEY)
-    if emb is not None and emb.shape[1:] == target[PUZZLE_EMB_KEY].shape[1:] and emb.shape != target[PUZZLE_EMB_KEY].shape:
-        state[PUZZLE_EMB_KEY] = emb.mean(0, keepdim=True).expand(target[PUZZLE_EMB_KEY].shape).contiguous()
     for key, value in state.items():
         if value.shape != target[key].shape:
             raise ValueError(f"checkpoint does not fit the model: {key} has shape {tuple(value.shape)}, "
                              f"the model {tuple(target[key].shape)}")
     return state
+
+
+def apply_ema(weights: dict[str, torch.Tensor], ema: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """The weights with a checkpoint's EMA averages in place of the parameters it tracked.
+    The EMA covers the parameters that trained (none with ``freeze_weights``); the rest, and
+    every buffer (the puzzle table), come from the weights."""
+    if not ema:
+        return dict(weights)
+    weights = strip_prefixes(weights)
+    unknown = sorted(set(ema) - set(weights))
+    if unknown:
+        raise ValueError(f"the EMA state names parameters the weights lack: {unknown[:5]}")
+    return {**weights, **{k: v.to(weights[k].dtype) for k, v in ema.items()}}
+
+
+def match_puzzle_rows(table: torch.Tensor, rows: int, source_ids: list[str] | None,
+                      target_ids: list[str] | None) -> tuple[torch.Tensor, str | None]:
+    """A table of ``rows`` rows for the target dataset's identifiers, and a one-line note when
+    it is not the checkpoint's table unchanged.
+
+    With both identifier lists, a row whose identifier is in both is kept (bitwise) and every
+    other row starts from the mean of the checkpoint's rows. Without the checkpoint's
+    identifiers (TRM/HRM files) rows are kept by position when the counts agree, else every
+    row is that mean row (as TRM does when fine-tuning)."""
+    mean_row = table.float().mean(0).to(table.dtype)
+    if source_ids is not None and target_ids is not None:
+        if len(source_ids) != table.shape[0] or len(target_ids) != rows:
+            raise ValueError(f"puzzle table of {table.shape[0]} rows with {len(source_ids)} identifiers, "
+                             f"model of {rows} rows with {len(target_ids)} identifiers")
+        if source_ids == target_ids:
+            return table, None
+        where = {name: i for i, name in enumerate(source_ids)}
+        pairs = [(i, where[name]) for i, name in enumerate(target_ids) if name in where]
+        out = mean_row.expand(rows, -1).clone()
+        if pairs:
+            dst, src = (torch.tensor(x, dtype=torch.long) for x in zip(*pairs))
+            out[dst] = table[src]
+        return out, (f"puzzle embeddings: {table.shape[0]} -> {rows} rows; kept the {len(pairs)} rows whose "
+                     f"identifiers the checkpoint shares, {rows - len(pairs)} others start from its mean row")
+    if table.shape[0] == rows:
+        return table, None
+    return mean_row.expand(rows, -1).contiguous(), (
+        f"puzzle embeddings: the checkpoint's table has {table.shape[0]} rows, the dataset {rows}; "
+        f"every row starts from the checkpoint's mean row (the weights name no identifiers to match)")
+
+
+def fit_weights(weights: dict[str, torch.Tensor], target: dict[str, torch.Tensor], *,
+                ema: dict[str, torch.Tensor] | None = None, source_ids: list[str] | None = None,
+                target_ids: list[str] | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(state dict for a model whose state dict is ``target``, notes to log). The one rule of
+    every loader (init_from, evaluate.py, ttt.py, the pipelines): ``apply_ema``, then
+    ``match_puzzle_rows`` for each puzzle table, then ``convert_state_dict``."""
+    state = apply_ema(strip_prefixes(weights), ema)
+    notes = []
+    for key in [k for k in target if k.endswith(TABLE_SUFFIX)]:
+        table, want = state.get(key), target[key]
+        if table is None or table.shape[1:] != want.shape[1:]:
+            continue  # convert_state_dict names the mismatch
+        state[key], note = match_puzzle_rows(table, want.shape[0], source_ids, target_ids)
+        if note:
+            notes.append(note)
+    return convert_state_dict(state, target), notes
 
 
 def extend_puzzle_embeddings(state: dict[str, torch.Tensor], new_size: int, init: str = "mean") -> dict[str, torch.Tensor]:

@@ -301,7 +301,7 @@ def test_pipeline_fails_clearly(pipeline, tmp_path, capsys):
     broken = tmp_path / "broken"  # training fails (no test split there); what needs it does not run
     assert run_full_pipeline.main(pipeline_args(data, broken, f"data.test_paths=[{tmp_path / 'nowhere'}]")) == 1
     printed = capsys.readouterr().out
-    assert re.search(r"backbone training\s+FAILED: ValueError: .*nowhere", printed)
+    assert re.search(r"backbone training\s+FAILED: ConfigError: data.test_paths: no dataset at .*nowhere", printed)
     assert re.search(r"size-head training\s+FAILED: not run", printed)
     assert re.search(r"evaluation\s+FAILED: not run", printed)
     assert not (broken / "best_model.pt").exists() and not evaluations(broken)

@@ -1,23 +1,36 @@
 """Typed run configuration: the schemas of ``conf/`` registered in Hydra's ConfigStore.
 
-Each group option (``conf/<group>/<name>.yaml``) extends its group's schema, so a key that
-is not in the schema is an error at composition time, with its name. ``load_config``
-turns the composed DictConfig into dataclasses and checks the values.
+Each group option (``conf/<group>/<name>.yaml``) extends its group's schema (stored under
+``schema/<group>`` in the ConfigStore, so a schema is never offered as an option). Every key
+outside the schemas is an error, ``+key`` included; ``load_config`` turns the composed
+DictConfig into dataclasses and checks the values. Any of these problems raises
+``ConfigError``, whose message is one line naming the key (and, for TinyRecursiveModels'
+names, the key it is here).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
+import re
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from losses import LOSS_SCHEMAS
 from models import ARCH_SCHEMAS
 from utils.optimizers import OptimizerConfig
+
+
+class ConfigError(ValueError):
+    """A run that must not start as configured; the message is one line naming the key."""
 
 
 @dataclass
@@ -27,10 +40,20 @@ class DataConfig:
     name: str = MISSING
     paths: list[str] = MISSING
     test_paths: list[str] = field(default_factory=list)  # default: evaluate on ``paths``' test split
+    build: str | None = None  # the command that builds ``paths`` (named when a folder is missing)
 
     def validate(self) -> None:
         if not self.paths:
             raise ValueError("data.paths: name at least one dataset folder")
+
+    def check_exists(self) -> None:
+        """Every dataset folder is there; else a ConfigError naming the folder and its build command."""
+        for key, paths in (("data.paths", self.paths), ("data.test_paths", self.test_paths)):
+            for path in paths:
+                if not os.path.isfile(os.path.join(path, "identifiers.json")):
+                    how = f"; build it with: {self.build}" if self.build and key == "data.paths" else \
+                        "; build it with python -m dataset.build_arc_dataset (docs/data.md)"
+                    raise ConfigError(f"{key}: no dataset at {path} (no identifiers.json){how}")
 
 
 @dataclass
@@ -140,7 +163,8 @@ class TrainConfig:
     checkpoint_path: str | None = None  # default: checkpoints/<project_name>/<run_name>
     resume: str = "none"  # none | auto (newest checkpoint in checkpoint_path) | a checkpoint folder
     init_from: str | None = None  # weights only (ours or a TinyRecursiveModels checkpoint)
-    force_identifiers: bool = False  # load although the dataset's identifiers.json differs
+    force_identifiers: bool = False  # resume although the dataset's identifiers.json differs
+    allow_config_change: bool = False  # resume although training keys (lr, schedule, ...) changed
     max_steps: int | None = None  # stop early (debugging, benchmarks)
     max_minutes: float | None = None  # stop (and checkpoint) after this much training time
 
@@ -184,6 +208,7 @@ class TrainConfig:
             raise ValueError(f"invalid config values: {', '.join(bad)}")
         for group in (self.arch, self.data, self.loss, self.optimizer, self.eval, self.callbacks):
             group.validate()
+        check_arch_loss_pair(self.arch, self.loss)
 
 
 # group -> {schema name in the ConfigStore: dataclass}; every option extends one of its group's.
@@ -195,28 +220,216 @@ SCHEMAS: dict[str, dict[str, type]] = {
 }
 
 
+# arch schema -> (the loss schema that scores it, its loss options)
+LOSS_FOR_ARCH = {
+    "recursive_schema": ("loss_schema", "loss=stablemax or loss=softmax"),
+    "diffusion_schema": ("diffusion_loss_schema", "loss=diffusion"),
+    "efe_schema": ("efe_loss_schema", "loss=efe"),
+    "sequence_schema": ("sequence_loss_schema", "loss=seq_ce"),
+}
+
+
+def check_arch_loss_pair(arch: Any, loss: Any) -> None:
+    """A loss scores one family's outputs: refuse another family's loss before anything runs."""
+    for arch_schema, (loss_schema, options) in LOSS_FOR_ARCH.items():
+        if type(arch) is ARCH_SCHEMAS[arch_schema] and type(loss) is not LOSS_SCHEMAS[loss_schema]:
+            raise ValueError(f"loss={loss.name} does not score arch={arch.name}: use {options}")
+
+
 def register_configs() -> None:
+    """The schemas live in ``schema/<group>`` (an option extends one with
+    ``- /schema/<group>@_here_: <name>``), so ``arch=recursive_schema`` is no option."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     for group, schemas in SCHEMAS.items():
         for name, schema in schemas.items():
-            cs.store(group=group, name=name, node=schema)
+            cs.store(group=f"schema/{group}", name=name, node=schema)
 
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 
-def compose_config(overrides: list[str]) -> TrainConfig:
-    """The config pretrain.py would run with these command-line overrides (for tests,
-    benchmarks and notebooks)."""
+# TinyRecursiveModels' cfg_pretrain.yaml names that are spelled otherwise here.
+TRM_NAMES = {
+    "lr": "optimizer.lr",
+    "beta1": "optimizer.betas=[BETA1,BETA2]",
+    "beta2": "optimizer.betas=[BETA1,BETA2]",
+    "weight_decay": "optimizer.weight_decay",
+    "data_paths": "data.paths",
+    "data_paths_test": "data.test_paths",
+    "load_checkpoint": "init_from (weights) or resume (a whole run)",
+    "evaluators": "eval.* (ARC voting is built in)",
+    "eval_save_outputs": "nothing: every evaluation writes submission.json and metrics.json",
+    "arch.loss": "the loss group (loss=stablemax or loss=softmax)",
+    "arch.loss.loss_type": "loss=stablemax or loss=softmax",
+}
+
+
+def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            keys.append(f"{prefix}{key}")
+            keys += _dotted_keys(node._get_node(key), f"{prefix}{key}.")
+    return keys
+
+
+def _unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Keys of ``node`` (recursively) that its dataclass schema does not declare: what a
+    ``+key=value`` adds, which ``OmegaConf.to_object`` would silently drop."""
+    schema = OmegaConf.get_type(node)
+    fields = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    unknown = []
+    for key in node.keys():
+        if fields is not None and key not in fields:
+            unknown.append(f"{prefix}{key}")
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            unknown += _unknown_keys(child, f"{prefix}{key}.")
+    return unknown
+
+
+def describe_unknown_key(key: str, known: list[str]) -> str:
+    """One line for a key that is not in the config: TRM's name mapped, or the nearest key."""
+    key = key.lstrip("+~")
+    if key in TRM_NAMES:
+        return f"{key} is not a config key: TinyRecursiveModels' {key} is {TRM_NAMES[key]} here"
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"{key} is not a config key" + (f" (did you mean {close[0]}?)" if close else "") + \
+        "; docs/training.md lists them"
+
+
+def config_error_message(error: BaseException, known: list[str] | None = None) -> str:
+    """Hydra's and OmegaConf's composition errors as one line naming the key or option."""
+    text = str(error).strip()
+    cause = error.__cause__ or error.__context__
+    full = f"{text}\n{cause}" if cause is not None else text
+    if m := re.search(r"Could not append to config\. An item is already at '([^']+)'", full):
+        return f"{m.group(1)} is a config key: write {m.group(1)}=VALUE, without the '+'"
+    if m := re.search(r"Could not override '([^']+)'", full) or re.search(r"Key '([^']+)' not in '[^']*'", full):
+        key = m.group(1)
+        if m2 := re.search(r"full_key: (\S+)", full):
+            key = m2.group(1)
+        return describe_unknown_key(key, known or [])
+    if m := re.search(r"Could not find '([^'/]+)/([^']+)'", full):
+        group, option = m.groups()
+        offered = re.findall(r"^\t(\S+)$", full, flags=re.MULTILINE)
+        return f"{group}={option} is not an option of {group}: choose from {', '.join(offered)}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(error).__name__]
+    if cause is not None and str(cause).strip():
+        lines[0] += ": " + str(cause).strip().splitlines()[0]
+    return lines[0]
+
+
+def compose_config(overrides: list[str], config_name: str = "config") -> TrainConfig:
+    """The config ``conf/<config_name>.yaml`` runs with these command-line overrides (what
+    pretrain.py runs, for tests, benchmarks, notebooks and the other entry points). Any
+    problem is a ConfigError."""
     register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException, OSError) as e:
+        raise ConfigError(config_error_message(e, _known_keys(config_name))) from None
     return load_config(cfg)
 
 
+def _known_keys(config_name: str) -> list[str]:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return _dotted_keys(compose(config_name=config_name))
+
+
 def load_config(cfg: DictConfig) -> TrainConfig:
-    config = OmegaConf.to_object(cfg)
+    """The typed run config; every key outside the schemas, and every bad value, is a
+    ConfigError naming the key."""
+    unknown = _unknown_keys(cfg)
+    if unknown:
+        known = [k for k in _dotted_keys(cfg) if k not in unknown]
+        raise ConfigError("; ".join(describe_unknown_key(k, known) for k in unknown))
+    try:
+        config = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(config_error_message(e, _dotted_keys(cfg))) from None
     assert isinstance(config, TrainConfig)
-    config.validate()
+    try:
+        config.validate()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return config
+
+
+def exit_with_error(error: Exception) -> NoReturn:
+    """A configuration problem ends an entry point with one ``error:`` line and exit status 2."""
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_command_line(argv: list[str], config_name: str = "config") -> None:
+    """Compose the config that ``python pretrain.py ARGV`` (or another ``config_name``) would run (a sweep's first value
+    for each swept key) so a typo fails before Hydra starts, as one ConfigError line.
+    Hydra's own flags (``--cfg``, ``--help``, ...) and ``hydra.*`` overrides are left to it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
+
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
+        return
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in argv if a not in ("-m", "--multirun")])
+    except HydraException as e:
+        raise ConfigError(config_error_message(e)) from None
+    overrides = []
+    for override in parsed:
+        if override.key_or_group.startswith("hydra") or "${hydra" in override.input_line:
+            continue  # Hydra's own settings, and values only a running Hydra job resolves
+        if override.is_sweep_override():
+            value = override.value()
+            if isinstance(value, IntervalSweep):  # an Optuna range: its lower end stands for it
+                overrides.append(f"{override.get_key_element()}={value.start}")
+                continue
+            first = next(iter(override.sweep_string_iterator()), None)
+            if first is None:
+                raise ConfigError(f"{override.input_line}: the sweep has no values")
+            overrides.append(f"{override.get_key_element()}={first}")
+        else:
+            overrides.append(override.input_line)
+    compose_config(overrides, config_name)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a.b': value} for a nested dict (a saved config)."""
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}{key}."))
+    return out
+
+
+# What a resumed run may change freely: how long it runs, where and how it reports, and what
+# the evaluation measures. Every other key changes what is trained.
+RESUME_FREE = ("resume", "epochs", "max_steps", "max_minutes", "device", "compile", "log_interval", "progress_bar", "wandb.",
+               "eval.", "evaluate", "eval_interval", "min_eval_interval", "checkpoint_every_eval",
+               "checkpoint_interval_steps", "max_checkpoints", "callbacks.", "run_name", "project_name",
+               "checkpoint_path", "init_from", "force_identifiers", "allow_config_change", "data.name",
+               "data.paths", "data.test_paths", "data.build")  # the identifiers check guards the data itself
+# What no resume may change: the saved weights and data position would not fit.
+RESUME_FIXED = ("arch.", "global_batch_size", "seed")
+
+
+def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes)
+
+
+def resume_differences(saved: dict, current: dict) -> tuple[list[str], list[str], list[str]]:
+    """(fixed, training, free): ``key old -> new`` for each key whose value differs between a
+    checkpoint's saved config and the current one, by what a resume may do with it."""
+    old, new = flatten(saved), flatten(current)
+    fixed, training, free = [], [], []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if a == b:
+            continue
+        line = f"{key} {a} -> {b}"
+        (fixed if _matches(key, RESUME_FIXED) else free if _matches(key, RESUME_FREE) else training).append(line)
+    return fixed, training, free

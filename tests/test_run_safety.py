@@ -1,0 +1,237 @@
+"""A run trains what was asked, says so when it cannot, and always leaves its weights:
+config typos and TRM names refused, resumes that would mix two runs refused, a final
+checkpoint for every way a run ends, puzzle-embedding rows matched to their tasks on load."""
+
+import logging
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+from train_helpers import build_tiny_dataset, compose_config, flip_tasks, tiny_overrides
+
+import evaluate
+import pretrain
+from dataset.build_arc_dataset import main as build_main
+from dataset.puzzle_dataset import PuzzleDataset
+from models import build_model
+from models.convert import PUZZLE_EMB_KEY, fit_weights, match_puzzle_rows
+from models.recursive import DataShape
+from utils import checkpoint as ckpt
+from utils.config import ConfigError
+from utils.distributed import DistEnv
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return build_tiny_dataset(tmp_path_factory.mktemp("tiny"), num_aug=0, canvas=3, side=2)
+
+
+def run(overrides):
+    config = compose_config(overrides)
+    return pretrain.train(config, CPU), config
+
+
+def newest(root):
+    return ckpt.load_shared(ckpt.list_checkpoints(str(root))[-1][1])
+
+
+# --- configuration ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override,named", [
+    ("+max_step=2", "did you mean max_steps"),
+    ("+lr=0.5", "optimizer.lr"),
+    ("+beta1=0.9", "optimizer.betas"),
+    ("+data_paths=[x]", "data.paths"),
+    ("+arch.hiden_size=8", "arch.hiden_size"),
+    ("+optimizer.momentum=0.9", "optimizer.momentum"),
+])
+def test_keys_outside_the_schema_are_refused_even_with_plus(override, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        compose_config([override])
+
+
+def test_plus_on_a_schema_key_says_to_drop_the_plus():
+    with pytest.raises(ConfigError, match=r"seed is a config key: write seed=VALUE, without the '\+'"):
+        compose_config(["experiment=cpu_small", "+seed=3"])
+
+
+def test_schemas_are_not_options():
+    with pytest.raises(ConfigError, match="arch=recursive_schema is not an option of arch") as e:
+        compose_config(["arch=recursive_schema"])
+    assert "trm_tiny" in str(e.value) and "_schema" not in str(e.value).split("choose from")[1]
+
+
+@pytest.mark.parametrize("overrides,hint", [
+    (["arch=diffusion_tiny"], "use loss=diffusion"),
+    (["arch=champion", "loss=softmax"], "use loss=seq_ce"),
+    (["loss=seq_ce"], "use loss=stablemax or loss=softmax"),
+])
+def test_an_arch_with_another_familys_loss_is_refused_at_composition(overrides, hint):
+    with pytest.raises(ConfigError, match=hint):
+        compose_config(overrides)
+
+
+@pytest.mark.parametrize("script,args,message", [
+    ("pretrain.py", ["+max_step=2"], "error: max_step is not a config key (did you mean max_steps?)"),
+    ("pretrain.py", ["-m", "optimizer.lr=1e-3,2e-3", "+lr=0.5"], "error: lr is not a config key"),
+    ("pretrain.py", ["arch=trm_huge"], "error: arch=trm_huge is not an option of arch"),
+    ("pretrain.py", ["data.paths=[/nonexistent/ds]"], "error: data.paths: no dataset at /nonexistent/ds"),
+    ("run_iterative_training.py", ["+n_episodes=2"], "error: n_episodes is not a config key (did you mean "
+                                                     "iterative.n_episodes?)"),
+    ("evaluate.py", ["checkpoint=/nonexistent/ck"], "error: checkpoint=/nonexistent/ck: no such file or folder"),
+])
+def test_entry_points_end_config_errors_with_one_line_and_status_2(script, args, message):
+    result = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={"PATH": "/usr/bin:/bin", "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"})
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_missing_dataset_names_the_command_that_builds_it(tmp_path):
+    config = compose_config(["experiment=cpu_small", f"data.paths=[{tmp_path / 'absent'}]"])
+    with pytest.raises(ConfigError, match="build it with: python -m dataset.build_arc_dataset .*--max-grid-size 10"):
+        pretrain.train(config, CPU)
+
+
+def test_misspelled_monitor_fails_before_the_first_step(tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="callbacks.monitor='all/lm_los'.*all/lm_loss"):
+        run(tiny_overrides(tiny_data, tmp_path / "ck", "epochs=50", "eval_interval=50", "callbacks.monitor=all/lm_los",
+                           "callbacks.keep_best=1"))
+    assert not (tmp_path / "ck").exists()  # refused before training, not at the first evaluation
+
+
+# --- resume -----------------------------------------------------------------------------
+
+
+def test_resume_auto_with_nothing_to_resume_says_so(tiny_data, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="pretrain"):
+        run(tiny_overrides(tiny_data, tmp_path / "ck", "epochs=1", "evaluate=false", "resume=auto"))
+    assert any("resume=auto: no checkpoint in" in r.getMessage() and "starting a new run" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_resume_refuses_a_changed_run_and_names_the_keys(tiny_data, tmp_path, caplog):
+    common = tiny_overrides(tiny_data, tmp_path / "ck", "epochs=4", "evaluate=false", "resume=auto")
+    run(common + ["max_steps=2"])
+    with pytest.raises(ConfigError, match=r"optimizer\.lr 0\.001 -> 0\.003.*allow_config_change=true"):
+        run(common + ["max_steps=4", "optimizer.lr=3e-3"])
+    with pytest.raises(ConfigError, match=r"seed 0 -> 1.*Start a new run"):
+        run(common + ["max_steps=4", "seed=1", "allow_config_change=true"])
+    with pytest.raises(ConfigError, match=r"arch\.hidden_size 64 -> 32"):
+        run(common + ["max_steps=4", "arch.hidden_size=32", "arch.puzzle_emb_ndim=32"])
+    assert newest(tmp_path / "ck")["step"] == 2  # nothing was trained by the refused commands
+    with caplog.at_level(logging.WARNING, logger="pretrain"):
+        summary, _ = run(common + ["max_steps=4", "optimizer.lr=3e-3", "allow_config_change=true"])
+    assert summary["step"] == 4
+    assert any("optimizer.lr 0.001 -> 0.003" in r.getMessage() for r in caplog.records)
+
+
+# --- a finished run leaves its weights ---------------------------------------------------
+
+
+@pytest.mark.parametrize("extra", [
+    ["checkpoint_every_eval=false", "checkpoint_interval_steps=0", "epochs=3", "eval_interval=1"],
+    ["min_eval_interval=100", "epochs=3", "eval_interval=1"],  # stops before the first evaluation
+    ["epochs=100", "eval_interval=50", "max_steps=5"],
+    ["epochs=100000", "eval_interval=50", "max_minutes=0.002"],
+    ["epochs=100", "eval_interval=1", "callbacks.early_stopping_patience=1", "callbacks.min_delta=1e9",
+     "checkpoint_every_eval=false"],
+])
+def test_every_run_ends_with_a_checkpoint_of_its_last_step(tiny_data, tmp_path, extra):
+    summary, _ = run(tiny_overrides(tiny_data, tmp_path / "ck", *extra))
+    assert ckpt.list_checkpoints(str(tmp_path / "ck")), "no checkpoint at all"
+    assert newest(tmp_path / "ck")["step"] == summary["step"] > 0
+
+
+# --- the schedule and the logged figures -------------------------------------------------
+
+
+def test_first_step_already_moves_the_weights_as_trm(tiny_data, tmp_path):
+    config = compose_config(tiny_overrides(tiny_data, tmp_path / "ck", "epochs=2", "evaluate=false", "max_steps=1",
+                                           "lr_warmup_steps=10", "optimizer.weight_decay=0"))
+    assert pretrain.lr_factor(config, 1, 100) == pytest.approx(0.1)  # TRM's step 1 of a 10-step warm-up
+    meta = PuzzleDataset([str(tiny_data)], "train", 8).metadata
+    torch.manual_seed(config.seed)  # pretrain.train builds its model right after this seed
+    initial = build_model(config.arch, DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, 8))
+    pretrain.train(config, CPU)
+    moved = newest(tmp_path / "ck")["model"]["inner.lm_head.weight"] - initial.state_dict()["inner.lm_head.weight"]
+    # AdamATan2's first step moves every element with a gradient by (lr/bc1) atan2(m, |g|) ~ 0.997 lr.
+    assert moved.abs().max() == pytest.approx(0.997 * 1e-3 * 0.1, rel=0.01)
+
+
+def test_train_count_is_the_number_of_halted_examples(tiny_data, tmp_path):
+    summary, _ = run(tiny_overrides(tiny_data, tmp_path / "ck", "epochs=2", "evaluate=false", "max_steps=2",
+                                    "arch.halt_max_steps=1"))
+    assert summary["train/count"] == 8  # every example halts at its only step: the whole global batch
+
+
+# --- puzzle-embedding rows land on their own tasks ---------------------------------------
+
+
+def test_rows_are_matched_by_identifier():
+    table = torch.arange(4 * 3, dtype=torch.float32).view(4, 3)
+    source = ["<blank>", "a", "b", "c"]
+    out, note = match_puzzle_rows(table, 4, source, ["<blank>", "c", "x", "a"])
+    mean = table.mean(0)
+    assert torch.equal(out[0], table[0]) and torch.equal(out[1], table[3]) and torch.equal(out[3], table[1])
+    assert torch.equal(out[2], mean)
+    assert note == ("puzzle embeddings: 4 -> 4 rows; kept the 3 rows whose identifiers the checkpoint shares, "
+                    "1 others start from its mean row")
+    same, note = match_puzzle_rows(table, 4, source, list(source))
+    assert same is table and note is None
+
+
+def test_a_resized_table_is_announced_with_both_row_counts():
+    target = {PUZZLE_EMB_KEY: torch.zeros(7, 3), "inner.lm_head.weight": torch.zeros(2, 3)}
+    trm_style = {f"_orig_mod.model.{PUZZLE_EMB_KEY}": torch.randn(5, 3),
+                 "_orig_mod.model.inner.lm_head.weight": torch.randn(2, 3)}
+    state, notes = fit_weights(trm_style, target)
+    assert notes and "5 rows" in notes[0] and "the dataset 7" in notes[0]
+    assert state[PUZZLE_EMB_KEY].shape == (7, 3)
+
+
+def _build(tmp_path, src, name, seed):
+    out = tmp_path / name
+    assert build_main(["--input-file-prefix", str(src), "--output-dir", str(out), "--subsets", "training",
+                       "evaluation", "--test-set-name", "evaluation", "--num-aug", "3", "--max-grid-size", "3",
+                       "--seed", str(seed)]) == 0
+    return out
+
+
+def test_init_from_keeps_rows_of_shared_identifiers_after_a_rebuild(tmp_path, caplog):
+    """The iterative loop's case: the same tasks rebuilt with another seed have as many rows,
+    but the augmented variants behind them differ."""
+    src = flip_tasks(tmp_path / "src", side=2)
+    first, second = _build(tmp_path, src, "ds0", 0), _build(tmp_path, src, "ds1", 1)
+    ids0, ids1 = (PuzzleDataset([str(p)], "train", 8).identifiers for p in (first, second))
+    assert len(ids0) == len(ids1) and ids0 != ids1
+    run(tiny_overrides(first, tmp_path / "a", "epochs=3", "evaluate=false"))
+    trained = newest(tmp_path / "a")
+    with caplog.at_level(logging.WARNING, logger="pretrain"):
+        run(tiny_overrides(second, tmp_path / "b", "epochs=1", "evaluate=false", "max_steps=1", "puzzle_emb_lr=0",
+                           f"init_from={tmp_path / 'a' / ckpt.list_checkpoints(str(tmp_path / 'a'))[-1][1]}/state.pt"))
+    assert any("kept the" in r.getMessage() for r in caplog.records)
+    loaded = newest(tmp_path / "b")["model"][PUZZLE_EMB_KEY]
+    old = trained["model"][PUZZLE_EMB_KEY]
+    shared = [name for name in ids1 if name in ids0]
+    assert 1 < len(shared) < len(ids1)
+    for i, name in enumerate(ids1):
+        if name in ids0:
+            assert torch.equal(loaded[i], old[ids0.index(name)]), name
+        else:
+            assert torch.allclose(loaded[i], old.mean(0)), name
+
+
+def test_frozen_weights_with_ema_evaluate(tiny_data, tmp_path):
+    run(tiny_overrides(tiny_data, tmp_path / "ck", "epochs=2", "eval_interval=2", "freeze_weights=true",
+                       "ema=true"))
+    assert newest(tmp_path / "ck")["ema"] == {}  # nothing trained to average
+    assert evaluate.main([f"checkpoint={tmp_path / 'ck'}", f"eval.output_dir={tmp_path / 'out'}"]) == 0
