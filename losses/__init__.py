@@ -1,6 +1,8 @@
-"""Loss registry: one entry per ``conf/loss/<name>.yaml`` option, and one typed schema per
-loss family (``<family>_schema`` in the ConfigStore). A loss turns (model output, batch)
-into (loss summed over examples, metrics); see models/base.py for the contract."""
+"""Loss registry: one entry per loss *family*, keyed by the ``family`` every ``conf/loss``
+option names, and one typed schema per family (``<family>_schema`` in the ConfigStore). An
+arch family's schema names the loss family that scores it (``loss_family``); within a
+family the option's keys choose the rest (act: ``token_loss``). A loss turns (model output,
+batch) into (loss summed over examples, metrics); see models/base.py for the contract."""
 
 from collections.abc import Callable
 from typing import Any
@@ -11,11 +13,10 @@ from losses.efe import EFELoss, EFELossConfig
 from losses.sequence import SequenceCELoss, SequenceLossConfig
 
 LOSSES: dict[str, Callable[[Any], Any]] = {
-    "stablemax": ACTLoss,
-    "softmax": ACTLoss,
+    "act": ACTLoss,  # token cross-entropy (stablemax | softmax) + halting losses: the recursive family
     "diffusion": DiffusionLoss,
     "efe": EFELoss,
-    "seq_ce": SequenceCELoss,
+    "sequence": SequenceCELoss,
 }
 
 LOSS_SCHEMAS: dict[str, type] = {
@@ -27,6 +28,8 @@ LOSS_SCHEMAS: dict[str, type] = {
 
 
 def build_loss(config: Any):
-    if config.name not in LOSSES:
-        raise ValueError(f"loss.name={config.name!r}: choose from {sorted(LOSSES)}")
-    return LOSSES[config.name](config)
+    family = getattr(config, "family", None)
+    if family not in LOSSES:
+        raise ValueError(f"loss.family={family!r} (loss {getattr(config, 'name', '?')}) is not a registered loss "
+                         f"family: choose from {', '.join(LOSSES)}")
+    return LOSSES[family](config)

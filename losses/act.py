@@ -22,12 +22,20 @@ from models.recursive import ACTOutput
 
 @dataclass
 class LossConfig:
-    """Schema of the ``loss`` options."""
+    """Schema of the ``act`` loss family (``loss_schema``: stablemax, softmax), which scores
+    the recursive family."""
 
-    name: str = "stablemax"
+    name: str = "stablemax"  # a free label
+    family: str = "act"
+    token_loss: str = "stablemax"  # stablemax | softmax (TOKEN_LOSSES)
     halt_loss_weight: float = 0.5
 
     def validate(self) -> None:
+        if self.family != "act":
+            raise ValueError(f"loss {self.name}: invalid loss.family={self.family!r} (loss_schema is the act family)")
+        if self.token_loss not in TOKEN_LOSSES:
+            raise ValueError(f"loss {self.name}: invalid loss.token_loss={self.token_loss!r} "
+                             f"(one of {', '.join(TOKEN_LOSSES)})")
         if self.halt_loss_weight < 0:
             raise ValueError(f"loss.halt_loss_weight must be >= 0, got {self.halt_loss_weight}")
 
@@ -58,10 +66,8 @@ TOKEN_LOSSES = {"stablemax": stablemax_cross_entropy, "softmax": softmax_cross_e
 class ACTLoss:
     def __init__(self, config: LossConfig):
         config.validate()
-        if config.name not in TOKEN_LOSSES:
-            raise ValueError(f"loss.name={config.name!r}: choose from {sorted(TOKEN_LOSSES)}")
         self.config = config
-        self.token_loss = TOKEN_LOSSES[config.name]
+        self.token_loss = TOKEN_LOSSES[config.token_loss]
 
     def __call__(self, output: ACTOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not isinstance(output, ACTOutput):

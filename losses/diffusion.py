@@ -27,12 +27,16 @@ from models.diffusion import DiffusionOutput, grid_extent, is_colour
 
 @dataclass
 class DiffusionLossConfig:
-    """Schema of the ``loss`` option diffusion."""
+    """Schema of the ``diffusion`` loss family (``diffusion_loss_schema``: diffusion)."""
 
-    name: str = "diffusion"
+    name: str = "diffusion"  # a free label
+    family: str = "diffusion"
     size_loss_weight: float = 0.1
 
     def validate(self) -> None:
+        if self.family != "diffusion":
+            raise ValueError(f"loss {self.name}: invalid loss.family={self.family!r} "
+                             "(diffusion_loss_schema is the diffusion family)")
         if not self.size_loss_weight >= 0:
             raise ValueError(f"invalid loss.size_loss_weight={self.size_loss_weight} (must be >= 0)")
 

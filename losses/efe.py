@@ -33,9 +33,10 @@ SCHEDULES = ("linear", "cosine", "step")
 
 @dataclass
 class EFELossConfig:
-    """Schema of the ``loss`` option efe (``efe_loss_schema``)."""
+    """Schema of the ``efe`` loss family (``efe_loss_schema``: efe)."""
 
-    name: str = "efe"
+    name: str = "efe"  # a free label
+    family: str = "efe"
     lambda_risk: float = 0.1
     lambda_amb: float = 0.05
     lambda_step: float = 0.05
@@ -51,6 +52,8 @@ class EFELossConfig:
     def validate(self) -> None:
         lambdas = ("lambda_risk", "lambda_amb", "lambda_step", "lambda_cons", "lambda_bi", "lambda_z", "lambda_prompt")
         bad = [f"loss.{k}={getattr(self, k)!r}" for k in lambdas if getattr(self, k) < 0]
+        if self.family != "efe":
+            bad.append(f"loss.family={self.family!r} (efe_loss_schema is the efe family)")
         if self.prompt_temperature <= 0:
             bad.append(f"loss.prompt_temperature={self.prompt_temperature!r}")
         if self.hard_cell_weight < 1:

@@ -20,12 +20,15 @@ from models.sequence import END, PAD_ID, SequenceOutput, length_mask
 
 @dataclass
 class SequenceLossConfig:
-    """Schema of the ``loss`` option seq_ce."""
+    """Schema of the ``sequence`` loss family (``sequence_loss_schema``: seq_ce)."""
 
-    name: str = "seq_ce"
+    name: str = "seq_ce"  # a free label
+    family: str = "sequence"
 
     def validate(self) -> None:
-        pass
+        if self.family != "sequence":
+            raise ValueError(f"loss {self.name}: invalid loss.family={self.family!r} "
+                             "(sequence_loss_schema is the sequence family)")
 
 
 def decoded_matches(decoded: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

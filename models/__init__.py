@@ -1,40 +1,25 @@
-"""Model registry: one entry per ``conf/arch/<name>.yaml`` option, and one typed schema per
-model family (``<family>_schema`` in Hydra's ConfigStore, which each option extends).
-Every model implements models/base.py's interface."""
+"""Model registry: one entry per model *family*, keyed by the ``family`` every ``conf/arch``
+option names, and one typed schema per family (``<family>_schema`` in Hydra's ConfigStore,
+which each option extends). A family's entry is an ``ARCModel`` class whose ``from_config``
+picks the variant from the config (recursive: ``core``; sequence: ``variant``), so a new
+option or size variant is a yaml file, never a Python edit. Every model implements
+models/base.py's interface; docs/extending.md says how to add a family."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from models.base import ARCModel
 from models.diffusion import DiffusionArchConfig, DiffusionModel
 from models.efe import EFEAgent, EFEArchConfig
-from models.recursive import ACTModel, DataShape, HRMCore, RecursiveArchConfig, TransformerCore, TRMCore
-from models.sequence import DecoderOnly, EncoderDecoder, SequenceArchConfig
+from models.recursive import ACTModel, DataShape, RecursiveArchConfig
+from models.sequence import SequenceArchConfig, SequenceModel
 
-
-def _recursive(core: type) -> Callable[[RecursiveArchConfig, DataShape], ACTModel]:
-    return lambda config, shape: ACTModel(core(config, shape))
-
-
-MODELS: dict[str, Callable[[Any, DataShape], ARCModel]] = {
-    # recursive, with ACT halting (models/recursive.py)
-    "trm": _recursive(TRMCore),
-    "trm_mlp": _recursive(TRMCore),
-    "trm_tiny": _recursive(TRMCore),
-    "hrm": _recursive(HRMCore),
-    "transformer": _recursive(TransformerCore),
-    # discrete diffusion with a size head (models/diffusion.py)
-    "diffusion": DiffusionModel,
-    "diffusion_tiny": DiffusionModel,
-    # active-inference agent with an LM prompt encoder (models/efe.py)
-    "efe_agent": EFEAgent,
-    "efe_tiny": EFEAgent,
-    # sequence baselines (models/sequence.py)
-    "decoder_only": DecoderOnly,
-    "encoder_decoder": EncoderDecoder,
-    "champion": EncoderDecoder,
+MODELS: dict[str, type[ARCModel]] = {
+    "recursive": ACTModel,  # TRM / HRM / transformer cores with ACT halting (models/recursive.py)
+    "diffusion": DiffusionModel,  # discrete diffusion with a size head (models/diffusion.py)
+    "efe": EFEAgent,  # active-inference agent with an LM prompt encoder (models/efe.py)
+    "sequence": SequenceModel,  # decoder-only / encoder-decoder baselines (models/sequence.py)
 }
 
 ARCH_SCHEMAS: dict[str, type] = {
@@ -45,7 +30,20 @@ ARCH_SCHEMAS: dict[str, type] = {
 }
 
 
+def model_class(config: Any) -> type[ARCModel]:
+    """The registry entry of ``config.family``."""
+    family = getattr(config, "family", None)
+    if family not in MODELS:
+        raise ValueError(f"arch.family={family!r} (arch {getattr(config, 'name', '?')}) is not a registered model "
+                         f"family: choose from {', '.join(MODELS)}")
+    return MODELS[family]
+
+
 def build_model(config: Any, shape: DataShape) -> ARCModel:
-    if config.name not in MODELS:
-        raise ValueError(f"arch.name={config.name!r} is not a registered model: choose from {sorted(MODELS)}")
-    return MODELS[config.name](config, shape)
+    return model_class(config).from_config(config, shape)
+
+
+def puzzle_table_key(config: Any) -> str | None:
+    """The state-dict key of the puzzle table of models built from ``config`` (None: the
+    family has none), known without building one (test-time training reads it from weights)."""
+    return model_class(config).puzzle_table_key

@@ -1,6 +1,8 @@
 """What every ARCForge model offers pretrain.py and the evaluator.
 
-A model is a pure ``nn.Module`` built by ``MODELS[name](arch_config, DataShape)``. Batches
+A model is a pure ``nn.Module`` built by ``models.build_model(arch_config, DataShape)``, which
+calls ``MODELS[arch_config.family].from_config`` (one registry entry per family; the family
+picks its variant from the config's own keys, e.g. ``core`` or ``variant``). Batches
 are dicts of tensors over the dataset's flattened output canvas (``seq_len`` tokens: PAD 0,
 EOS 1, colours 2-11):
 
@@ -15,6 +17,11 @@ Training: ``carry = model.initial_carry(batch)`` once, then per step
 ``carry, output = model(carry, batch)`` and ``loss, metrics = loss_fn(output, carry.current_data)``.
 Recursive models keep state across steps in the carry; the others return a ``StepCarry``.
 
+Checkpoints: ``model.carry_state(carry)`` is the carry as a dict of tensors (None for a model
+whose carry is just the batch), ``model.carry_from_state(state, device)`` the carry back (None:
+start afresh with ``initial_carry``); ``puzzle_table_key`` names the state-dict key of the
+per-puzzle table (None: no table), which loaders resize by identifier (models/convert.py).
+
 Evaluation: ``output, data, predictions = model.predict(batch)``; ``loss_fn(output, data)``
 gives the split's metrics and ``predictions`` (N candidate canvases per example, with a
 confidence each) go to the voter.
@@ -28,7 +35,7 @@ example of the global batch, the others per counted example.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -51,10 +58,30 @@ class ARCModel(nn.Module):
     """Base class with the defaults of a stateless model (see the module docstring)."""
 
     num_demos: int = 0
+    # The state-dict key of the per-puzzle table (a PuzzleEmbedding's ``weights`` buffer) when the
+    # family has one: loaders match its rows to the dataset's identifiers and test-time training
+    # grows it (models/convert.py). A model built without the table simply lacks the key.
+    puzzle_table_key: ClassVar[str | None] = None
+
+    @classmethod
+    def from_config(cls, config: Any, shape: Any) -> ARCModel:
+        """The family's constructor (``models.MODELS[family]``); a family with variants picks
+        the class or core from the config's keys here."""
+        return cls(config, shape)
 
     @property
     def puzzle_emb(self) -> nn.Module | None:
         """The sparse per-puzzle table (models/sparse_embedding.py), trained by SparseSignSGD."""
+        return None
+
+    def carry_state(self, carry: Any) -> dict[str, Any] | None:
+        """What of ``carry`` a checkpoint keeps (tensors in a dict, saved with torch.save), or
+        None when nothing is carried across steps (the carry is the batch, rebuilt each step)."""
+        return None
+
+    def carry_from_state(self, state: dict[str, Any] | None, device: torch.device) -> Any:
+        """The carry back from ``carry_state``'s dict on ``device``; None (also for ``state``
+        None) means the trainer starts afresh with ``initial_carry``."""
         return None
 
     def initial_carry(self, batch: dict[str, torch.Tensor]) -> Any:

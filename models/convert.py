@@ -16,8 +16,10 @@ submodule names under ``inner.``:
 | inner.H_init, inner.L_init                            | same                               |
 
 ``extend_puzzle_embeddings`` grows the table for tasks the checkpoint never saw (test-time
-training, adapt.py). ``fit_weights`` is the one rule every loader follows: a checkpoint's
+training, pipelines/ttt.py). ``fit_weights`` is the one rule every loader follows: a checkpoint's
 EMA applied, keys converted, and each puzzle-embedding row matched to its task by identifier.
+Both take the table's state-dict key from the model family (``ARCModel.puzzle_table_key``,
+or ``models.puzzle_table_key(arch_config)``), so every family with a table is resized alike.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from __future__ import annotations
 import torch
 
 PREFIXES = ("_orig_mod.", "module.", "model.")
+# The recursive family's table key (ACTModel.puzzle_table_key), as TinyRecursiveModels / HRM
+# checkpoints name it once their prefixes are stripped.
 PUZZLE_EMB_KEY = "inner.puzzle_emb.weights"
-TABLE_SUFFIX = "puzzle_emb.weights"  # every family's puzzle-embedding table (recursive: PUZZLE_EMB_KEY)
 NEW_ROW_INITS = ("mean", "zeros")
 
 
@@ -104,39 +107,41 @@ def match_puzzle_rows(table: torch.Tensor, rows: int, source_ids: list[str] | No
         f"every row starts from the checkpoint's mean row (the weights name no identifiers to match)")
 
 
-def fit_weights(weights: dict[str, torch.Tensor], target: dict[str, torch.Tensor], *,
+def fit_weights(weights: dict[str, torch.Tensor], target: dict[str, torch.Tensor], *, table_key: str | None,
                 ema: dict[str, torch.Tensor] | None = None, source_ids: list[str] | None = None,
                 target_ids: list[str] | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
     """(state dict for a model whose state dict is ``target``, notes to log). The one rule of
     every loader (init_from, evaluate.py, ttt.py, the pipelines): ``apply_ema``, then
-    ``match_puzzle_rows`` for each puzzle table, then ``convert_state_dict``."""
+    ``match_puzzle_rows`` for the puzzle table at ``table_key`` (the model's
+    ``puzzle_table_key``; None or absent: no table), then ``convert_state_dict``."""
     state = apply_ema(strip_prefixes(weights), ema)
     notes = []
-    for key in [k for k in target if k.endswith(TABLE_SUFFIX)]:
-        table, want = state.get(key), target[key]
-        if table is None or table.shape[1:] != want.shape[1:]:
-            continue  # convert_state_dict names the mismatch
-        state[key], note = match_puzzle_rows(table, want.shape[0], source_ids, target_ids)
-        if note:
-            notes.append(note)
+    if table_key is not None and table_key in target and table_key in state:
+        table, want = state[table_key], target[table_key]
+        if table.shape[1:] == want.shape[1:]:  # else convert_state_dict names the mismatch
+            state[table_key], note = match_puzzle_rows(table, want.shape[0], source_ids, target_ids)
+            if note:
+                notes.append(note)
     return convert_state_dict(state, target), notes
 
 
-def extend_puzzle_embeddings(state: dict[str, torch.Tensor], new_size: int, init: str = "mean") -> dict[str, torch.Tensor]:
+def extend_puzzle_embeddings(state: dict[str, torch.Tensor], new_size: int, init: str = "mean", *,
+                             key: str) -> dict[str, torch.Tensor]:
     """A copy of ``state`` (ARCForge or reference keys; ARCForge keys out) whose puzzle-embedding
-    table has ``new_size`` rows: the old rows bitwise, then new rows for identifiers that
-    follow the old ones (test-time training on new tasks). ``init``: ``mean`` of the old
-    rows, the blank row 0 left out (it is never trained), or ``zeros`` (TRM's initial rows)."""
+    table at ``key`` (the model family's ``puzzle_table_key``) has ``new_size`` rows: the old
+    rows bitwise, then new rows for identifiers that follow the old ones (test-time training
+    on new tasks). ``init``: ``mean`` of the old rows, the blank row 0 left out (it is never
+    trained), or ``zeros`` (TRM's initial rows)."""
     if init not in NEW_ROW_INITS:
         raise ValueError(f"new rows init {init!r}: choose one of {', '.join(NEW_ROW_INITS)}")
     state = strip_prefixes(state)
-    table = state.get(PUZZLE_EMB_KEY)
+    table = state.get(key)
     if table is None:
-        raise ValueError(f"the weights have no puzzle-embedding table ({PUZZLE_EMB_KEY})")
+        raise ValueError(f"the weights have no puzzle-embedding table ({key})")
     old = table.shape[0]
     if new_size < old:
         raise ValueError(f"cannot shrink the puzzle-embedding table from {old} to {new_size} rows")
     trained = table[1:] if old > 1 else table
     row = trained.float().mean(0).to(table.dtype) if init == "mean" else torch.zeros_like(table[0])
-    state[PUZZLE_EMB_KEY] = torch.cat([table, row.expand(new_size - old, -1)])
+    state[key] = torch.cat([table, row.expand(new_size - old, -1)])
     return state

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -43,9 +44,12 @@ COSINE_OFFSET = 0.008  # s in Nichol & Dhariwal's cosine schedule: keeps alpha_b
 
 @dataclass
 class DiffusionArchConfig:
-    """Schema of the ``arch`` options diffusion and diffusion_tiny."""
+    """Schema of the diffusion family (``diffusion_schema``: diffusion, diffusion_tiny, ...)."""
 
-    name: str = "diffusion"
+    loss_family: ClassVar[str] = "diffusion"  # the loss family that scores this family's outputs (losses/)
+
+    name: str = "diffusion"  # a free label (run names, messages)
+    family: str = "diffusion"
     hidden_size: int = 384
     num_heads: int = 6
     expansion: float = 4.0
@@ -73,6 +77,7 @@ class DiffusionArchConfig:
     def validate(self) -> None:
         heads_ok = self.num_heads > 0
         checks = {
+            "family": self.family == "diffusion",
             "hidden_size": self.hidden_size > 0 and heads_ok and self.hidden_size % self.num_heads == 0
             and (self.hidden_size // self.num_heads) % 2 == 0,
             "num_heads": heads_ok,
@@ -227,6 +232,8 @@ class SizeHead(nn.Module):
 
 
 class DiffusionModel(ARCModel):
+    puzzle_table_key = "puzzle_embedding.weights"  # when puzzle_emb_ndim > 0
+
     def __init__(self, config: DiffusionArchConfig, shape: DataShape):
         super().__init__()
         config.validate()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -49,9 +50,12 @@ REWARD_KEYS = ("accuracy", "size", "histogram", "reversibility")
 
 @dataclass
 class EFEArchConfig:
-    """Schema of the ``arch`` options efe_agent and efe_tiny (``efe_schema``)."""
+    """Schema of the active-inference family (``efe_schema``: efe_agent, efe_tiny, ...)."""
 
-    name: str = "efe_agent"
+    loss_family: ClassVar[str] = "efe"  # the loss family that scores this family's outputs (losses/)
+
+    name: str = "efe_agent"  # a free label (run names, messages)
+    family: str = "efe"
     hidden_size: int = 128  # channels of the grid encoder and planner
     grid_layers: int = 2  # 3x3 convolutions of the grid encoder
     max_steps: int = 5  # planner steps: the belief trajectory's length
@@ -82,6 +86,7 @@ class EFEArchConfig:
 
     def validate(self) -> None:
         checks = {
+            "family": self.family == "efe",
             "hidden_size": self.hidden_size > 0, "grid_layers": self.grid_layers >= 1,
             "max_steps": self.max_steps >= 1, "latent_dim": self.latent_dim > 0, "prompt_dim": self.prompt_dim > 0,
             "num_demos": self.num_demos >= 1, "numeric_in_dim": self.numeric_in_dim == NUM_NUMERIC_FEATURES,

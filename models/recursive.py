@@ -10,6 +10,7 @@ load after stripping prefixes (``models/convert.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +34,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class RecursiveArchConfig:
-    """Schema of the ``arch`` options trm, trm_mlp, hrm, transformer and trm_tiny."""
+    """Schema of the recursive family (``recursive_schema``: trm, trm_mlp, hrm, transformer,
+    trm_tiny, ...); ``core`` picks the recursion, the other keys size it."""
 
-    name: str = "trm"
+    loss_family: ClassVar[str] = "act"  # the loss family that scores this family's outputs (losses/)
+
+    name: str = "trm"  # a free label (run names, messages)
+    family: str = "recursive"
+    # trm | hrm | transformer (CORES). None: read from the layers, as configs written before
+    # this key: L_layers 0 -> transformer, H_layers 0 -> trm, both -> hrm.
+    core: str | None = None
     hidden_size: int = 512
     num_heads: int = 8
     expansion: float = 4.0
@@ -58,8 +66,14 @@ class RecursiveArchConfig:
     q_continue_target: bool = True
     forward_dtype: str = "bfloat16"
 
+    def __post_init__(self) -> None:
+        if self.core is None:
+            self.core = "transformer" if self.L_layers == 0 else "trm" if self.H_layers == 0 else "hrm"
+
     def validate(self) -> None:
         checks = {
+            "family": self.family == "recursive",
+            "core": self.core in CORES,
             "hidden_size": self.hidden_size > 0 and self.hidden_size % max(self.num_heads, 1) == 0,
             "num_heads": self.num_heads > 0,
             "H_cycles": self.H_cycles >= 1,
@@ -76,6 +90,8 @@ class RecursiveArchConfig:
         bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
         if self.num_heads > 0 and self.hidden_size % self.num_heads:
             bad[bad.index(f"hidden_size={self.hidden_size!r}")] += f" (not divisible by num_heads={self.num_heads})"
+        if not checks["core"]:
+            bad[bad.index(f"core={self.core!r}")] += f" (one of {', '.join(CORES)})"
         if bad:
             raise ValueError(f"arch {self.name}: invalid {', '.join(bad)}")
 
@@ -316,14 +332,41 @@ class ACTModel(ARCModel):
     The continue logit's Q target is computed only with ``no_ACT_continue=False`` and
     ``q_continue_target`` (in training)."""
 
+    puzzle_table_key = "inner.puzzle_emb.weights"  # TinyRecursiveModels' and HRM's key too
+
     def __init__(self, core: RecursiveCore):
         super().__init__()
         self.inner = core
         self.config = core.config
 
+    @classmethod
+    def from_config(cls, config: RecursiveArchConfig, shape: DataShape) -> ACTModel:
+        if config.core not in CORES:
+            raise ValueError(f"arch.core={config.core!r} is not a registered model core of the recursive family: "
+                             f"choose from {', '.join(CORES)}")
+        return cls(CORES[config.core](config, shape))
+
     @property
     def puzzle_emb(self) -> PuzzleEmbedding | None:
         return getattr(self.inner, "puzzle_emb", None)
+
+    def carry_state(self, carry: ACTCarry | None) -> dict[str, Any] | None:
+        """The examples in flight: their latent state, steps, halted flags and data (the keys
+        of checkpoints written before this interface, so those resume too)."""
+        if carry is None:
+            return None
+        return {"z_H": carry.inner.z_H, "z_L": carry.inner.z_L, "steps": carry.steps, "halted": carry.halted,
+                "current_data": carry.current_data}
+
+    def carry_from_state(self, state: dict[str, Any] | None, device: torch.device) -> ACTCarry | None:
+        if state is None:
+            return None
+
+        def to(t: torch.Tensor | None) -> torch.Tensor | None:
+            return t.to(device) if t is not None else None
+
+        return ACTCarry(InnerCarry(to(state["z_H"]), to(state["z_L"])), to(state["steps"]), to(state["halted"]),
+                        {k: to(v) for k, v in state["current_data"].items()})
 
     def initial_carry(self, batch: dict[str, torch.Tensor]) -> ACTCarry:
         b = batch["inputs"].shape[0]
@@ -373,4 +416,5 @@ class ACTModel(ARCModel):
         return output, carry.current_data, predictions
 
 
+# The recursive family's cores: ``arch.core`` names one.
 CORES: dict[str, type[RecursiveCore]] = {"trm": TRMCore, "hrm": HRMCore, "transformer": TransformerCore}

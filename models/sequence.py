@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -61,9 +62,17 @@ SEG_INPUT, SEG_OUTPUT, SEG_DEMO_INPUT, SEG_DEMO_OUTPUT, SEG_SEP = range(5)
 
 @dataclass
 class SequenceArchConfig:
-    """Schema of the ``arch`` options decoder_only, encoder_decoder and champion."""
+    """Schema of the sequence family (``sequence_schema``: decoder_only, encoder_decoder,
+    champion, ...); ``variant`` picks the model class (VARIANTS), the other keys size it."""
 
-    name: str = "encoder_decoder"
+    loss_family: ClassVar[str] = "sequence"  # the loss family that scores this family's outputs (losses/)
+
+    name: str = "encoder_decoder"  # a free label (run names, messages)
+    family: str = "sequence"
+    # decoder_only | encoder_decoder (the champion is an encoder_decoder with demonstrations and
+    # 2-D positions). None: read from the layers, as configs written before this key:
+    # encoder_layers 0 -> decoder_only, else encoder_decoder.
+    variant: str | None = None
     hidden_size: int = 256
     num_heads: int = 8
     expansion: float = 4.0
@@ -80,17 +89,24 @@ class SequenceArchConfig:
     temperature: float = 1.0
     sample_seed: int = 0  # sampling draws from its own generator: evaluation leaves the global RNG alone
 
+    def __post_init__(self) -> None:
+        if self.variant is None:
+            self.variant = "decoder_only" if self.encoder_layers == 0 else "encoder_decoder"
+
     def validate(self) -> None:
         heads_ok = self.num_heads > 0 and self.hidden_size % self.num_heads == 0
+        decoder_only = self.variant == "decoder_only"
         checks = {
+            "family": self.family == "sequence",
+            "variant": self.variant in VARIANTS,
             "hidden_size": self.hidden_size > 0 and heads_ok and (self.hidden_size // self.num_heads) % 2 == 0,
             "num_heads": self.num_heads > 0,
             "expansion": self.expansion > 0,
-            "encoder_layers": self.encoder_layers == 0 if self.name == "decoder_only" else self.encoder_layers >= 1,
+            "encoder_layers": self.encoder_layers == 0 if decoder_only else self.encoder_layers >= 1,
             "decoder_layers": self.decoder_layers >= 1,
             "context_layers": self.context_layers >= 0,
-            "num_demos": self.num_demos == 0 if self.name == "decoder_only" else self.num_demos >= 0,
-            "pos_2d": not (self.pos_2d and self.name == "decoder_only"),
+            "num_demos": self.num_demos == 0 if decoder_only else self.num_demos >= 0,
+            "pos_2d": not (self.pos_2d and decoder_only),
             "rope_theta": self.rope_theta > 0,
             "forward_dtype": self.forward_dtype in DTYPES,
             "decoding": self.decoding in ("greedy", "sample"),
@@ -99,9 +115,9 @@ class SequenceArchConfig:
         }
         bad = [f"arch.{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"arch {self.name}: invalid {', '.join(bad)} (hidden_size / num_heads must be even; "
-                             "decoder_only has no encoder, demonstrations or 2-D positions; num_samples > 1 needs "
-                             "decoding=sample)")
+            raise ValueError(f"arch {self.name}: invalid {', '.join(bad)} (variant one of {', '.join(VARIANTS)}; "
+                             "hidden_size / num_heads must be even; decoder_only has no encoder, demonstrations or "
+                             "2-D positions; num_samples > 1 needs decoding=sample)")
 
 
 # ----------------------------------------------------------------------------------------
@@ -376,7 +392,15 @@ class Decoding:
 
 
 class SequenceModel(ARCModel):
-    """What the three models share: tokenisation, the teacher-forced step, decoding."""
+    """What the sequence models share: tokenisation, the teacher-forced step, decoding. The
+    family's registry entry: ``from_config`` builds ``VARIANTS[config.variant]``."""
+
+    @classmethod
+    def from_config(cls, config: SequenceArchConfig, shape: DataShape) -> SequenceModel:
+        if config.variant not in VARIANTS:
+            raise ValueError(f"arch.variant={config.variant!r} is not a registered model variant of the sequence "
+                             f"family: choose from {', '.join(VARIANTS)}")
+        return VARIANTS[config.variant](config, shape)
 
     def __init__(self, config: SequenceArchConfig, shape: DataShape):
         super().__init__()
@@ -625,3 +649,7 @@ class EncoderDecoder(SequenceModel):
             return self.lm_head(out[:, -1]).float()
 
         return self._decode(batch["inputs"].shape[0], step)
+
+
+# The sequence family's variants: ``arch.variant`` names one.
+VARIANTS: dict[str, type[SequenceModel]] = {"decoder_only": DecoderOnly, "encoder_decoder": EncoderDecoder}

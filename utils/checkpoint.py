@@ -3,7 +3,8 @@
     <checkpoint_path>/step_00001234/
         state.pt     model, optimizers, EMA, step, data position, resolved config,
                      identifiers hash, world size (rank 0 writes it)
-        rank<r>.pt   that rank's ACT carry (examples in flight) and RNG states
+        rank<r>.pt   that rank's carry (``model.carry_state``: a recursive model's examples
+                     in flight; None for the others) and RNG states
 
 Every rank writes into ``.step_00001234.tmp``; after a barrier rank 0 renames it into
 place, so a folder named ``step_*`` is always complete. ``resume=auto`` takes the newest.
@@ -20,8 +21,8 @@ from typing import Any
 
 import torch
 
-from models.recursive import ACTCarry, InnerCarry
 from utils.distributed import DistEnv, barrier
+from utils.monitor import best_first
 
 SCORE_FILE = "score.json"  # the monitored evaluation metric of a checkpoint (callbacks)
 STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -35,22 +36,6 @@ def identifiers_hash(dataset_paths: list[str]) -> str:
         with open(os.path.join(path, "identifiers.json"), "rb") as f:
             h.update(f.read())
     return h.hexdigest()
-
-
-def carry_to_dict(carry: Any) -> dict[str, Any] | None:
-    """A recursive model's carry; other models' carries (the batch) are rebuilt each step."""
-    if not isinstance(carry, ACTCarry):
-        return None
-    return {"z_H": carry.inner.z_H, "z_L": carry.inner.z_L, "steps": carry.steps, "halted": carry.halted,
-            "current_data": carry.current_data}
-
-
-def carry_from_dict(d: dict[str, Any] | None, device: torch.device) -> ACTCarry | None:
-    if d is None:
-        return None
-    to = lambda t: t.to(device) if t is not None else None  # noqa: E731
-    return ACTCarry(InnerCarry(to(d["z_H"]), to(d["z_L"])), to(d["steps"]), to(d["halted"]),
-                    {k: to(v) for k, v in d["current_data"].items()})
 
 
 def rng_state() -> dict[str, Any]:
@@ -116,8 +101,7 @@ def prune_checkpoints(root: str, keep: int, keep_best: int = 0, mode: str = "min
     if keep <= 0:
         return found
     kept = set(found[-keep:])
-    scored = [(s, path) for path in found if (s := checkpoint_score(path)) is not None]
-    scored.sort(key=lambda sp: sp[0], reverse=mode == "max")
+    scored = best_first([(s, path) for path in found if (s := checkpoint_score(path)) is not None], mode)
     kept.update(path for _, path in scored[:keep_best])
     for path in found:
         if path not in kept:
