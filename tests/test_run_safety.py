@@ -112,7 +112,7 @@ def test_misspelled_monitor_fails_before_the_first_step(tiny_data, tmp_path):
 
 
 def test_resume_auto_with_nothing_to_resume_says_so(tiny_data, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="pretrain"):
+    with caplog.at_level(logging.INFO):
         run(tiny_overrides(tiny_data, tmp_path / "ck", "epochs=1", "evaluate=false", "resume=auto"))
     assert any("resume=auto: no checkpoint in" in r.getMessage() and "starting a new run" in r.getMessage()
                for r in caplog.records)
@@ -128,7 +128,7 @@ def test_resume_refuses_a_changed_run_and_names_the_keys(tiny_data, tmp_path, ca
     with pytest.raises(ConfigError, match=r"arch\.hidden_size 64 -> 32"):
         run(common + ["max_steps=4", "arch.hidden_size=32", "arch.puzzle_emb_ndim=32"])
     assert newest(tmp_path / "ck")["step"] == 2  # nothing was trained by the refused commands
-    with caplog.at_level(logging.WARNING, logger="pretrain"):
+    with caplog.at_level(logging.WARNING):
         summary, _ = run(common + ["max_steps=4", "optimizer.lr=3e-3", "allow_config_change=true"])
     assert summary["step"] == 4
     assert any("optimizer.lr 0.001 -> 0.003" in r.getMessage() for r in caplog.records)
@@ -193,7 +193,7 @@ def test_a_resized_table_is_announced_with_both_row_counts():
     target = {PUZZLE_EMB_KEY: torch.zeros(7, 3), "inner.lm_head.weight": torch.zeros(2, 3)}
     trm_style = {f"_orig_mod.model.{PUZZLE_EMB_KEY}": torch.randn(5, 3),
                  "_orig_mod.model.inner.lm_head.weight": torch.randn(2, 3)}
-    state, notes = fit_weights(trm_style, target)
+    state, notes = fit_weights(trm_style, target, table_key=PUZZLE_EMB_KEY)
     assert notes and "5 rows" in notes[0] and "the dataset 7" in notes[0]
     assert state[PUZZLE_EMB_KEY].shape == (7, 3)
 
@@ -215,7 +215,7 @@ def test_init_from_keeps_rows_of_shared_identifiers_after_a_rebuild(tmp_path, ca
     assert len(ids0) == len(ids1) and ids0 != ids1
     run(tiny_overrides(first, tmp_path / "a", "epochs=3", "evaluate=false"))
     trained = newest(tmp_path / "a")
-    with caplog.at_level(logging.WARNING, logger="pretrain"):
+    with caplog.at_level(logging.WARNING):
         run(tiny_overrides(second, tmp_path / "b", "epochs=1", "evaluate=false", "max_steps=1", "puzzle_emb_lr=0",
                            f"init_from={tmp_path / 'a' / ckpt.list_checkpoints(str(tmp_path / 'a'))[-1][1]}/state.pt"))
     assert any("kept the" in r.getMessage() for r in caplog.records)

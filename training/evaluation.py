@@ -1,0 +1,72 @@
+"""The trainer's periodic evaluation: the library evaluation (evaluators/loop.py, the same
+loop evaluate.py and the pipelines run) on the EMA weights when the run keeps them, its submission and
+metrics written to ``<run>/evaluator_ARC_step_<N>/``."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from dataset.demonstrations import Demonstrations
+from dataset.puzzle_dataset import PuzzleDataset
+from evaluators.arc import ARCVoter, write_submission
+from evaluators.loop import evaluate_examples
+from models import build_model
+from models.convert import apply_ema
+from training.state import TrainState
+from utils.config import ConfigError
+from utils.distributed import DistEnv
+from utils.io import write_json_atomic
+
+
+class PeriodicEvaluation:
+    def __init__(self, state: TrainState, env: DistEnv, root: str):
+        config = state.config
+        self.state, self.env, self.root = state, env, root
+        self.paths = config.data.test_paths or config.data.paths
+        self.data = PuzzleDataset(self.paths, "test", config.global_batch_size, env.rank, env.world_size,
+                                  seed=config.seed)
+        num_demos = state.model.num_demos
+        self.demos = Demonstrations(self.paths, num_demos, config.seed) if num_demos else None
+        # Votes are per evaluation unless eval.pool_votes (TRM's default, which grows memory).
+        self.pooled_voter = ARCVoter(self.paths[0]) if config.eval.pool_votes and len(self.paths) == 1 else None
+
+    def _voter(self) -> ARCVoter | None:
+        return self.pooled_voter or (ARCVoter(self.paths[0]) if len(self.paths) == 1 else None)
+
+    def _model(self):
+        state = self.state
+        if state.ema is None:
+            return state.model
+        with torch.random.fork_rng(devices=[]):  # building the copy must not move the training RNG (resume)
+            model = build_model(state.config.arch, state.shape).to(self.env.device)
+        model.load_state_dict(apply_ema(state.model.state_dict(), state.ema.state_dict()))
+        return model
+
+    def __call__(self) -> dict[str, float]:
+        config, step = self.state.config, self.state.step
+        metrics, submission = evaluate_examples(self._model(), self.state.loss_fn, self.data, self.env, self._voter(),
+                                                config.eval.pass_ks, config.eval.ranking, demos=self.demos)
+        if submission is not None and self.env.is_main:
+            out_dir = os.path.join(self.root, f"evaluator_ARC_step_{step}")
+            os.makedirs(out_dir, exist_ok=True)
+            write_submission(os.path.join(out_dir, "submission.json"), submission)
+            write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
+        return metrics
+
+    def check_monitor(self) -> None:
+        """When the callbacks watch ``callbacks.monitor``, it is a metric this evaluation
+        reports: one test task goes through it now, so a misspelling fails in seconds, not
+        at the first evaluation hours in. The RNG stays as it was (resume)."""
+        config, device = self.state.config, self.env.device
+        callbacks = config.callbacks
+        if not (config.evaluate and (callbacks.keep_best or callbacks.early_stopping_patience)):
+            return
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            voter = ARCVoter(self.paths[0]) if len(self.paths) == 1 else None  # not the pooled one
+            preview, _ = evaluate_examples(self.state.model, self.state.loss_fn, self.data, self.env, voter,
+                                           config.eval.pass_ks, config.eval.ranking, task_limit=1, demos=self.demos)
+        if callbacks.monitor not in preview:
+            raise ConfigError(f"callbacks.monitor={callbacks.monitor!r} is not an evaluation metric of this run; "
+                              f"they are: {', '.join(sorted(preview))}")

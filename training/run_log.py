@@ -1,0 +1,143 @@
+"""What a run reports, readable under nohup or SLURM as well as in a terminal: one plain
+log line per ``log_interval`` steps, every logged dict in ``<run>/metrics.jsonl``, learning
+curves in ``<run>/curves.png`` at each evaluation, and wandb (offline unless asked; a
+resumed run continues its wandb run). Rank 0 writes; other ranks only count."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from omegaconf import OmegaConf
+
+from training.state import TrainState
+from utils.config import TrainConfig
+from utils.distributed import DistEnv
+from utils.io import write_text_atomic
+from utils.logging import init_wandb
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+# (panel title, metric keys drawn in it)
+CURVES = (("loss", ("train/lm_loss", "all/lm_loss")),
+          ("accuracy", ("train/accuracy", "train/exact_accuracy", "all/accuracy", "all/exact_accuracy")),
+          ("pass@k (test split, voted, per task)", ("ARC/pass@1", "ARC/pass@2", "ARC/pass@10")))
+
+
+class RunLog:
+    """A context for the training loop: on entry (rank 0) the run folder gets the resolved
+    ``config.yaml`` and a ``train.log`` that every log line of the run goes to, wandb starts
+    (or continues the run whose id the state carries); on exit both close."""
+
+    def __init__(self, root: str, config: TrainConfig, env: DistEnv, state: TrainState):
+        self.root, self.config, self.env, self.state = root, config, env, state
+        self.records: list[dict[str, Any]] = []
+        self.wandb = None
+        self.handler: logging.Handler | None = None
+        self._clock = (time.perf_counter(), state.step)
+
+    def __enter__(self) -> RunLog:
+        for name in ("pretrain", "training"):  # INFO lines reach train.log even where logging is unconfigured
+            logging.getLogger(name).setLevel(logging.INFO)
+        if not self.env.is_main:
+            return self
+        write_text_atomic(os.path.join(self.root, "config.yaml"), OmegaConf.to_yaml(self.config))
+        self.handler = logging.FileHandler(os.path.join(self.root, "train.log"))
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(self.handler)
+        self.records = self._read_records(self.state.step)
+        self.wandb = self._init_wandb(sum(p.numel() for p in self.state.model.parameters()))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+        if self.handler is not None:
+            logging.getLogger().removeHandler(self.handler)
+            self.handler.close()
+
+    def _read_records(self, step: int) -> list[dict[str, Any]]:
+        """Earlier records of this run; those past ``step`` (trained after the checkpoint a
+        resume starts from) are dropped, since the run trains those steps again."""
+        path = os.path.join(self.root, METRICS_FILE)
+        if not os.path.isfile(path):
+            return []
+        with open(path) as f:
+            records = [r for line in f if line.strip() and (r := json.loads(line))["step"] <= step]
+        with open(path + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        os.replace(path + ".tmp", path)
+        return records
+
+    def _init_wandb(self, num_params: int):
+        run = init_wandb(self.config, self.config.run_name, self.root, dataclasses.asdict(self.config),
+                         run_id=self.state.wandb_id, resumable=True)
+        if run is not None:
+            self.state.wandb_id = run.id  # saved with the checkpoints: a resume continues this wandb run
+            run.log({"num_params": num_params}, step=0)
+        return run
+
+    def _write(self, step: int, metrics: dict[str, float]) -> None:
+        record = {"step": step, **metrics}
+        self.records.append(record)
+        with open(os.path.join(self.root, METRICS_FILE), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+
+    def train(self, step: int, total: int, metrics: dict[str, float]) -> None:
+        """One line: step, lr, loss, accuracy, examples/s since the last line."""
+        started, since = self._clock
+        now = time.perf_counter()
+        per_s = (step - since) * self.config.global_batch_size / max(now - started, 1e-9)
+        self._clock = (now, step)
+        if not self.env.is_main:
+            return
+        metrics = {**metrics, "train/examples_per_s": per_s}
+        self._write(step, metrics)
+        log.info("step %d/%d | lr %.3g | loss %.4f | accuracy %.4f | exact %.4f | %.1f examples/s", step, total,
+                 metrics["train/lr"], metrics.get("train/lm_loss", float("nan")),
+                 metrics.get("train/accuracy", float("nan")), metrics.get("train/exact_accuracy", float("nan")), per_s)
+
+    def evaluation(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
+        if not self.env.is_main:
+            return
+        self._write(step, metrics)
+        log.info("epoch %d step %d [test split, per augmented example, no voting]: %s", epoch, step,
+                 ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("all/")))
+        if "ARC/pass@1" in metrics:
+            log.info("  [test split, %d augmented views voted per input; pass@k per task as ARC Prize, over %d "
+                     "tasks]: %s", metrics["ARC/views_per_input"], metrics["ARC/tasks_scored"],
+                     ", ".join(f"pass@{k} {metrics[f'ARC/pass@{k}']:.4f}" for k in (1, 2, 10)
+                               if f"ARC/pass@{k}" in metrics))
+        self.draw_curves()
+        self._clock = (time.perf_counter(), step)  # evaluation time is not training throughput
+
+    def draw_curves(self) -> None:
+        """``curves.png``: each panel's metrics against step, from every record of the run."""
+        fig = Figure(figsize=(5 * len(CURVES), 3.6), dpi=100)
+        FigureCanvasAgg(fig)
+        for i, (title, keys) in enumerate(CURVES):
+            ax = fig.add_subplot(1, len(CURVES), i + 1)
+            for key in keys:
+                points = [(r["step"], r[key]) for r in self.records if key in r]
+                if points:
+                    ax.plot(*zip(*points), marker="." if len(points) < 30 else None, label=key)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("step")
+            if ax.lines:
+                ax.legend(fontsize=7)
+        fig.suptitle(f"{self.config.run_name}: {self.config.arch.name} on {self.config.data.name}", fontsize=10)
+        fig.tight_layout()
+        path = os.path.join(self.root, CURVES_FILE)
+        fig.savefig(path + ".tmp.png")
+        os.replace(path + ".tmp.png", path)
+

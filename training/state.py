@@ -1,0 +1,207 @@
+"""The training state: everything a step reads or changes, what a checkpoint holds, and how
+a run starts (fresh, from other weights, or resumed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from dataset.puzzle_dataset import PuzzleDataset
+from losses import build_loss
+from models import build_model
+from models.base import ARCModel
+from models.convert import fit_weights
+from models.recursive import DataShape
+from utils import checkpoint as ckpt
+from utils.config import ConfigError, TrainConfig, resume_differences
+from utils.distributed import DistEnv
+from utils.ema import EMA
+from utils.monitor import Monitor
+from utils.optimizers import SparseSignSGD, build_optimizer
+
+log = logging.getLogger(__name__)
+
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class TrainState:
+    """A run's model and optimizers with their schedule, the ACT carry in flight, the step,
+    the data position (``train_data``) and the monitored metric. ``state_dict`` is the shared
+    part of a checkpoint (rank 0 writes it), ``rank_state`` each rank's own (carry, RNG)."""
+
+    config: TrainConfig
+    model: ARCModel
+    shape: DataShape  # what the model was built for (this rank's batch)
+    forward: nn.Module  # what a step calls: the model, wrapped in DDP and/or compiled
+    loss_fn: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    optimizers: list[torch.optim.Optimizer]
+    base_lrs: list[float]  # each optimizer's configured lr; the schedule scales it
+    dense: torch.optim.Optimizer | None  # the dense-parameter optimizer (None with frozen weights)
+    scaler: torch.amp.GradScaler
+    ema: EMA | None
+    monitor: Monitor
+    train_data: PuzzleDataset
+    total_steps: int  # the schedule's length (TRM's estimate); max_steps stops early without changing it
+    local_batch: int
+    identifiers: list[str]  # the dataset's puzzle identifiers, saved so loaders can match table rows
+    identifiers_sha256: str
+    world_size: int  # ranks that share the global batch; each rank's carry is saved for its rank
+    carry: Any = None
+    step: int = 0
+    wandb_id: str | None = None
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return AUTOCAST.get(self.config.precision)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers],
+                "ema": self.ema.state_dict() if self.ema else None, "step": self.step,
+                "data_position": self.train_data.state_dict(), "config": dataclasses.asdict(self.config),
+                "identifiers_sha256": self.identifiers_sha256, "identifiers": self.identifiers,
+                "monitor": self.monitor.state_dict(), "wandb_id": self.wandb_id, "world_size": self.world_size,
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
+
+    def load_state_dict(self, shared: dict[str, Any]) -> None:
+        self.model.load_state_dict(shared["model"])
+        for opt, state in zip(self.optimizers, shared["optimizers"], strict=True):
+            opt.load_state_dict(state)
+        if self.ema is not None and shared.get("ema") is not None:
+            self.ema.load_state_dict(shared["ema"])
+        self.train_data.load_state_dict(shared["data_position"])
+        self.step = shared["step"]
+        if shared.get("monitor"):
+            self.monitor.load_state_dict(shared["monitor"])
+        self.wandb_id = shared.get("wandb_id")
+        if shared.get("scaler"):
+            self.scaler.load_state_dict(shared["scaler"])
+
+    def rank_state(self) -> dict[str, Any]:
+        return {"carry": self.model.carry_state(self.carry), "rng": ckpt.rng_state()}
+
+    def load_rank_state(self, own: dict[str, Any], device: torch.device) -> None:
+        self.carry = self.model.carry_from_state(own["carry"], device)
+        ckpt.set_rng_state(own["rng"])
+
+    def save(self, root: str, env: DistEnv, score: float | None = None) -> str:
+        """Write ``root/step_<N>/`` atomically and prune old checkpoints (utils/checkpoint.py)."""
+        callbacks = self.config.callbacks
+        return ckpt.save_checkpoint(root, self.step, self.state_dict(), self.rank_state(), env,
+                                    keep=self.config.max_checkpoints, score=score, keep_best=callbacks.keep_best,
+                                    mode=callbacks.mode)
+
+
+def build_train_state(config: TrainConfig, env: DistEnv, train_data: PuzzleDataset,
+                      identifiers_sha256: str | None = None) -> TrainState:
+    """A fresh state: the model seeded by ``config.seed`` (and ``init_from``'s weights),
+    sign-SGD for the puzzle table, the dense optimizer, loss scaler, EMA and monitor.
+    ``identifiers_sha256``: default, the hash of ``config.data.paths``' identifiers.json."""
+    meta = train_data.metadata
+    local_batch = config.global_batch_size // env.world_size
+    torch.manual_seed(config.seed)
+    shape = DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, local_batch)
+    model: ARCModel = build_model(config.arch, shape).to(env.device)
+    if config.init_from:
+        load_init_weights(model, config.init_from, train_data.identifiers, env)
+    if config.freeze_weights:
+        model.requires_grad_(False)  # before DDP, which registers the parameters it reduces
+    # The puzzle-embedding table is made of buffers: DDP must neither sync them (each rank
+    # holds its own batch rows) nor reduce their gradients (SparseSignSGD all-gathers them).
+    # With frozen weights nothing is left for DDP to reduce.
+    forward: nn.Module = model
+    if env.distributed and not config.freeze_weights:
+        forward = DistributedDataParallel(model, broadcast_buffers=False)
+    if config.compile:
+        forward = torch.compile(forward)
+
+    optimizers: list[torch.optim.Optimizer] = []
+    base_lrs: list[float] = []
+    dense = None
+    if model.puzzle_emb is not None:
+        optimizers.append(SparseSignSGD(model.puzzle_emb, lr=0.0, weight_decay=config.puzzle_emb_weight_decay))
+        base_lrs.append(config.puzzle_emb_lr)
+    if not config.freeze_weights:
+        dense = build_optimizer(config.optimizer, model.param_groups())
+        optimizers.append(dense)
+        base_lrs.append(config.optimizer.lr)
+    callbacks = config.callbacks
+    return TrainState(
+        config=config, model=model, shape=shape, forward=forward, loss_fn=build_loss(config.loss), optimizers=optimizers,
+        base_lrs=base_lrs, dense=dense,
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        scaler=torch.amp.GradScaler(env.device.type, enabled=config.precision == "fp16"),
+        ema=EMA(model, config.ema_rate) if config.ema else None,
+        monitor=Monitor(callbacks.mode, callbacks.min_delta, callbacks.early_stopping_patience),
+        train_data=train_data,
+        total_steps=int(config.epochs * meta.total_groups * meta.mean_puzzle_examples / config.global_batch_size),
+        local_batch=local_batch, identifiers=train_data.identifiers,
+        identifiers_sha256=identifiers_sha256 or ckpt.identifiers_hash(config.data.paths), world_size=env.world_size)
+
+
+def load_init_weights(model: ARCModel, path: str, identifiers: list[str], env: DistEnv) -> None:
+    """``init_from``: weights only (ours, EMA applied, or a TRM/HRM file), puzzle rows
+    matched to this dataset's identifiers (models/convert.py: fit_weights)."""
+    source = torch.load(path, map_location="cpu", weights_only=False)
+    weights, notes = fit_weights(source.get("model", source), model.state_dict(), table_key=model.puzzle_table_key,
+                                 ema=source.get("ema"), source_ids=source.get("identifiers"), target_ids=identifiers)
+    model.load_state_dict(weights)
+    if env.is_main:
+        for note in notes:
+            log.warning("init_from=%s: %s", path, note)
+
+
+def resume(state: TrainState, root: str, env: DistEnv) -> str | None:
+    """Continue the run in ``root`` as ``config.resume`` says; the checkpoint resumed, or None.
+    Refuses what would silently mix two runs (check_resumable)."""
+    config = state.config
+    path = ckpt.resolve_resume(config.resume, root)
+    if config.resume == "none" and ckpt.list_checkpoints(root):
+        raise ConfigError(f"{root} already holds checkpoints of another run: pass resume=auto to continue "
+                          f"it, or choose another run_name / checkpoint_path")
+    if path is None:
+        if config.resume == "auto" and env.is_main:
+            log.info("resume=auto: no checkpoint in %s yet; starting a new run", root)
+        return None
+    shared = ckpt.load_shared(path)
+    if shared["identifiers_sha256"] != state.identifiers_sha256 and not config.force_identifiers:
+        raise ConfigError(f"resume: {path} was trained on data.paths={shared['config']['data']['paths']}, "
+                          f"whose puzzle identifiers differ from {config.data.paths}' (identifiers.json); its "
+                          f"puzzle embeddings would be wrong. Pass force_identifiers=true to load it anyway.")
+    check_resumable(path, shared["config"], config, env)
+    state.load_state_dict(shared)
+    own = ckpt.load_rank(path, env.rank) if shared["world_size"] == env.world_size else None
+    if own is not None:  # on another world size the examples in flight restart
+        state.load_rank_state(own, env.device)
+    if env.is_main:
+        log.info("resumed from %s at step %d", path, state.step)
+    return path
+
+
+def check_resumable(path: str, saved: dict[str, Any], config: TrainConfig, env: DistEnv) -> None:
+    """Refuse a resume that would silently mix two runs: weights or data order that do not
+    fit (arch, batch, seed) always; other training keys (lr, schedule, loss, ...) unless
+    ``allow_config_change``. Bookkeeping changes (max_steps, logging, evaluation) are listed."""
+    fixed, training, free = resume_differences(saved, dataclasses.asdict(config))
+    if fixed:
+        raise ConfigError(f"resume: {path} was trained with other {', '.join(fixed)}; it cannot continue as this run. "
+                          f"Start a new run (another run_name or checkpoint_path)")
+    if training and not config.allow_config_change:
+        raise ConfigError(f"resume: {path} was trained with {', '.join(training)}. Continuing would mix two runs: "
+                          f"start a new run (another run_name), or pass allow_config_change=true to continue "
+                          f"with the new values")
+    if env.is_main and (training or free):
+        log.warning("resume: config differs from %s: %s", path, "; ".join(training + free))
+
+
+def checkpoint_root(config: TrainConfig) -> str:
+    """The run folder: checkpoints, log, metrics.jsonl, curves.png and the resolved config."""
+    return config.checkpoint_path or os.path.join("checkpoints", config.project_name, config.run_name)
