@@ -60,12 +60,32 @@ def write_kaggle_source(root: Path, subsets: dict[str, dict[str, dict]], with_so
     return prefix
 
 
+def learning_seed() -> int:
+    """The seed of the learning tests (``-m learning``): ``ARCFORGE_TEST_SEED``, default 0.
+    They pass it as the run's ``seed=`` (and to their data where the data is random), so
+    tests/learning_matrix.sh can show that they pass for more than one draw."""
+    return int(os.environ.get("ARCFORGE_TEST_SEED", "0"))
+
+
+def torch_threads() -> int:
+    """Torch intra-op threads for tiny-model training: ``ARCFORGE_TEST_THREADS``, default 1."""
+    return int(os.environ.get("ARCFORGE_TEST_THREADS", "1"))
+
+
+def use_test_threads() -> None:
+    """Set torch's thread count to ``torch_threads()``; also after a numba parallel call,
+    which may reset it to all cores."""
+    torch.set_num_threads(torch_threads())
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
-    """One torch thread for a module of tiny-model training: on a busy 2-core machine two
-    intra-op threads on tiny tensors wait on each other (10-50x slower measured here).
-    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    """``torch_threads()`` torch threads (default one) for a module of tiny-model training:
+    on a busy 2-core machine two intra-op threads on tiny tensors wait on each other (10-50x
+    slower measured here). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``; ARCFORGE_TEST_THREADS=2
+    runs them with two (tests/learning_matrix.sh)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    use_test_threads()
     yield
     torch.set_num_threads(threads)

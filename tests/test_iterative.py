@@ -10,10 +10,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from train_helpers import CONF_DIR, flip_tasks
 
-import run_iterative_training as it
+from pipelines import iterative as it
 from utils.distributed import DistEnv
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny-model training: see conftest.py
 
 
 def compose_iterative(overrides: list[str]) -> it.IterativeRunConfig:

@@ -8,7 +8,8 @@ SHAPE = DataShape(seq_len=16, vocab_size=12, num_puzzle_identifiers=6, batch_siz
 
 
 def tiny(name: str, **kw) -> RecursiveArchConfig:
-    base = dict(name=name, hidden_size=32, num_heads=2, expansion=2, H_cycles=2, L_cycles=2, L_layers=1,
+    base = dict(name=name, core={"trm_mlp": "trm"}.get(name, name), hidden_size=32, num_heads=2, expansion=2,
+                H_cycles=2, L_cycles=2, L_layers=1,
                 puzzle_emb_ndim=32, puzzle_emb_len=2, forward_dtype="float32", halt_max_steps=3,
                 halt_exploration_prob=0.0)
     if name in ("hrm", "transformer"):
@@ -77,15 +78,40 @@ def test_training_halts_at_max_steps_and_exploration_delays_halting():
     assert not out.halted.any()  # minimum steps drawn in [2, halt_max_steps]
 
 
-def test_continue_target_only_without_no_act_continue():
+@pytest.mark.parametrize("no_act_continue", [True, False])
+def test_training_halts_and_sets_the_continue_target_by_the_q_logits(no_act_continue):
+    """Without exploration an example halts when q_halt > 0 (TRM) or q_halt > q_continue
+    (HRM's Q-learning), and always at halt_max_steps. HRM's continue target is the sigmoid of
+    the next step's q_halt at the last step, else of the next step's max(q_halt, q_continue),
+    both computed here from the carry the step returns."""
     torch.manual_seed(0)
-    b = batch()
-    with_target = build_model(tiny("hrm", no_ACT_continue=False), SHAPE).train()
-    _, out = with_target(with_target.initial_carry(b), b)
-    assert out.target_q_continue is not None and out.target_q_continue.shape == (4,)
-    assert ((out.target_q_continue >= 0) & (out.target_q_continue <= 1)).all()
-    without = build_model(tiny("hrm", no_ACT_continue=True), SHAPE).train()
-    assert without(without.initial_carry(b), b)[1].target_q_continue is None
+    model = build_model(tiny("hrm", no_ACT_continue=no_act_continue, halt_max_steps=2), SHAPE).train()
+    b1, b2 = batch(1), batch(2)
+    with torch.no_grad():  # (the initial head says "never halt") a boundary between the examples' q logits
+        model.inner.q_head.weight.normal_(0.0, 0.5)
+        model.inner.q_head.bias.zero_()
+        out = model(model.initial_carry(b1), b1)[1]
+        margin = out.q_halt_logits - (0 if no_act_continue else out.q_continue_logits)
+        model.inner.q_head.bias[0] = -margin.sort().values[1:3].mean()  # two of the four halt at step 1
+    carry = model.initial_carry(b1)
+    for step in (1, 2):
+        steps_before = torch.where(carry.halted, 0, carry.steps)
+        carry, out = model(carry, b1 if step == 1 else b2)
+        q_halt, q_continue = out.q_halt_logits, out.q_continue_logits
+        is_last = steps_before + 1 == 2
+        wants = q_halt > 0 if no_act_continue else q_halt > q_continue
+        assert torch.equal(out.halted, is_last | wants), step
+        if no_act_continue:
+            assert out.target_q_continue is None
+            continue
+        _, _, next_halt, next_continue = model.inner(carry.inner, carry.current_data)
+        expected = torch.sigmoid(torch.where(is_last, next_halt, torch.maximum(next_halt, next_continue)))
+        torch.testing.assert_close(out.target_q_continue, expected)
+        if step == 1:
+            assert 0 < int(wants.sum()) < 4  # some halt early, some go on to the last step
+        else:
+            assert 0 < int(is_last.sum()) < 4  # both branches of the target are checked
+            assert not torch.equal(torch.sigmoid(next_halt), expected)
 
 
 def test_gradient_reaches_puzzle_embedding_rows_only_in_training():

@@ -3,13 +3,37 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from conftest import write_folder_source
+import torch
+from conftest import learning_seed, use_test_threads, write_folder_source
 
+import pretrain
 from dataset.build_arc_dataset import main as build_main
-from utils.config import CONF_DIR, compose_config  # noqa: F401  (re-exported for the tests)
+from dataset.demonstrations import Demonstrations
+from dataset.puzzle_dataset import PuzzleDataset
+from evaluators.loop import evaluate_examples
+from losses import build_loss
+from models import build_model
+from models.recursive import DataShape
+from utils import checkpoint as ckpt
+from utils.config import CONF_DIR, TrainConfig, compose_config  # noqa: F401  (re-exported for the tests)
+from utils.distributed import DistEnv
+
+CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+# Memorising a tiny set with tiny_overrides: evaluation runs halt_max_steps supervision steps;
+# with 2 the tiny model is trained at every step it is evaluated at (with more, early-halting
+# examples never train the later ones). At lr 1e-3 it gets all 15-18 examples of
+# build_tiny_dataset(side=2) right in 150-250 steps (measured over seeds, kernels and thread
+# counts); at 3e-3 its accuracy keeps swinging between 0.3 and 1. memorise() stops at the
+# first chunk that is right everywhere; the cap is 4-6x what that takes.
+MEMORISE = ["optimizer.lr=1e-3", "arch.halt_max_steps=2", "eval_interval=1000000"]
+MEMORISE_CHUNK, MEMORISE_CAP = 50, 1000
+# The schedule's length for runs cut by max_steps: with the default lr_min_ratio (1.0) the lr
+# is constant after warm-up, so where a run stops does not change its steps before.
+FOREVER_EPOCHS = 10**6
 
 
 def flip_tasks(root: Path, n_train: int = 3, n_eval: int = 1, side: int = 3, seed: int = 0, prefix: str = "",
@@ -36,6 +60,7 @@ def build_tiny_dataset(tmp: Path, num_aug: int = 0, canvas: int = 4, **task_kwar
     code = build_main(["--input-file-prefix", str(src), "--output-dir", str(out), "--subsets", "training", "evaluation",
                        "--test-set-name", "evaluation", "--num-aug", str(num_aug), "--max-grid-size", str(canvas)])
     assert code == 0
+    use_test_threads()  # numba's first parallel call (in the builder) may reset torch's thread count
     return out
 
 
@@ -47,3 +72,55 @@ def tiny_overrides(data: Path, checkpoint: Path, *extra: str) -> list[str]:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+def train_until(overrides: list[str], measure: Callable[[dict, TrainConfig], float], target: float, chunk: int,
+                cap: int, mode: str = "max", env: DistEnv = CPU) -> tuple[dict, TrainConfig, list[tuple[int, float]]]:
+    """Train the run ``overrides`` describe (``checkpoint_path`` included) ``chunk`` steps at a
+    time until ``measure(summary, config)`` reaches ``target`` (``mode`` max: >=, min: <=) or
+    ``cap`` steps have run. Each chunk resumes the last (resume=auto, max_steps) as an
+    interrupted run (a recursive model's continues step for step: tests/test_training.py),
+    and the schedule is FOREVER_EPOCHS long, so the lr does not depend on the cap: a
+    learning test asserts the target was reached, the cap being a margin over the steps that
+    takes. Returns the last chunk's (summary, config) and the (step, value) of every chunk."""
+    history: list[tuple[int, float]] = []
+    step = 0
+    while step < cap:
+        step = min(step + chunk, cap)
+        config = compose_config([*overrides, f"epochs={FOREVER_EPOCHS}", f"max_steps={step}", "resume=auto"])
+        summary = pretrain.train(config, env)
+        value = float(measure(summary, config))
+        history.append((summary["step"], value))
+        if (value >= target if mode == "max" else value <= target) or summary["step"] < step:
+            break
+    return summary, config, history
+
+
+def load_latest(config: TrainConfig, data: Path, batch_size: int = 8):
+    """The model of the newest checkpoint under ``config.checkpoint_path``."""
+    state = ckpt.load_shared(ckpt.list_checkpoints(config.checkpoint_path)[-1][1])
+    meta = PuzzleDataset([str(data)], "train", batch_size).metadata
+    model = build_model(config.arch, DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, batch_size))
+    model.load_state_dict(state["model"])
+    return model, state
+
+
+def split_metrics(config: TrainConfig, data: Path, split: str = "train") -> dict[str, float]:
+    """Per-example metrics (``all/*``, no voting) of the newest checkpoint on a split of ``data``."""
+    model, _ = load_latest(config, data)
+    demos = Demonstrations([str(data)], model.num_demos) if model.num_demos else None
+    metrics, _ = evaluate_examples(model, build_loss(config.loss), PuzzleDataset([str(data)], split, 8, test_mode=True),
+                                   CPU, demos=demos)
+    return metrics
+
+
+def seeded(*overrides: str) -> list[str]:
+    """``overrides`` with the learning tests' seed (ARCFORGE_TEST_SEED)."""
+    return [*overrides, f"seed={learning_seed()}"]
+
+
+def memorise(data: Path, checkpoint: Path, *extra: str) -> tuple[dict, TrainConfig, list[tuple[int, float]]]:
+    """train_until the tiny TRM gets every example of ``data``'s train split exactly right."""
+    return train_until(seeded(*tiny_overrides(data, checkpoint, *MEMORISE, *extra)),
+                       lambda _summary, config: split_metrics(config, data)["all/exact_accuracy"],
+                       target=1.0, chunk=MEMORISE_CHUNK, cap=MEMORISE_CAP)
