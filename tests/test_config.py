@@ -42,6 +42,7 @@ def fitting_loss(group: str, option: str) -> list[str]:
     return []
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("group,option", [(g, o) for g in sorted(GROUPS) for o in options(g)])
 def test_every_option_composes_and_builds(group, option):
     config = compose_config([f"{group}={option}", *fitting_loss(group, option)])
