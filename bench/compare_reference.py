@@ -28,8 +28,10 @@ What runs, every process a fresh child whose wall time and peak RSS (``wait4``) 
    pretrain ``train_batch`` (bench/trm_reference_step.py) and ARCForge's
    ``training.step.train_step`` (bench/train_throughput.py), alternating, ``--steps`` timed
    steps after ``--warmup``;
-3. the disk: a synced sequential write (``--disk-check-gib``, like ``dd conv=fdatasync``) in
-   the output folder's filesystem, to set the builder's write phase against.
+3. the disk: a synced sequential write of random data (``--disk-check-gib``, like ``dd bs=8M
+   conv=fdatasync``; random because a virtual disk may write zeros faster) in the output
+   folder's filesystem, to set the builder's write phase against. Neither builder fsyncs:
+   its write phase can beat this rate while the page cache holds the dirty pages.
 
 It prints one table: per measure the median and min-max over the rounds of each side and
 the ratio of the medians with the min-max of the per-round (paired) ratios, headed by the
@@ -502,7 +504,7 @@ def main() -> None:
         print(f"Output: {nbytes / 1e9:.2f} GB ({nbytes / 2**30:.2f} GiB), byte-identical: "
               f"{results.build.get('identical')}; train examples {ours[0]['train_examples']:,}, test "
               f"{ours[0]['test_examples']:,}.")
-        print("Median ARCForge run (of an even count, the lower middle one): "
+        print(f"Median ARCForge run{' (the lower middle one)' if len(ours) % 2 == 0 else ''}: "
               + write_bound_line(ours[i]["timings"]["write"], ours[i]["seconds"], nbytes, raw.get("disk", {}).get("mb_s")))
         writes = [x["timings"]["write"] for x in ours]
         print(f"ARCForge write phase over the rounds: {fmt_stat(writes, 's')}; in-process build time "
