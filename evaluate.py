@@ -7,6 +7,7 @@ metrics.json and report.png.
     python evaluate.py checkpoint=RUN/step_00001000 data=arc2 eval.limit=20
     python evaluate.py checkpoint=trm_step_518071 arch=trm data=arc1    # a TinyRecursiveModels file
     torchrun --nproc-per-node 4 evaluate.py checkpoint=...
+    python evaluate.py checkpoint=RUN/step_00001000 export=safetensors [export_dir=DIR]
 
 An ARCForge checkpoint folder brings its saved config; the command line overrides it (Hydra
 overrides of conf/config.yaml, as for pretrain.py; ``checkpoint=`` is ``eval.checkpoint``;
@@ -15,16 +16,47 @@ is read as a TinyRecursiveModels/HRM state dict; then the arch and data come fro
 command line. Outputs go to ``eval.output_dir``, default
 ``<checkpoint>/evaluate/<dataset folder name>/``. The evaluation itself lives in
 evaluators/checkpoint.py.
+
+``export=safetensors`` evaluates nothing: it writes the checkpoint's evaluation weights (EMA
+applied) as ``model.safetensors`` with the resolved config (``config.json``), the puzzle
+identifiers (``checkpoint.json``) and a manifest, as one folder written atomically
+(``export_dir``, default ``<run folder>/export/<step folder>``). ``checkpoint=`` (here, ttt.py)
+and ``init_from=`` (pretrain.py) take that folder or its ``model.safetensors``. Checkpoints
+are loaded without running code (``torch.load(weights_only=True)``, or safetensors).
 """
 
 from __future__ import annotations
 
 import sys
 
-from evaluators.checkpoint import Checkpoint, checkpoint_config, evaluate_checkpoint, load_checkpoint
+from evaluators.checkpoint import (
+    Checkpoint,
+    checkpoint_config,
+    evaluate_checkpoint,
+    export_safetensors,
+    load_checkpoint,
+)
+from utils.checkpoint import EXPORT_CONFIG, EXPORT_INFO, EXPORT_WEIGHTS, MANIFEST, CheckpointWriteError
 from utils.config import ConfigError, TrainConfig, config_help, parse_overrides, wants_help
 from utils.distributed import cleanup_distributed, init_distributed
 from utils.logging import console_logging
+
+EXPORT_KEYS = ("export", "export_dir")
+EXPORT_FORMATS = ("safetensors",)
+
+
+def split_export(argv: list[str]) -> tuple[list[str], str | None, str | None]:
+    """(the other arguments, ``export=`` format, ``export_dir=``): the export keys are this
+    command's own, not run config keys. ConfigError on an unknown format."""
+    overrides = parse_overrides(argv)
+    given = {o.key_or_group: str(o.value()) for o in overrides if o.key_or_group in EXPORT_KEYS}
+    rest = [arg for arg, o in zip(argv, overrides) if o.key_or_group not in EXPORT_KEYS]
+    export, export_dir = given.get("export"), given.get("export_dir")
+    if export is not None and export not in EXPORT_FORMATS:
+        raise ConfigError(f"export={export}: choose one of {', '.join(EXPORT_FORMATS)}")
+    if export_dir is not None and export is None:
+        raise ConfigError("export_dir= goes with export=safetensors")
+    return rest, export, export_dir
 
 
 def load_run(argv: list[str]) -> tuple[TrainConfig, Checkpoint]:
@@ -48,10 +80,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with console_logging():
         try:
+            argv, export, export_dir = split_export(argv)
             config, checkpoint = load_run(argv)
-        except (ValueError, FileNotFoundError) as e:  # ConfigError is a ValueError
+        except (ValueError, FileNotFoundError) as e:  # ConfigError (and a refused checkpoint) is a ValueError
             print(f"error: {e}", file=sys.stderr)
             return 2
+        if export is not None:
+            try:
+                out = export_safetensors(config, checkpoint, export_dir)
+            except (ValueError, CheckpointWriteError) as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            print(f"wrote {out}/: {EXPORT_WEIGHTS}, {EXPORT_CONFIG}, {EXPORT_INFO}, {MANIFEST} "
+                  f"(from {checkpoint.path})")
+            return 0
         env = init_distributed(config.device)
         try:
             result = evaluate_checkpoint(config, checkpoint, env)

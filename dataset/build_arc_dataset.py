@@ -51,6 +51,7 @@ log = logging.getLogger("arcforge.build")
 AUGMENT_RETRIES_FACTOR = 5
 SET_NAME = "all"
 DEFAULT_CHUNK_EXAMPLES = 32768
+ARC_BUCKETS = (8, 12, 16, 20, 25, 30)
 
 
 @dataclass
@@ -71,6 +72,11 @@ class BuildConfig:
     task_split_frac: float = 0.0
     task_split_seed: int = 0
     chunk_examples: int = DEFAULT_CHUNK_EXAMPLES
+    canvas_buckets: list[int] = field(default_factory=list)  # empty: one canvas of max_grid_size
+
+    @property
+    def largest_canvas(self) -> int:
+        return max(self.canvas_buckets) if self.canvas_buckets else self.max_grid_size
 
     def validate(self) -> None:
         if not self.subsets:
@@ -95,6 +101,10 @@ class BuildConfig:
             raise ValueError(f"--task-split-seed must be >= 0, got {self.task_split_seed}")
         if self.allow_test_leakage and self.fail_on_leakage:
             raise ValueError("--allow-test-leakage and --fail-on-leakage contradict each other: pass one")
+        buckets = self.canvas_buckets
+        if buckets and (sorted(set(buckets)) != list(buckets) or not 2 <= buckets[0] or buckets[-1] > self.max_grid_size):
+            raise ValueError(f"--canvas-buckets must be increasing sides in 2..--max-grid-size ({self.max_grid_size}), "
+                             f"got {buckets}")
 
 
 @dataclass
@@ -206,19 +216,30 @@ def _describe_shared(shared: list[dict], limit: int = 20) -> str:
 
 
 def drop_oversized(by_subset: dict[str, list[Task]], config: BuildConfig) -> list[str]:
-    size = config.max_grid_size
+    size = config.largest_canvas
     oversized = [t for tasks in by_subset.values() for t in tasks if t.max_side() > size]
     if not oversized:
         return []
     names = [f"{t.task_id} ({t.max_side()})" for t in oversized]
     if not config.skip_oversized:
         shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
-        raise TaskFormatError(f"--max-grid-size {size}: tasks with a larger grid (largest side): {shown}; "
+        raise TaskFormatError(f"{_size_flag(config)} {size}: tasks with a larger grid (largest side): {shown}; "
                               "pass --skip-oversized to leave them out")
-    log.warning("--max-grid-size %d: skipping %d tasks that do not fit: %s", size, len(names), ", ".join(names))
+    log.warning(f"{_size_flag(config)} %d: skipping %d tasks that do not fit: %s", size, len(names), ", ".join(names))
     for subset, tasks in by_subset.items():
         by_subset[subset] = [t for t in tasks if t.max_side() <= size]
     return [t.task_id for t in oversized]
+
+
+def _size_flag(config: BuildConfig) -> str:
+    return "--canvas-buckets (largest)" if config.canvas_buckets else "--max-grid-size"
+
+
+def bucket_of(task: Task, buckets: list[int]) -> int:
+    """The smallest canvas that holds the task's largest grid plus the EOS border (a grid
+    as large as the largest canvas fills it, as on TRM's 30 canvas)."""
+    side = task.max_side()
+    return next((b for b in buckets if b > side), buckets[-1])
 
 
 def _grid_key(grid: np.ndarray) -> bytes:
@@ -388,14 +409,24 @@ def _write_uint8_rows(path: str, n_rows: int, row_len: int):
     return f
 
 
-def write_split(out_dir: str, layout: SplitLayout, pad_rows: np.ndarray, pad_cols: np.ndarray,
-                grids: tuple[np.ndarray, ...], canvas: int, num_identifiers: int, chunk: int) -> None:
-    os.makedirs(out_dir)
+@dataclass
+class SetPart:
+    """One set of a split: ``all`` on one canvas, or one canvas bucket of a bucketed build."""
+
+    name: str
+    layout: SplitLayout
+    pad_rows: np.ndarray
+    pad_cols: np.ndarray
+    canvas: int
+
+
+def write_set(out_dir: str, part: SetPart, grids: tuple[np.ndarray, ...], chunk: int) -> None:
     cells, offsets, heights, widths = grids
+    layout, canvas = part.layout, part.canvas
     n = layout.num_examples
     seq_len = canvas * canvas
-    f_in = _write_uint8_rows(os.path.join(out_dir, f"{SET_NAME}__inputs.npy"), n, seq_len)
-    f_lab = _write_uint8_rows(os.path.join(out_dir, f"{SET_NAME}__labels.npy"), n, seq_len)
+    f_in = _write_uint8_rows(os.path.join(out_dir, f"{part.name}__inputs.npy"), n, seq_len)
+    f_lab = _write_uint8_rows(os.path.join(out_dir, f"{part.name}__labels.npy"), n, seq_len)
     # Double-buffered: a writer thread copies chunk k to disk while numba encodes chunk k+1.
     rows_per_chunk = min(chunk, max(n, 1))
     buffers = [(np.empty((rows_per_chunk, seq_len), np.uint8), np.empty((rows_per_chunk, seq_len), np.uint8))
@@ -406,14 +437,15 @@ def write_split(out_dir: str, layout: SplitLayout, pad_rows: np.ndarray, pad_col
         f_in.write(buf_in[:rows].data)
         f_lab.write(buf_lab[:rows].data)
 
+    desc = f"encode {os.path.basename(out_dir)}" + (f" {part.name}" if part.name != SET_NAME else "")
     with f_in, f_lab, ThreadPoolExecutor(max_workers=1) as writer, \
-            tqdm(total=n, desc=f"encode {os.path.basename(out_dir)}", unit="ex", unit_scale=True, disable=None) as bar:
+            tqdm(total=n, desc=desc, unit="ex", unit_scale=True, disable=None) as bar:
         for k, first in enumerate(range(0, n, chunk)):
             rows = min(chunk, n - first)
             buf_in, buf_lab = buffers[k % 2]
             encode_examples(first, buf_in[:rows], buf_lab[:rows], layout.example_inputs, layout.example_labels,
-                            layout.example_puzzle, layout.puzzle_trans, layout.puzzle_mappings, pad_rows, pad_cols,
-                            cells, offsets, heights, widths, canvas)
+                            layout.example_puzzle, layout.puzzle_trans, layout.puzzle_mappings, part.pad_rows,
+                            part.pad_cols, cells, offsets, heights, widths, canvas)
             if pending is not None:
                 pending.result()  # the other buffer is free again, and errors surface here
             pending = writer.submit(write_rows, buf_in, buf_lab, rows)
@@ -421,23 +453,50 @@ def write_split(out_dir: str, layout: SplitLayout, pad_rows: np.ndarray, pad_col
         if pending is not None:
             pending.result()
     for name in ("puzzle_identifiers", "puzzle_indices", "group_indices"):
-        np.save(os.path.join(out_dir, f"{SET_NAME}__{name}.npy"), getattr(layout, name))
+        np.save(os.path.join(out_dir, f"{part.name}__{name}.npy"), getattr(layout, name))
 
-    n_puzzles = len(layout.puzzle_identifiers)
+
+def write_split(out_dir: str, parts: list[SetPart], grids: tuple[np.ndarray, ...], geometry: int,
+                num_identifiers: int, chunk: int, bucketed: bool) -> None:
+    """A split folder: each set's arrays and dataset.json. ``geometry``: the canvas whose
+    positions every set shares (seq_len geometry**2); a bucketed split lists each set's side."""
+    os.makedirs(out_dir)
+    for part in parts:
+        write_set(out_dir, part, grids, chunk)
+    n = sum(p.layout.num_examples for p in parts)
+    n_puzzles = sum(len(p.layout.puzzle_identifiers) for p in parts)
     metadata = PuzzleDatasetMetadata(
         pad_id=PAD_ID,
         ignore_label_id=PAD_ID,
         blank_identifier_id=0,
         vocab_size=VOCAB_SIZE,
-        seq_len=seq_len,
+        seq_len=geometry * geometry,
         num_puzzle_identifiers=num_identifiers,
-        total_groups=len(layout.group_indices) - 1,
+        total_groups=sum(len(p.layout.group_indices) - 1 for p in parts),
         mean_puzzle_examples=n / n_puzzles if n_puzzles else 0.0,
         total_puzzles=n_puzzles,
-        sets=[SET_NAME],
+        sets=[p.name for p in parts],
+        canvas_sides={p.name: p.canvas for p in parts} if bucketed else None,
     )
     with open(os.path.join(out_dir, "dataset.json"), "w") as f:
         f.write(metadata.to_json())
+
+
+def bucket_set_name(side: int) -> str:
+    return f"canvas{side}"
+
+
+def token_counts(splits_parts: list[SetPart], geometry: int, puzzle_tokens: int = 16) -> dict:
+    """Tokens (and attention work, ~ length**2 with TRM's 16 puzzle tokens) per epoch of
+    the train split, bucketed against every example on the ``geometry`` canvas."""
+    n = sum(p.layout.num_examples for p in splits_parts)
+    tokens = sum(p.layout.num_examples * p.canvas**2 for p in splits_parts)
+    attention = sum(p.layout.num_examples * (p.canvas**2 + puzzle_tokens) ** 2 for p in splits_parts)
+    full_attention = n * (geometry**2 + puzzle_tokens) ** 2
+    return {"examples": n, "tokens": tokens, f"tokens_on_canvas_{geometry}": n * geometry**2,
+            "tokens_per_example": tokens / n if n else 0.0,
+            "token_ratio": n * geometry**2 / tokens if tokens else 0.0,
+            "attention_ratio": full_attention / attention if attention else 0.0}
 
 
 def build(config: BuildConfig) -> dict:
@@ -467,23 +526,36 @@ def build(config: BuildConfig) -> dict:
     rng = LegacyRandom(config.seed)
     planned, grids = plan_tasks(by_subset, test_subsets, set(unseen), GridStore(), rng, config)
     names, first_identifier = identifier_names(planned, config.puzzle_identifiers_start)
-    canvas = config.max_grid_size
+    geometry = config.max_grid_size
+    buckets = config.canvas_buckets
+    side_of = {p.task.task_id: bucket_of(p.task, buckets) for p in planned} if buckets else {}
 
-    def translated(layout: SplitLayout) -> tuple[np.ndarray, np.ndarray]:
-        return draw_translations(layout.example_inputs, layout.example_labels, layout.puzzle_indices.astype(np.int64),
-                                 layout.puzzle_trans, grids[2], grids[3], canvas, rng.key, rng.pos)
+    def split_parts(split: str, is_unseen: bool) -> list[SetPart]:
+        """Train examples are translated (all but one per puzzle) within their canvas; test
+        examples sit top-left. TRM also draws one unused number per test puzzle after these;
+        nothing follows it."""
+        groups = ([(SET_NAME, planned, geometry)] if not buckets else
+                  [(bucket_set_name(b), [p for p in planned if side_of[p.task.task_id] == b], b) for b in buckets])
+        parts = []
+        for name, tasks, canvas in groups:
+            layout = layout_split(tasks, split, first_identifier, is_unseen)
+            if buckets and layout.num_examples == 0:
+                continue
+            if split == "train":
+                pads = draw_translations(layout.example_inputs, layout.example_labels,
+                                         layout.puzzle_indices.astype(np.int64), layout.puzzle_trans, grids[2],
+                                         grids[3], canvas, rng.key, rng.pos)
+            else:
+                pads = np.zeros(layout.num_examples, np.uint8), np.zeros(layout.num_examples, np.uint8)
+            parts.append(SetPart(name, layout, pads[0], pads[1], canvas))
+        return parts
 
-    def top_left(layout: SplitLayout) -> tuple[np.ndarray, np.ndarray]:
-        return np.zeros(layout.num_examples, np.uint8), np.zeros(layout.num_examples, np.uint8)
-
-    # Train examples are translated (all but one per puzzle); test examples sit top-left.
-    # TRM also draws one unused number per test puzzle after these; nothing follows it.
     # The unseen dataset's draws come after the main dataset's, so the split changes nothing before them.
     splits = []
     for folder, is_unseen in (("", False), ("unseen", True)) if unseen else (("", False),):
-        train = layout_split(planned, "train", first_identifier, is_unseen)
-        test = layout_split(planned, "test", first_identifier, is_unseen)
-        splits.append((folder, train, test, translated(train), top_left(test)))
+        train = split_parts("train", is_unseen)
+        test = split_parts("test", is_unseen)
+        splits.append((folder, train, test))
     timings["plan"] = time.perf_counter() - started - timings["load"]
 
     output_dir = os.path.abspath(config.output_dir)
@@ -494,11 +566,11 @@ def build(config: BuildConfig) -> dict:
         shutil.rmtree(tmp_dir)
     os.makedirs(tmp_dir)
     try:
-        for folder, train, test, train_pads, test_pads in splits:
+        for folder, train, test in splits:
             root = os.path.join(tmp_dir, folder)
-            for split, layout, pads in (("train", train, train_pads), ("test", test, test_pads)):
-                write_split(os.path.join(root, split), layout, pads[0], pads[1], grids, canvas, len(names),
-                            config.chunk_examples)
+            for split, parts in (("train", train), ("test", test)):
+                write_split(os.path.join(root, split), parts, grids, geometry, len(names), config.chunk_examples,
+                            bucketed=bool(buckets))
             # json.dumps uses the C encoder (json.dump streams through the Python one); same bytes.
             # Both datasets share the identifiers, so a model built on one indexes the other.
             with open(os.path.join(root, "identifiers.json"), "w") as f:
@@ -506,18 +578,18 @@ def build(config: BuildConfig) -> dict:
             test_puzzles = {p.task.task_id: p.task.raw for p in planned if (p.unseen if folder else p.is_test)}
             with open(os.path.join(root, "test_puzzles.json"), "w") as f:
                 f.write(json.dumps(test_puzzles))
-        _, train, test, _, _ = splits[0]
+        _, train, test = splits[0]
         task_split = {"frac": config.task_split_frac, "seed": config.task_split_seed, "unseen_tasks": unseen}
         if unseen:
-            _, u_train, u_test, _, _ = splits[1]
-            unseen_info = {"held_out_of": "..", "task_split": task_split, "train_examples": u_train.num_examples,
-                           "test_examples": u_test.num_examples, "num_puzzle_identifiers": len(names)}
+            _, u_train, u_test = splits[1]
+            unseen_info = {"held_out_of": "..", "task_split": task_split, "train_examples": _examples(u_train),
+                           "test_examples": _examples(u_test), "num_puzzle_identifiers": len(names)}
             with open(os.path.join(tmp_dir, "unseen", "build_info.json"), "w") as f:
                 json.dump(unseen_info, f, indent=1)
         info = {
             "config": asdict(config),
-            "train_examples": train.num_examples,
-            "test_examples": test.num_examples,
+            "train_examples": _examples(train),
+            "test_examples": _examples(test),
             "task_split": task_split,
             "num_puzzle_identifiers": len(names),
             "tasks": {s: [t.task_id for t in tasks] for s, tasks in by_subset.items()},
@@ -528,6 +600,14 @@ def build(config: BuildConfig) -> dict:
             "test_leakage": {"allowed": config.allow_test_leakage, "tasks": shared},
             "ignore_label_id_in_loader": IGNORE_LABEL_ID,
         }
+        if buckets:
+            info["canvas_buckets"] = {
+                "sides": buckets,
+                "tasks": {str(b): sum(1 for s in side_of.values() if s == b) for b in buckets},
+                "train_examples": {str(p.canvas): p.layout.num_examples for p in train},
+                "test_examples": {str(p.canvas): p.layout.num_examples for p in test},
+                "train_tokens_per_epoch": token_counts(train, geometry),
+            }
         with open(os.path.join(tmp_dir, "build_info.json"), "w") as f:
             json.dump(info, f, indent=1)
         _replace_dir(tmp_dir, output_dir)
@@ -537,6 +617,10 @@ def build(config: BuildConfig) -> dict:
     info["seconds"] = time.perf_counter() - started
     info["timings"] = {**timings, "write": info["seconds"] - timings["load"] - timings["plan"]}
     return info
+
+
+def _examples(parts: list[SetPart]) -> int:
+    return sum(p.layout.num_examples for p in parts)
 
 
 def _replace_dir(new: str, target: str) -> None:
@@ -582,9 +666,27 @@ def parse_args(argv: list[str] | None = None) -> BuildConfig:
                         help="move a seeded fraction F of the training subsets' tasks (those with test pairs) out "
                              "of training into <output-dir>/unseen, a dataset of tasks never trained on")
     parser.add_argument("--task-split-seed", type=int, default=0, help="seed of the --task-split-frac choice")
+    parser.add_argument("--canvas-buckets", nargs="+", default=[], metavar="SIDE",
+                        help="size-bucketed canvases: each task (all its variants) goes onto the smallest of these "
+                             "canvases that holds its largest grid plus the EOS border; positions keep the "
+                             "--max-grid-size canvas's geometry. 'arc' = " + " ".join(map(str, ARC_BUCKETS)))
     parser.add_argument("--chunk-examples", type=int, default=DEFAULT_CHUNK_EXAMPLES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    try:
+        args.canvas_buckets = parse_buckets(args.canvas_buckets)
+    except ValueError as e:
+        parser.error(str(e))
     return BuildConfig(**{k: v for k, v in vars(args).items()})
+
+
+def parse_buckets(words: list[str]) -> list[int]:
+    """``--canvas-buckets``: sides, or the preset ``arc``."""
+    if words == ["arc"]:
+        return list(ARC_BUCKETS)
+    try:
+        return [int(w) for w in words]
+    except ValueError:
+        raise ValueError(f"--canvas-buckets takes canvas sides or 'arc', got {' '.join(words)}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,9 @@ class PuzzleDatasetMetadata:
     mean_puzzle_examples: float
     total_puzzles: int
     sets: list[str] = field(default_factory=lambda: ["all"])
+    # A size-bucketed split: each set's canvas side (its rows hold side**2 tokens); positions
+    # keep the geometry of the sqrt(seq_len) canvas. Absent (None) in TRM's format.
+    canvas_sides: dict[str, int] | None = None
 
     @classmethod
     def load(cls, path: str) -> PuzzleDatasetMetadata:
@@ -50,13 +53,22 @@ class PuzzleDatasetMetadata:
             raw = json.load(f)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(raw) - names
-        missing = names - set(raw) - {"sets"}
+        missing = names - set(raw) - {"sets", "canvas_sides"}
         if unknown or missing:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
         return cls(**raw)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
+        fields = dataclasses.asdict(self)
+        if self.canvas_sides is None:
+            del fields["canvas_sides"]  # TRM's files stay byte-identical
+        return json.dumps(fields)
+
+    def set_seq_len(self, set_name: str) -> int:
+        """Tokens per row of a set: its bucket's side squared, else ``seq_len``."""
+        if self.canvas_sides and set_name in self.canvas_sides:
+            return self.canvas_sides[set_name] ** 2
+        return self.seq_len
 
 
 def split_dir(dataset_path: str, split: str) -> str:

@@ -15,6 +15,7 @@ Semantics are TinyRecursiveModels' ``PuzzleDataset`` with its flaws fixed:
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ class _SetData:
     """
 
     sources: list[tuple[str, str]]  # (inputs file, labels file) per contributing path
+    seq_len: int  # tokens per row (a canvas bucket's side squared)
     row_offsets: np.ndarray  # int64 [K+1]: first merged row of each contributing path
     puzzle_identifiers: np.ndarray  # int32 [P]
     puzzle_indices: np.ndarray  # int64 [P+1]
@@ -73,8 +75,9 @@ class _SetData:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_maps": None}
 
-    def read_rows(self, rows: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    def read_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Inputs and labels (int32) of merged ``rows``, read from the per-path memory maps."""
+        seq_len = self.seq_len
         if self._maps is None:
             self._maps = [(np.load(i, mmap_mode="r"), np.load(lab, mmap_mode="r")) for i, lab in self.sources]
         inputs = np.empty((rows.size, seq_len), dtype=np.int32)
@@ -118,8 +121,13 @@ class PuzzleDataset(IterableDataset):
     The position is tracked in this object, i.e. when iterated in-process (DataLoader
     ``num_workers=0``); with worker processes the trainer must count batches itself.
 
-    Test mode: every example once, in order, batch ``b`` being global rows ``[b*G, (b+1)*G)``;
-    rows past the end are padding (``example_indices`` -1, labels ignored, blank identifier).
+    Test mode: every example once, in order, batch ``b`` of a set being its rows
+    ``[b*G, (b+1)*G)``; rows past the set's end are padding (``example_indices`` -1, labels
+    ignored, blank identifier). ``example_indices`` count rows in the concatenation of sets.
+
+    Canvas buckets (``metadata.canvas_sides``): each set is one canvas size, each batch comes
+    from one set (so every rank sees one sequence length per step), and in training the
+    batches of all sets are visited in an order seeded by ``(seed, epoch)``.
     """
 
     def __init__(
@@ -155,6 +163,7 @@ class PuzzleDataset(IterableDataset):
         self.world_size = world_size
         self.seed = seed
         self.test_mode = split == "test" if test_mode is None else test_mode
+        self._concatenated: _SetData | None = None
         self._load()
         self._epoch = 0
         self._batch_in_epoch = 0
@@ -182,6 +191,13 @@ class PuzzleDataset(IterableDataset):
         self.identifiers: list[str] = _merge_identifiers(self.dataset_paths, id_lists, num_ids)
 
         set_names = list(dict.fromkeys(name for m in metas for name in m.sets))
+        sides: dict[str, int] = {}
+        for path, meta in zip(self.dataset_paths, metas):
+            for name in meta.sets:
+                side = math.isqrt(meta.set_seq_len(name))
+                if sides.setdefault(name, side) != side:
+                    raise ValueError(f"set {name!r} has canvas side {sides[name]} in {self.dataset_paths[0]} "
+                                     f"but {side} in {path}")
         self._sets: dict[str, _SetData] = {
             name: self._load_set(name, [(p, m) for p, m in zip(self.dataset_paths, metas) if name in m.sets])
             for name in set_names
@@ -201,6 +217,7 @@ class PuzzleDataset(IterableDataset):
             mean_puzzle_examples=total_examples / total_puzzles if total_puzzles else 0.0,
             total_puzzles=total_puzzles,
             sets=set_names,
+            canvas_sides=sides if any(m.canvas_sides for m in metas) else None,
         )
 
     def _load_set(self, name: str, parts: list[tuple[str, PuzzleDatasetMetadata]]) -> _SetData:
@@ -213,10 +230,11 @@ class PuzzleDataset(IterableDataset):
             }
             inputs = np.load(files["inputs"], mmap_mode="r")
             labels = np.load(files["labels"], mmap_mode="r")
-            if inputs.ndim != 2 or inputs.shape[1] != meta.seq_len or labels.shape != inputs.shape:
+            seq_len = meta.set_seq_len(name)
+            if inputs.ndim != 2 or inputs.shape[1] != seq_len or labels.shape != inputs.shape:
                 raise ValueError(
                     f"{files['inputs']}: inputs {inputs.shape} and labels {labels.shape} "
-                    f"must both be [N, seq_len={meta.seq_len}]"
+                    f"must both be [N, seq_len={seq_len}]"
                 )
             pid = np.load(files["puzzle_identifiers"]).astype(np.int32)
             pidx = np.load(files["puzzle_indices"]).astype(np.int64)
@@ -248,7 +266,7 @@ class PuzzleDataset(IterableDataset):
         }
         for arr in arrays.values():
             arr.setflags(write=False)
-        return _SetData(sources=sources, **arrays)
+        return _SetData(sources=sources, seq_len=seq_len, **arrays)
 
     def _check_can_fill_a_batch(self) -> None:
         """Fail loudly instead of silently yielding nothing forever when no epoch can fill a batch."""
@@ -264,9 +282,11 @@ class PuzzleDataset(IterableDataset):
             )
 
     # ------------------------------------------------------------------ public helpers
-    def index_arrays(self, set_name: str = "all") -> dict[str, np.ndarray]:
-        """Merged (read-only) ``puzzle_identifiers``, ``puzzle_indices``, ``group_indices`` of a set."""
-        data = self._set(set_name)
+    def index_arrays(self, set_name: str | None = None) -> dict[str, np.ndarray]:
+        """Merged (read-only) ``puzzle_identifiers``, ``puzzle_indices``, ``group_indices`` of a
+        set; by default of all sets concatenated in ``set_names`` order (the rows that test
+        batches' ``example_indices`` count)."""
+        data = self._set(set_name) if set_name is not None else self._all_sets()
         return {
             "puzzle_identifiers": data.puzzle_identifiers,
             "puzzle_indices": data.puzzle_indices,
@@ -274,24 +294,58 @@ class PuzzleDataset(IterableDataset):
         }
 
     def example_puzzle_index(
-        self, example_indices: np.ndarray | torch.Tensor | Sequence[int], set_name: str = "all"
+        self, example_indices: np.ndarray | torch.Tensor | Sequence[int], set_name: str | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Map merged example rows to (puzzle index, group index); padding rows (-1) map to -1."""
-        data = self._set(set_name)
+        """Map example rows (of a set; by default of all sets concatenated) to (puzzle index,
+        group index) in the same indexing; padding rows (-1) map to -1."""
+        data = self._set(set_name) if set_name is not None else self._all_sets()
         idx = np.asarray(example_indices, dtype=np.int64)
         pad = idx == -1
         if np.any((idx < -1) | (idx >= data.num_examples)):
             raise ValueError(
-                f"example indices must be -1 or in [0, {data.num_examples}) for set {set_name!r}"
+                f"example indices must be -1 or in [0, {data.num_examples}) for set {set_name or 'all sets'!r}"
             )
         puzzle = np.searchsorted(data.puzzle_indices, idx, side="right") - 1
         group = np.searchsorted(data.group_indices, puzzle, side="right") - 1
         return np.where(pad, -1, puzzle), np.where(pad, -1, group)
 
+    def _all_sets(self) -> _SetData:
+        if len(self._sets) == 1:
+            return next(iter(self._sets.values()))
+        if self._concatenated is None:
+            parts = list(self._sets.values())
+            rows = np.cumsum([0] + [d.num_examples for d in parts])
+            puzzles = np.cumsum([0] + [d.puzzle_identifiers.size for d in parts])
+            self._concatenated = _SetData(
+                sources=[], seq_len=0, row_offsets=np.zeros(1, np.int64),  # index-only: rows are read per set
+                puzzle_identifiers=np.concatenate([d.puzzle_identifiers for d in parts]),
+                puzzle_indices=np.concatenate([d.puzzle_indices[:-1] + r for d, r in zip(parts, rows)] + [rows[-1:]]),
+                group_indices=np.concatenate([d.group_indices[:-1] + p for d, p in zip(parts, puzzles)]
+                                             + [puzzles[-1:]]))
+        return self._concatenated
+
     def read_examples(self, rows: np.ndarray, set_name: str = "all") -> tuple[np.ndarray, np.ndarray]:
         """Inputs and labels (int32, ignored labels as IGNORE_LABEL_ID) of merged example rows."""
-        inputs, labels = self._set(set_name).read_rows(np.asarray(rows, dtype=np.int64), self.metadata.seq_len)
+        inputs, labels = self._set(set_name).read_rows(np.asarray(rows, dtype=np.int64))
         return inputs, self._map_labels(labels)
+
+    @property
+    def set_names(self) -> list[str]:
+        return list(self._sets)
+
+    def set_row_offsets(self) -> dict[str, int]:
+        """First row of each set in the split's concatenation of sets (in ``set_names``
+        order): test batches' ``example_indices`` count rows in it."""
+        offsets, start = {}, 0
+        for name, data in self._sets.items():
+            offsets[name] = start
+            start += data.num_examples
+        return offsets
+
+    def test_batch_starts(self) -> list[int]:
+        """Each test batch's first row in the concatenation of sets, in the order yielded."""
+        return [offset + start for name, offset in self.set_row_offsets().items()
+                for start in range(0, self._sets[name].num_examples, self.global_batch_size)]
 
     def _set(self, set_name: str) -> _SetData:
         if set_name not in self._sets:
@@ -346,6 +400,8 @@ class PuzzleDataset(IterableDataset):
                 plan.append((name, rows[start:stop], puzzle_of_row[start:stop]))
                 # The rest of a truncated puzzle is dropped: the next batch starts at a new group.
                 start = int(bounds[np.searchsorted(bounds, stop)])
+        if len(self._sets) > 1:  # canvas buckets: batches of all sets in a seeded order
+            plan = [plan[i] for i in rng.permutation(len(plan))]
         return plan
 
     def _iter_train(self) -> Iterator[tuple[str, Batch, int]]:
@@ -355,7 +411,7 @@ class PuzzleDataset(IterableDataset):
         for b in range(first, len(plan)):
             name, rows, puzzles = plan[b]
             data = self._sets[name]
-            inputs, labels = data.read_rows(rows[lo:hi], self.metadata.seq_len)
+            inputs, labels = data.read_rows(rows[lo:hi])
             batch = {
                 "inputs": torch.from_numpy(inputs),
                 "labels": torch.from_numpy(self._map_labels(labels)),
@@ -368,20 +424,21 @@ class PuzzleDataset(IterableDataset):
 
     def _iter_test(self) -> Iterator[tuple[str, Batch, int]]:
         size, local, meta = self.global_batch_size, self.local_batch_size, self.metadata
+        offsets = self.set_row_offsets()
         for name, data in self._sets.items():
             n = data.num_examples
             for start in range(0, n, size):
                 lo = min(start + self.rank * local, n)
                 rows = np.arange(lo, min(lo + local, n), dtype=np.int64)
-                inputs = np.full((local, meta.seq_len), meta.pad_id, dtype=np.int32)
-                labels = np.full((local, meta.seq_len), IGNORE_LABEL_ID, dtype=np.int32)
+                inputs = np.full((local, data.seq_len), meta.pad_id, dtype=np.int32)
+                labels = np.full((local, data.seq_len), IGNORE_LABEL_ID, dtype=np.int32)
                 puzzle_ids = np.full(local, meta.blank_identifier_id, dtype=np.int32)
                 example_indices = np.full(local, -1, dtype=np.int64)
-                real_inputs, real_labels = data.read_rows(rows, meta.seq_len)
+                real_inputs, real_labels = data.read_rows(rows)
                 inputs[: rows.size] = real_inputs
                 labels[: rows.size] = self._map_labels(real_labels)
                 puzzle_ids[: rows.size] = data.puzzle_identifiers[self.example_puzzle_index(rows, name)[0]]
-                example_indices[: rows.size] = rows
+                example_indices[: rows.size] = rows + offsets[name]
                 batch = {
                     "inputs": torch.from_numpy(inputs),
                     "labels": torch.from_numpy(labels),

@@ -112,18 +112,33 @@ class ARCVoter:
         if canvas * canvas != meta.seq_len or not 1 <= canvas <= 255:
             raise ValueError(f"{test_dir}: seq_len {meta.seq_len} is not a square canvas of side <= 255")
         self.canvas = canvas
-        self.puzzle_indices = np.load(os.path.join(test_dir, "all__puzzle_indices.npy")).astype(np.int64)
-        puzzle_ids = np.load(os.path.join(test_dir, "all__puzzle_identifiers.npy")).astype(np.int64)
-        self.num_examples = int(self.puzzle_indices[-1])
+        # Canvas buckets: one set per canvas side; example indices count rows of the sets
+        # concatenated in the metadata's order (as the loader's test batches do).
+        self.canvas_sides = {math.isqrt(meta.set_seq_len(name)) for name in meta.sets}
+        indices, ids, rows = [], [], 0
+        for name in meta.sets:
+            set_indices = np.load(os.path.join(test_dir, f"{name}__puzzle_indices.npy")).astype(np.int64)
+            indices.append(set_indices[:-1] + rows)
+            rows += int(set_indices[-1])
+            ids.append(np.load(os.path.join(test_dir, f"{name}__puzzle_identifiers.npy")).astype(np.int64))
+        self.puzzle_indices = np.concatenate([*indices, [rows]]).astype(np.int64)
+        puzzle_ids = np.concatenate(ids)
+        self.num_examples = rows
 
-        self.task_ids: list[str] = list(self.tasks)
-        task_index = {t: i for i, t in enumerate(self.task_ids)}
+        names = [identifiers[i] for i in puzzle_ids.tolist()]
+        # Tasks in the order their groups come in the split (with canvas buckets not
+        # test_puzzles.json's), so that the first N tasks are the split's first N groups.
+        task_ids = list(self.tasks)
+        puzzle_task, self.puzzle_trans, self.puzzle_mapping = _parse_names(names, {t: i for i, t in enumerate(task_ids)})
+        seen = dict.fromkeys(puzzle_task[puzzle_task >= 0].tolist())
+        order = [*seen, *(i for i in range(len(task_ids)) if i not in seen)]
+        new_index = np.empty(len(task_ids), dtype=np.int64)
+        new_index[order] = np.arange(len(order))
+        self.puzzle_task = np.where(puzzle_task >= 0, new_index[np.maximum(puzzle_task, 0)], -1)
+        self.task_ids: list[str] = [task_ids[i] for i in order]
         self.num_inputs = np.array([len(self.tasks[t]["test"]) for t in self.task_ids], dtype=np.int64)
         self.slot_start = np.concatenate([[0], np.cumsum(self.num_inputs)]).astype(np.int64)
         self.num_slots = int(self.slot_start[-1])
-
-        names = [identifiers[i] for i in puzzle_ids.tolist()]
-        self.puzzle_task, self.puzzle_trans, self.puzzle_mapping = _parse_names(names, task_index)
         for p in np.flatnonzero(self.puzzle_task < 0):
             if names[p] != BLANK_IDENTIFIER:
                 raise ValueError(f"{dataset_path}: puzzle {names[p]!r} belongs to no task of test_puzzles.json")
@@ -148,15 +163,16 @@ class ARCVoter:
 
     def add(self, example_indices: np.ndarray, preds: np.ndarray, q_halt_logits: np.ndarray) -> None:
         """Add one batch: example indices into the test split (-1 = padding, skipped),
-        predicted token ids [B, S*S] and halting logits [B]."""
+        predicted token ids [B, S*S] (S: the batch's canvas side) and halting logits [B]."""
         ex = np.asarray(example_indices, dtype=np.int64).reshape(-1)
         preds = np.asarray(preds)
         q = np.asarray(q_halt_logits, dtype=np.float64).reshape(-1)
         b = ex.shape[0]
         preds = preds.reshape(b, -1)
-        if preds.shape[1] != self.canvas * self.canvas or q.shape[0] != b:
+        canvas = math.isqrt(preds.shape[1])
+        if canvas not in self.canvas_sides or canvas * canvas != preds.shape[1] or q.shape[0] != b:
             raise ValueError(f"batch shapes: examples {ex.shape}, preds {preds.shape}, q {q.shape}; "
-                             f"canvas {self.canvas}x{self.canvas}")
+                             f"canvas sides {sorted(self.canvas_sides)}")
         keep = ex >= 0
         if not keep.all():
             ex, preds, q = ex[keep], preds[keep], q[keep]
@@ -176,7 +192,7 @@ class ARCVoter:
         if preds.dtype != np.uint8:  # anything outside 0..255 is not a colour token: make it PAD
             preds = np.where((preds >= 0) & (preds < 256), preds, 0).astype(np.uint8)
         grids, heights, widths = invert_predictions(np.ascontiguousarray(preds), self.puzzle_trans[puzzle],
-                                                    self.puzzle_mapping[puzzle], self.canvas)
+                                                    self.puzzle_mapping[puzzle], canvas)
         self.views += np.bincount(slot, minlength=self.num_slots)
         has = heights > 0
         if not has.all():
@@ -188,7 +204,7 @@ class ARCVoter:
         # Aggregate the batch per distinct (slot, grid) row: grids are zero outside h x w, so
         # the row [slot, h, w, all cells] identifies the cropped grid exactly.
         n = slot.shape[0]
-        s2 = self.canvas * self.canvas
+        s2 = canvas * canvas
         rows = np.empty((n, 10 + s2), dtype=np.uint8)
         rows[:, :8] = slot.astype(">i8").view(np.uint8).reshape(n, 8)
         rows[:, 8] = heights

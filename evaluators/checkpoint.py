@@ -1,7 +1,10 @@
 """Evaluating a checkpoint: evaluate.py, test-time training and the pipelines go through here.
 
-- ``load_checkpoint``: a checkpoint folder, a run folder (its newest checkpoint) or a
-  TinyRecursiveModels/HRM state-dict file;
+- ``load_checkpoint``: a checkpoint folder, a run folder (its newest complete checkpoint), an
+  export (``export_safetensors``: a folder or its ``model.safetensors``) or a
+  TinyRecursiveModels/HRM state-dict file, never running code from it (utils/checkpoint.py);
+- ``export_safetensors``: the evaluation weights (EMA applied) as ``model.safetensors`` with
+  the resolved config, which every loader takes back;
 - ``checkpoint_config``: a folder's saved config with the command line's overrides on top;
 - ``load_eval_model``: the model with the checkpoint's EMA weights applied and its puzzle rows
   matched to the dataset's identifiers (``models.convert.fit_weights``, the one loader rule);
@@ -12,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -25,7 +29,7 @@ from evaluators.arc import ARCVoter, write_submission
 from evaluators.loop import evaluate_examples
 from evaluators.report import render_report
 from losses import build_loss
-from models import build_model
+from models import build_model, check_canvas_buckets
 from models.base import ARCModel
 from models.convert import apply_ema, fit_weights, strip_prefixes
 from models.recursive import DataShape
@@ -59,20 +63,49 @@ class Checkpoint:
 
 
 def load_checkpoint(path: str) -> Checkpoint:
-    """A checkpoint folder (``state.pt``), a run folder (its newest checkpoint) or a
-    TinyRecursiveModels/HRM file; FileNotFoundError naming ``path`` when it is none of them."""
-    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "state.pt")):
-        found = ckpt.list_checkpoints(path)
-        if not found:
-            raise FileNotFoundError(f"checkpoint={path}: neither a checkpoint (state.pt) nor a run folder (step_*)")
-        path = found[-1][1]
-    if os.path.isdir(path):
-        state = ckpt.load_shared(path)
-        return Checkpoint(path, state["model"], state)
-    if not os.path.isfile(path):
+    """A checkpoint folder (``state.pt``; refused when it does not match its manifest), a run
+    folder (its newest complete checkpoint: damaged ones are skipped with a warning), an
+    export (a folder with ``model.safetensors``, or that file) or a TinyRecursiveModels/HRM
+    file; FileNotFoundError naming ``path`` when it is none of them. Nothing in the files is
+    run (utils/checkpoint.py: load_file)."""
+    path = os.fspath(path)
+    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in (ckpt.STATE_FILE,
+                                                                                         ckpt.EXPORT_WEIGHTS)):
+        if not ckpt.list_checkpoints(path):
+            raise FileNotFoundError(f"checkpoint={path}: neither a checkpoint (state.pt), an export "
+                                    f"({ckpt.EXPORT_WEIGHTS}) nor a run folder (step_*)")
+        path = ckpt.newest_checkpoint(path, purpose=f"checkpoint={path}")
+    if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint={path}: no such file or folder")
-    weights = torch.load(path, map_location="cpu", weights_only=False)
-    return Checkpoint(path, weights.get("model", weights))
+    source = ckpt.load_weights(path)
+    exported = path.endswith(".safetensors") and source.get("config") is not None
+    if os.path.isdir(path) or exported:  # ours: it brings its config, EMA, identifiers
+        return Checkpoint(path, source["model"], source)
+    return Checkpoint(path, source["model"])  # a weights file: config from the command line
+
+
+def default_export_dir(checkpoint_path: str) -> str:
+    """``<run folder>/export/<step folder>`` for a checkpoint folder; ``<file>_export`` for a
+    weights file."""
+    path = os.path.normpath(checkpoint_path)
+    if os.path.isdir(path):
+        return os.path.join(os.path.dirname(path), "export", os.path.basename(path))
+    return os.path.splitext(path)[0] + "_export"
+
+
+def export_safetensors(config: TrainConfig, checkpoint: Checkpoint, out_dir: str | None = None) -> str:
+    """Write ``checkpoint``'s evaluation weights (ARCForge keys, its EMA applied) to
+    ``out_dir/model.safetensors`` with ``config.json`` (``config``, resolved),
+    ``checkpoint.json`` (source, step, puzzle identifiers) and a manifest, atomically
+    (default folder: ``default_export_dir``); returns the folder. evaluate.py, init_from and
+    ttt load it as they load the checkpoint, with the same predictions."""
+    out_dir = out_dir or default_export_dir(checkpoint.path)
+    if os.path.abspath(out_dir) == os.path.abspath(checkpoint.path):
+        raise ValueError(f"export_dir={out_dir} is the checkpoint itself: choose another folder")
+    state = checkpoint.state or {}
+    info = {"source": os.path.abspath(checkpoint.path), "step": state.get("step"), "ema_applied": bool(state.get("ema")),
+            "identifiers_sha256": state.get("identifiers_sha256"), "identifiers": state.get("identifiers")}
+    return ckpt.write_export(out_dir, checkpoint.eval_weights(), dataclasses.asdict(config), info)
 
 
 def checkpoint_config(checkpoint: Checkpoint, overrides: list[str], chosen: set[str],
@@ -126,14 +159,15 @@ def evaluate_checkpoint(config: TrainConfig, checkpoint: Checkpoint, env: DistEn
         raise ValueError(f"evaluate one dataset at a time; got {test_paths}")
     test_path = test_paths[0]
     state = checkpoint.state
-    if state is not None and state["identifiers_sha256"] != ckpt.identifiers_hash([test_path]) \
-            and not config.force_identifiers:
+    if state is not None and state.get("identifiers_sha256") is not None \
+            and state["identifiers_sha256"] != ckpt.identifiers_hash([test_path]) and not config.force_identifiers:
         raise ValueError(f"{checkpoint.path} was trained with other puzzle identifiers than {test_path} "
                          "(identifiers.json differs); pass force_identifiers=true to evaluate anyway")
     data = PuzzleDataset([test_path], "test", config.global_batch_size, env.rank, env.world_size)
     meta = data.metadata
     shape = DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, data.local_batch_size)
     model = load_eval_model(config, shape, checkpoint, env.device, data.identifiers)
+    check_canvas_buckets(model, config.arch, meta.canvas_sides, meta.seq_len, test_path)
     voter = ARCVoter(test_path)
     demos = Demonstrations([test_path], model.num_demos, config.seed) if model.num_demos else None
     metrics, submission = evaluate_examples(model, build_loss(config.loss), data, env, voter, config.eval.pass_ks,

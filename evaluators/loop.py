@@ -47,12 +47,12 @@ def evaluate_examples(model: ARCModel, loss_fn, loader: Iterable, env: DistEnv,
     model.eval()
     keys: list[str] | None = None
     totals: torch.Tensor | None = None
-    rows = max_rows if max_rows is not None else int(loader.index_arrays()["puzzle_indices"][-1])
-    bar = tqdm(loader, desc="evaluate", unit="batch", total=-(-rows // loader.global_batch_size),
-               disable=not (progress and env.is_main))
+    starts = loader.test_batch_starts()  # each batch's first row: the same on every rank
+    total = sum(1 for s in starts if max_rows is None or s < max_rows)
+    bar = tqdm(loader, desc="evaluate", unit="batch", total=total, disable=not (progress and env.is_main))
     for b, (_set_name, batch, _n) in enumerate(bar):
-        if max_rows is not None and b * loader.global_batch_size >= max_rows:
-            break  # the same batch on every rank: batches cover fixed global row ranges
+        if max_rows is not None and starts[b] >= max_rows:
+            break
         example_indices = batch.pop("example_indices", None)
         if max_rows is not None and example_indices is not None:
             beyond = example_indices >= max_rows

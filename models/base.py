@@ -87,6 +87,11 @@ class ARCModel(nn.Module):
     def initial_carry(self, batch: dict[str, torch.Tensor]) -> Any:
         return StepCarry(batch)
 
+    def canvas_bucket_refusal(self) -> str | None:
+        """Why this model cannot run on a size-bucketed dataset (batches of several canvas
+        sizes, dataset/puzzle_dataset.py), or None when it can."""
+        return f"the {type(self).__name__} model is built for one sequence length"
+
     def forward(self, carry: Any, batch: dict[str, torch.Tensor]) -> tuple[Any, Any]:
         raise NotImplementedError
 

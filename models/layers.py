@@ -100,6 +100,21 @@ class CastedEmbedding(nn.Module):
         return F.embedding(ids, self.embedding_weight.to(self.cast_to))
 
 
+def canvas_positions(seq_len: int, geometry_len: int, prefix: int) -> torch.Tensor:
+    """Positions (int64 [prefix + seq_len]) of a side-S canvas bucket's tokens in a model
+    built for the side-G canvas (seq_len S*S, geometry_len G*G) with ``prefix`` puzzle tokens
+    first: cell (r, c) takes r*G + c, as on the G canvas, so positional weights (RoPE,
+    learned) mean the same cell in every bucket."""
+    side, geometry = math.isqrt(seq_len), math.isqrt(geometry_len)
+    if side * side != seq_len or geometry * geometry != geometry_len or side > geometry:
+        raise ValueError(f"a batch of {seq_len} tokens is no square canvas within the model's "
+                         f"{geometry}x{geometry} canvas ({geometry_len} tokens)")
+    r = torch.arange(side).view(-1, 1)
+    c = torch.arange(side).view(1, -1)
+    cells = (prefix + r * geometry + c).reshape(-1)
+    return torch.cat((torch.arange(prefix), cells))
+
+
 class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, max_positions: int, base: float):
         super().__init__()

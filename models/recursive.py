@@ -24,6 +24,7 @@ from models.layers import (
     CosSin,
     RotaryEmbedding,
     SwiGLU,
+    canvas_positions,
     rms_norm,
     trunc_normal_init_,
 )
@@ -202,6 +203,7 @@ class RecursiveCore(nn.Module):
         elif config.pos_encodings == "learned":
             self.embed_pos = CastedEmbedding(self.total_len, d, init_std=1.0 / self.embed_scale, cast_to=self.forward_dtype)
 
+        self._positions: dict[int, torch.Tensor] = {}  # canvas bucket length -> positions
         self.H_init = nn.Buffer(trunc_normal_init_(torch.empty(d, dtype=self.forward_dtype), std=1))
         if self.uses_z_L:
             self.L_init = nn.Buffer(trunc_normal_init_(torch.empty(d, dtype=self.forward_dtype), std=1))
@@ -219,7 +221,8 @@ class RecursiveCore(nn.Module):
     def blocks(self, n: int) -> ReasoningModule:
         return ReasoningModule([Block(self.config, self.total_len) for _ in range(n)])
 
-    def input_embeddings(self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor) -> torch.Tensor:
+    def input_embeddings(self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor,
+                         positions: torch.Tensor | None = None) -> torch.Tensor:
         x = self.embed_tokens(inputs.to(torch.int32))
         if self.config.puzzle_emb_ndim > 0:
             p = self.puzzle_emb(puzzle_identifiers)
@@ -228,11 +231,12 @@ class RecursiveCore(nn.Module):
                 p = F.pad(p, (0, pad))
             x = torch.cat((p.view(-1, self.puzzle_emb_len, self.config.hidden_size), x), dim=-2)
         if self.config.pos_encodings == "learned":
-            x = 0.707106781 * (x + self.embed_pos.embedding_weight.to(self.forward_dtype))  # keep the variance
+            table = self.embed_pos.embedding_weight.to(self.forward_dtype)
+            x = 0.707106781 * (x + (table if positions is None else table[positions]))  # keep the variance
         return self.embed_scale * x
 
-    def empty_carry(self, batch_size: int, device: torch.device | None = None) -> InnerCarry:
-        shape = (batch_size, self.total_len, self.config.hidden_size)
+    def empty_carry(self, batch_size: int, seq_len: int, device: torch.device | None = None) -> InnerCarry:
+        shape = (batch_size, seq_len + self.puzzle_emb_len, self.config.hidden_size)
         z_L = torch.empty(shape, dtype=self.forward_dtype, device=device) if self.uses_z_L else None
         return InnerCarry(torch.empty(shape, dtype=self.forward_dtype, device=device), z_L)
 
@@ -244,9 +248,26 @@ class RecursiveCore(nn.Module):
     def reason(self, carry: InnerCarry, x: torch.Tensor, cos_sin: CosSin | None) -> InnerCarry:
         raise NotImplementedError
 
+    def positions(self, seq_len: int, device: torch.device) -> torch.Tensor | None:
+        """Where a batch's tokens sit in the model's position table: None on the canvas the
+        model was built for; for a smaller canvas bucket of side S, cell (r, c) keeps its
+        place r*G + c on the G canvas (after the puzzle tokens), so weights serve every bucket."""
+        if seq_len == self.shape.seq_len:
+            return None
+        cached = self._positions.get(seq_len)
+        if cached is None or cached.device != device:
+            cached = canvas_positions(seq_len, self.shape.seq_len, self.puzzle_emb_len).to(device)
+            self._positions[seq_len] = cached
+        return cached
+
     def forward(self, carry: InnerCarry, batch: dict[str, torch.Tensor]):
-        cos_sin = self.rotary_emb() if self.config.pos_encodings == "rope" else None
-        x = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
+        positions = self.positions(batch["inputs"].shape[1], batch["inputs"].device)
+        cos_sin = None
+        if self.config.pos_encodings == "rope":
+            cos_sin = self.rotary_emb()
+            if positions is not None:
+                cos_sin = (cos_sin[0][positions], cos_sin[1][positions])
+        x = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"], positions)
         carry = self.reason(carry, x, cos_sin)
         logits = self.lm_head(carry.z_H)[:, self.puzzle_emb_len:]
         q = self.q_head(carry.z_H[:, 0]).to(torch.float32)  # halting reads the first (puzzle) position
@@ -350,6 +371,11 @@ class ACTModel(ARCModel):
     def puzzle_emb(self) -> PuzzleEmbedding | None:
         return getattr(self.inner, "puzzle_emb", None)
 
+    def canvas_bucket_refusal(self) -> str | None:
+        if self.config.mlp_t:
+            return "arch.mlp_t mixes positions with an MLP built for one sequence length"
+        return None
+
     def carry_state(self, carry: ACTCarry | None) -> dict[str, Any] | None:
         """The examples in flight: their latent state, steps, halted flags and data (the keys
         of checkpoints written before this interface, so those resume too)."""
@@ -372,7 +398,7 @@ class ACTModel(ARCModel):
         b = batch["inputs"].shape[0]
         device = batch["inputs"].device
         return ACTCarry(
-            inner=self.inner.empty_carry(b, device),
+            inner=self.inner.empty_carry(b, batch["inputs"].shape[1], device),
             steps=torch.zeros(b, dtype=torch.int32, device=device),
             halted=torch.ones(b, dtype=torch.bool, device=device),  # all "halted": the first call loads the batch
             current_data={k: torch.empty_like(v) for k, v in batch.items()},

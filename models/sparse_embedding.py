@@ -25,13 +25,18 @@ class PuzzleEmbedding(nn.Module):
         self.weights = nn.Buffer(trunc_normal_init_(torch.empty(num_embeddings, embedding_dim), std=init_std))
         self.local_weights = nn.Buffer(torch.zeros(batch_size, embedding_dim, requires_grad=True), persistent=False)
         self.local_ids = nn.Buffer(torch.zeros(batch_size, dtype=torch.int32), persistent=False)
+        # Gradient accumulation: micro-batch i fills rows [lo, hi) of the local rows, so the
+        # optimizer sees every row of the step's batch once (set by the trainer; None: all rows).
+        self.micro_rows: tuple[int, int] | None = None
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self.weights[ids].to(self.cast_to)
-        if ids.shape[0] != self.local_ids.shape[0]:
-            raise ValueError(f"puzzle embedding built for batch {self.local_ids.shape[0]}, got {ids.shape[0]}")
+        lo, hi = self.micro_rows or (0, self.local_ids.shape[0])
+        if ids.shape[0] != hi - lo:
+            raise ValueError(f"puzzle embedding built for batch {hi - lo}, got {ids.shape[0]}")
         with torch.no_grad():
-            self.local_weights.copy_(self.weights[ids])
-            self.local_ids.copy_(ids)
-        return self.local_weights.to(self.cast_to)
+            self.local_weights[lo:hi].copy_(self.weights[ids])
+            self.local_ids[lo:hi].copy_(ids)
+        rows = self.local_weights if self.micro_rows is None else self.local_weights[lo:hi]
+        return rows.to(self.cast_to)

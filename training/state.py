@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dataset.puzzle_dataset import PuzzleDataset
 from losses import build_loss
-from models import build_model
+from models import build_model, check_canvas_buckets
 from models.base import ARCModel
 from models.convert import fit_weights
 from models.recursive import DataShape
@@ -54,8 +54,10 @@ class TrainState:
     local_batch: int
     identifiers: list[str]  # the dataset's puzzle identifiers, saved so loaders can match table rows
     identifiers_sha256: str
-    world_size: int  # ranks that share the global batch; each rank's carry is saved for its rank
-    carry: Any = None
+    world_size: int  # ranks that share the global batch; each rank's carries are saved for its rank
+    # The examples in flight, one carry per (micro-batch, canvas size): an unhalted example
+    # continues in its own micro-batch slot and canvas bucket (training/step.py carry_key).
+    carries: dict[str, Any] = dataclasses.field(default_factory=dict)
     step: int = 0
     wandb_id: str | None = None
 
@@ -86,10 +88,15 @@ class TrainState:
             self.scaler.load_state_dict(shared["scaler"])
 
     def rank_state(self) -> dict[str, Any]:
-        return {"carry": self.model.carry_state(self.carry), "rng": ckpt.rng_state()}
+        carries = {key: self.model.carry_state(carry) for key, carry in self.carries.items()}
+        return {"carries": {key: c for key, c in carries.items() if c is not None}, "rng": ckpt.rng_state()}
 
     def load_rank_state(self, own: dict[str, Any], device: torch.device) -> None:
-        self.carry = self.model.carry_from_state(own["carry"], device)
+        saved = own.get("carries")
+        if saved is None and own.get("carry") is not None:  # written before canvas buckets: one carry
+            saved = {carry_key(0, own["carry"]["current_data"]["inputs"].shape[1]): own["carry"]}
+        carries = {key: self.model.carry_from_state(c, device) for key, c in (saved or {}).items()}
+        self.carries = {key: c for key, c in carries.items() if c is not None}
         ckpt.set_rng_state(own["rng"])
 
     def save(self, root: str, env: DistEnv, score: float | None = None) -> str:
@@ -107,9 +114,13 @@ def build_train_state(config: TrainConfig, env: DistEnv, train_data: PuzzleDatas
     ``identifiers_sha256``: default, the hash of ``config.data.paths``' identifiers.json."""
     meta = train_data.metadata
     local_batch = config.global_batch_size // env.world_size
+    if local_batch % config.grad_accum_steps:
+        raise ConfigError(f"grad_accum_steps={config.grad_accum_steps} does not divide the {local_batch} examples "
+                          f"each of {env.world_size} ranks takes per step (global_batch_size {config.global_batch_size})")
     torch.manual_seed(config.seed)
     shape = DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, local_batch)
     model: ARCModel = build_model(config.arch, shape).to(env.device)
+    check_canvas_buckets(model, config.arch, meta.canvas_sides, meta.seq_len, ", ".join(config.data.paths))
     if config.init_from:
         load_init_weights(model, config.init_from, train_data.identifiers, env)
     if config.freeze_weights:
@@ -147,11 +158,18 @@ def build_train_state(config: TrainConfig, env: DistEnv, train_data: PuzzleDatas
         identifiers_sha256=identifiers_sha256 or ckpt.identifiers_hash(config.data.paths), world_size=env.world_size)
 
 
+def carry_key(micro_batch: int, seq_len: int) -> str:
+    """The carry of micro-batch slot ``micro_batch`` on canvases of ``seq_len`` tokens."""
+    return f"micro{micro_batch}/len{seq_len}"
+
+
 def load_init_weights(model: ARCModel, path: str, identifiers: list[str], env: DistEnv) -> None:
     """``init_from``: weights only (ours, EMA applied, or a TRM/HRM file), puzzle rows
-    matched to this dataset's identifiers (models/convert.py: fit_weights)."""
-    source = torch.load(path, map_location="cpu", weights_only=False)
-    weights, notes = fit_weights(source.get("model", source), model.state_dict(), table_key=model.puzzle_table_key,
+    matched to this dataset's identifiers (models/convert.py: fit_weights). ``path``: a
+    checkpoint folder or its state.pt, an export (folder or ``.safetensors``) or a TRM/HRM
+    file, loaded without running code (utils/checkpoint.py: load_weights)."""
+    source = ckpt.load_weights(path)
+    weights, notes = fit_weights(source["model"], model.state_dict(), table_key=model.puzzle_table_key,
                                  ema=source.get("ema"), source_ids=source.get("identifiers"), target_ids=identifiers)
     model.load_state_dict(weights)
     if env.is_main:
@@ -163,7 +181,8 @@ def resume(state: TrainState, root: str, env: DistEnv) -> str | None:
     """Continue the run in ``root`` as ``config.resume`` says; the checkpoint resumed, or None.
     Refuses what would silently mix two runs (check_resumable)."""
     config = state.config
-    path = ckpt.resolve_resume(config.resume, root)
+    # resume=auto: the newest complete checkpoint (damaged ones skipped with a warning); rank 0 decides
+    path = ckpt.resolve_resume(config.resume, root, env=env)
     if config.resume == "none" and ckpt.list_checkpoints(root):
         raise ConfigError(f"{root} already holds checkpoints of another run: pass resume=auto to continue "
                           f"it, or choose another run_name / checkpoint_path")

@@ -3,27 +3,37 @@ calls the same function)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from training.schedule import lr_factor
-from training.state import TrainState
+from training.state import TrainState, carry_key
 from utils.distributed import DistEnv, all_reduce_sum
 
 
 def train_step(state: TrainState, batch: dict[str, torch.Tensor], grad_norms: bool = False) -> dict[str, torch.Tensor]:
-    """Forward (under autocast), loss, backward, unscale and clip, the scheduled lr, every
-    optimizer's step, the EMA; ``state.step`` advances by one. Returns the loss's metrics
-    (sums over this rank's examples, unreduced) and, with ``grad_norms``, each top-level
-    submodule's gradient norm under ``grad_norm/<child>``."""
+    """Forward (under autocast), loss and backward of each of the ``grad_accum_steps``
+    micro-batches, then unscale and clip, the scheduled lr, every optimizer's step, the EMA;
+    ``state.step`` advances by one. Returns the loss's metrics (sums over this rank's
+    examples, unreduced) and, with ``grad_norms``, each top-level submodule's gradient norm
+    under ``grad_norm/<child>``.
+
+    Each micro-batch slot and canvas size keeps its own carry, so an unhalted example
+    continues with its own state (deep supervision as without accumulation). Losses are sums
+    over examples divided by the rank's whole batch, so the accumulated gradient is the
+    whole batch's; DDP reduces gradients once, on the last micro-batch."""
     model, config = state.model, state.config
-    if state.carry is None:
-        state.carry = model.initial_carry(batch)
-    dtype = state.autocast_dtype
-    with torch.autocast(batch["inputs"].device.type, dtype=dtype, enabled=dtype is not None):
-        state.carry, output = state.forward(state.carry, batch)
-        loss, metrics = state.loss_fn(output, state.carry.current_data)
-    # Per-rank mean; DDP averages over ranks -> the mean over the global batch.
-    state.scaler.scale(loss / state.local_batch).backward()
+    k = config.grad_accum_steps
+    size = batch["inputs"].shape[0] // k
+    totals: dict[str, torch.Tensor] = {}
+    for i in range(k):
+        micro = batch if k == 1 else {name: v[i * size:(i + 1) * size] for name, v in batch.items()}
+        if model.puzzle_emb is not None:
+            model.puzzle_emb.micro_rows = None if k == 1 else (i * size, (i + 1) * size)
+        metrics = _forward_backward(state, micro, carry_key(i, micro["inputs"].shape[1]), sync=i == k - 1)
+        totals = metrics if not totals else {name: totals[name] + v for name, v in metrics.items()}
     if state.dense is not None:
         state.scaler.unscale_(state.dense)
     norms = component_grad_norms(model) if grad_norms else {}
@@ -44,7 +54,31 @@ def train_step(state: TrainState, batch: dict[str, torch.Tensor], grad_norms: bo
     if state.ema is not None:
         state.ema.update(model)
     state.step += 1
-    return {**metrics, **norms, "lr": torch.tensor(config.optimizer.lr * factor)}
+    return {**totals, **norms, "lr": torch.tensor(config.optimizer.lr * factor)}
+
+
+def _forward_backward(state: TrainState, batch: dict[str, torch.Tensor], key: str, sync: bool) -> dict[str, torch.Tensor]:
+    """One (micro-)batch through the carry stored under ``key``; gradients accumulate."""
+    carry = state.carries.get(key)
+    if carry is None or carry.current_data["inputs"].shape != batch["inputs"].shape:
+        carry = state.model.initial_carry(batch)  # first use, or a batch size changed on resume
+    dtype = state.autocast_dtype
+    with _maybe_no_sync(state.forward, sync):
+        with torch.autocast(batch["inputs"].device.type, dtype=dtype, enabled=dtype is not None):
+            carry, output = state.forward(carry, batch)
+            loss, metrics = state.loss_fn(output, carry.current_data)
+        # Per-rank mean over the whole local batch; DDP averages over ranks -> the global mean.
+        state.scaler.scale(loss / state.local_batch).backward()
+    state.carries[key] = carry
+    return metrics
+
+
+def _maybe_no_sync(forward: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync`` on all but the last micro-batch: gradients are all-reduced once."""
+    ddp = getattr(forward, "_orig_mod", forward)  # torch.compile wraps the DDP module
+    if sync or not isinstance(ddp, DistributedDataParallel):
+        return contextlib.nullcontext()
+    return ddp.no_sync()
 
 
 def component_grad_norms(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -138,6 +138,7 @@ class TrainConfig:
     optimizer: Any = MISSING
 
     global_batch_size: int = 768
+    grad_accum_steps: int = 1  # micro-batches per optimizer step (each global_batch_size / k examples)
     epochs: int = 100000
     eval_interval: int = 10000
     evaluate: bool = True  # false: no evaluation during or after training (a caller evaluates); one final checkpoint
@@ -169,6 +170,7 @@ class TrainConfig:
     allow_config_change: bool = False  # resume although training keys (lr, schedule, ...) changed
     max_steps: int | None = None  # stop early (debugging, benchmarks)
     max_minutes: float | None = None  # stop (and checkpoint) after this much training time
+    requeue_on_preempt: bool = True  # under SLURM, a run stopped by SIGTERM/SIGUSR1 requeues its job (scontrol)
 
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False
@@ -204,6 +206,9 @@ class TrainConfig:
             bad.append(f"restarts={self.restarts}")
         if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
             bad.append(f"grad_clip_norm={self.grad_clip_norm}")
+        if self.grad_accum_steps < 1 or self.global_batch_size % self.grad_accum_steps:
+            bad.append(f"grad_accum_steps={self.grad_accum_steps} (must be >= 1 and divide global_batch_size "
+                       f"{self.global_batch_size})")
         if self.precision not in PRECISIONS:
             bad.append(f"precision={self.precision!r} (one of {', '.join(PRECISIONS)})")
         if bad:
@@ -533,9 +538,10 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 # the evaluation measures. Every other key changes what is trained.
 RESUME_FREE = ("resume", "epochs", "max_steps", "max_minutes", "device", "compile", "log_interval", "progress_bar", "wandb.",
                "eval.", "evaluate", "eval_interval", "min_eval_interval", "checkpoint_every_eval",
-               "checkpoint_interval_steps", "max_checkpoints", "callbacks.", "run_name", "project_name",
-               "checkpoint_path", "init_from", "force_identifiers", "allow_config_change", "data.name",
-               "data.paths", "data.test_paths", "data.build")  # the identifiers check guards the data itself
+               "checkpoint_interval_steps", "max_checkpoints", "requeue_on_preempt", "callbacks.", "run_name",
+               "project_name", "checkpoint_path", "grad_accum_steps", "init_from", "force_identifiers",
+               # the identifiers check guards the data itself
+               "allow_config_change", "data.name", "data.paths", "data.test_paths", "data.build")
 # What no resume may change: the saved weights and data position would not fit.
 RESUME_FIXED = ("arch.", "global_batch_size", "seed")
 # Keys newer than some checkpoints: a saved config without them meant what its arch / loss

@@ -33,3 +33,18 @@ def _write_atomic(path: str, write: Callable[[IO[str]], Any]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a folder, so a rename or a new file inside it survives a crash of the host (a
+    no-op where the platform cannot open folders)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (and platforms) refuse fsync on a folder: best effort
+    finally:
+        os.close(fd)

@@ -1,0 +1,307 @@
+"""Size-bucketed canvases (``build_arc_dataset --canvas-buckets``) and gradient accumulation:
+the builder puts each task on its smallest canvas, the loader serves one canvas per batch
+(seeded, resumable), models keep the big canvas's positions, the voter scores across
+buckets, and ``grad_accum_steps=k`` gives the update of the whole batch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_task, write_folder_source
+from train_helpers import CPU, compose_config, tiny_overrides
+
+from dataset.augment import crop_canvas
+from dataset.build_arc_dataset import main as build_main
+from dataset.puzzle_dataset import PuzzleDataset
+from evaluators.arc import ARCVoter
+from models import build_model
+from models.layers import canvas_positions
+from models.recursive import DataShape
+from training.state import build_train_state
+from training.step import train_step
+from utils.optimizers import SparseSignSGD
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+BUCKETS = [4, 8, 12]
+
+
+def mixed_tasks(root: Path, seed: int = 0) -> Path:
+    """Tasks whose largest grids are 3, 6 and 10 per side: buckets 4, 8 and 12."""
+    rng = np.random.default_rng(seed)
+    training, evaluation = {}, {}
+    for i, side in enumerate([3, 3, 6, 6, 10, 10, 3, 6]):
+        task = random_task(rng, n_train=3, n_test=1, max_side=side)
+        task["train"][0]["input"] = np.zeros((side, side), int).tolist()  # the task's largest grid is side x side
+        (evaluation if i >= 6 else training)[f"t{side}x{i}"] = task
+    return write_folder_source(root, {"training": training, "evaluation": evaluation})
+
+
+def build(tmp: Path, *extra: str, name: str = "ds") -> Path:
+    src = tmp / "src"
+    if not src.exists():
+        mixed_tasks(src)
+    out = tmp / name
+    args = ["--input-file-prefix", str(src), "--output-dir", str(out), "--subsets", "training", "evaluation",
+            "--test-set-name", "evaluation", "--num-aug", "3", "--max-grid-size", "12", *extra]
+    assert build_main(args) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("buckets")
+    return build(tmp, name="canvas12"), build(tmp, "--canvas-buckets", *map(str, BUCKETS), name="bucketed")
+
+
+def test_each_task_sits_on_its_smallest_canvas_with_the_same_grids(datasets):
+    single, bucketed = datasets
+    meta = json.loads((bucketed / "test" / "dataset.json").read_text())
+    assert meta["seq_len"] == 144 and set(meta["canvas_sides"].values()) <= set(BUCKETS)
+    ids = json.loads((bucketed / "identifiers.json").read_text())
+    assert ids == json.loads((single / "identifiers.json").read_text())  # one identifiers table
+    tasks = json.loads((bucketed / "test_puzzles.json").read_text())
+
+    def grids(root: Path, set_name: str, side: int) -> dict[str, list]:
+        """Test-split input grids (top-left, no translation) by puzzle name."""
+        d = root / "test"
+        inputs = np.load(d / f"{set_name}__inputs.npy")
+        bounds = np.load(d / f"{set_name}__puzzle_indices.npy")
+        out = {}
+        for p, ident in enumerate(np.load(d / f"{set_name}__puzzle_identifiers.npy")):
+            out[ids[ident]] = [crop_canvas(row, side)[0].tolist() for row in inputs[bounds[p]:bounds[p + 1]]]
+        return out
+
+    reference = grids(single, "all", 12)
+    seen = {}
+    for set_name, side in meta["canvas_sides"].items():
+        for name, cropped in grids(bucketed, set_name, side).items():
+            task = tasks[name.split("|||")[0]]
+            largest = max(max(len(g), len(g[0])) for pair in task["train"] + task["test"] for g in pair.values())
+            assert side == min(b for b in BUCKETS if b > largest), name  # the smallest canvas holding grid + EOS
+            seen[name] = cropped
+    assert seen == reference  # every test example, cropped, as on the single canvas
+
+
+def test_build_info_counts_tokens_per_epoch_against_the_single_canvas(datasets):
+    single, bucketed = datasets
+    info = json.loads((bucketed / "build_info.json").read_text())["canvas_buckets"]
+    per_side = {int(s): n for s, n in info["train_examples"].items()}
+    tokens = info["train_tokens_per_epoch"]
+    assert sum(per_side.values()) == json.loads((single / "build_info.json").read_text())["train_examples"]
+    assert tokens["tokens"] == sum(n * s * s for s, n in per_side.items())
+    assert tokens["tokens_on_canvas_12"] == sum(per_side.values()) * 144
+    assert tokens["token_ratio"] == pytest.approx(tokens["tokens_on_canvas_12"] / tokens["tokens"])
+    assert "canvas_buckets" not in json.loads((single / "build_info.json").read_text())
+
+
+def test_an_unknown_bucket_preset_and_bad_sides_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        build(tmp_path, "--canvas-buckets", "huge")
+    assert "--canvas-buckets takes canvas sides or 'arc'" in capsys.readouterr().err
+    assert build_main(["--input-file-prefix", str(mixed_tasks(tmp_path / "s")), "--output-dir", str(tmp_path / "o"),
+                       "--subsets", "training", "evaluation", "--test-set-name", "evaluation", "--max-grid-size",
+                       "12", "--canvas-buckets", "8", "4"]) == 2
+    assert "increasing" in capsys.readouterr().err
+
+
+def _train_batches(path: Path, seed: int, batch: int = 4, epochs: int = 1):
+    data = PuzzleDataset([str(path)], "train", batch, seed=seed)
+    out = []
+    for _ in range(epochs):
+        out += [(name, b["inputs"].clone(), b["puzzle_identifiers"].clone()) for name, b, _ in data]
+    return out
+
+
+def test_train_batches_come_one_canvas_at_a_time_in_a_seeded_resumable_order(datasets):
+    _, bucketed = datasets
+    batches = _train_batches(bucketed, seed=3, epochs=2)
+    sides = json.loads((bucketed / "train" / "dataset.json").read_text())["canvas_sides"]
+    assert {name for name, _, _ in batches} == set(sides)  # every bucket is trained on
+    for name, inputs, _ in batches:
+        assert inputs.shape[1] == sides[name] ** 2  # one sequence length per batch
+    names = [n for n, _, _ in batches]
+    assert names != sorted(names, key=list(sides).index)  # buckets interleave, not one after another
+    again = _train_batches(bucketed, seed=3, epochs=2)
+    assert all(a[0] == b[0] and torch.equal(a[1], b[1]) for a, b in zip(batches, again, strict=True))
+    assert [n for n, _, _ in _train_batches(bucketed, seed=4, epochs=2)] != names
+
+    # Resume mid-epoch: the rest equals the uninterrupted run's.
+    data = PuzzleDataset([str(bucketed)], "train", 4, seed=3)
+    it = iter(data)
+    for _ in range(3):
+        next(it)
+    resumed = PuzzleDataset([str(bucketed)], "train", 4, seed=3)
+    resumed.load_state_dict(data.state_dict())
+    rest = [(n, b["inputs"]) for n, b, _ in resumed]
+    assert len(rest) == len(batches) // 2 - 3
+    assert all(n == m and torch.equal(x, y) for (n, x), (m, y, _) in zip(rest, batches[3:], strict=False))
+
+
+def test_test_batches_cover_every_example_once_with_indices_across_buckets(datasets):
+    _, bucketed = datasets
+    data = PuzzleDataset([str(bucketed)], "test", 4)
+    seen = []
+    starts = []
+    for _name, batch, _n in data:
+        ex = batch["example_indices"]
+        starts.append(int(ex[0]))
+        seen += ex[ex >= 0].tolist()
+    total = int(data.index_arrays()["puzzle_indices"][-1])
+    assert sorted(seen) == list(range(total)) and len(seen) == total
+    assert starts == data.test_batch_starts()
+
+
+def test_the_voter_scores_perfect_predictions_across_buckets_as_on_one_canvas(datasets):
+    """Feeding each test example's own label as its prediction: inverting and cropping in
+    every bucket must recover the task's answer (pass@1 = 1), as on the single canvas."""
+    for path in datasets:
+        data = PuzzleDataset([str(path)], "test", 4)
+        voter = ARCVoter(str(path))
+        for _name, batch, _n in data:
+            labels = batch["labels"].clamp(min=0)  # ignored cells -> PAD
+            voter.add(batch["example_indices"].numpy(), labels.to(torch.uint8).numpy(), np.zeros(4))
+        metrics, submission = voter.finalize([1, 2])
+        assert metrics["ARC/pass@1"] == 1.0, path
+        assert len(submission) == 2
+
+
+def test_a_bucket_keeps_the_big_canvas_positions():
+    # Written out: puzzle tokens 0..P-1, then cell (r, c) of a side-4 bucket at P + r*12 + c.
+    pos = canvas_positions(16, 144, prefix=2).tolist()
+    assert pos[:2] == [0, 1]
+    assert pos[2:] == [2 + r * 12 + c for r in range(4) for c in range(4)]
+    assert canvas_positions(144, 144, prefix=0).tolist() == list(range(144))
+    with pytest.raises(ValueError, match="no square canvas"):
+        canvas_positions(15, 144, prefix=0)
+
+
+def test_rope_and_learned_positions_of_a_bucket_are_the_big_canvas_rows():
+    """A top-left grid on a bucket gets exactly the rotary angles (or learned rows) of the
+    same cells on the big canvas: weights trained on one serve the other."""
+    config = compose_config(["arch=trm_tiny", "data.paths=[unused]"]).arch
+    model = build_model(config, DataShape(144, 12, 4, 2))
+    core = model.inner
+    seen = {}
+
+    def capture(module, args):
+        seen["cos_sin"] = args[2]
+
+    core.L_level.register_forward_pre_hook(capture)
+    batch = {"inputs": torch.randint(0, 12, (2, 16)), "puzzle_identifiers": torch.zeros(2, dtype=torch.int64),
+             "labels": torch.zeros(2, 16, dtype=torch.int64)}
+    model.train()
+    carry = model.initial_carry(batch)
+    carry, out = model(carry, batch)
+    assert out.logits.shape == (2, 16, 12) and carry.inner.z_H.shape[1] == 16 + core.puzzle_emb_len
+    cos, sin = core.rotary_emb()
+    positions = canvas_positions(16, 144, core.puzzle_emb_len)
+    assert torch.equal(seen["cos_sin"][0], cos[positions]) and torch.equal(seen["cos_sin"][1], sin[positions])
+
+
+def test_families_that_need_one_sequence_length_refuse_a_bucketed_dataset(datasets, tmp_path):
+    _, bucketed = datasets
+    for arch in ("decoder_only", "trm_mlp"):
+        overrides = tiny_overrides(bucketed, tmp_path / arch, f"arch={arch}", "global_batch_size=4")
+        if arch == "decoder_only":
+            overrides.append("loss=seq_ce")
+        config = compose_config(overrides)
+        train = PuzzleDataset([str(bucketed)], "train", 4)
+        with pytest.raises(ValueError, match=f"arch={arch} .*size-bucketed dataset {bucketed}.*Rebuild it"):
+            build_train_state(config, CPU, train)
+
+
+def test_each_bucket_keeps_its_own_carry(datasets, tmp_path):
+    """An unhalted example continues in its own bucket: after a batch of another canvas,
+    a bucket's carry resumes at the step it had reached."""
+    _, bucketed = datasets
+    config = compose_config(tiny_overrides(bucketed, tmp_path / "run", "global_batch_size=4", "arch.halt_max_steps=4",
+                                           "arch.halt_exploration_prob=0"))
+    data = PuzzleDataset([str(bucketed)], "train", 4, seed=0)
+    state = build_train_state(config, CPU, data)
+    batches = [b for _, b, _ in data]
+    by_len = {}
+    for batch in batches:
+        by_len.setdefault(batch["inputs"].shape[1], batch)
+    small, big = sorted(by_len)[:2]
+    for length in (small, small, big, small):
+        train_step(state, by_len[length])
+    steps = {key: carry.steps.tolist() for key, carry in state.carries.items()}
+    assert steps == {f"micro0/len{small}": [3] * 4, f"micro0/len{big}": [1] * 4}
+
+
+# ----------------------------------------------------------------------------------------
+# Gradient accumulation
+
+
+def _run_steps(path: Path, tmp: Path, accum: int, extra: list[str], n_steps: int = 3):
+    """Weights after ``n_steps`` steps and, per step, the gradients every optimizer got
+    (dense parameters; the puzzle table's rows by identifier)."""
+    config = compose_config(tiny_overrides(path, tmp / f"accum{accum}-{n_steps}", "global_batch_size=8",
+                                           f"grad_accum_steps={accum}", *extra))
+    data = PuzzleDataset([str(path)], "train", 8, seed=0)
+    state = build_train_state(config, CPU, data)
+    grads: list[dict[str, torch.Tensor]] = []
+
+    def capture(opt, _args, _kwargs):
+        step = {}
+        for group in opt.param_groups:
+            for i, p in enumerate(group["params"]):
+                if p.grad is not None:
+                    step[f"{type(opt).__name__}.{i}.{tuple(p.shape)}"] = p.grad.detach().clone()
+        if isinstance(opt, SparseSignSGD):  # rows as a sum per identifier: the order of rows may differ
+            ids = opt.param_groups[0]["params"][2].long()
+            table = torch.zeros(int(ids.max()) + 1, step.pop(next(k for k in step if ".1." in k)).shape[1])
+            table.index_add_(0, ids, opt.param_groups[0]["params"][1].grad)
+            step["puzzle_rows"] = table
+        grads.append(step)
+
+    for opt in state.optimizers:
+        opt.register_step_pre_hook(capture)
+    batches = []
+    for _ in range(3):
+        batches += [b for _, b, _ in data]
+    for batch in batches[:n_steps]:
+        train_step(state, batch)
+    return {k: v.detach().clone() for k, v in state.model.state_dict().items()}, grads
+
+
+@pytest.mark.parametrize("family", ["recursive", "sequence"])
+def test_accumulating_two_halves_equals_the_whole_batch(datasets, tmp_path, family):
+    """2 x 4 examples give the update of 1 x 8 in fp32, ACT carries included.
+
+    Gradients (what accumulation is responsible for) are compared at every step with the
+    weights held still (lr 0: the carries still evolve), to 1e-5. With the lr on, the
+    weights after 3 steps agree to 1e-5 except where a gradient is within rounding of zero:
+    Adam's first step is ~lr * sign(g), so such an element (measured: 1 in 10^5 for the
+    sequence model, none for the recursive one) may move either way."""
+    single, _ = datasets
+    extra = {"recursive": ["arch.halt_exploration_prob=0"], "sequence": ["arch=decoder_only", "loss=seq_ce"]}[family]
+    still = [*extra, "optimizer.lr=0", "puzzle_emb_lr=0"]
+    _, whole_grads = _run_steps(single, tmp_path / "still", 1, still)
+    _, halves_grads = _run_steps(single, tmp_path / "still", 2, still)
+    assert len(whole_grads) == len(halves_grads) >= 3
+    for step_whole, step_halves in zip(whole_grads, halves_grads, strict=True):
+        assert step_whole.keys() == step_halves.keys()
+        for key, grad in step_whole.items():
+            assert torch.allclose(step_halves[key], grad, rtol=0, atol=1e-5), key
+
+    whole, _ = _run_steps(single, tmp_path, 1, extra)
+    halves, _ = _run_steps(single, tmp_path, 2, extra)
+    off = total = 0
+    for key, value in whole.items():
+        if value.is_floating_point():
+            off += int(((halves[key] - value).abs() > 1e-5).sum())
+            total += value.numel()
+    assert off <= (0 if family == "recursive" else total // 10**4), (off, total)
+    initial, _ = _run_steps(single, tmp_path, 1, extra, n_steps=0)
+    assert any(not torch.allclose(initial[k], v) for k, v in whole.items() if v.is_floating_point())  # it trained
+
+
+def test_grad_accum_steps_must_divide_the_batch():
+    with pytest.raises(ValueError, match="grad_accum_steps=3"):
+        compose_config(["data.paths=[unused]", "global_batch_size=8", "grad_accum_steps=3"])
