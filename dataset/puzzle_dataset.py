@@ -31,6 +31,7 @@ from dataset.common import (
     PuzzleDatasetMetadata,
     split_dir,
 )
+from utils.config import ConfigError
 
 # Metadata keys that must agree between merged paths: batches from all paths share them.
 _SHARED_KEYS = ("seq_len", "vocab_size", "pad_id", "ignore_label_id", "blank_identifier_id")
@@ -38,18 +39,93 @@ _SHARED_KEYS = ("seq_len", "vocab_size", "pad_id", "ignore_label_id", "blank_ide
 Batch = dict[str, torch.Tensor]
 
 
+class DatasetError(ConfigError):
+    """A dataset folder that cannot be served as it is on disk: a file missing, unreadable
+    (a build killed midway truncates it) or disagreeing with ``dataset.json`` /
+    ``identifiers.json`` (hand-edited, or files of two builds). The message names the file.
+    A ConfigError: the run must not start on it (entry points print one ``error:`` line)."""
+
+
+_REBUILD = "was its build interrupted? Rebuild the dataset (docs/data.md)"
+
+
 def _require_file(path: str) -> str:
     if not os.path.isfile(path):
-        raise ValueError(f"missing dataset file: {path}")
+        raise DatasetError(f"missing dataset file: {path}; {_REBUILD}")
     return path
+
+
+def read_npy(path: str, mmap: bool = False) -> np.ndarray:
+    """An integer array file of a dataset folder (memory-mapped with ``mmap``); DatasetError
+    naming the file when it is missing, truncated or holds no integer array."""
+    _require_file(path)
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError, EOFError) as e:  # a cut file: "mmap length ...", "EOF: reading array header"
+        raise DatasetError(f"{path}: not a readable .npy array ({e}); {_REBUILD}") from None
+    if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.integer):
+        raise DatasetError(f"{path}: expected an integer array, got {getattr(arr, 'dtype', type(arr).__name__)}")
+    return arr
+
+
+def read_json(path: str) -> object:
+    """A JSON file of a dataset folder; DatasetError naming it when missing or cut short."""
+    _require_file(path)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{path}: not readable JSON ({e}); {_REBUILD}") from None
+
+
+def read_identifiers(path: str, meta: PuzzleDatasetMetadata, meta_path: str) -> list[str]:
+    """``identifiers.json``: one name per puzzle identifier, at least the
+    ``num_puzzle_identifiers`` that ``meta_path`` (a split's dataset.json) declares."""
+    names = read_json(path)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DatasetError(f"{path}: expected a JSON list of puzzle names")
+    if len(names) < meta.num_puzzle_identifiers:
+        raise DatasetError(f"{path}: {len(names)} puzzle names, but {meta_path} declares num_puzzle_identifiers="
+                           f"{meta.num_puzzle_identifiers} (files of two builds?)")
+    return names
+
+
+def load_metadata(path: str) -> PuzzleDatasetMetadata:
+    """A split's ``dataset.json``, its values checked for type and consistency; DatasetError
+    naming it otherwise."""
+    _require_file(path)
+    try:
+        meta = PuzzleDatasetMetadata.load(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{path}: not readable JSON ({e}); {_REBUILD}") from None
+    except (ValueError, TypeError) as e:  # not an object, unknown or missing keys
+        raise DatasetError(str(e) if path in str(e) else f"{path}: {e}") from None
+    counts = {"seq_len": meta.seq_len, "vocab_size": meta.vocab_size,
+              "num_puzzle_identifiers": meta.num_puzzle_identifiers,
+              "total_groups": meta.total_groups, "total_puzzles": meta.total_puzzles}
+    bad = [f"{k}={v!r}" for k, v in counts.items()
+           if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k.startswith("total") else 1)]
+    sets = meta.sets
+    if not isinstance(sets, list) or not sets or not all(isinstance(n, str) for n in sets) or len(set(sets)) < len(sets):
+        bad.append(f"sets={sets!r} (a non-empty list of distinct names)")
+    sides = meta.canvas_sides
+    if sides is not None and not bad:
+        if not isinstance(sides, dict) or not set(sides) <= set(sets):
+            bad.append(f"canvas_sides={sides!r} (a side per set of {sets})")
+        else:
+            bad += [f"canvas_sides[{k!r}]={v!r} (a side whose square is at most seq_len {meta.seq_len})"
+                    for k, v in sides.items() if not isinstance(v, int) or not 1 <= v * v <= meta.seq_len]
+    if bad:
+        raise DatasetError(f"{path}: invalid {', '.join(bad)}")
+    return meta
 
 
 def _check_boundaries(name: str, bounds: np.ndarray, end: int, path: str) -> None:
     """``bounds`` must be a non-decreasing 1-D range table from 0 to ``end``."""
     if bounds.ndim != 1 or bounds.size == 0 or bounds[0] != 0 or bounds[-1] != end:
-        raise ValueError(f"{path}: {name} must be 1-D, start at 0 and end at {end}")
+        raise DatasetError(f"{path}: {name} must be 1-D, start at 0 and end at {end}")
     if np.any(np.diff(bounds) < 0):
-        raise ValueError(f"{path}: {name} is not non-decreasing")
+        raise DatasetError(f"{path}: {name} is not non-decreasing")
 
 
 @dataclass
@@ -79,7 +155,7 @@ class _SetData:
         """Inputs and labels (int32) of merged ``rows``, read from the per-path memory maps."""
         seq_len = self.seq_len
         if self._maps is None:
-            self._maps = [(np.load(i, mmap_mode="r"), np.load(lab, mmap_mode="r")) for i, lab in self.sources]
+            self._maps = [(read_npy(i, mmap=True), read_npy(lab, mmap=True)) for i, lab in self.sources]
         inputs = np.empty((rows.size, seq_len), dtype=np.int32)
         labels = np.empty((rows.size, seq_len), dtype=np.int32)
         owner = np.searchsorted(self.row_offsets, rows, side="right") - 1
@@ -171,13 +247,17 @@ class PuzzleDataset(IterableDataset):
             self._check_can_fill_a_batch()
 
     # ------------------------------------------------------------------ loading
+    def _meta_path(self, path: str) -> str:
+        return os.path.join(split_dir(path, self.split), "dataset.json")
+
     def _load(self) -> None:
+        """Every file is checked against the others as it loads (DatasetError naming the
+        file): a folder cut short by a killed build, or hand-edited, is refused here rather
+        than failing deep in training."""
         metas: list[PuzzleDatasetMetadata] = []
         id_lists: list[list[str]] = []
         for path in self.dataset_paths:
-            meta = PuzzleDatasetMetadata.load(
-                _require_file(os.path.join(split_dir(path, self.split), "dataset.json"))
-            )
+            meta = load_metadata(self._meta_path(path))
             for key in _SHARED_KEYS:
                 if metas and getattr(meta, key) != getattr(metas[0], key):
                     raise ValueError(
@@ -185,8 +265,7 @@ class PuzzleDataset(IterableDataset):
                         f"{self.dataset_paths[0]} but {getattr(meta, key)!r} in {path}"
                     )
             metas.append(meta)
-            with open(_require_file(os.path.join(path, "identifiers.json"))) as f:
-                id_lists.append(json.load(f))
+            id_lists.append(read_identifiers(os.path.join(path, "identifiers.json"), meta, self._meta_path(path)))
         num_ids = max(m.num_puzzle_identifiers for m in metas)
         self.identifiers: list[str] = _merge_identifiers(self.dataset_paths, id_lists, num_ids)
 
@@ -198,10 +277,20 @@ class PuzzleDataset(IterableDataset):
                 if sides.setdefault(name, side) != side:
                     raise ValueError(f"set {name!r} has canvas side {sides[name]} in {self.dataset_paths[0]} "
                                      f"but {side} in {path}")
+        counts = {path: [0, 0] for path in self.dataset_paths}  # puzzles, groups over each path's sets
         self._sets: dict[str, _SetData] = {
-            name: self._load_set(name, [(p, m) for p, m in zip(self.dataset_paths, metas) if name in m.sets])
+            name: self._load_set(name, [(p, m) for p, m in zip(self.dataset_paths, metas) if name in m.sets], counts)
             for name in set_names
         }
+        for path, meta in zip(self.dataset_paths, metas):
+            puzzles, groups = counts[path]
+            # TRM's sudoku and maze builders write the group count as total_puzzles.
+            if meta.total_groups != groups or meta.total_puzzles not in (puzzles, groups):
+                raise DatasetError(
+                    f"{self._meta_path(path)}: total_groups={meta.total_groups}, total_puzzles={meta.total_puzzles}, "
+                    f"but the arrays of its sets {meta.sets} hold {groups} groups of {puzzles} puzzles "
+                    f"(files of two builds, or an edited dataset.json?)"
+                )
         total_examples = sum(s.num_examples for s in self._sets.values())
         total_puzzles = sum(s.puzzle_identifiers.size for s in self._sets.values())
         first = metas[0]
@@ -220,37 +309,43 @@ class PuzzleDataset(IterableDataset):
             canvas_sides=sides if any(m.canvas_sides for m in metas) else None,
         )
 
-    def _load_set(self, name: str, parts: list[tuple[str, PuzzleDatasetMetadata]]) -> _SetData:
+    def _load_set(self, name: str, parts: list[tuple[str, PuzzleDatasetMetadata]],
+                  counts: dict[str, list[int]]) -> _SetData:
         sources, row_offsets, ids, puzzle_idx, group_idx = [], [0], [], [], []
         n_rows = n_puzzles = 0
         for path, meta in parts:
-            files = {
-                f: _require_file(os.path.join(split_dir(path, self.split), f"{name}__{f}.npy"))
-                for f in FIELDS
-            }
-            inputs = np.load(files["inputs"], mmap_mode="r")
-            labels = np.load(files["labels"], mmap_mode="r")
+            files = {f: os.path.join(split_dir(path, self.split), f"{name}__{f}.npy") for f in FIELDS}
+            inputs = read_npy(files["inputs"], mmap=True)
+            labels = read_npy(files["labels"], mmap=True)
             seq_len = meta.set_seq_len(name)
-            if inputs.ndim != 2 or inputs.shape[1] != seq_len or labels.shape != inputs.shape:
-                raise ValueError(
-                    f"{files['inputs']}: inputs {inputs.shape} and labels {labels.shape} "
-                    f"must both be [N, seq_len={seq_len}]"
+            if inputs.ndim != 2 or labels.shape != inputs.shape:
+                raise DatasetError(
+                    f"{files['inputs']}: inputs {inputs.shape} and {files['labels']} {labels.shape} "
+                    f"must both be [N, seq_len]"
                 )
-            pid = np.load(files["puzzle_identifiers"]).astype(np.int32)
-            pidx = np.load(files["puzzle_indices"]).astype(np.int64)
-            gidx = np.load(files["group_indices"]).astype(np.int64)
+            if inputs.shape[1] != seq_len:
+                raise DatasetError(
+                    f"{files['inputs']}: rows of {inputs.shape[1]} tokens, but {self._meta_path(path)} gives set "
+                    f"{name!r} {seq_len} (seq_len / canvas_sides)"
+                )
+            pid = read_npy(files["puzzle_identifiers"]).astype(np.int32)
+            pidx = read_npy(files["puzzle_indices"]).astype(np.int64)
+            gidx = read_npy(files["group_indices"]).astype(np.int64)
             _check_boundaries("puzzle_indices", pidx, inputs.shape[0], files["puzzle_indices"])
             _check_boundaries("group_indices", gidx, pid.size, files["group_indices"])
             if pid.shape != (pidx.size - 1,):
-                raise ValueError(
+                raise DatasetError(
                     f"{files['puzzle_identifiers']}: expected {pidx.size - 1} puzzle identifiers"
                 )
             if pid.size and (pid.min() < 0 or pid.max() >= meta.num_puzzle_identifiers):
-                raise ValueError(
-                    f"{files['puzzle_identifiers']}: identifiers outside [0, {meta.num_puzzle_identifiers})"
+                raise DatasetError(
+                    f"{files['puzzle_identifiers']}: identifiers outside [0, {meta.num_puzzle_identifiers}) "
+                    f"(num_puzzle_identifiers of {self._meta_path(path)})"
                 )
             if np.any(np.diff(gidx) == 0):
-                raise ValueError(f"{files['group_indices']}: a group has no puzzles")
+                raise DatasetError(f"{files['group_indices']}: a group has no puzzles")
+            counts[path][0] += pid.size
+            counts[path][1] += gidx.size - 1
             sources.append((files["inputs"], files["labels"]))
             ids.append(pid)
             puzzle_idx.append(pidx[:-1] + n_rows)
@@ -369,6 +464,19 @@ class PuzzleDataset(IterableDataset):
                 "was it saved with other data, seed or global_batch_size?"
             )
         self._epoch, self._batch_in_epoch = (epoch + 1, 0) if batch == n_batches else (epoch, batch)
+
+    def batch_seq_lens(self, num_batches: int) -> list[int]:
+        """Sequence length of each of the first ``num_batches`` training batches from epoch
+        0 (index-only: no rows are read): what a run of that many steps trained on."""
+        lengths: list[int] = []
+        epoch = 0
+        while len(lengths) < num_batches:
+            plan = self._epoch_plan(epoch)
+            if not plan:
+                break
+            lengths += [self._sets[name].seq_len for name, _, _ in plan[: num_batches - len(lengths)]]
+            epoch += 1
+        return lengths
 
     # ------------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[tuple[str, Batch, int]]:

@@ -35,7 +35,6 @@ Distributed use: each rank calls :meth:`ARCVoter.add` on its own predictions, th
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -43,7 +42,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from dataset.augment import invert_predictions, parse_variant_name
-from dataset.common import BLANK_IDENTIFIER, PUZZLE_ID_SEPARATOR, PuzzleDatasetMetadata
+from dataset.common import BLANK_IDENTIFIER, PUZZLE_ID_SEPARATOR
+from dataset.puzzle_dataset import DatasetError, load_metadata, read_json, read_npy
 from evaluators.submission import fallback_attempts, pass_at_k
 from utils.config import RANKINGS
 from utils.io import write_json_atomic
@@ -99,15 +99,15 @@ class ARCVoter:
     """Collects predictions on a dataset's test split and votes per (task, test input)."""
 
     def __init__(self, dataset_path: str):
+        # Each file read names itself in the DatasetError of a missing, cut or mismatched file.
         self.dataset_path = str(dataset_path)
-        with open(os.path.join(dataset_path, "identifiers.json")) as f:
-            identifiers = json.load(f)
+        ids_path = os.path.join(dataset_path, "identifiers.json")
+        identifiers = read_json(ids_path)
         if isinstance(identifiers, dict):  # tolerate {"index": name}
             identifiers = {int(k): v for k, v in identifiers.items()}
-        with open(os.path.join(dataset_path, "test_puzzles.json")) as f:
-            self.tasks: dict[str, dict] = json.load(f)
+        self.tasks: dict[str, dict] = read_json(os.path.join(dataset_path, "test_puzzles.json"))
         test_dir = os.path.join(dataset_path, "test")
-        meta = PuzzleDatasetMetadata.load(os.path.join(test_dir, "dataset.json"))
+        meta = load_metadata(os.path.join(test_dir, "dataset.json"))
         canvas = math.isqrt(meta.seq_len)
         if canvas * canvas != meta.seq_len or not 1 <= canvas <= 255:
             raise ValueError(f"{test_dir}: seq_len {meta.seq_len} is not a square canvas of side <= 255")
@@ -117,15 +117,23 @@ class ARCVoter:
         self.canvas_sides = {math.isqrt(meta.set_seq_len(name)) for name in meta.sets}
         indices, ids, rows = [], [], 0
         for name in meta.sets:
-            set_indices = np.load(os.path.join(test_dir, f"{name}__puzzle_indices.npy")).astype(np.int64)
+            ids_file = os.path.join(test_dir, f"{name}__puzzle_identifiers.npy")
+            set_indices = read_npy(os.path.join(test_dir, f"{name}__puzzle_indices.npy")).astype(np.int64)
+            ids.append(read_npy(ids_file).astype(np.int64))
+            if set_indices.ndim != 1 or ids[-1].shape != (set_indices.size - 1,):
+                raise DatasetError(f"{ids_file}: {ids[-1].shape} identifiers for the {set_indices.size - 1} "
+                                   f"puzzles of {name}__puzzle_indices.npy")
             indices.append(set_indices[:-1] + rows)
             rows += int(set_indices[-1])
-            ids.append(np.load(os.path.join(test_dir, f"{name}__puzzle_identifiers.npy")).astype(np.int64))
         self.puzzle_indices = np.concatenate([*indices, [rows]]).astype(np.int64)
         puzzle_ids = np.concatenate(ids)
         self.num_examples = rows
 
-        names = [identifiers[i] for i in puzzle_ids.tolist()]
+        try:
+            names = [identifiers[i] for i in puzzle_ids.tolist()]
+        except (IndexError, KeyError):
+            raise DatasetError(f"{ids_path}: {len(identifiers)} names, too few for the puzzle identifiers (up to "
+                               f"{int(puzzle_ids.max())}) of {test_dir}") from None
         # Tasks in the order their groups come in the split (with canvas buckets not
         # test_puzzles.json's), so that the first N tasks are the split's first N groups.
         task_ids = list(self.tasks)

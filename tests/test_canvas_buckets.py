@@ -305,3 +305,33 @@ def test_accumulating_two_halves_equals_the_whole_batch(datasets, tmp_path, fami
 def test_grad_accum_steps_must_divide_the_batch():
     with pytest.raises(ValueError, match="grad_accum_steps=3"):
         compose_config(["data.paths=[unused]", "global_batch_size=8", "grad_accum_steps=3"])
+
+
+def test_a_bucketed_run_trains_evaluates_and_adapts_end_to_end(datasets, tmp_path):
+    """pretrain (periodic evaluation) -> evaluate.py -> ttt.py on a bucketed build: every
+    stage writes a valid submission over the held-out tasks; ttt builds its chunks on the
+    checkpoint's 12 canvas, whose positions the bucketed model was trained on."""
+    import evaluate
+    import pretrain
+    import ttt
+    from evaluators.validate_submission import validate
+
+    _, bucketed = datasets
+    run = tmp_path / "run"
+    config = compose_config(tiny_overrides(bucketed, run, "global_batch_size=4", "max_steps=6", "epochs=1",
+                                           "eval_interval=1"))
+    summary = pretrain.train(config, CPU)
+    assert summary["step"] == 6 and summary["ARC/tasks"] == 2  # the final periodic evaluation voted
+    tasks = json.loads((bucketed / "test_puzzles.json").read_text())
+    periodic = json.loads(next(run.glob("evaluator_ARC_step_*/submission.json")).read_text())
+    assert validate(periodic, tasks) == []
+
+    assert evaluate.main([f"checkpoint={run}"]) == 0
+    evaluated = json.loads(next(run.glob("step_*/evaluate/bucketed/submission.json")).read_text())
+    assert validate(evaluated, tasks) == [] and evaluated.keys() == periodic.keys()
+
+    out = tmp_path / "ttt"
+    assert ttt.main([f"checkpoint={run}", f"tasks={bucketed.parent / 'src'}", "subset=evaluation",
+                     f"ttt.output_dir={out}", "ttt.num_aug=1", "ttt.steps=2"]) == 0
+    adapted = json.loads((out / "submission.json").read_text())
+    assert validate(adapted, tasks) == [] and adapted.keys() == tasks.keys()

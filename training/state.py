@@ -60,6 +60,10 @@ class TrainState:
     carries: dict[str, Any] = dataclasses.field(default_factory=dict)
     step: int = 0
     wandb_id: str | None = None
+    # Bad steps (non-finite loss or gradient; training/step.py): skipped in all, and in a row
+    # up to the current step (max_bad_steps stops the run).
+    skipped_steps: int = 0
+    bad_steps_in_a_row: int = 0
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -71,7 +75,8 @@ class TrainState:
                 "data_position": self.train_data.state_dict(), "config": dataclasses.asdict(self.config),
                 "identifiers_sha256": self.identifiers_sha256, "identifiers": self.identifiers,
                 "monitor": self.monitor.state_dict(), "wandb_id": self.wandb_id, "world_size": self.world_size,
-                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "skipped_steps": self.skipped_steps, "bad_steps_in_a_row": self.bad_steps_in_a_row}
 
     def load_state_dict(self, shared: dict[str, Any]) -> None:
         self.model.load_state_dict(shared["model"])
@@ -86,6 +91,8 @@ class TrainState:
         self.wandb_id = shared.get("wandb_id")
         if shared.get("scaler"):
             self.scaler.load_state_dict(shared["scaler"])
+        self.skipped_steps = shared.get("skipped_steps", 0)  # absent in checkpoints older than the count
+        self.bad_steps_in_a_row = shared.get("bad_steps_in_a_row", 0)
 
     def rank_state(self) -> dict[str, Any]:
         carries = {key: self.model.carry_state(carry) for key, carry in self.carries.items()}

@@ -4,61 +4,143 @@ calls the same function)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from training.schedule import lr_factor
-from training.state import TrainState, carry_key
+from training.state import TrainState, carry_key, checkpoint_root
+from utils import checkpoint as ckpt
 from utils.distributed import DistEnv, all_reduce_sum
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """``max_bad_steps`` optimizer steps in a row had a non-finite loss or gradient. None of
+    them changed the weights; the message names the steps and the checkpoint to resume from."""
 
 
 def train_step(state: TrainState, batch: dict[str, torch.Tensor], grad_norms: bool = False) -> dict[str, torch.Tensor]:
     """Forward (under autocast), loss and backward of each of the ``grad_accum_steps``
     micro-batches, then unscale and clip, the scheduled lr, every optimizer's step, the EMA;
     ``state.step`` advances by one. Returns the loss's metrics (sums over this rank's
-    examples, unreduced) and, with ``grad_norms``, each top-level submodule's gradient norm
-    under ``grad_norm/<child>``.
+    examples, unreduced), ``skipped_steps`` and, with ``grad_norms``, each top-level
+    submodule's gradient norm under ``grad_norm/<child>``.
 
     Each micro-batch slot and canvas size keeps its own carry, so an unhalted example
     continues with its own state (deep supervision as without accumulation). Losses are sums
     over examples divided by the rank's whole batch, so the accumulated gradient is the
-    whole batch's; DDP reduces gradients once, on the last micro-batch."""
+    whole batch's; DDP reduces gradients once, on the last micro-batch.
+
+    A bad step -- a non-finite loss in any micro-batch, or a non-finite dense or puzzle-table
+    gradient (after unscaling), on any rank -- changes nothing that is trained: no optimizer
+    step, no EMA update, the gradients are dropped, and so are the carries it used (their
+    latent state may be NaN and would feed the next step). ``state.step`` still advances
+    (steps count batches consumed, which keeps the data position and the lr schedule
+    aligned); ``state.skipped_steps`` counts bad steps. After ``max_bad_steps`` bad steps in
+    a row: NonFiniteLossError. With fp16, a gradient overflow with a finite loss is the
+    GradScaler's business, not a bad step: it skips the step and lowers the loss scale."""
     model, config = state.model, state.config
     k = config.grad_accum_steps
     size = batch["inputs"].shape[0] // k
     totals: dict[str, torch.Tensor] = {}
+    keys: list[str] = []
+    finite_loss = torch.ones((), dtype=torch.bool, device=batch["inputs"].device)
     for i in range(k):
         micro = batch if k == 1 else {name: v[i * size:(i + 1) * size] for name, v in batch.items()}
         if model.puzzle_emb is not None:
             model.puzzle_emb.micro_rows = None if k == 1 else (i * size, (i + 1) * size)
-        metrics = _forward_backward(state, micro, carry_key(i, micro["inputs"].shape[1]), sync=i == k - 1)
+        keys.append(carry_key(i, micro["inputs"].shape[1]))
+        metrics, loss = _forward_backward(state, micro, keys[-1], sync=i == k - 1)
+        finite_loss &= torch.isfinite(loss.detach()).all()
         totals = metrics if not totals else {name: totals[name] + v for name, v in metrics.items()}
     if state.dense is not None:
         state.scaler.unscale_(state.dense)
+    bad_loss, bad_grad = _non_finite(state, finite_loss)
     norms = component_grad_norms(model) if grad_norms else {}
-    if config.grad_clip_norm is not None and state.dense is not None:
-        dense_params = [p for group in state.dense.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(dense_params, config.grad_clip_norm)
+    # fp16: a finite loss with overflowed gradients is the scaler's to handle (it skips the step).
+    bad = bad_loss or (bad_grad and not state.scaler.is_enabled())
     factor = lr_factor(config, state.step + 1, state.total_steps)
-    for opt, base_lr in zip(state.optimizers, state.base_lrs, strict=True):
-        for group in opt.param_groups:
-            group["lr"] = base_lr * factor * group.get("lr_scale", 1.0)
-        if opt is state.dense:
-            state.scaler.step(opt)  # skipped when fp16 gradients overflowed
-        elif not state.scaler.is_enabled() or all(torch.isfinite(p.grad).all() for g in opt.param_groups
-                                                  for p in g["params"] if p.grad is not None):
-            opt.step()  # sign-SGD ignores the loss scale
-        opt.zero_grad(set_to_none=True)
-    state.scaler.update()
-    if state.ema is not None:
+    if bad:
+        for opt in state.optimizers:
+            opt.zero_grad(set_to_none=True)
+        for key in keys:  # NaN latent states would continue into the next step
+            state.carries.pop(key, None)
+    else:
+        if config.grad_clip_norm is not None and state.dense is not None:
+            dense_params = [p for group in state.dense.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(dense_params, config.grad_clip_norm)
+        for opt, base_lr in zip(state.optimizers, state.base_lrs, strict=True):
+            for group in opt.param_groups:
+                group["lr"] = base_lr * factor * group.get("lr_scale", 1.0)
+            if opt is state.dense:
+                state.scaler.step(opt)  # skipped when fp16 gradients overflowed
+            elif not bad_grad:  # sign-SGD ignores the loss scale; every rank decides alike
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+    state.scaler.update()  # fp16: lowers the scale after an overflow
+    if state.ema is not None and not bad:
         state.ema.update(model)
     state.step += 1
-    return {**totals, **norms, "lr": torch.tensor(config.optimizer.lr * factor)}
+    _count_bad_step(state, bad)
+    return {**totals, **norms, "lr": torch.tensor(config.optimizer.lr * factor),
+            "skipped_steps": torch.tensor(float(state.skipped_steps))}
 
 
-def _forward_backward(state: TrainState, batch: dict[str, torch.Tensor], key: str, sync: bool) -> dict[str, torch.Tensor]:
-    """One (micro-)batch through the carry stored under ``key``; gradients accumulate."""
+def _non_finite(state: TrainState, finite_loss: torch.Tensor) -> tuple[bool, bool]:
+    """(any rank's loss is non-finite, any rank's dense or sparse gradient is): one
+    all-reduce, so every rank skips (and calls the sparse optimizer's collectives) alike.
+    A sum is non-finite when any element is (or on an overflow, which is as bad)."""
+    grads = [p.grad.detach() for opt in state.optimizers for group in opt.param_groups
+             for p in group["params"] if p.grad is not None]
+    sums = torch.stack([g.sum(dtype=torch.float32) for g in grads]).sum() if grads else torch.zeros(())
+    flags = torch.stack([~finite_loss, ~torch.isfinite(sums.to(finite_loss.device))]).to(torch.float32)
+    if state.world_size > 1:
+        dist.all_reduce(flags)
+    bad_loss, bad_grad = flags.tolist()  # the step's one host sync (fp16's scaler.step makes one too)
+    return bad_loss > 0, bad_grad > 0
+
+
+def _count_bad_step(state: TrainState, bad: bool) -> None:
+    """Count a bad step (after ``state.step`` advanced); stop after ``max_bad_steps`` in a row."""
+    if not bad:
+        state.bad_steps_in_a_row = 0
+        return
+    state.skipped_steps += 1
+    state.bad_steps_in_a_row += 1
+    first, limit = state.step - state.bad_steps_in_a_row + 1, state.config.max_bad_steps
+    if state.world_size == 1 or dist.get_rank() == 0:
+        log.warning("step %d: non-finite loss or gradient; optimizer step skipped, weights unchanged "
+                    "(%d bad in a row, %d in all)", state.step, state.bad_steps_in_a_row, state.skipped_steps)
+    if limit and state.bad_steps_in_a_row >= limit:
+        steps = f"step {first}" if first == state.step else f"steps {first}..{state.step}"
+        raise NonFiniteLossError(f"non-finite loss/gradient at {steps} ({state.bad_steps_in_a_row} in a row, "
+                                 f"max_bad_steps={limit}); none of them changed the weights. "
+                                 f"{_resume_hint(state, first)}")
+
+
+def _resume_hint(state: TrainState, first_bad: int) -> str:
+    root = checkpoint_root(state.config)
+    try:
+        path = ckpt.newest_checkpoint(root, quiet=True)
+    except Exception as e:  # a damaged folder must not hide the error being reported
+        return f"No usable checkpoint in {root} ({e})"
+    if path is None:
+        return f"There is no checkpoint in {root} yet: the run must start again"
+    saved = next((step for step, p in ckpt.list_checkpoints(root) if p == path), None)
+    during = f" (saved during those steps: its weights are those of step {first_bad - 1})" \
+        if saved is not None and saved >= first_bad else ""
+    return (f"The newest good checkpoint is {path}{during}; resume from it (resume=auto) with a lower lr or "
+            f"grad_clip_norm, or check the data")
+
+
+def _forward_backward(state: TrainState, batch: dict[str, torch.Tensor], key: str,
+                      sync: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One (micro-)batch through the carry stored under ``key``; gradients accumulate.
+    Returns the loss's metrics and the loss."""
     carry = state.carries.get(key)
     if carry is None or carry.current_data["inputs"].shape != batch["inputs"].shape:
         carry = state.model.initial_carry(batch)  # first use, or a batch size changed on resume
@@ -70,7 +152,7 @@ def _forward_backward(state: TrainState, batch: dict[str, torch.Tensor], key: st
         # Per-rank mean over the whole local batch; DDP averages over ranks -> the global mean.
         state.scaler.scale(loss / state.local_batch).backward()
     state.carries[key] = carry
-    return metrics
+    return metrics, loss
 
 
 def _maybe_no_sync(forward: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
@@ -95,8 +177,9 @@ def component_grad_norms(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def reduce_metrics(metrics: dict[str, torch.Tensor], env: DistEnv, global_batch_size: int) -> dict[str, float]:
     """``train/*`` figures of one step: the loss's sums over all ranks, losses per example of
     the global batch, ``count`` (examples that halted at this step) as the sum, the rest per
-    halted example. ``lr`` and gradient norms are the same on every rank and pass through."""
-    local = {k: v for k, v in metrics.items() if k == "lr" or k.startswith("grad_norm/")}
+    halted example. ``lr``, ``skipped_steps`` (bad steps so far) and gradient norms are the
+    same on every rank and pass through."""
+    local = {k: v for k, v in metrics.items() if k in ("lr", "skipped_steps") or k.startswith("grad_norm/")}
     keys = sorted(k for k in metrics if k not in local)
     values = all_reduce_sum(torch.stack([metrics[k].detach().to(torch.float64) for k in keys]), env).tolist()
     raw = dict(zip(keys, values))

@@ -152,6 +152,7 @@ class TrainConfig:
     lr_min_ratio: float = 1.0
     restarts: RestartsConfig = field(default_factory=RestartsConfig)
     grad_clip_norm: float | None = None  # clip the dense gradients' global norm
+    max_bad_steps: int = 20  # stop after this many steps in a row with a non-finite loss/gradient (each skipped); 0: never
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast (fp16 with a GradScaler)
     puzzle_emb_lr: float = 1e-2
     puzzle_emb_weight_decay: float = 0.1
@@ -206,6 +207,8 @@ class TrainConfig:
             bad.append(f"restarts={self.restarts}")
         if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
             bad.append(f"grad_clip_norm={self.grad_clip_norm}")
+        if self.max_bad_steps < 0:
+            bad.append(f"max_bad_steps={self.max_bad_steps} (0 disables the stop)")
         if self.grad_accum_steps < 1 or self.global_batch_size % self.grad_accum_steps:
             bad.append(f"grad_accum_steps={self.grad_accum_steps} (must be >= 1 and divide global_batch_size "
                        f"{self.global_batch_size})")
@@ -539,7 +542,7 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 RESUME_FREE = ("resume", "epochs", "max_steps", "max_minutes", "device", "compile", "log_interval", "progress_bar", "wandb.",
                "eval.", "evaluate", "eval_interval", "min_eval_interval", "checkpoint_every_eval",
                "checkpoint_interval_steps", "max_checkpoints", "requeue_on_preempt", "callbacks.", "run_name",
-               "project_name", "checkpoint_path", "grad_accum_steps", "init_from", "force_identifiers",
+               "project_name", "checkpoint_path", "grad_accum_steps", "init_from", "force_identifiers", "max_bad_steps",
                # the identifiers check guards the data itself
                "allow_config_change", "data.name", "data.paths", "data.test_paths", "data.build")
 # What no resume may change: the saved weights and data position would not fit.
