@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Canvas 30 vs size-bucketed canvases on bench/learn.py, same tasks and seeds:
+#   equal minutes: both layouts train MINUTES each, side by side (one torch thread each, so
+#                  both see the same machine load);
+#   equal steps:   buckets train exactly the steps canvas 30 reached in its MINUTES.
+# Prints a markdown table of every run's last line.
+#   bash bench/learn_compare.sh [MINUTES=10] [SEEDS="0 1 2"] [extra Hydra overrides...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+minutes=${1:-10}
+seeds=${2:-"0 1 2"}
+shift $(( $# > 2 ? 2 : $# ))
+out=bench/results/learn
+for seed in $seeds; do
+  python bench/learn.py --canvas 30 --minutes "$minutes" --seed "$seed" --threads 1 \
+    --out "$out/30-seed$seed" "$@" > "$out-30-seed$seed.log" 2>&1 &
+  python bench/learn.py --canvas buckets --minutes "$minutes" --seed "$seed" --threads 1 \
+    --out "$out/buckets-seed$seed" "$@" > "$out-buckets-seed$seed.log" 2>&1 &
+  wait
+done
+for seed in $seeds; do
+  steps=$(python -c "import json; print(json.load(open('$out/30-seed$seed/result.json'))['steps'])")
+  python bench/learn.py --canvas buckets --steps "$steps" --minutes 1000 --seed "$seed" --threads 1 \
+    --out "$out/buckets-steps-seed$seed" "$@" > "$out-buckets-steps-seed$seed.log" 2>&1
+done
+python - "$out" $seeds <<'PY'
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("learn", "bench/learn.py")
+learn = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(learn)
+out, seeds = sys.argv[1], sys.argv[2:]
+print("| run | seed | steps | examples | tokens | train min | train loss | train cell acc | train exact "
+      "| test cell acc | pass@1 | pass@2 |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for name, label in (("30", "canvas 30, equal minutes"), ("buckets", "buckets, equal minutes"),
+                    ("buckets-steps", "buckets, canvas 30's steps")):
+    for seed in seeds:
+        r = json.load(open(f"{out}/{name}-seed{seed}/result.json"))
+        rows = [json.loads(line) for line in open(f"{out}/{name}-seed{seed}/run/metrics.jsonl")]
+        f = learn.train_figures(rows)
+        test = next(x for x in reversed(rows) if "all/accuracy" in x)
+        print(f"| {label} | {seed} | {r['steps']} | {r['examples']} | {r['tokens']:,} | {r['train_minutes']:.2f} | "
+              f"{f['train_loss']:.3f} | {f['train_cell_accuracy']:.3f} | {f['train_exact']:.4f} | "
+              f"{test['all/accuracy']:.3f} | {r['pass@1']:.4f} | {r['pass@2']:.4f} |")
+PY
