@@ -6,9 +6,10 @@
 
 ``train`` reads top to bottom: data -> training state (model, optimizers, EMA; resumed or
 fresh) -> loop of ``train_step`` with periodic evaluation and checkpoints -> a final
-checkpoint. The parts live in training/. Configuration: conf/ (docs/training.md lists every
-key). The run folder (``checkpoint_path``) holds checkpoints, train.log, metrics.jsonl,
-curves.png and the resolved config.yaml.
+checkpoint. SIGTERM / SIGUSR1 stop every rank after the same step with a checkpoint and exit
+status 75 (training/preemption.py). The parts live in training/. Configuration: conf/
+(docs/training.md lists every key). The run folder (``checkpoint_path``) holds checkpoints,
+train.log, metrics.jsonl, curves.png and the resolved config.yaml.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import time
 from typing import Any
 
 import hydra
-import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -30,15 +30,21 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from dataset.demonstrations import Demonstrations
 from dataset.puzzle_dataset import PuzzleDataset
 from training.evaluation import PeriodicEvaluation
+from training.faults import kill_self, kill_step
+from training.preemption import agree_to_stop, exit_preempted, log_preemption, stop_signals
 from training.run_log import RunLog
 from training.schedule import lr_factor  # noqa: F401  (re-exported: tests and notebooks read the schedule here)
 from training.state import TrainState, build_train_state, checkpoint_root, resume
-from training.step import reduce_metrics, train_step
+from training.step import NonFiniteLossError, reduce_metrics, train_step
+from utils import checkpoint as ckpt
 from utils.config import ConfigError, TrainConfig, check_command_line, exit_with_error, load_config, register_configs
-from utils.distributed import DistEnv, all_reduce_sum, cleanup_distributed, init_distributed
+from utils.distributed import DistEnv, cleanup_distributed, init_distributed
 
 register_configs()
 log = logging.getLogger("pretrain")
+# A run stopped by a fault it cannot train through (a full disk, persistent NaNs): one
+# ``error:`` line naming the checkpoint to resume from; not requeued (75 is preemption's).
+STOPPED_EXIT = 3
 
 
 def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
@@ -52,64 +58,73 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
                                seed=config.seed)
 
     # --- state: model, optimizers, EMA; resumed, or fresh (init_from's weights) --------------
-    state = build_train_state(config, env, train_data)
     root = checkpoint_root(config)
-    resumed = resume(state, root, env)
-    saved_step = state.step if resumed and os.path.dirname(os.path.abspath(resumed)) == os.path.abspath(root) else None
-    evaluation = PeriodicEvaluation(state, env, root)
-    evaluation.check_monitor()
-    stop_step = min(state.total_steps, config.max_steps or state.total_steps)
-    # In-context models read demonstration pairs of the example's own task (train split).
-    num_demos = state.model.num_demos
-    demos = Demonstrations(config.data.paths, num_demos, config.seed) if num_demos else None
+    with ckpt.run_lock(root, env):  # a second run writing into this run folder is refused
+        state = build_train_state(config, env, train_data)
+        resumed = resume(state, root, env)
+        saved_step = state.step if resumed and os.path.dirname(os.path.abspath(resumed)) == os.path.abspath(root) else None
+        evaluation = PeriodicEvaluation(state, env, root)
+        evaluation.check_monitor()
+        stop_step = min(state.total_steps, config.max_steps or state.total_steps)
+        # In-context models read demonstration pairs of the example's own task (train split).
+        num_demos = state.model.num_demos
+        demos = Demonstrations(config.data.paths, num_demos, config.seed) if num_demos else None
+        kill_at = kill_step(env)  # None unless a test injects a crash (training/faults.py)
 
-    # --- loop -------------------------------------------------------------------------------
-    bar = tqdm(total=stop_step, initial=state.step, disable=not (env.is_main and config.progress_bar), unit="step")
-    last_train: dict[str, float] = {}
-    last_eval: dict[str, float] = {}
-    started = time.perf_counter()
-    state.model.train()
-    epoch, out_of_time = train_data.state_dict()["epoch"], False
-    with RunLog(root, config, env, state) as run_log:
-        while epoch < config.epochs and state.step < stop_step and not (out_of_time or state.monitor.should_stop):
-            for _set, batch, _n in train_data:
-                batch = {k: v.to(env.device) for k, v in (demos.attach(batch) if demos else batch).items()}
-                log_now = (state.step + 1) % config.log_interval == 0 or state.step + 1 == stop_step
-                metrics = train_step(state, batch, grad_norms=log_now)
-                bar.update(1)
-                if log_now:
-                    last_train = reduce_metrics(metrics, env, config.global_batch_size)
-                    bar.set_postfix(loss=f"{last_train['train/lm_loss']:.3f}", acc=f"{last_train['train/accuracy']:.3f}")
-                    run_log.train(state.step, stop_step, last_train)
-                if config.checkpoint_interval_steps and state.step % config.checkpoint_interval_steps == 0:
-                    saved_step = save(state, root, env)
-                if config.max_minutes is not None:  # rank 0's clock decides, so all ranks stop together
-                    late = float(env.is_main and time.perf_counter() - started > 60 * config.max_minutes)
-                    out_of_time = bool(all_reduce_sum(torch.tensor([late], device=env.device), env).item())
-                if state.step >= stop_step or out_of_time:
+        # --- loop -------------------------------------------------------------------------------
+        bar = tqdm(total=stop_step, initial=state.step, disable=not (env.is_main and config.progress_bar), unit="step")
+        last_train: dict[str, float] = {}
+        last_eval: dict[str, float] = {}
+        started = time.perf_counter()
+        state.model.train()
+        epoch, out_of_time, preempted = train_data.state_dict()["epoch"], False, False
+        with RunLog(root, config, env, state) as run_log:
+            while epoch < config.epochs and state.step < stop_step and not (out_of_time or state.monitor.should_stop):
+                for _set, batch, _n in train_data:
+                    batch = {k: v.to(env.device) for k, v in (demos.attach(batch) if demos else batch).items()}
+                    log_now = (state.step + 1) % config.log_interval == 0 or state.step + 1 == stop_step
+                    metrics = train_step(state, batch, grad_norms=log_now)
+                    if state.step == kill_at:
+                        kill_self()
+                    bar.update(1)
+                    if log_now:
+                        last_train = reduce_metrics(metrics, env, config.global_batch_size)
+                        bar.set_postfix(loss=f"{last_train['train/lm_loss']:.3f}", acc=f"{last_train['train/accuracy']:.3f}")
+                        run_log.train(state.step, stop_step, last_train)
+                    if config.checkpoint_interval_steps and state.step % config.checkpoint_interval_steps == 0:
+                        saved_step = save(state, root, env)
+                    # Rank 0's clock and any rank's SIGTERM / SIGUSR1, in one all-reduce: all ranks stop together.
+                    late = config.max_minutes is not None and time.perf_counter() - started > 60 * config.max_minutes
+                    out_of_time, preempted = agree_to_stop(env, late and env.is_main)
+                    if state.step >= stop_step or out_of_time or preempted:
+                        break
+                if preempted:  # no evaluation: the scheduler's grace period is for the checkpoint below
                     break
-            epoch = train_data.state_dict()["epoch"]
-            finished = epoch >= config.epochs or state.step >= stop_step or out_of_time
-            if config.evaluate and (epoch % config.eval_interval == 0 or finished) and epoch >= config.min_eval_interval:
-                last_eval = evaluation()
-                run_log.evaluation(state.step, epoch, last_eval)
-                score = last_eval.get(config.callbacks.monitor)  # there when callbacks watch it (check_monitor)
-                if score is not None:
-                    state.monitor.update(score)
-                if state.monitor.should_stop and env.is_main:
-                    log.info("early stop: %s has not improved on %.4f for %d evaluations", config.callbacks.monitor,
-                             state.monitor.best, config.callbacks.early_stopping_patience)
-                if config.checkpoint_every_eval or state.monitor.should_stop:
-                    saved_step = save(state, root, env, score)
-        bar.close()
-        if saved_step != state.step:  # every run ends with its weights on disk, however it stopped
-            save(state, root, env)
-    summary = {"step": state.step, "seconds": time.perf_counter() - started,
-               "num_params": sum(p.numel() for p in state.model.parameters()), **last_train, **last_eval,
-               "best_monitor": state.monitor.best}
-    del state, evaluation  # DDP objects go before the process group (gloo crashes at exit otherwise)
-    gc.collect()
-    return summary
+                epoch = train_data.state_dict()["epoch"]
+                finished = epoch >= config.epochs or state.step >= stop_step or out_of_time
+                if config.evaluate and (epoch % config.eval_interval == 0 or finished) and epoch >= config.min_eval_interval:
+                    last_eval = evaluation()
+                    run_log.evaluation(state.step, epoch, last_eval)
+                    score = last_eval.get(config.callbacks.monitor)  # there when callbacks watch it (check_monitor)
+                    if score is not None:
+                        state.monitor.update(score)
+                    if state.monitor.should_stop and env.is_main:
+                        log.info("early stop: %s has not improved on %.4f for %d evaluations", config.callbacks.monitor,
+                                 state.monitor.best, config.callbacks.early_stopping_patience)
+                    if config.checkpoint_every_eval or state.monitor.should_stop:
+                        saved_step = save(state, root, env, score)
+            bar.close()
+            if saved_step != state.step:  # every run ends with its weights on disk, however it stopped
+                save(state, root, env)
+            preempted = preempted and state.step < stop_step  # stopped by a signal with training left: main() exits 75
+            if preempted:
+                log_preemption(state.step, env)
+        summary = {"step": state.step, "seconds": time.perf_counter() - started,
+                   "num_params": sum(p.numel() for p in state.model.parameters()), **last_train, **last_eval,
+                   "best_monitor": state.monitor.best, **({"preempted": True} if preempted else {})}
+        del state, evaluation  # DDP objects go before the process group (gloo crashes at exit otherwise)
+        gc.collect()
+        return summary
 
 
 def save(state: TrainState, root: str, env: DistEnv, score: float | None = None) -> int:
@@ -135,21 +150,27 @@ def main(cfg: DictConfig) -> float | None:
         config = load_config(cfg)
     except ConfigError as e:
         exit_with_error(e)
-    env = init_distributed(config.device)
-    try:
-        config.run_name = shared_run_name(config, env)
-        if env.is_main:
-            log.info("run folder %s; config:\n%s", checkpoint_root(config), OmegaConf.to_yaml(cfg, resolve=True))
-        with logging_redirect_tqdm():  # log lines print above the progress bar, not into it
-            summary = train(config, env)
-        if env.is_main:
-            log.info("final: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                           for k, v in summary.items()))
-        return summary["best_monitor"]
-    except ConfigError as e:  # found before training started: nothing to lose
-        exit_with_error(e)
-    finally:
-        cleanup_distributed(env)
+    with stop_signals():  # SIGTERM / SIGUSR1 from here to the exit: a checkpoint, then status 75
+        env = init_distributed(config.device)
+        try:
+            config.run_name = shared_run_name(config, env)
+            if env.is_main:
+                log.info("run folder %s; config:\n%s", checkpoint_root(config), OmegaConf.to_yaml(cfg, resolve=True))
+            with logging_redirect_tqdm():  # log lines print above the progress bar, not into it
+                summary = train(config, env)
+            if env.is_main:
+                log.info("final: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                               for k, v in summary.items()))
+        except ConfigError as e:  # found before training started: nothing to lose
+            exit_with_error(e)
+        except (NonFiniteLossError, ckpt.CheckpointWriteError) as e:  # the message names the checkpoint to resume
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(STOPPED_EXIT)
+        finally:
+            cleanup_distributed(env)
+        if summary.get("preempted"):
+            exit_preempted(env, requeue=config.requeue_on_preempt)
+    return summary["best_monitor"]
 
 
 if __name__ == "__main__":

@@ -222,6 +222,17 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
         pass
 
 
+def test_pretrain_refuses_a_run_folder_another_run_is_writing(trained, tmp_path):
+    data, root = run_copy(trained, tmp_path)
+    steps = ckpt.list_checkpoints(str(root))
+    with ckpt.run_lock(str(root), CPU):  # another run in this folder (flock: a second open conflicts)
+        with pytest.raises(ckpt.RunLockError, match="in use by another run"):
+            pretrain.train(compose_config(tiny_overrides(data, root, *RUN, "resume=auto", "max_steps=6")), CPU)
+    assert ckpt.list_checkpoints(str(root)) == steps  # nothing written by the refused run
+    summary = pretrain.train(compose_config(tiny_overrides(data, root, *RUN, "resume=auto", "max_steps=6")), CPU)
+    assert summary["step"] == 6  # once the other run is gone, the folder is free
+
+
 HOLD = """
 import fcntl, json, os, socket, sys, time
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)

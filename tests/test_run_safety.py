@@ -105,7 +105,8 @@ def test_misspelled_monitor_fails_before_the_first_step(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match="callbacks.monitor='all/lm_los'.*all/lm_loss"):
         run(tiny_overrides(tiny_data, tmp_path / "ck", "epochs=50", "eval_interval=50", "callbacks.monitor=all/lm_los",
                            "callbacks.keep_best=1"))
-    assert not (tmp_path / "ck").exists()  # refused before training, not at the first evaluation
+    # Refused before training, not at the first evaluation: no checkpoint, no log (the run lock may be there).
+    assert not list((tmp_path / "ck").glob("*step_*")) and not (tmp_path / "ck" / "train.log").exists()
 
 
 # --- resume -----------------------------------------------------------------------------

@@ -168,12 +168,14 @@ def _env():
     return {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
-def test_torchrun_two_ranks_match_one_process(tiny_data, tmp_path):
-    """2 ranks x batch 4 give the same updates as 1 rank x batch 8 (exploration off, so
-    halting is deterministic; float sums differ in order, hence a tolerance)."""
+@pytest.mark.parametrize("accum", [1, 2])
+def test_torchrun_two_ranks_match_one_process(tiny_data, tmp_path, accum):
+    """2 ranks x batch 4 (with accum 2: 2 micro-batches of 2 each, gradients all-reduced
+    once) give the same updates as 1 rank x batch 8 (exploration off, so halting is
+    deterministic; float sums differ in order, hence a tolerance)."""
     extra = ["epochs=6", "eval_interval=3", "arch.halt_exploration_prob=0", "hydra.run.dir=" + str(tmp_path / "h")]
     one = tiny_overrides(tiny_data, tmp_path / "one", *extra)
-    two = tiny_overrides(tiny_data, tmp_path / "two", *extra)
+    two = tiny_overrides(tiny_data, tmp_path / "two", *extra, f"grad_accum_steps={accum}")
     subprocess.run([sys.executable, "pretrain.py", *one], cwd=ROOT, env=_env(), check=True, capture_output=True)
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           "pretrain.py", *two], cwd=ROOT, env=_env(), capture_output=True, text=True)
