@@ -196,13 +196,15 @@ def save_atomic(obj: Any, path: str) -> None:
 
 def chosen_checkpoint(root: str, config: TrainConfig) -> str:
     """The best-scored checkpoint when the run keeps best ones, else the newest."""
-    found = [path for _, path in ckpt.list_checkpoints(root)]
-    if not found:
+    newest = ckpt.newest_checkpoint(root, purpose="the pipeline's next stage")  # complete ones only
+    if newest is None:
         raise PipelineError(f"the run wrote no checkpoint in {root}")
-    scored = [(s, p) for p in found if (s := ckpt.checkpoint_score(p)) is not None]
+    found = [path for _, path in ckpt.list_checkpoints(root)]
+    scored = [(s, p) for p in found if (s := ckpt.checkpoint_score(p)) is not None
+              and ckpt.checkpoint_status(p)[0] != ckpt.INCOMPLETE]
     if config.callbacks.keep_best and scored:
         return best_first(scored, config.callbacks.mode)[0][1]
-    return found[-1]
+    return newest
 
 
 def load_artifact(path: str, key: str) -> dict:

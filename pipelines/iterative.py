@@ -378,7 +378,7 @@ def run_episode(config: IterativeRunConfig, env: DistEnv, episode: int, train_ta
     train_config.checkpoint_path = model_dir
     train_config.resume = "auto"  # an interrupted episode continues its own training
     if cfg.warm_start and previous_model and not config.init_from:
-        newest = ckpt.list_checkpoints(previous_model)[-1][1]
+        newest = ckpt.newest_checkpoint(previous_model, purpose="warm start")
         train_config.init_from = os.path.join(newest, "state.pt")  # puzzle rows matched by identifier
     started = time.perf_counter()
     pretrain.train(train_config, env)

@@ -338,7 +338,7 @@ def adapt_chunk(setup: Setup, tasks: dict[str, Task], chunk_dir: str, minutes: f
                                  None if minutes is None else minutes * share)
             summary = pretrain.train(stage, env)
             steps_done.append(summary["step"])
-            final = ckpt.list_checkpoints(stage_dir)[-1][1]
+            final = ckpt.newest_checkpoint(stage_dir, purpose="the next ttt stage")
             weights_file = os.path.join(final, "state.pt")
     timings["train_seconds"] = time.perf_counter() - started - timings["build_seconds"]
 
