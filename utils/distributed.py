@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -40,8 +41,23 @@ def init_distributed(device: str = "auto") -> DistEnv:
     else:
         dev = torch.device("cpu")
     if world_size > 1:
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=_attempt_store(world_size),
+                                rank=rank, world_size=world_size)
     return DistEnv(rank, world_size, local_rank, dev)
+
+
+def _attempt_store(world_size: int) -> dist.Store | None:
+    """Under torchrun, the agent's store with a prefix per restart attempt (None: the default
+    env:// rendezvous). torchrun keeps one store across ``--max-restarts`` attempts, so the
+    process group's keys of a failed attempt (its ranks' addresses) are still there and a
+    restarted rank may read a dead peer's address (gloo: "connectFullMesh ... Connection
+    refused", seen in about half of the restarts here)."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
+                          timeout=timedelta(minutes=10))
+    return dist.PrefixStore(f"arcforge/attempt_{attempt}/", store)
 
 
 def barrier(env: DistEnv) -> None:
