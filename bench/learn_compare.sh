@@ -23,23 +23,4 @@ for seed in $seeds; do
   python bench/learn.py --canvas buckets --steps "$steps" --minutes 1000 --seed "$seed" --threads 1 \
     --out "$out/buckets-steps-seed$seed" "$@" > "$out-buckets-steps-seed$seed.log" 2>&1
 done
-python - "$out" $seeds <<'PY'
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("learn", "bench/learn.py")
-learn = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(learn)
-out, seeds = sys.argv[1], sys.argv[2:]
-print("| run | seed | steps | examples | tokens | train min | train loss | train cell acc | train exact "
-      "| test cell acc | pass@1 | pass@2 |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-for name, label in (("30", "canvas 30, equal minutes"), ("buckets", "buckets, equal minutes"),
-                    ("buckets-steps", "buckets, canvas 30's steps")):
-    for seed in seeds:
-        r = json.load(open(f"{out}/{name}-seed{seed}/result.json"))
-        rows = [json.loads(line) for line in open(f"{out}/{name}-seed{seed}/run/metrics.jsonl")]
-        f = learn.train_figures(rows)
-        test = next(x for x in reversed(rows) if "all/accuracy" in x)
-        print(f"| {label} | {seed} | {r['steps']} | {r['examples']} | {r['tokens']:,} | {r['train_minutes']:.2f} | "
-              f"{f['train_loss']:.3f} | {f['train_cell_accuracy']:.3f} | {f['train_exact']:.4f} | "
-              f"{test['all/accuracy']:.3f} | {r['pass@1']:.4f} | {r['pass@2']:.4f} |")
-PY
+python bench/learn.py --table "$out"

