@@ -1,5 +1,6 @@
 import json
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,13 @@ def write_kaggle_source(root: Path, subsets: dict[str, dict[str, dict]], with_so
             solutions = {tid: [p["output"] for p in t["test"]] for tid, t in tasks.items()}
             Path(f"{prefix}_{subset}_solutions.json").write_text(json.dumps(solutions))
     return prefix
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (a gloo test's MASTER_PORT)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def learning_seed() -> int:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import socket
 from collections.abc import Iterator
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 from train_helpers import CPU, build_tiny_dataset, compose_config, tiny_overrides
 
 import pretrain
@@ -270,19 +270,13 @@ def _rank(rank: int, port: int, data: str, tmp: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_ranks_skip_together(tiny_data, tmp_path):
     """Rank 1 alone gets a NaN puzzle-table gradient (its own rows: no DDP reduction). Both
     ranks skip the step and keep identical, finite tables: they decide together (a rank
     skipping alone would leave the other waiting in SparseSignSGD's all-gather)."""
     outs = [str(tmp_path / f"rank{r}.pt") for r in range(2)]
-    port = _free_port()
+    port = free_port()
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_rank, args=(r, port, str(tiny_data), str(tmp_path), outs[r])) for r in range(2)]
     for p in procs:

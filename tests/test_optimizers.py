@@ -1,6 +1,5 @@
 import copy
 import math
-import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -8,6 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 from omegaconf import OmegaConf
 
 import utils.optimizers as optimizers
@@ -326,12 +326,6 @@ def _gloo_worker(rank: int, world_size: int, port: int, out_dir: str, lr: float,
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 def test_sparse_sign_sgd_two_rank_gloo(tmp_path):
     lr, wd = 0.1, 0.5
@@ -346,7 +340,7 @@ def test_sparse_sign_sgd_two_rank_gloo(tmp_path):
     opt.step()
 
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"  # fork: no re-import of torch
-    mp.start_processes(_gloo_worker, args=(2, _free_port(), str(tmp_path), lr, wd), nprocs=2, join=True,
+    mp.start_processes(_gloo_worker, args=(2, free_port(), str(tmp_path), lr, wd), nprocs=2, join=True,
                        start_method=method)
     w0, w1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     assert torch.equal(w0, w1)
