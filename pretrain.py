@@ -168,8 +168,8 @@ def main(cfg: DictConfig) -> float | None:
             sys.exit(STOPPED_EXIT)
         finally:
             cleanup_distributed(env)
-        if summary.get("preempted"):
-            exit_preempted(env, requeue=config.requeue_on_preempt)
+    if summary.get("preempted"):
+        exit_preempted(env, requeue=config.requeue_on_preempt)
     return summary["best_monitor"]
 
 

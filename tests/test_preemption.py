@@ -161,6 +161,17 @@ def test_sigusr1_checkpoints_requeues_and_the_rerun_continues_bitwise(tiny_data,
     assert_same_weights(run, tmp_path / "straight")
 
 
+@pytest.fixture
+def signal_handlers_back():
+    """exit_preempted ignores SIGTERM / SIGUSR1 for the rest of the process: give this
+    process (and the subprocesses later tests start) its handlers back."""
+    saved = {sig: signal.getsignal(sig) for sig in preemption.PREEMPT_SIGNALS}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+@pytest.mark.usefixtures("signal_handlers_back")
 def test_a_requeue_happens_only_under_slurm_when_asked_and_its_failure_is_a_warning(tmp_path, monkeypatch, caplog):
     path, record = fake_scontrol(tmp_path, status=1)
     monkeypatch.setenv("PATH", path)
@@ -175,6 +186,7 @@ def test_a_requeue_happens_only_under_slurm_when_asked_and_its_failure_is_a_warn
         preemption.exit_preempted(CPU, requeue=True)  # scontrol fails: said, and still 75
     assert e.value.code == PREEMPTED_EXIT and record.read_text().split() == ["requeue", "7"]
     assert "scontrol requeue 7 failed (status 1)" in caplog.text
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # a second signal cannot turn 75 into a kill
 
 
 def test_signals_only_set_a_flag_and_the_old_handlers_come_back():

@@ -83,7 +83,11 @@ def log_preemption(step: int, env: DistEnv) -> None:
 def exit_preempted(env: DistEnv, requeue: bool) -> NoReturn:
     """End a preempted run whose checkpoint is written and whose process group is gone: rank 0
     requeues the SLURM job (``requeue``, SLURM_JOB_ID set), then the process exits with
-    PREEMPTED_EXIT."""
+    PREEMPTED_EXIT. From here on SIGTERM / SIGUSR1 are ignored: the checkpoint is written,
+    and the signal torchrun sends the other ranks once one exits must not turn their 75 into
+    a kill while they shut down (seen about once in four 2-rank runs)."""
+    for sig in PREEMPT_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     if requeue and env.is_main and os.environ.get("SLURM_JOB_ID"):
         requeue_slurm_job(os.environ["SLURM_JOB_ID"])
     sys.exit(PREEMPTED_EXIT)
