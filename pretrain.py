@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import hydra
+import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -35,7 +36,7 @@ from training.preemption import agree_to_stop, exit_preempted, log_preemption, s
 from training.run_log import RunLog
 from training.schedule import lr_factor  # noqa: F401  (re-exported: tests and notebooks read the schedule here)
 from training.state import TrainState, build_train_state, checkpoint_root, resume
-from training.step import NonFiniteLossError, reduce_metrics, train_step
+from training.step import NonFiniteLossError, add_metrics, reduce_metrics, train_step
 from utils import checkpoint as ckpt
 from utils.config import ConfigError, TrainConfig, check_command_line, exit_with_error, load_config, register_configs
 from utils.distributed import DistEnv, cleanup_distributed, init_distributed
@@ -74,6 +75,8 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
         # --- loop -------------------------------------------------------------------------------
         bar = tqdm(total=stop_step, initial=state.step, disable=not (env.is_main and config.progress_bar), unit="step")
         last_train: dict[str, float] = {}
+        window: dict[str, torch.Tensor] | None = None  # the loss's sums since the last log line
+        window_steps = 0
         last_eval: dict[str, float] = {}
         started = time.perf_counter()
         state.model.train()
@@ -84,12 +87,15 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
                     batch = {k: v.to(env.device) for k, v in (demos.attach(batch) if demos else batch).items()}
                     log_now = (state.step + 1) % config.log_interval == 0 or state.step + 1 == stop_step
                     metrics = train_step(state, batch, grad_norms=log_now)
+                    window, window_steps = add_metrics(window, metrics), window_steps + 1
                     if state.step == kill_at:
                         kill_self()
                     bar.update(1)
                     if log_now:
-                        last_train = reduce_metrics(metrics, env, config.global_batch_size)
-                        bar.set_postfix(loss=f"{last_train['train/lm_loss']:.3f}", acc=f"{last_train['train/accuracy']:.3f}")
+                        last_train = reduce_metrics(window, env, config.global_batch_size, window_steps)
+                        window, window_steps = None, 0
+                        bar.set_postfix(loss=f"{last_train['train/lm_loss']:.3f}",
+                                        acc=f"{last_train.get('train/accuracy', float('nan')):.3f}")
                         run_log.train(state.step, stop_step, last_train)
                     if config.checkpoint_interval_steps and state.step % config.checkpoint_interval_steps == 0:
                         saved_step = save(state, root, env)

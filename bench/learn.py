@@ -141,8 +141,9 @@ def plot_curve(rows: list[dict], path: str, title: str) -> None:
     steps = [r["step"] for r in train]
     ax1.plot(steps, [r["train/lm_loss"] for r in train])
     ax1.set(xlabel="step", ylabel="train lm_loss", yscale="log")
-    ax2.plot(steps, [r["train/exact_accuracy"] for r in train], label="exact (halted examples)")
-    ax2.plot(steps, [r["train/accuracy"] for r in train], label="cell accuracy")
+    halted = [r for r in train if "train/accuracy" in r]  # a log window where none halted measured nothing
+    ax2.plot([r["step"] for r in halted], [r["train/exact_accuracy"] for r in halted], label="exact (halted examples)")
+    ax2.plot([r["step"] for r in halted], [r["train/accuracy"] for r in halted], label="cell accuracy")
     ax2.set(xlabel="step", ylim=(0, 1))
     ax2.legend()
     fig.suptitle(title)

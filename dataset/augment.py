@@ -430,7 +430,10 @@ def find_origin(tokens, canvas: int):
     return r0, c0
 
 
-@njit(cache=True, parallel=True)
+# Serial on purpose: one evaluation batch takes well under a millisecond here, and a parallel
+# kernel starts numba's spinning thread pool in every rank, which fights torch's threads
+# (2 torchrun ranks on 2 cores evaluated 3-6x slower than 1 process; bench/eval_ranks.py).
+@njit(cache=True)
 def invert_predictions(tokens, trans_ids, mappings, canvas: int):
     """Batch inverse for evaluation: crop each top-left canvas prediction and undo its
     augmentation. tokens [B, canvas*canvas]; returns grids [B, canvas, canvas] (valid
@@ -439,7 +442,7 @@ def invert_predictions(tokens, trans_ids, mappings, canvas: int):
     grids = np.zeros((n, canvas, canvas), dtype=np.uint8)
     heights = np.zeros(n, dtype=np.int64)
     widths = np.zeros(n, dtype=np.int64)
-    for b in prange(n):
+    for b in range(n):
         cropped, h, w = crop_canvas(tokens[b], canvas, 0, 0)
         if h == 0:
             continue

@@ -69,3 +69,43 @@ def test_loss_lines_reach_a_redirected_log(tiny_data, tmp_path):
     text = (tmp_path / "nohup.out").read_text()
     assert result.returncode == 0, text[-2000:]
     assert "step 1/" in text and "step 2/" in text and "| lr " in text and "| loss " in text
+
+
+# --- a log line's figures cover its window; accuracy only where examples halted -----------
+
+
+def test_training_figures_are_window_means_and_absent_where_none_halted():
+    from training.step import add_metrics, reduce_metrics
+
+    cpu = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+    def step(loss, count, correct, lr):
+        return {"lm_loss": torch.tensor(loss), "count": torch.tensor(count), "accuracy": torch.tensor(correct),
+                "exact_accuracy": torch.tensor(correct / 2), "lr": torch.tensor(lr)}
+
+    window = add_metrics(None, step(8.0, 0.0, 0.0, 1e-3))
+    none_halted = reduce_metrics(window, cpu, global_batch_size=4, steps=1)
+    assert none_halted["train/count"] == 0 and none_halted["train/lm_loss"] == 2.0
+    assert "train/accuracy" not in none_halted and "train/exact_accuracy" not in none_halted  # nothing measured
+
+    window = add_metrics(window, step(4.0, 3.0, 2.4, 2e-3))  # 3 halted at the second step, 2.4 cells right in all
+    figures = reduce_metrics(window, cpu, global_batch_size=4, steps=2)
+    assert figures["train/lm_loss"] == pytest.approx(12.0 / 8)  # per example over both steps' batches
+    assert figures["train/count"] == 3
+    assert figures["train/accuracy"] == pytest.approx(0.8) and figures["train/exact_accuracy"] == pytest.approx(0.4)
+    assert figures["train/lr"] == pytest.approx(2e-3)  # the last step's, not a sum
+
+
+def test_a_log_line_without_halted_examples_shows_no_accuracy(tiny_data, tmp_path, caplog):
+    # halt_max_steps 4 and no exploration: nothing halts before step 4, so the step-2 line measured nothing.
+    overrides = tiny_overrides(tiny_data, tmp_path / "ck", "epochs=1000", "evaluate=false", "max_steps=4",
+                               "log_interval=2", "arch.halt_max_steps=4", "arch.halt_exploration_prob=0")
+    with caplog.at_level("INFO", logger="training.run_log"):
+        pretrain.train(compose_config(overrides), DistEnv(rank=0, world_size=1, local_rank=0,
+                                                          device=torch.device("cpu")))
+    rows = [r for r in records(tmp_path / "ck") if "train/lm_loss" in r]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert "train/accuracy" not in rows[0] and rows[0]["train/count"] == 0
+    assert rows[1]["train/count"] == 8 and 0 <= rows[1]["train/accuracy"] <= 1
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step 2/")]
+    assert lines and "accuracy - | exact -" in lines[0]

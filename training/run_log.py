@@ -32,6 +32,11 @@ CURVES = (("loss", ("train/lm_loss", "all/lm_loss")),
           ("pass@k (test split, voted, per task)", ("ARC/pass@1", "ARC/pass@2", "ARC/pass@10")))
 
 
+def _halted_figure(metrics: dict[str, float], key: str) -> str:
+    """A figure measured on the examples that halted since the last line; '-' when none did."""
+    return f"{metrics[key]:.4f}" if key in metrics else "-"
+
+
 class RunLog:
     """A context for the training loop: on entry (rank 0) the run folder gets the resolved
     ``config.yaml`` and a ``train.log`` that every log line of the run goes to, wandb starts
@@ -94,7 +99,8 @@ class RunLog:
             self.wandb.log(metrics, step=step)
 
     def train(self, step: int, total: int, metrics: dict[str, float]) -> None:
-        """One line: step, lr, loss, accuracy, examples/s since the last line."""
+        """One line: step, lr, and since the last line the mean loss, the accuracy over the
+        examples that halted ('-' when none did) and examples/s."""
         started, since = self._clock
         now = time.perf_counter()
         per_s = (step - since) * self.config.global_batch_size / max(now - started, 1e-9)
@@ -103,9 +109,9 @@ class RunLog:
             return
         metrics = {**metrics, "train/examples_per_s": per_s}
         self._write(step, metrics)
-        log.info("step %d/%d | lr %.3g | loss %.4f | accuracy %.4f | exact %.4f | %.1f examples/s", step, total,
+        log.info("step %d/%d | lr %.3g | loss %.4f | accuracy %s | exact %s | %.1f examples/s", step, total,
                  metrics["train/lr"], metrics.get("train/lm_loss", float("nan")),
-                 metrics.get("train/accuracy", float("nan")), metrics.get("train/exact_accuracy", float("nan")), per_s)
+                 _halted_figure(metrics, "train/accuracy"), _halted_figure(metrics, "train/exact_accuracy"), per_s)
 
     def evaluation(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
         if not self.env.is_main:

@@ -174,16 +174,36 @@ def component_grad_norms(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return norms
 
 
-def reduce_metrics(metrics: dict[str, torch.Tensor], env: DistEnv, global_batch_size: int) -> dict[str, float]:
-    """``train/*`` figures of one step: the loss's sums over all ranks, losses per example of
-    the global batch, ``count`` (examples that halted at this step) as the sum, the rest per
-    halted example. ``lr``, ``skipped_steps`` (bad steps so far) and gradient norms are the
-    same on every rank and pass through."""
-    local = {k: v for k, v in metrics.items() if k in ("lr", "skipped_steps") or k.startswith("grad_norm/")}
+def add_metrics(window: dict[str, torch.Tensor] | None, metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The sums of a log window: the loss's metrics added step by step; ``lr``,
+    ``skipped_steps`` and gradient norms (the same on every rank) are the last step's."""
+    if window is None:
+        return {k: v.detach() for k, v in metrics.items()}
+    return {k: v.detach() if _passes_through(k) else window[k] + v.detach() for k, v in metrics.items()}
+
+
+def _passes_through(key: str) -> bool:
+    return key in ("lr", "skipped_steps") or key.startswith("grad_norm/")
+
+
+def reduce_metrics(metrics: dict[str, torch.Tensor], env: DistEnv, global_batch_size: int,
+                   steps: int = 1) -> dict[str, float]:
+    """``train/*`` figures of a log window of ``steps`` steps (``add_metrics``' sums): summed
+    over all ranks, losses per example of the window's global batches, ``count`` (examples
+    that halted in the window) as the sum, the rest (accuracy, exact_accuracy, ...) per
+    halted example, and left out when none halted: a window without a halt measured nothing.
+    ``lr``, ``skipped_steps`` and gradient norms pass through."""
+    local = {k: v for k, v in metrics.items() if _passes_through(k)}
     keys = sorted(k for k in metrics if k not in local)
     values = all_reduce_sum(torch.stack([metrics[k].detach().to(torch.float64) for k in keys]), env).tolist()
     raw = dict(zip(keys, values))
-    count = max(raw["count"], 1.0)
-    divisor = {k: global_batch_size if k.endswith("loss") else 1.0 if k == "count" else count for k in keys}
-    return {**{f"train/{k}": v / divisor[k] for k, v in raw.items()},
-            **{f"train/{k}": float(v) for k, v in local.items()}}
+    count = raw.get("count", 1.0)
+    figures = {}
+    for k, v in raw.items():
+        if k.endswith("loss"):
+            figures[f"train/{k}"] = v / (global_batch_size * steps)
+        elif k == "count":
+            figures["train/count"] = v
+        elif count > 0:
+            figures[f"train/{k}"] = v / count
+    return {**figures, **{f"train/{k}": float(v) for k, v in local.items()}}
