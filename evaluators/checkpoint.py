@@ -36,7 +36,7 @@ from models.recursive import DataShape
 from utils import checkpoint as ckpt
 from utils.config import TrainConfig, compose_config, saved_overrides
 from utils.distributed import DistEnv
-from utils.io import write_json_atomic
+from utils.io import read_jsonl, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,16 @@ class EvalResult:
     summary: list[str] = field(default_factory=list)  # the lines a command prints: what was scored, where it went
 
 
+def run_records(checkpoint: Checkpoint) -> list[dict]:
+    """The logged records (metrics.jsonl) of the run that wrote an ARCForge checkpoint, up to
+    its step: the learning curve report.png draws ([] for a weights file)."""
+    if checkpoint.state is None or not os.path.isdir(checkpoint.path):
+        return []
+    records = read_jsonl(os.path.join(os.path.dirname(os.path.abspath(checkpoint.path)), ckpt.METRICS_FILE))
+    step = checkpoint.state.get("step")
+    return [r for r in records if step is None or r.get("step", 0) <= step]
+
+
 def evaluate_checkpoint(config: TrainConfig, checkpoint: Checkpoint, env: DistEnv) -> EvalResult:
     """Evaluate on the test split of ``config.data`` (its ``test_paths``, else ``paths``: one
     dataset) and write ``metrics.json``, ``submission.json`` and ``report.png`` to
@@ -191,7 +201,7 @@ def evaluate_checkpoint(config: TrainConfig, checkpoint: Checkpoint, env: DistEn
     with open(os.path.join(test_path, "test_puzzles.json")) as f:
         tasks = json.load(f)
     render_report(os.path.join(out_dir, "report.png"), {t: tasks[t] for t in submission}, submission,
-                  max_tasks=config.eval.report_tasks, title=title)
+                  max_tasks=config.eval.report_tasks, title=title, curve=run_records(checkpoint))
     summary = title.split("\n")
     for convention in ("pass", "kaggle_pass", "strict_pass"):
         figures = [f"@{k} {metrics[f'ARC/{convention}@{k}']:.4f}" for k in config.eval.pass_ks

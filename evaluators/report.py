@@ -2,8 +2,10 @@
 
 Columns: the test input, ``attempt_1``, ``attempt_2`` and the target (a blank "hidden" panel
 when the test pair has no output), each panel titled with its grid size; a left-hand label
-gives the task id, the test index and the verdict. Drawn with the Agg canvas directly, so
-the caller's pyplot backend is untouched.
+gives the task id, the test index and the verdict. Tasks with a solved test input come
+first, so what the model solved is what a reader sees. With the run's logged records, a
+band on top draws its learning curve. Drawn with the Agg canvas directly, so the caller's
+pyplot backend is untouched.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ SOLVED_COLOUR = "#1E8449"
 DPI = 80
 PANEL_INCHES = 2.2
 TITLE_INCHES = 0.7  # figure title band
+CURVE_INCHES = 3.0  # learning-curve band
 
 
 def verdict(task_test_pair: dict, entry: dict | None) -> str:
@@ -66,23 +69,52 @@ def _draw_grid(ax: Axes, grid: list[list[int]] | None, label: str, colour: str =
     ax.set_title(f"{label} {h}x{w}", fontsize=10, color=colour)
 
 
-def render_report(path: str, tasks: dict, submission: dict, max_tasks: int = 16, title: str = "") -> int:
-    """Write the PNG report for the first ``max_tasks`` tasks of ``tasks`` atomically; return the rows drawn.
+def solved_first(tasks: dict, submission: dict) -> list[str]:
+    """Task ids, those with a solved test input first; each group in ``tasks``' order."""
+    def solved(task_id: str) -> bool:
+        entries = submission.get(task_id) or []
+        return any(verdict(pair, entries[i] if i < len(entries) else None).startswith("solved")
+                   for i, pair in enumerate(tasks[task_id]["test"]))
+
+    return sorted(tasks, key=lambda t: not solved(t))  # stable: the file's order within each group
+
+
+def _draw_curve(ax: Axes, records: list[dict]) -> None:
+    """Training accuracy over halted examples and the held-out test figures, against step."""
+    series = (("train/accuracy", "train cell accuracy (halted)", "-"), ("train/exact_accuracy", "train exact (halted)", "-"),
+              ("all/accuracy", "test cell accuracy (per view)", "o-"), ("ARC/pass@2", "test pass@2 (voted, per task)", "s-"))
+    for key, label, style in series:
+        points = [(r["step"], r[key]) for r in records if key in r]
+        if points:
+            ax.plot(*zip(*points), style, label=label, markersize=4, linewidth=1)
+    ax.set(xlabel="step", ylim=(0, 1), title="learning curve")
+    if ax.lines:
+        ax.legend(fontsize=8, loc="upper left")
+
+
+def render_report(path: str, tasks: dict, submission: dict, max_tasks: int = 16, title: str = "",
+                  curve: list[dict] | None = None) -> int:
+    """Write the PNG report for ``max_tasks`` tasks of ``tasks`` (solved ones first) atomically;
+    return the rows drawn. ``curve``: the run's logged records (metrics.jsonl), drawn on top.
 
     ``tasks`` maps task id -> ARC task (``{"train": [...], "test": [{"input", "output"?}]}``),
     ``submission`` is in ARC Prize format (task id -> one attempts dict per test input)."""
     rows = []
-    for task_id in list(tasks)[:max_tasks]:
+    for task_id in solved_first(tasks, submission)[:max_tasks]:
         entries = submission.get(task_id) or []
         for i, pair in enumerate(tasks[task_id]["test"]):
             rows.append((task_id, i, pair, entries[i] if i < len(entries) else None))
     n = max(len(rows), 1)
     title_inches = TITLE_INCHES + 0.3 * title.count("\n")  # one more line of title text each
-    height = PANEL_INCHES * n + title_inches
+    curve_inches = CURVE_INCHES if curve else 0.0
+    height = PANEL_INCHES * n + title_inches + curve_inches
     fig = Figure(figsize=(PANEL_INCHES * 5, height), dpi=DPI)
     FigureCanvasAgg(fig)
     fig.suptitle(title, fontsize=14, y=1 - 0.15 / height, va="top")
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.1 / height, top=1 - title_inches / height, wspace=0.1, hspace=0.3)
+    top = 1 - (title_inches + curve_inches) / height
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.1 / height, top=top, wspace=0.1, hspace=0.3)
+    if curve:
+        _draw_curve(fig.add_axes((0.08, top + 0.6 / height, 0.88, (curve_inches - 1.0) / height)), curve)
     axes = fig.subplots(n, 5, squeeze=False)
     if not rows:
         for ax in axes[0]:

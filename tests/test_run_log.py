@@ -109,3 +109,15 @@ def test_a_log_line_without_halted_examples_shows_no_accuracy(tiny_data, tmp_pat
     assert rows[1]["train/count"] == 8 and 0 <= rows[1]["train/accuracy"] <= 1
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step 2/")]
     assert lines and "accuracy - | exact -" in lines[0]
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_a_bad_middle_line_is_an_error(tmp_path):
+    from utils.io import read_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "train/lm_loss": 2.0}\n{"step": 2, "train/lm_lo')  # what a full disk leaves
+    assert read_jsonl(str(path)) == [{"step": 1, "train/lm_loss": 2.0}]
+    path.write_text('{"step": 1}\n{"step": 2, "tr\n{"step": 3}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        read_jsonl(str(path))
+    assert read_jsonl(str(tmp_path / "absent.jsonl")) == []

@@ -17,14 +17,14 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from training.state import TrainState
+from utils.checkpoint import METRICS_FILE
 from utils.config import TrainConfig
 from utils.distributed import DistEnv
-from utils.io import write_text_atomic
+from utils.io import read_jsonl, write_text_atomic
 from utils.logging import init_wandb
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 # (panel title, metric keys drawn in it)
 CURVES = (("loss", ("train/lm_loss", "all/lm_loss")),
@@ -75,8 +75,7 @@ class RunLog:
         path = os.path.join(self.root, METRICS_FILE)
         if not os.path.isfile(path):
             return []
-        with open(path) as f:
-            records = [r for line in f if line.strip() and (r := json.loads(line))["step"] <= step]
+        records = [r for r in read_jsonl(path) if r["step"] <= step]
         with open(path + ".tmp", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
         os.replace(path + ".tmp", path)

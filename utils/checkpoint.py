@@ -98,6 +98,7 @@ from utils.monitor import best_first
 log = logging.getLogger(__name__)
 
 SCORE_FILE = "score.json"  # the monitored evaluation metric of a checkpoint (callbacks)
+METRICS_FILE = "metrics.jsonl"  # in the run folder: every logged record of the run (training/run_log.py)
 MANIFEST = "manifest.json"
 STATE_FILE = "state.pt"
 LOCK_FILE = ".lock"

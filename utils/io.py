@@ -1,8 +1,11 @@
-"""Atomic file output: a reader sees the old file or the new one, never half of one."""
+"""Atomic file output: a reader sees the old file or the new one, never half of one; and
+reading the one file written by appending, a JSON-lines log, whose last line a crash or a
+full disk may have torn."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -33,6 +36,24 @@ def _write_atomic(path: str, write: Callable[[IO[str]], Any]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file ([] when it does not exist). A torn last line (what a
+    crash or a full disk leaves) is dropped with a warning; a bad line before it is an error."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        lines = [line for line in f.read().split("\n") if line.strip()]
+    records = []
+    for n, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if n < len(lines) - 1:
+                raise ValueError(f"{path}: line {n + 1} is not JSON ({e})") from e
+            logging.getLogger(__name__).warning("%s: dropped a torn last line (%d characters)", path, len(line))
+    return records
 
 
 def fsync_dir(path: str) -> None:
