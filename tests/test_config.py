@@ -110,6 +110,8 @@ def test_every_experiment_composes(experiment):
         actual = composed
         for part in dotted.split("."):
             actual = actual[part]
+        if isinstance(value, str) and "${" in value:  # an interpolation, e.g. run_name: NAME-seed${seed}
+            value = OmegaConf.create({**composed, "_value": value})["_value"]
         if isinstance(value, float):
             assert actual == pytest.approx(value), dotted
         else:
