@@ -139,6 +139,8 @@ def build_train_state(config: TrainConfig, env: DistEnv, train_data: PuzzleDatas
     if env.distributed and not config.freeze_weights:
         forward = DistributedDataParallel(model, broadcast_buffers=False)
     if config.compile:
+        # A machine without a working C++ compiler (CPU inductor needs one) trains eagerly, warned, not stopped.
+        torch._dynamo.config.suppress_errors = True
         forward = torch.compile(forward)
 
     optimizers: list[torch.optim.Optimizer] = []
