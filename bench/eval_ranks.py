@@ -1,7 +1,7 @@
 """Evaluation time of one checkpoint: one process against ``torchrun --nproc-per-node 2``.
 
     python bench/eval_ranks.py                                  # makes a small checkpoint first
-    python bench/eval_ranks.py --checkpoint checkpoints/arcforge/cpu_small --rounds 3
+    python bench/eval_ranks.py --checkpoint checkpoints/arcforge/cpu_small-seed0 --rounds 3
 
 Catches evaluation falling behind the model's speed when more threads want the CPU than it
 has cores (numba's parallel kernels once started a thread pool in every rank that fought
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=100, help="training steps of the checkpoint made here")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "eval_ranks"))
+    parser.add_argument("overrides", nargs="*", help="evaluate.py overrides, e.g. data.paths=[ABSOLUTE PATH]")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     checkpoint = os.path.abspath(args.checkpoint) if args.checkpoint else make_checkpoint(args.out, args.steps)
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, launcher in (("1 process", [sys.executable]), ("2 ranks", torchrun)):
             out = os.path.join(args.out, f"eval-{name.replace(' ', '-')}")
             seconds = timed([*launcher, "evaluate.py", f"checkpoint={checkpoint}", f"eval.output_dir={out}",
-                             "progress_bar=false"], env)
+                             "progress_bar=false", *args.overrides], env)
             runs[name].append(seconds)
             print(f"round {r + 1}: {name}: {seconds:.1f} s", flush=True)
     one, two = statistics.median(runs["1 process"]), statistics.median(runs["2 ranks"])

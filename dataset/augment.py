@@ -8,6 +8,8 @@ build is identical to TinyRecursiveModels' builder while running entirely in num
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from numba import njit, prange
 
@@ -355,6 +357,20 @@ def _encode_grid(out, cells, offset: int, h: int, w: int, trans_id: int, mapping
             out[i * canvas + eos_c] = EOS_ID
 
 
+def limit_parallel_threads() -> int:
+    """Give numba's parallel kernels (the builder's encoding) this process's share of the
+    cores: the cores it may run on over the ranks on its node (``LOCAL_WORLD_SIZE``), as
+    torchrun's OMP_NUM_THREADS=1 does for torch. Called right before a parallel kernel, since
+    it starts numba's thread pool, which only a process that runs such a kernel should have:
+    in a torchrun rank an idle pool made evaluation 7x slower."""
+    import numba
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = max(1, usable // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1))
+    numba.set_num_threads(min(share, numba.config.NUMBA_NUM_THREADS))
+    return share
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def encode_examples(first: int, inputs_out, labels_out, example_inputs, example_labels, example_puzzle,
                     puzzle_trans, puzzle_mappings, pad_rows, pad_cols,
@@ -431,8 +447,8 @@ def find_origin(tokens, canvas: int):
 
 
 # Serial on purpose: one evaluation batch takes well under a millisecond here, and a parallel
-# kernel starts numba's spinning thread pool in every rank, which fights torch's threads
-# (2 torchrun ranks on 2 cores evaluated 3-6x slower than 1 process; bench/eval_ranks.py).
+# kernel starts numba's thread pool in every rank, which fights torch's threads (2 torchrun
+# ranks on 2 cores evaluated 3-7x slower than 1 process; bench/eval_ranks.py).
 @njit(cache=True)
 def invert_predictions(tokens, trans_ids, mappings, canvas: int):
     """Batch inverse for evaluation: crop each top-left canvas prediction and undo its

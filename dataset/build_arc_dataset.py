@@ -31,6 +31,7 @@ from dataset.augment import (
     augmented_names,
     draw_translations,
     encode_examples,
+    limit_parallel_threads,
     plan_augmentations,
     shuffle_order,
 )
@@ -437,6 +438,7 @@ def write_set(out_dir: str, part: SetPart, grids: tuple[np.ndarray, ...], chunk:
         f_in.write(buf_in[:rows].data)
         f_lab.write(buf_lab[:rows].data)
 
+    limit_parallel_threads()
     desc = f"encode {os.path.basename(out_dir)}" + (f" {part.name}" if part.name != SET_NAME else "")
     with f_in, f_lab, ThreadPoolExecutor(max_workers=1) as writer, \
             tqdm(total=n, desc=desc, unit="ex", unit_scale=True, disable=None) as bar:

@@ -40,24 +40,10 @@ def init_distributed(device: str = "auto") -> DistEnv:
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
-    share_cores(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if world_size > 1:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=_attempt_store(world_size),
                                 rank=rank, world_size=world_size)
     return DistEnv(rank, world_size, local_rank, dev)
-
-
-def share_cores(local_ranks: int) -> int:
-    """Give this process its share of the machine's cores (the cores it may run on, over the
-    ranks on this node) for numba's parallel kernels (the dataset builder's), as torchrun's
-    OMP_NUM_THREADS=1 does for torch: numba would otherwise start a pool as wide as the
-    machine in every rank, and more threads than cores slow every rank several-fold."""
-    import numba
-
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    cores = max(1, usable // max(local_ranks, 1))
-    numba.set_num_threads(min(cores, numba.config.NUMBA_NUM_THREADS))
-    return cores
 
 
 def _attempt_store(world_size: int) -> dist.Store | None:
