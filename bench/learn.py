@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--canvas", choices=CANVASES, default="small")
-    parser.add_argument("--minutes", type=float, default=30.0, help="stop after this much training time (evaluation excluded)")
+    parser.add_argument("--minutes", type=float, default=30.0,
+                        help="stop after this much training time (evaluation excluded)")
     parser.add_argument("--steps", type=int, default=None, help="stop after this many steps instead (or first)")
     parser.add_argument("--seed", type=int, default=0, help="held-out split, augmentation and training seed")
     parser.add_argument("--max-side", type=int, default=6)
@@ -226,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     train_seconds = training_seconds(rows, config.global_batch_size)
     steps = int(summary["step"])
     tokens = tokens_trained(data, config.global_batch_size, config.seed, steps)
-    result = {"canvas": args.canvas, "seed": args.seed, "scored": args.scored, "max_side": args.max_side, "steps": steps, "examples": steps * config.global_batch_size,
+    result = {"canvas": args.canvas, "seed": args.seed, "scored": args.scored, "max_side": args.max_side,
+              "steps": steps, "examples": steps * config.global_batch_size,
               "tokens": tokens, "train_minutes": train_seconds / 60, "wall_minutes": wall / 60,
               "pass@1": summary.get("ARC/pass@1", 0.0), "pass@2": summary.get("ARC/pass@2", 0.0), **figures,
               "test_cell_accuracy": summary.get("all/accuracy"), "test_loss": summary.get("all/lm_loss"),

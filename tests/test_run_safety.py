@@ -97,7 +97,8 @@ def test_entry_points_end_config_errors_with_one_line_and_status_2(script, args,
 
 def test_missing_dataset_names_the_command_that_builds_it(tmp_path):
     config = compose_config(["experiment=cpu_small", f"data.paths=[{tmp_path / 'absent'}]"])
-    with pytest.raises(ConfigError, match="build it with: python -m dataset.build_arc_dataset .*--max-grid-size 6 --skip-oversized$"):
+    with pytest.raises(ConfigError,
+                       match="build it with: python -m dataset.build_arc_dataset .*--max-grid-size 6 --skip-oversized$"):
         pretrain.train(config, CPU)
 
 
