@@ -235,3 +235,23 @@ def test_init_from_reference_style_checkpoint(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="does not fit"):
         run(tiny_overrides(other, tmp_path / "d", "epochs=1", "max_steps=1", "arch.hidden_size=32",
                            "arch.puzzle_emb_ndim=32", f"init_from={tmp_path / 'step_100'}"))
+
+
+def test_periodic_eval_on_another_build_matches_puzzle_rows_by_identifier(tiny_data, tmp_path):
+    """data.test_paths names a build with more puzzle rows than the training table (it shares
+    tr0-tr2 and ev0 with it). The periodic evaluation matches rows by identifier, so its
+    figures equal evaluate.py's on the same checkpoint (force_identifiers: the same rule).
+    Indexing the table by row number raised IndexError here."""
+    from evaluators.checkpoint import evaluate_checkpoint, load_checkpoint
+
+    other = build_tiny_dataset(tmp_path, num_aug=0, canvas=3, side=2, n_eval=8)
+    summary, config = run(tiny_overrides(tiny_data, tmp_path / "ck", "epochs=2", "eval_interval=1",
+                                         f"data.test_paths=[{other}]"))
+    assert len(PuzzleDataset([str(other)], "test", 8, 0, 1).identifiers) > \
+        len(PuzzleDataset([str(tiny_data)], "train", 8, 0, 1).identifiers)
+    config.force_identifiers = True
+    config.eval.output_dir = str(tmp_path / "eval")
+    result = evaluate_checkpoint(config, load_checkpoint(str(tmp_path / "ck")), CPU)
+    for key in ("all/accuracy", "all/exact_accuracy", "ARC/pass@1", "ARC/pass@2", "ARC/tasks_scored"):
+        assert summary[key] == result.metrics[key], key
+    assert summary["ARC/tasks_scored"] == 8

@@ -1,9 +1,11 @@
 """The trainer's periodic evaluation: the library evaluation (evaluators/loop.py, the same
 loop evaluate.py and the pipelines run) on the EMA weights when the run keeps them, its submission and
-metrics written to ``<run>/evaluator_ARC_step_<N>/``."""
+metrics written to ``<run>/evaluator_ARC_step_<N>/``. On ``data.test_paths`` (another build) each
+puzzle row is matched by identifier, as every loader does (models/convert.py: fit_weights)."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -13,11 +15,14 @@ from dataset.puzzle_dataset import PuzzleDataset
 from evaluators.arc import ARCVoter, write_submission
 from evaluators.loop import evaluate_examples
 from models import build_model
-from models.convert import apply_ema
+from models.convert import fit_weights
+from models.recursive import DataShape
 from training.state import TrainState
 from utils.config import ConfigError
 from utils.distributed import DistEnv
 from utils.io import write_json_atomic
+
+log = logging.getLogger(__name__)
 
 
 class PeriodicEvaluation:
@@ -31,17 +36,28 @@ class PeriodicEvaluation:
         self.demos = Demonstrations(self.paths, num_demos, config.seed) if num_demos else None
         # Votes are per evaluation unless eval.pool_votes (TRM's default, which grows memory).
         self.pooled_voter = ARCVoter(self.paths[0]) if config.eval.pool_votes and len(self.paths) == 1 else None
+        self.noted = False  # the puzzle-row note is logged once per run
 
     def _voter(self) -> ARCVoter | None:
         return self.pooled_voter or (ARCVoter(self.paths[0]) if len(self.paths) == 1 else None)
 
     def _model(self):
-        state = self.state
-        if state.ema is None:
+        """The training model itself, or a copy with the EMA weights and the test set's puzzle
+        rows (matched by identifier) when the run keeps an EMA or evaluates another build."""
+        state, data = self.state, self.data
+        if state.ema is None and data.identifiers == state.identifiers:
             return state.model
+        meta = data.metadata
+        shape = DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, data.local_batch_size)
         with torch.random.fork_rng(devices=[]):  # building the copy must not move the training RNG (resume)
-            model = build_model(state.config.arch, state.shape).to(self.env.device)
-        model.load_state_dict(apply_ema(state.model.state_dict(), state.ema.state_dict()))
+            model = build_model(state.config.arch, shape).to(self.env.device)
+        fitted, notes = fit_weights(state.model.state_dict(), model.state_dict(), table_key=model.puzzle_table_key,
+                                    ema=state.ema.state_dict() if state.ema is not None else None,
+                                    source_ids=state.identifiers, target_ids=data.identifiers)
+        if notes and not self.noted:
+            log.info("evaluation on %s: %s", ", ".join(self.paths), "; ".join(notes))
+            self.noted = True
+        model.load_state_dict(fitted)
         return model
 
     def __call__(self) -> dict[str, float]:
@@ -65,7 +81,7 @@ class PeriodicEvaluation:
             return
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             voter = ARCVoter(self.paths[0]) if len(self.paths) == 1 else None  # not the pooled one
-            preview, _ = evaluate_examples(self.state.model, self.state.loss_fn, self.data, self.env, voter,
+            preview, _ = evaluate_examples(self._model(), self.state.loss_fn, self.data, self.env, voter,
                                            config.eval.pass_ks, config.eval.ranking, task_limit=1, demos=self.demos)
         if callbacks.monitor not in preview:
             raise ConfigError(f"callbacks.monitor={callbacks.monitor!r} is not an evaluation metric of this run; "
