@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file as load_safetensors
-from train_helpers import build_tiny_dataset, compose_config, read_json, tiny_overrides
+from train_helpers import build_tiny_dataset, compose_config, error_lines, read_json, run_script, tiny_overrides
 
 import evaluate
 import pretrain
@@ -209,6 +209,24 @@ def test_a_full_disk_with_no_checkpoint_yet_says_so(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_file_size_limit_while_checkpointing_ends_pretrain_with_one_error_line(trained, tmp_path):
+    """A real failed write: ``ulimit -f`` below a checkpoint file's size (torch.save wraps the
+    EFBIG in a RuntimeError of its own). Exit 3 with one line naming the newest intact
+    checkpoint, which stays complete; nothing half-written is left."""
+    data, root = run_copy(trained, tmp_path)  # checkpoints at steps 2 and 4
+    limit = min(f.stat().st_size for f in step_dir(root, 4).glob("*.pt")) // 2
+    result = run_script("pretrain.py", [*tiny_overrides(data, root, *RUN, "resume=auto", "max_steps=6"),
+                                        f"hydra.run.dir={tmp_path / 'hydra'}"], file_size_limit=limit)
+    errors = error_lines(result)
+    assert result.returncode == pretrain.STOPPED_EXIT, result.stderr[-3000:]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "step_00000006" in errors[0] and "File too large" in errors[0], errors[0]
+    assert f"the newest intact checkpoint is {step_dir(root, 4)}" in errors[0], errors[0]
+    assert sorted(p.name for p in root.iterdir() if p.name.lstrip(".").startswith("step_")) == [
+        "step_00000002", "step_00000004"]  # no temporary folder
+    assert ckpt.checkpoint_status(str(step_dir(root, 4)))[0] == ckpt.COMPLETE
+
+
 # --- 3. one writer per run folder ------------------------------------------------------------
 
 
@@ -287,34 +305,39 @@ def test_without_flock_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
 
 
 class RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
+    def __init__(self, marker, call):
+        self.marker, self.call = marker, call
 
-    def __reduce__(self):  # unpickling would call open(marker, "w"): a file appears
-        return open, (str(self.marker), "w")
+    def __reduce__(self):  # unpickling would call open(marker, "w") or os.system("touch marker"): a file appears
+        return (open, (str(self.marker), "w")) if self.call == "io.open" else (os.system, (f"touch {self.marker}",))
 
 
+# posix.system: torch refuses its module outright, in a message of other words than io.open's
+@pytest.mark.parametrize("call", ["io.open", "posix.system"])
 @pytest.mark.parametrize("entry", ["evaluate", "init_from", "resume", "rank file"])
-def test_a_pickled_object_that_runs_code_is_refused_naming_the_file(tmp_path, entry, capsys):
+def test_a_pickled_object_that_runs_code_is_refused_naming_the_file(tmp_path, entry, call, capsys):
     marker = tmp_path / "code-ran"
     folder = tmp_path / "run" / "step_00000001"  # a checkpoint as written before manifests
     folder.mkdir(parents=True)
-    evil = {"model": {"w": torch.zeros(2)}, "step": 1, "payload": RunsCode(marker)}
+    evil = {"model": {"w": torch.zeros(2)}, "step": 1, "payload": RunsCode(marker, call)}
     torch.save(evil if entry != "rank file" else {"model": {}, "step": 1}, folder / "state.pt")
-    torch.save({"carry": RunsCode(marker)}, folder / "rank0.pt")
+    torch.save({"carry": RunsCode(marker, call)}, folder / "rank0.pt")
     named = folder / ("rank0.pt" if entry == "rank file" else "state.pt")
     if entry == "evaluate":
         assert evaluate.main([f"checkpoint={folder}", "arch=trm_tiny"]) == 2
-        error = capsys.readouterr().err
-        assert f"refused to load {named}" in error and "io.open" in error, error
+        message = capsys.readouterr().err.strip()
     else:
-        with pytest.raises(ckpt.UnsafeCheckpointError, match=f"refused to load {named}: it holds a reference to"):
+        with pytest.raises(ckpt.UnsafeCheckpointError) as e:
             if entry == "init_from":
                 ckpt.load_weights(str(named))
             elif entry == "resume":
                 ckpt.load_shared(ckpt.resolve_resume("auto", str(tmp_path / "run")))
             else:
                 ckpt.load_rank(str(folder), 0)
+        message = str(e.value)
+    assert f"refused to load {named}: it holds a reference to {call}," in message, message
+    assert len(message.splitlines()) == 1, message  # one line, not torch's page
+    assert "weights_only set to False" not in message and "will likely succeed" not in message, message
     assert not marker.exists()
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import learning_seed, use_test_threads, write_folder_source
+from conftest import ROOT, learning_seed, use_test_threads, write_folder_source
 
 import pretrain
 from dataset.build_arc_dataset import main as build_main
@@ -124,3 +128,22 @@ def memorise(data: Path, checkpoint: Path, *extra: str) -> tuple[dict, TrainConf
     return train_until(seeded(*tiny_overrides(data, checkpoint, *MEMORISE, *extra)),
                        lambda _summary, config: split_metrics(config, data)["all/exact_accuracy"],
                        target=1.0, chunk=MEMORISE_CHUNK, cap=MEMORISE_CAP)
+
+
+def run_script(script: str, args: list[str], file_size_limit: int | None = None,
+               timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python SCRIPT ARGS`` in the repository root (one thread, wandb off), its output
+    captured. ``file_size_limit``: the bytes any file it writes may reach (RLIMIT_FSIZE, what
+    ``ulimit -f`` sets); Python ignores SIGXFSZ, so a write past it fails with EFBIG, as on a
+    full disk."""
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=limit_file_size if file_size_limit is not None else None)
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    """The ``error:`` lines a script printed (an entry point ends a refused run with one)."""
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -320,12 +320,28 @@ def plain_types(obj: Any) -> Any:
 
 
 def write_torch(path: str, obj: Any) -> None:
-    """torch.save through a Python file, flushed and fsynced: a full disk raises
-    OSError(ENOSPC) here (torch.save to a path raises a RuntimeError that does not say so)."""
-    with open(path, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    """torch.save through a Python file, flushed and fsynced; a full disk or a file-size limit
+    raises the OSError (ENOSPC, EDQUOT, EFBIG) naming ``path``. torch.save's writer meets that
+    error in the file's ``write`` and then fails itself ("enforce fail at
+    inline_container.cc", a RuntimeError over it): the OSError is raised in its place."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as e:
+        failed_write = e if isinstance(e, OSError) else _os_error_under(e)
+        if failed_write is None:
+            raise
+        raise OSError(failed_write.errno, failed_write.strerror, path) from e
+
+
+def _os_error_under(error: BaseException) -> OSError | None:
+    """The OSError that ``error`` was raised over (its __cause__ / __context__ chain), if any."""
+    seen = error.__cause__ or error.__context__
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__cause__ or seen.__context__
+    return seen
 
 
 class _OtherRank(Exception):
@@ -396,6 +412,10 @@ def _write_failure(root: str, what: str, error: BaseException, env: DistEnv) -> 
             free = ""
         cause = f"the disk is full ({os.strerror(error.errno)}{free})"
         todo = "free space (or lower max_checkpoints) and run again with resume=auto"
+    elif error.errno == errno.EFBIG:
+        cause = (f"{error.filename or 'a file'} reached the largest size allowed "
+                 f"({os.strerror(error.errno)}: the file-size limit, `ulimit -f`, or the filesystem's largest file)")
+        todo = "raise that limit and run again with resume=auto"
     else:
         cause = f"{error.strerror or error} ({getattr(error, 'filename', None) or root})"
         todo = "fix that and run again with resume=auto"
@@ -525,6 +545,24 @@ def _numpy_safe_globals() -> list[Any]:
 SAFE_GLOBALS = _numpy_safe_globals()
 
 
+# torch's own words around a weights_only refusal: advice to turn the protection off, links
+TORCH_ADVICE = re.compile(r"weights_only|trust|documentation|file an issue|two options|Alternatively", re.IGNORECASE)
+
+
+def _refused(message: str) -> str:
+    """What torch's weights_only unpickler refused, in a few words: the global the file asked
+    for ("GLOBAL x was not an allowed global", "GLOBAL x whose module ... is blocked"), else
+    the unpickler's own reason; never torch's page of advice around it."""
+    found = re.search(r"GLOBAL (\S+)", message)
+    if found:
+        return f"a reference to {found.group(1)}"
+    reasons = [line.replace("Weights only load failed.", "").replace("WeightsUnpickler error:", "").strip()
+               for line in message.splitlines()]
+    reason = next((r for r in reasons if r and not TORCH_ADVICE.search(r)), None)
+    return f"an object beyond tensors, containers and numbers ({reason})" if reason else \
+        "an object beyond tensors, containers and numbers"
+
+
 def load_file(path: str) -> Any:
     """A checkpoint or weights file, without running code: ``.safetensors`` through
     safetensors, anything else ``torch.load(weights_only=True)`` onto the CPU.
@@ -544,13 +582,10 @@ def load_file(path: str) -> Any:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        detail = next((line.strip() for line in str(e).splitlines() if "WeightsUnpickler error" in line), str(e))
-        what = f"a reference to {found.group(1)}" if found else detail
         raise UnsafeCheckpointError(
-            f"refused to load {path}: it holds {what}, which unpickling would call. Checkpoints are loaded with "
-            f"torch.load(weights_only=True) (tensors, plain containers, numbers, strings) so that a file never "
-            f"runs code; if you trust it, re-save its state dict with plain types") from None
+            f"refused to load {path}: it holds {_refused(str(e))}, which unpickling would call. Checkpoints are "
+            f"loaded with torch.load(weights_only=True) (tensors, plain containers, numbers, strings) so that a file "
+            f"never runs code; if you trust it, re-save its state dict with plain types") from None
     except (RuntimeError, EOFError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointCorruptError(f"{path} cannot be read ({first}): truncated or not a torch file") from None
