@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT
-from train_helpers import build_tiny_dataset, compose_config, tiny_overrides
+from train_helpers import build_tiny_dataset, compose_config, run_script, tiny_overrides
 
 import pretrain
 from utils import checkpoint as ckpt
@@ -121,3 +121,24 @@ def test_a_torn_last_metrics_line_is_dropped_and_a_bad_middle_line_is_an_error(t
     with pytest.raises(ValueError, match="line 2"):
         read_jsonl(str(path))
     assert read_jsonl(str(tmp_path / "absent.jsonl")) == []
+
+
+def test_a_metrics_line_torn_by_a_file_size_limit_is_dropped_and_the_resume_continues(tiny_data, tmp_path, caplog):
+    """The torn line made the real way: a resumed run under ``ulimit -f`` a little past the
+    size of metrics.jsonl dies appending its next record; the run after it resumes and keeps
+    each step once (a strict reader made every later resume crash with JSONDecodeError)."""
+    run = tmp_path / "run"
+    common = tiny_overrides(tiny_data, run, "epochs=50", "evaluate=false", "log_interval=1", "resume=auto",
+                            "checkpoint_interval_steps=5", "max_checkpoints=0")
+    pretrain.train(compose_config(common + ["max_steps=10"]), CPU)
+    metrics = run / "metrics.jsonl"
+    whole = metrics.stat().st_size
+    limited = run_script("pretrain.py", [*common, "max_steps=12", f"hydra.run.dir={tmp_path / 'hydra'}",
+                                         "hydra.output_subdir=null"], file_size_limit=whole + 40)
+    assert limited.returncode != 0 and "File too large" in limited.stderr, limited.stderr[-3000:]
+    torn = metrics.read_text()
+    assert len(torn) == whole + 40 and not torn.endswith("\n"), torn[-300:]  # step 11's record, cut short
+    with caplog.at_level("WARNING"):
+        summary = pretrain.train(compose_config(common + ["max_steps=12"]), CPU)
+    assert summary["step"] == 12 and "dropped a torn last line" in caplog.text
+    assert [r["step"] for r in records(run)] == list(range(1, 13))
