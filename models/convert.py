@@ -76,16 +76,23 @@ def apply_ema(weights: dict[str, torch.Tensor], ema: dict[str, torch.Tensor] | N
     return {**weights, **{k: v.to(weights[k].dtype) for k, v in ema.items()}}
 
 
+def mean_trained_row(table: torch.Tensor) -> torch.Tensor:
+    """The row unmatched and new puzzle rows start from: the mean of the trained rows, the
+    blank row 0 (BLANK_IDENTIFIER, which no example uses) left out."""
+    trained = table[1:] if table.shape[0] > 1 else table
+    return trained.float().mean(0).to(table.dtype)
+
+
 def match_puzzle_rows(table: torch.Tensor, rows: int, source_ids: list[str] | None,
                       target_ids: list[str] | None) -> tuple[torch.Tensor, str | None]:
     """A table of ``rows`` rows for the target dataset's identifiers, and a one-line note when
     it is not the checkpoint's table unchanged.
 
     With both identifier lists, a row whose identifier is in both is kept (bitwise) and every
-    other row starts from the mean of the checkpoint's rows. Without the checkpoint's
+    other row starts from the checkpoint's ``mean_trained_row``. Without the checkpoint's
     identifiers (TRM/HRM files) rows are kept by position when the counts agree, else every
     row is that mean row (as TRM does when fine-tuning)."""
-    mean_row = table.float().mean(0).to(table.dtype)
+    mean_row = mean_trained_row(table)
     if source_ids is not None and target_ids is not None:
         if len(source_ids) != table.shape[0] or len(target_ids) != rows:
             raise ValueError(f"puzzle table of {table.shape[0]} rows with {len(source_ids)} identifiers, "
@@ -130,8 +137,7 @@ def extend_puzzle_embeddings(state: dict[str, torch.Tensor], new_size: int, init
     """A copy of ``state`` (ARCForge or reference keys; ARCForge keys out) whose puzzle-embedding
     table at ``key`` (the model family's ``puzzle_table_key``) has ``new_size`` rows: the old
     rows bitwise, then new rows for identifiers that follow the old ones (test-time training
-    on new tasks). ``init``: ``mean`` of the old rows, the blank row 0 left out (it is never
-    trained), or ``zeros`` (TRM's initial rows)."""
+    on new tasks). ``init``: ``mean`` (``mean_trained_row``), or ``zeros`` (TRM's initial rows)."""
     if init not in NEW_ROW_INITS:
         raise ValueError(f"new rows init {init!r}: choose one of {', '.join(NEW_ROW_INITS)}")
     state = strip_prefixes(state)
@@ -141,7 +147,6 @@ def extend_puzzle_embeddings(state: dict[str, torch.Tensor], new_size: int, init
     old = table.shape[0]
     if new_size < old:
         raise ValueError(f"cannot shrink the puzzle-embedding table from {old} to {new_size} rows")
-    trained = table[1:] if old > 1 else table
-    row = trained.float().mean(0).to(table.dtype) if init == "mean" else torch.zeros_like(table[0])
+    row = mean_trained_row(table) if init == "mean" else torch.zeros_like(table[0])
     state[key] = torch.cat([table, row.expand(new_size - old, -1)])
     return state

@@ -18,7 +18,7 @@ import pytest
 import torch
 from train_helpers import CONF_DIR, build_tiny_dataset, compose_config, tiny_overrides
 
-from dataset.common import COLOR_OFFSET, EOS_ID, IGNORE_LABEL_ID, PAD_ID
+from dataset.common import BLANK_IDENTIFIER, COLOR_OFFSET, EOS_ID, IGNORE_LABEL_ID, PAD_ID
 from losses import build_loss
 from models import ARCH_SCHEMAS, MODELS, build_model, puzzle_table_key
 from models.base import ARCModel
@@ -179,8 +179,8 @@ def check_contract(config) -> None:
     assert key == puzzle_table_key(config.arch)
     state = model.state_dict()
     bigger = build_model(config.arch, dataclasses.replace(SHAPE, num_puzzle_identifiers=IDS + 2))
-    source_ids = [f"task{i}" for i in range(IDS)]
-    target_ids = ["task0", "new_a", "task3", "task1", "new_b", "task4", "task2"]
+    source_ids = [BLANK_IDENTIFIER] + [f"task{i}" for i in range(1, IDS)]  # row 0: the blank row, as every build
+    target_ids = [BLANK_IDENTIFIER, "new_a", "task3", "task1", "new_b", "task4", "task2"]
     if key is None or key not in state:
         assert model.puzzle_emb is None, "a puzzle table the loaders cannot find (puzzle_table_key)"
         fitted, notes = fit_weights(state, bigger.state_dict(), table_key=key, source_ids=source_ids,
@@ -194,13 +194,14 @@ def check_contract(config) -> None:
     bigger.load_state_dict(fitted)
     resized = bigger.state_dict()[key]
     assert resized.shape == (IDS + 2, table.shape[1]) and len(notes) == 1
-    mean_row = table.float().mean(0).to(table.dtype)
+    trained_mean = table[1:].float().mean(0).to(table.dtype)  # the blank row 0 never trains: left out
     for row, name in enumerate(target_ids):
-        want = table[source_ids.index(name)] if name in source_ids else mean_row
+        want = table[source_ids.index(name)] if name in source_ids else trained_mean
         assert torch.equal(resized[row], want), f"row {row} ({name})"
     grown = extend_puzzle_embeddings(state, IDS + 2, "mean", key=key)
     bigger.load_state_dict(grown)
     assert torch.equal(bigger.state_dict()[key][:IDS], table)  # test-time training keeps the old rows bitwise
+    assert torch.equal(bigger.state_dict()[key][IDS:], trained_mean.expand(2, -1))  # new rows: the same rule
 
 
 @pytest.mark.parametrize("option", arch_options())
