@@ -3,13 +3,16 @@ config typos and TRM names refused, resumes that would mix two runs refused, a f
 checkpoint for every way a run ends, puzzle-embedding rows matched to their tasks on load."""
 
 import logging
+import os
+import shutil
 import subprocess
 import sys
+from contextlib import contextmanager, nullcontext
 
 import pytest
 import torch
 from conftest import ROOT
-from train_helpers import build_tiny_dataset, compose_config, flip_tasks, tiny_overrides
+from train_helpers import build_tiny_dataset, compose_config, error_lines, flip_tasks, run_script, tiny_overrides
 
 import evaluate
 import pretrain
@@ -151,6 +154,55 @@ def test_every_run_ends_with_a_checkpoint_of_its_last_step(tiny_data, tmp_path, 
     summary, _ = run(tiny_overrides(tiny_data, tmp_path / "ck", *extra))
     assert ckpt.list_checkpoints(str(tmp_path / "ck")), "no checkpoint at all"
     assert newest(tmp_path / "ck")["step"] == summary["step"] > 0
+
+
+# --- a run folder that cannot be written ------------------------------------------------
+
+
+def can_write_in(folder):
+    try:
+        (folder / "probe").touch()
+    except OSError:
+        return False
+    (folder / "probe").unlink()
+    return True
+
+
+@contextmanager
+def read_only_folder(folder):
+    """Makes ``folder`` one this process cannot write and yields why a write there fails:
+    chmod 0o500, or where that does not stop it (root) a read-only tmpfs mounted over it;
+    the test skips when neither is possible."""
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        if not can_write_in(folder):
+            yield "Permission denied"
+            return
+        mount = [shutil.which("mount") or "mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)]
+        if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
+            pytest.skip("running as root, which writes into a chmod 0o500 folder anyway, and no read-only tmpfs "
+                        "could be mounted: no real read-only folder to try")
+        try:
+            yield "Read-only file system"
+        finally:
+            subprocess.run(["umount", str(folder)], check=True)
+    finally:
+        folder.chmod(0o700)
+
+
+@pytest.mark.parametrize("case", ["parent is a file", "is a file", "read-only"])
+def test_a_run_folder_that_cannot_be_written_is_one_error_line(tiny_data, tmp_path, case):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    root = {"parent is a file": blocker / "run", "is a file": blocker, "read-only": tmp_path / "read-only"}[case]
+    refusal = read_only_folder(root) if case == "read-only" else nullcontext(f"{blocker} is a file, not a folder")
+    with refusal as why:
+        result = run_script("pretrain.py", [*tiny_overrides(tiny_data, root, "epochs=1"),
+                                            f"hydra.run.dir={tmp_path / 'hydra'}"])
+    errors = error_lines(result)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert len(errors) == 1 and str(root) in errors[0] and why in errors[0], result.stderr[-3000:]
 
 
 # --- the schedule and the logged figures -------------------------------------------------

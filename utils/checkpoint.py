@@ -15,7 +15,8 @@ loaded without running code.
 flushed and fsynced); once every rank has written, rank 0 hashes the files, writes
 ``manifest.json`` (a temp file, then rename) and renames the folder into place. A folder
 named ``step_*`` written by this code therefore always has its manifest. When a write fails
-on any rank (a full disk: ENOSPC or EDQUOT, or any other OSError) every rank stops: the
+on any rank (a full disk: ENOSPC or EDQUOT; a file-size limit: EFBIG; or any other OSError,
+also where torch.save wraps it in a RuntimeError of its own) every rank stops: the
 temp folder is removed, earlier checkpoints are left untouched, and ``CheckpointWriteError``
 says what happened and names the newest intact checkpoint (resume=auto continues from it).
 
@@ -58,7 +59,8 @@ identifiers) and ``manifest.json``, written as a folder atomically. Every loader
 
 **One writer per run folder** (``run_lock``): rank 0 holds ``fcntl.flock`` on
 ``<root>/.lock`` (which names its host and pid) while the run lives; a second run on the
-same folder is refused with ``RunLockError`` naming the holder. The kernel drops the lock
+same folder is refused with ``RunLockError`` naming the holder, and a folder that cannot be
+created or written (read-only, a file in the way) with ``RunFolderError`` naming it and why. The kernel drops the lock
 when its process dies, however it dies, so a killed run never blocks the next (a lock file
 naming a dead holder is taken over with a WARNING). On NFS, Linux implements flock with
 NFS byte-range locks: they hold across hosts (NFSv4; v3 with lockd) and the server frees
@@ -129,6 +131,11 @@ class UnsafeCheckpointError(CheckpointError):
 
 class RunLockError(CheckpointError):
     """Another live run holds the run folder."""
+
+
+class RunFolderError(CheckpointError):
+    """A run folder that cannot be created or written: a read-only folder or filesystem, a
+    file where a folder should be."""
 
 
 class CheckpointWriteError(RuntimeError):
@@ -723,6 +730,18 @@ def _ours(holder: dict[str, Any]) -> bool:
     return holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid()
 
 
+def _why_unwritable(root: str, error: OSError) -> str:
+    """Why creating or writing the folder ``root`` failed with ``error``, naming the path: a
+    file in the way (itself or a parent), else the system's words (read-only, permission)."""
+    if error.errno in (errno.ENOTDIR, errno.EEXIST):
+        path = os.path.abspath(root)
+        while not os.path.exists(path) and os.path.dirname(path) != path:
+            path = os.path.dirname(path)
+        if not os.path.isdir(path):
+            return f"{path} is a file, not a folder"
+    return f"{error.filename or root}: {error.strerror}"
+
+
 class RunLock:
     """``<root>/.lock``, held with ``fcntl.flock`` by the run writing into ``root`` (see the
     module docstring); ``acquire`` raises RunLockError naming a live holder."""
@@ -741,8 +760,12 @@ class RunLock:
                             f"to end, or choose another run_name / checkpoint_path{hint}")
 
     def acquire(self) -> RunLock:
-        os.makedirs(self.root, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunFolderError(f"run folder {self.root} (checkpoint_path) cannot be written: "
+                                 f"{_why_unwritable(self.root, e)}; choose another checkpoint_path") from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -805,22 +828,23 @@ class RunLock:
 @contextmanager
 def run_lock(root: str, env: DistEnv | None = None) -> Iterator[RunLock | None]:
     """Hold ``root``'s lock for the ``with`` block: rank 0 takes it (the others get None);
-    when it is held by another live run every rank raises RunLockError (a ConfigError: the
-    entry points end with one ``error:`` line). Released on leaving the block, and by the
-    kernel if the process dies."""
+    when it is held by another live run every rank raises RunLockError, when the folder
+    cannot be created or written RunFolderError (ConfigErrors: the entry points end with one
+    ``error:`` line). Released on leaving the block, and by the kernel if the process dies."""
     lock, error = None, None
     if env is None or env.is_main:
         try:
             lock = RunLock(root).acquire()
-        except RunLockError as e:
+        except CheckpointError as e:  # RunLockError, RunFolderError
             error = e
     if env is not None and env.distributed:
         import torch.distributed as dist
 
-        message = [str(error) if error is not None else None]
+        message = [(type(error).__name__, str(error)) if error is not None else None]
         dist.broadcast_object_list(message, src=0)
         if message[0] is not None and error is None:
-            error = RunLockError(message[0])
+            kind, text = message[0]
+            error = (RunFolderError if kind == RunFolderError.__name__ else RunLockError)(text)
     if error is not None:
         raise error
     try:
