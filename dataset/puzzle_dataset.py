@@ -120,6 +120,26 @@ def load_metadata(path: str) -> PuzzleDatasetMetadata:
     return meta
 
 
+def _check_tokens(path: str, tokens: np.ndarray, vocab_size: int, meta_path: str,
+                  allowed: tuple[int, ...] = ()) -> None:
+    """Every token of ``tokens`` ([N, seq_len], memory-mapped) in [0, ``vocab_size``) or one of
+    ``allowed``: bytes overwritten in place (the file's size unchanged) are refused naming the
+    file, not met as an IndexError in the model. A min and max per block of rows (~0.1 s/GB)."""
+    rows = max(1, (1 << 22) // max(1, tokens.shape[1]))  # ~4M tokens per block: memory stays bounded
+    for start in range(0, tokens.shape[0], rows):
+        block = tokens[start:start + rows]
+        if block.min() >= 0 and block.max() < vocab_size:
+            continue
+        bad = (block < 0) | (block >= vocab_size)
+        for value in allowed:
+            bad &= block != value
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise DatasetError(f"{path}: token {block[row, col]} at row {start + row}, position {col} is outside "
+                               f"[0, {vocab_size}) (vocab_size of {meta_path}): bytes changed on disk? Rebuild the "
+                               f"dataset (docs/data.md)")
+
+
 def _check_boundaries(name: str, bounds: np.ndarray, end: int, path: str) -> None:
     """``bounds`` must be a non-decreasing 1-D range table from 0 to ``end``."""
     if bounds.ndim != 1 or bounds.size == 0 or bounds[0] != 0 or bounds[-1] != end:
@@ -328,6 +348,9 @@ class PuzzleDataset(IterableDataset):
                     f"{files['inputs']}: rows of {inputs.shape[1]} tokens, but {self._meta_path(path)} gives set "
                     f"{name!r} {seq_len} (seq_len / canvas_sides)"
                 )
+            _check_tokens(files["inputs"], inputs, meta.vocab_size, self._meta_path(path))
+            ignored = tuple(v for v in (meta.ignore_label_id, IGNORE_LABEL_ID) if v is not None)
+            _check_tokens(files["labels"], labels, meta.vocab_size, self._meta_path(path), allowed=ignored)
             pid = read_npy(files["puzzle_identifiers"]).astype(np.int32)
             pidx = read_npy(files["puzzle_indices"]).astype(np.int64)
             gidx = read_npy(files["group_indices"]).astype(np.int64)

@@ -6,13 +6,15 @@ import json
 import os
 import pickle
 import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from train_helpers import build_tiny_dataset, error_lines, run_script, tiny_overrides
 
 from dataset.common import BLANK_IDENTIFIER, IGNORE_LABEL_ID, PuzzleDatasetMetadata
-from dataset.puzzle_dataset import PuzzleDataset
+from dataset.puzzle_dataset import DatasetError, PuzzleDataset
 
 SEQ_LEN = 16
 
@@ -377,3 +379,38 @@ def test_invalid_configuration_raises(data):
     os.remove(os.path.join(root, "test", "all__labels.npy"))
     with pytest.raises(ValueError, match=r"missing dataset file: .*test/all__labels\.npy"):
         PuzzleDataset([root], "test", 4)
+
+
+# --- bytes changed in place (same size) ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> str:
+    return str(build_tiny_dataset(tmp_path_factory.mktemp("built"), num_aug=0, canvas=3, side=2))
+
+
+def overwrite_with_ff(path: str, count: int = 8) -> None:
+    """0xFF over the last ``count`` bytes of an .npy file: its size and header stay as they were."""
+    with open(path, "r+b") as f:
+        f.seek(-count, os.SEEK_END)
+        f.write(b"\xff" * count)
+
+
+@pytest.mark.parametrize("file", ["train/all__inputs.npy", "train/all__labels.npy", "test/all__inputs.npy",
+                                  "test/all__labels.npy", "train/all__puzzle_identifiers.npy"])
+def test_bytes_overwritten_in_place_are_refused_at_load_naming_the_file(built, tmp_path, file):
+    folder = shutil.copytree(built, tmp_path / "ds")
+    overwrite_with_ff(os.path.join(folder, file))
+    with pytest.raises(DatasetError, match=re.escape(os.path.join(folder, file))):
+        PuzzleDataset([str(folder)], file.split("/")[0], 8)
+
+
+@pytest.mark.parametrize("file", ["train/all__inputs.npy", "test/all__labels.npy"])  # training, evaluation
+def test_pretrain_on_overwritten_tokens_prints_one_error_line(built, tmp_path, file):
+    folder = shutil.copytree(built, tmp_path / "ds")
+    overwrite_with_ff(os.path.join(folder, file))
+    result = run_script("pretrain.py", [*tiny_overrides(folder, tmp_path / "run", "epochs=1"),
+                                        f"hydra.run.dir={tmp_path / 'hydra'}"])
+    errors = error_lines(result)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert len(errors) == 1 and os.path.join(folder, file) in errors[0], result.stderr[-3000:]
