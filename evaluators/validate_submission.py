@@ -3,7 +3,8 @@
     python -m evaluators.validate_submission SUBMISSION --tasks PATH
 
 PATH is a dataset folder (its ``test_puzzles.json``), a Kaggle challenges JSON
-(``{task_id: task}``) or a folder of task JSONs (``**/*.json``, task id = file stem).
+(``{task_id: task}``) or a folder of task JSONs (``**/*.json``, task id = file stem; names
+starting with '.' are no tasks, as for the dataset builder and ttt.py).
 Every problem is printed (task id, index, what); exit status 1 if there is any, else 0
 with a one-line OK.
 
@@ -20,6 +21,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from dataset.sources import TaskFormatError, load_json, load_task_map, task_files
 
 MAX_SIDE = 30
 ATTEMPTS = ("attempt_1", "attempt_2")
@@ -99,27 +102,26 @@ def _is_task(value: Any) -> bool:
 
 
 def load_tasks(path: str) -> dict[str, Any]:
-    """Tasks from a dataset folder, a Kaggle challenges JSON or a folder of task JSONs (every
-    ``**/*.json`` a task, as the dataset builder and ttt.py read one). A malformed task stays
-    in, as it needs an entry: in a challenges file any value beside well-formed tasks; in a
-    folder any JSON value, None for a file that is not JSON."""
+    """Tasks from a dataset folder, a Kaggle challenges JSON or a folder of task JSONs, read
+    as the dataset builder and ttt.py read them (``dataset.sources``: the same task files,
+    the same JSON readers). A malformed task stays in, as it needs an entry: in a challenges
+    file any value beside well-formed tasks, None for one too deeply nested to read; in a
+    folder any JSON value, None for a file that is not readable JSON."""
     p = Path(path)
     if p.is_dir() and (p / "test_puzzles.json").is_file():
         p = p / "test_puzzles.json"
     if p.is_file():
-        with open(p) as f:
-            tasks = json.load(f)
-        if not isinstance(tasks, dict) or (tasks and not any(_is_task(t) for t in tasks.values())):
+        tasks, _ = load_task_map(str(p))
+        if tasks and not any(_is_task(t) for t in tasks.values()):
             raise ValueError(f"{p}: not a {{task_id: task}} JSON object")
         return tasks
     if p.is_dir():
         tasks = {}
-        for f in sorted(p.rglob("*.json")):
+        for f in map(Path, task_files(str(p))):
             try:
-                with open(f, encoding="utf-8") as fh:
-                    task = json.load(fh)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                task = None  # a task file that is not JSON: its task is answered all the same
+                task = load_json(str(f))
+            except TaskFormatError:
+                task = None  # a task file that is not readable JSON: its task is answered all the same
             if f.stem in tasks:
                 raise ValueError(f"{f}: task id {f.stem} appears twice under {p}")
             tasks[f.stem] = task

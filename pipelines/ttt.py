@@ -228,13 +228,12 @@ def dataset_canvas(paths: list[str]) -> int | None:
 def load_tasks(config: TTTConfig) -> tuple[list[str], dict[str, Task], dict[str, BadTask]]:
     """(every task id in the source's order, the well-formed tasks, the malformed ones with
     their reasons). A problem with the source itself (no file, a Kaggle file that is not
-    JSON) is an error; a bad task is not: it gets the fallback answer."""
+    JSON) is an error; a bad task is not: it gets the fallback answer. Every task is checked
+    as the builder checks a test set's (``test_set``), so no chunk holds a task it refuses."""
     try:
-        loaded = load_subset(config.tasks, config.subset, on_bad_task="skip")
+        loaded = load_subset(config.tasks, config.subset, on_bad_task="skip", test_set=True)
     except (FileNotFoundError, ValueError) as e:
         raise type(e)(f"tasks={config.tasks} subset={config.subset}: {e}") from None
-    if not loaded:
-        raise ValueError(f"tasks={config.tasks} subset={config.subset}: no tasks")
     order = list(loaded)[:config.limit]
     tasks = {t: loaded[t] for t in order if isinstance(loaded[t], Task)}
     bad = {t: loaded[t] for t in order if isinstance(loaded[t], BadTask)}

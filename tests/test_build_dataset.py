@@ -1,6 +1,7 @@
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from conftest import ROOT, random_task, write_folder_source, write_kaggle_source
 from dataset.augment import crop_canvas, find_origin, inverse_transform_grid, parse_variant_name
 from dataset.build_arc_dataset import main
 from dataset.common import PAD_ID, PuzzleDatasetMetadata
+from dataset.sources import BadTask, Task, load_subset
+from evaluators.submission import fallback_answer
 
 REFERENCE_SHA256 = json.loads((Path(__file__).parent / "data" / "trm_reference_sha256.json").read_text())
 
@@ -323,3 +326,112 @@ def test_conceptarc_folder_builds(tmp_path, shared_data):
     assert "AboveBelow1" in info["tasks"]["corpus"]
     test = load_split(out, "test")
     assert len(test["group_indices"]) - 1 == 16
+
+
+# ----------------------------------------------------------------------------------------
+# Source files at the edges (issue 22): each names the file or task in one line, exit 2
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # valid JSON that Python's parser cannot read (RecursionError)
+
+
+def test_a_task_id_twice_in_a_kaggle_file_is_refused_naming_it(tmp_path, capsys):
+    """JSON keeps the last copy of a repeated key: the challenges would hold the second task and
+    the solutions file (or a repeated id there) the first one's answers, silently."""
+    rng = np.random.default_rng(6)
+    first, second = random_task(rng), random_task(rng)
+    prefix = write_kaggle_source(tmp_path / "k", {"training": {"t0": random_task(rng)},
+                                                   "evaluation": {"dup": first, "e1": random_task(rng)}})
+    challenges = Path(f"{prefix}_evaluation_challenges.json")
+    text = challenges.read_text()
+    second_json = json.dumps({"train": second["train"], "test": [{"input": p["input"]} for p in second["test"]]})
+    challenges.write_text(text[:-1] + f', "dup": {second_json}}}')
+    assert build(prefix, tmp_path / "a") == 2
+    err = capsys.readouterr().err
+    assert f"{challenges}: task id dup appears twice" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "a").exists()
+
+    challenges.write_text(text)
+    solutions = Path(f"{prefix}_evaluation_solutions.json")
+    solutions.write_text(solutions.read_text()[:-1] + f', "dup": {json.dumps([p["output"] for p in second["test"]])}}}')
+    assert build(prefix, tmp_path / "b") == 2
+    assert f"{solutions}: task id dup appears twice" in capsys.readouterr().err
+
+
+def test_an_empty_challenges_file_is_refused_naming_it(tmp_path, capsys):
+    rng = np.random.default_rng(7)
+    prefix = write_kaggle_source(tmp_path / "k", {"training": {"t0": random_task(rng)}, "evaluation": {}})
+    assert build(prefix, tmp_path / "ds") == 2
+    err = capsys.readouterr().err
+    assert f"{prefix}_evaluation_challenges.json: no tasks" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "ds").exists()
+
+
+def test_deeply_nested_json_is_named_in_one_line(tmp_path, capsys):
+    """A folder's task file or one task of a Kaggle file nested deeper than Python's JSON parser
+    reads (RecursionError, a traceback before): refused naming the file and task."""
+    src = tiny_source(tmp_path)
+    (src / "evaluation" / "deep.json").write_text(f'{{"train": {DEEP}, "test": []}}')
+    assert build(src, tmp_path / "a") == 2
+    err = capsys.readouterr().err
+    assert "deep.json: JSON nested too deeply" in err and len(err.strip().splitlines()) == 1, err
+
+    rng = np.random.default_rng(8)
+    prefix = write_kaggle_source(tmp_path / "k", {"training": {"t0": random_task(rng)},
+                                                   "evaluation": {"e0": random_task(rng)}})
+    challenges = Path(f"{prefix}_evaluation_challenges.json")
+    challenges.write_text(challenges.read_text()[:-1] + f', "deep": {{"train": {DEEP}, "test": []}}}}')
+    assert build(prefix, tmp_path / "b") == 2
+    err = capsys.readouterr().err
+    assert f"{challenges}: task deep: JSON nested too deeply" in err and len(err.strip().splitlines()) == 1, err
+    # ttt.py reads the same file one task at a time: the others are there, the deep one is named
+    loaded = load_subset(prefix, "evaluation", on_bad_task="skip")
+    assert isinstance(loaded["e0"], Task) and isinstance(loaded["deep"], BadTask) and loaded["deep"].raw is None
+
+
+def test_hidden_files_are_no_tasks_for_the_loader_nor_the_validator(tmp_path):
+    """Files and folders starting with '.' (macOS ._ files, .ipynb_checkpoints) are skipped by
+    the loader; the validator follows the same rule, so a run that answered every task the
+    loader read is valid."""
+    src = tiny_source(tmp_path, n_test_tasks=2)
+    evaluation = src / "evaluation"
+    (evaluation / "._ev0.json").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (evaluation / ".ipynb_checkpoints").mkdir()
+    (evaluation / ".ipynb_checkpoints" / "ev0-checkpoint.json").write_text((evaluation / "ev0.json").read_text())
+    loaded = load_subset(str(src), "evaluation", on_bad_task="skip")
+    assert sorted(loaded) == ["ev0", "ev1"]
+    submission = {t: fallback_answer(task.raw) for t, task in loaded.items()}
+    (tmp_path / "submission.json").write_text(json.dumps(submission))
+    res = subprocess.run([sys.executable, "-m", "evaluators.validate_submission", str(tmp_path / "submission.json"),
+                          "--tasks", str(evaluation)], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.startswith("OK: 2 tasks"), res.stdout + res.stderr
+
+
+def test_the_skip_notice_is_one_short_line_and_build_info_lists_every_task(tmp_path, caplog):
+    rng = np.random.default_rng(10)
+    big = {}
+    for i in range(40):
+        task = random_task(rng, max_side=4)
+        task["train"][0]["input"] = [[1] * 12] * 3
+        big[f"big{i:02d}"] = task
+    src = write_folder_source(tmp_path / "src", {"training": {"small": random_task(rng, max_side=6), **big},
+                                                  "evaluation": {"ev": random_task(rng, max_side=6)}})
+    out = tmp_path / "ds"
+    assert build(src, out, "--max-grid-size", 10, "--skip-oversized", num_aug=0) == 0
+    [notice] = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+    assert len(notice) < 300, notice
+    assert "skipping 40 tasks" in notice and "big00 (12)" in notice and "and 35 more" in notice
+    assert str(out / "build_info.json") in notice
+    assert json.loads((out / "build_info.json").read_text())["skipped_oversized"] == sorted(big)
+
+
+def test_help_shows_every_flags_default():
+    res = subprocess.run([sys.executable, "-m", "dataset.build_arc_dataset", "--help"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 0
+    options = res.stdout.split("options:")[1]
+    blocks = [" ".join(b.split()) for b in re.split(r"\n  (?=--)", options)[1:]]  # one per flag, -h left out
+    assert len(blocks) == 16, blocks
+    for block in blocks:
+        assert "(required)" in block or "(default: " in block, block
+    assert "--num-aug NUM_AUG augmented variants per task besides the original (default: 1000)" in blocks

@@ -148,6 +148,76 @@ def test_bad_tasks_are_logged(pretrained, tmp_path, capsys):  # noqa: F811
     assert "task broken is malformed, it gets the fallback answer: " in printed and "task colour is malformed" in printed
 
 
+
+def test_tasks_the_builder_refuses_are_isolated(pretrained, tmp_path, capsys):  # noqa: F811
+    """A task id with '|||' or '@', an empty 'test' list, a bare list of pairs: each passed
+    ttt's checks, then the builder refused its chunk, so every task of the chunk got the
+    fallback (with the default single chunk, the whole submission; exit 0). ttt now checks each
+    task with the builder's own checks: only the bad task gets the fallback, named in one line."""
+    good = good_tasks()
+    rng = np.random.default_rng(5)
+    empty = family_task(rng, 2)
+    empty["test"] = []
+    tasks = {"g2": good["g2"], "a|||b": family_task(rng, 2), "x@y": family_task(rng, 4), "g4": good["g4"],
+             "empty": empty, "bare": family_task(rng, 6)["train"], "g6": good["g6"]}
+    src = write_folder_source(tmp_path / "src", {"hidden": tasks})
+    args = ["subset=hidden", "ttt.num_aug=1", "ttt.steps=3"]  # one chunk holds every task
+    assert ttt.main([f"checkpoint={pretrained}", f"tasks={src}", f"ttt.output_dir={tmp_path / 'out'}", *args]) == 0
+    printed = capsys.readouterr().out
+    metrics = read_json(tmp_path / "out" / "metrics.json")
+    submission = read_json(tmp_path / "out" / "submission.json")
+    assert metrics["failed_chunks"] == [] and [c["tasks"] for c in metrics["chunks"]] == [["g2", "g4", "g6"]]
+    listed = {b["task"]: b["reason"] for b in metrics["bad_tasks"]}
+    assert listed.keys() == {"a|||b", "x@y", "empty", "bare"}
+    assert "contains '|||' or '@'" in listed["a|||b"] and "contains '|||' or '@'" in listed["x@y"]
+    assert "of the test set has no test pairs" in listed["empty"] and "has no test pairs" in listed["bare"]
+    for t in listed:
+        assert sum(f"task {t} is malformed" in line for line in printed.splitlines()) == 1, printed
+    assert submission["empty"] == [] and submission["bare"] == [PLACEHOLDER]  # no test input; unreadable count
+    assert submission["x@y"] == fallback_answer(tasks["x@y"])
+    assert validate_main([str(tmp_path / "out" / "submission.json"), "--tasks", str(src / "hidden")]) == 0
+    clean = write_folder_source(tmp_path / "clean", {"hidden": {t: tasks[t] for t in ("g2", "g4", "g6")}})
+    assert ttt.main([f"checkpoint={pretrained}", f"tasks={clean}", f"ttt.output_dir={tmp_path / 'alone'}",
+                     *args]) == 0
+    alone = read_json(tmp_path / "alone" / "submission.json")
+    assert {t: submission[t] for t in alone} == alone  # the good tasks' answers, as without the bad ones
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # valid JSON that Python's parser cannot read (RecursionError)
+
+
+def test_a_deeply_nested_task_gets_the_fallback_and_the_submission_is_written(pretrained, tmp_path,  # noqa: F811
+                                                                              capsys):
+    """A task nested deeper than Python's JSON parser reads crashed ttt.py (RecursionError,
+    exit 1, no submission). Now the task (one task of a Kaggle file, or a folder's file) is
+    named in one line and gets the fallback; the others are answered. The Kaggle case runs
+    ttt.py as a process, as Kaggle does."""
+    good = good_tasks()
+    deep_task = f'{{"train": {DEEP}, "test": [{{"input": [[1]]}}]}}'
+    src = write_folder_source(tmp_path / "folder", {"hidden": good})
+    (src / "hidden" / "deep.json").write_text(deep_task)
+    args = ["subset=hidden", "ttt.num_aug=1", "ttt.steps=3"]
+    assert ttt.main([f"checkpoint={pretrained}", f"tasks={src}", f"ttt.output_dir={tmp_path / 'a'}", *args]) == 0
+    printed = capsys.readouterr().out
+    assert "task deep is malformed, it gets the fallback answer: " in printed and "nested too deeply" in printed
+    submission = read_json(tmp_path / "a" / "submission.json")
+    assert submission["deep"] == [PLACEHOLDER] and submission.keys() == {"deep", *good}
+    assert validate_main([str(tmp_path / "a" / "submission.json"), "--tasks", str(src / "hidden")]) == 0
+
+    kaggle = tmp_path / "kaggle"
+    kaggle.mkdir()
+    challenges = kaggle / "arc_hidden_challenges.json"
+    challenges.write_text(json.dumps(good)[:-1] + f', "deep": {deep_task}}}')
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "ttt.py", f"checkpoint={pretrained}", f"tasks={kaggle / 'arc'}",
+                          f"ttt.output_dir={tmp_path / 'b'}", *args], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert f"task deep is malformed, it gets the fallback answer: {challenges}: task deep: JSON nested" in res.stdout
+    assert read_json(tmp_path / "b" / "submission.json") == submission  # the same answers as from the folder
+    assert validate_main([str(tmp_path / "b" / "submission.json"), "--tasks", str(challenges)]) == 0
+
+
 def three_tasks(tmp: Path) -> tuple[Path, dict]:
     rng = np.random.default_rng(2)
     tasks = {"a": family_task(rng, 2), "b": family_task(rng, 6), "c": family_task(rng, 4, labeled=False)}
