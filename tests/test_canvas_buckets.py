@@ -16,8 +16,11 @@ from train_helpers import CPU, compose_config, tiny_overrides
 
 from dataset.augment import crop_canvas
 from dataset.build_arc_dataset import main as build_main
+from dataset.common import PAD_ID
 from dataset.puzzle_dataset import PuzzleDataset
 from evaluators.arc import ARCVoter
+from evaluators.submission import fallback_attempts
+from evaluators.validate_submission import validate
 from models import build_model
 from models.layers import canvas_positions
 from models.recursive import DataShape
@@ -30,14 +33,25 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 BUCKETS = [4, 8, 12]
 
 
+# Each task's canvas, written out: the smallest bucket above the largest side of the grids it
+# gives the model (demonstrations and test inputs; a training task's test pairs train too).
+# "answer6" shows 3x3 grids and a 6x5 test output: its answer must not move it to bucket 8.
+EXPECTED_CANVAS = {"t3x0": 4, "t3x1": 4, "t6x2": 8, "t6x3": 8, "t10x4": 12, "t10x5": 12, "t3x6": 4, "t6x7": 8,
+                   "answer6": 4}
+
+
 def mixed_tasks(root: Path, seed: int = 0) -> Path:
-    """Tasks whose largest grids are 3, 6 and 10 per side: buckets 4, 8 and 12."""
+    """Tasks whose largest grids are 3, 6 and 10 per side (buckets 4, 8 and 12), and an
+    evaluation task whose test output (6x5) is larger than every grid it shows (3x3)."""
     rng = np.random.default_rng(seed)
     training, evaluation = {}, {}
     for i, side in enumerate([3, 3, 6, 6, 10, 10, 3, 6]):
         task = random_task(rng, n_train=3, n_test=1, max_side=side)
         task["train"][0]["input"] = np.zeros((side, side), int).tolist()  # the task's largest grid is side x side
         (evaluation if i >= 6 else training)[f"t{side}x{i}"] = task
+    answer6 = random_task(rng, n_train=3, n_test=1, max_side=3)
+    answer6["test"][0]["output"] = np.full((6, 5), 7).tolist()
+    evaluation["answer6"] = answer6
     return write_folder_source(root, {"training": training, "evaluation": evaluation})
 
 
@@ -64,7 +78,13 @@ def test_each_task_sits_on_its_smallest_canvas_with_the_same_grids(datasets):
     assert meta["seq_len"] == 144 and set(meta["canvas_sides"].values()) <= set(BUCKETS)
     ids = json.loads((bucketed / "identifiers.json").read_text())
     assert ids == json.loads((single / "identifiers.json").read_text())  # one identifiers table
-    tasks = json.loads((bucketed / "test_puzzles.json").read_text())
+    canvas_of = {}
+    for split in ("train", "test"):
+        sides = json.loads((bucketed / split / "dataset.json").read_text())["canvas_sides"]
+        for set_name, side in sides.items():
+            for ident in np.load(bucketed / split / f"{set_name}__puzzle_identifiers.npy"):
+                assert canvas_of.setdefault(ids[ident].split("|||")[0], side) == side  # every variant, both splits
+    assert canvas_of == EXPECTED_CANVAS
 
     def grids(root: Path, set_name: str, side: int) -> dict[str, list]:
         """Test-split input grids (top-left, no translation) by puzzle name."""
@@ -79,12 +99,28 @@ def test_each_task_sits_on_its_smallest_canvas_with_the_same_grids(datasets):
     reference = grids(single, "all", 12)
     seen = {}
     for set_name, side in meta["canvas_sides"].items():
-        for name, cropped in grids(bucketed, set_name, side).items():
-            task = tasks[name.split("|||")[0]]
-            largest = max(max(len(g), len(g[0])) for pair in task["train"] + task["test"] for g in pair.values())
-            assert side == min(b for b in BUCKETS if b > largest), name  # the smallest canvas holding grid + EOS
-            seen[name] = cropped
-    assert seen == reference  # every test example, cropped, as on the single canvas
+        seen.update(grids(bucketed, set_name, side))
+    assert seen == reference  # every test input, cropped, as on the single canvas
+
+
+def test_an_answer_larger_than_its_canvas_leaves_its_label_unscored_and_is_counted(datasets):
+    """answer6 sits on canvas 4 (chosen without its answer), where its 6x5 test output cannot be
+    written: its label rows are all PAD (as a hidden output's), build_info.json counts it."""
+    single, bucketed = datasets
+    info = json.loads((bucketed / "build_info.json").read_text())["canvas_buckets"]
+    assert info["test_outputs_beyond_canvas"] == [{"task": "answer6", "test_pair": 0, "output_side": 6, "canvas": 4}]
+    ids = json.loads((bucketed / "identifiers.json").read_text())
+
+    def labels_of(root: Path, set_name: str) -> np.ndarray:
+        d = root / "test"
+        owner = np.repeat(np.load(d / f"{set_name}__puzzle_identifiers.npy"),
+                          np.diff(np.load(d / f"{set_name}__puzzle_indices.npy")))
+        rows = [i for i, ident in enumerate(owner) if ids[ident].split("|||")[0] == "answer6"]
+        return np.load(d / f"{set_name}__labels.npy")[rows]
+
+    assert len(labels_of(bucketed, "canvas4")) == 4 and (labels_of(bucketed, "canvas4") == PAD_ID).all()
+    assert (labels_of(single, "all") != PAD_ID).any(1).all()  # on the 12 canvas the answer is there
+    assert "test_outputs_beyond_canvas" not in json.loads((single / "build_info.json").read_text())
 
 
 def test_build_info_counts_tokens_per_epoch_against_the_single_canvas(datasets):
@@ -158,49 +194,78 @@ def test_test_batches_cover_every_example_once_with_indices_across_buckets(datas
 
 def test_the_voter_scores_perfect_predictions_across_buckets_as_on_one_canvas(datasets):
     """Feeding each test example's own label as its prediction: inverting and cropping in
-    every bucket must recover the task's answer (pass@1 = 1), as on the single canvas."""
-    for path in datasets:
+    every bucket must recover the task's answer, as on the single canvas; only answer6, whose
+    answer its canvas cannot hold, is scored unsolved there (its input echoed)."""
+    tasks = json.loads((datasets[0] / "test_puzzles.json").read_text())
+    for path, solved in zip(datasets, (1.0, 2 / 3), strict=True):
         data = PuzzleDataset([str(path)], "test", 4)
         voter = ARCVoter(str(path))
         for _name, batch, _n in data:
             labels = batch["labels"].clamp(min=0)  # ignored cells -> PAD
             voter.add(batch["example_indices"].numpy(), labels.to(torch.uint8).numpy(), np.zeros(4))
         metrics, submission = voter.finalize([1, 2])
-        assert metrics["ARC/pass@1"] == 1.0, path
-        assert len(submission) == 2
+        assert metrics["ARC/pass@1"] == pytest.approx(solved), path
+        assert len(submission) == 3
+    assert submission["answer6"] == [fallback_attempts(tasks["answer6"]["test"][0]["input"])]
 
 
 def test_a_bucket_keeps_the_big_canvas_positions():
-    # Written out: puzzle tokens 0..P-1, then cell (r, c) of a side-4 bucket at P + r*12 + c.
-    pos = canvas_positions(16, 144, prefix=2).tolist()
-    assert pos[:2] == [0, 1]
-    assert pos[2:] == [2 + r * 12 + c for r in range(4) for c in range(4)]
+    # Written out: a side-2 bucket of the 3x3 canvas after 1 puzzle token: the token, then
+    # cells (0,0) (0,1) (1,0) (1,1) at 1 + r*3 + c; a side-3 bucket of the 4x4 canvas after 2.
+    assert canvas_positions(4, 9, prefix=1).tolist() == [0, 1, 2, 4, 5]
+    assert canvas_positions(9, 16, prefix=2).tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 10, 11, 12]
     assert canvas_positions(144, 144, prefix=0).tolist() == list(range(144))
     with pytest.raises(ValueError, match="no square canvas"):
         canvas_positions(15, 144, prefix=0)
 
 
-def test_rope_and_learned_positions_of_a_bucket_are_the_big_canvas_rows():
-    """A top-left grid on a bucket gets exactly the rotary angles (or learned rows) of the
-    same cells on the big canvas: weights trained on one serve the other."""
-    config = compose_config(["arch=trm_tiny", "data.paths=[unused]"]).arch
-    model = build_model(config, DataShape(144, 12, 4, 2))
+@pytest.mark.parametrize("pos_encodings", ["rope", "learned"])
+def test_rope_and_learned_positions_of_a_bucket_are_the_big_canvas_rows(pos_encodings):
+    """A 2x2 grid on a side-2 bucket gets exactly the positional terms (rotary angles, or the
+    learned table's rows) of the same cells on the 3x3 canvas the model is built for: rows
+    0 (the puzzle token), 1, 2, 4, 5, written out. Weights trained on one serve the other."""
+    config = compose_config(["arch=trm_tiny", "data.paths=[unused]", f"arch.pos_encodings={pos_encodings}"]).arch
+    model = build_model(config, DataShape(9, 12, 4, 2))
     core = model.inner
-    seen = {}
+    assert core.puzzle_emb_len == 1
+    seen = []
+    reason = core.reason
 
-    def capture(module, args):
-        seen["cos_sin"] = args[2]
+    def capture(carry, x, cos_sin):
+        seen.append((x, cos_sin))
+        return reason(carry, x, cos_sin)
 
-    core.L_level.register_forward_pre_hook(capture)
-    batch = {"inputs": torch.randint(0, 12, (2, 16)), "puzzle_identifiers": torch.zeros(2, dtype=torch.int64),
-             "labels": torch.zeros(2, 16, dtype=torch.int64)}
+    core.reason = capture
+    bucket = torch.tensor([[2, 3, 4, 5], [6, 7, 8, 9]])  # two 2x2 grids, as tokens
+    canvas = torch.ones(2, 9, dtype=torch.int64)  # EOS around them on the 3x3 canvas
+    canvas[:, [0, 1, 3, 4]] = bucket
     model.train()
-    carry = model.initial_carry(batch)
-    carry, out = model(carry, batch)
-    assert out.logits.shape == (2, 16, 12) and carry.inner.z_H.shape[1] == 16 + core.puzzle_emb_len
-    cos, sin = core.rotary_emb()
-    positions = canvas_positions(16, 144, core.puzzle_emb_len)
-    assert torch.equal(seen["cos_sin"][0], cos[positions]) and torch.equal(seen["cos_sin"][1], sin[positions])
+    for inputs in (bucket, canvas):
+        batch = {"inputs": inputs, "puzzle_identifiers": torch.zeros(2, dtype=torch.int64),
+                 "labels": torch.zeros_like(inputs)}
+        model(model.initial_carry(batch), batch)
+    (x_bucket, angles_bucket), (x_canvas, angles_canvas) = seen
+    rows = [0, 1, 2, 4, 5]
+    assert torch.equal(x_bucket, x_canvas[:, rows])  # learned: token + position rows; rope: tokens alone
+    if pos_encodings == "rope":
+        assert torch.equal(angles_bucket[0], angles_canvas[0][rows])
+        assert torch.equal(angles_bucket[1], angles_canvas[1][rows])
+    else:
+        assert angles_bucket is None and angles_canvas is None
+        assert not torch.equal(x_canvas[:, [0, 1, 2, 3, 4]], x_bucket)  # the bucket's row 3 is the canvas's 4
+
+
+def test_a_learned_position_model_trains_and_evaluates_on_a_bucketed_build(datasets, tmp_path):
+    """The learned-position path end to end: training batches of every bucket, then the voter."""
+    import pretrain
+
+    _, bucketed = datasets
+    config = compose_config(tiny_overrides(bucketed, tmp_path / "run", "arch.pos_encodings=learned",
+                                           "global_batch_size=4", "max_steps=6", "epochs=1", "eval_interval=1"))
+    summary = pretrain.train(config, CPU)
+    assert summary["step"] == 6 and summary["ARC/tasks"] == 3
+    submission = json.loads(next((tmp_path / "run").glob("evaluator_ARC_step_*/submission.json")).read_text())
+    assert validate(submission, json.loads((bucketed / "test_puzzles.json").read_text())) == []
 
 
 def test_families_that_need_one_sequence_length_refuse_a_bucketed_dataset(datasets, tmp_path):
@@ -314,14 +379,13 @@ def test_a_bucketed_run_trains_evaluates_and_adapts_end_to_end(datasets, tmp_pat
     import evaluate
     import pretrain
     import ttt
-    from evaluators.validate_submission import validate
 
     _, bucketed = datasets
     run = tmp_path / "run"
     config = compose_config(tiny_overrides(bucketed, run, "global_batch_size=4", "max_steps=6", "epochs=1",
                                            "eval_interval=1"))
     summary = pretrain.train(config, CPU)
-    assert summary["step"] == 6 and summary["ARC/tasks"] == 2  # the final periodic evaluation voted
+    assert summary["step"] == 6 and summary["ARC/tasks"] == 3  # the final periodic evaluation voted
     tasks = json.loads((bucketed / "test_puzzles.json").read_text())
     periodic = json.loads(next(run.glob("evaluator_ARC_step_*/submission.json")).read_text())
     assert validate(periodic, tasks) == []
