@@ -38,7 +38,16 @@ from training.schedule import lr_factor  # noqa: F401  (re-exported: tests and n
 from training.state import TrainState, build_train_state, checkpoint_root, resume
 from training.step import NonFiniteLossError, add_metrics, reduce_metrics, train_step
 from utils import checkpoint as ckpt
-from utils.config import ConfigError, TrainConfig, check_command_line, exit_with_error, load_config, register_configs
+from utils.config import (
+    ConfigError,
+    TrainConfig,
+    check_command_line,
+    config_help,
+    exit_with_error,
+    load_config,
+    register_configs,
+    wants_help,
+)
 from utils.distributed import DistEnv, cleanup_distributed, init_distributed
 
 register_configs()
@@ -180,6 +189,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    if wants_help(sys.argv[1:]):  # the keys and options from the schemas, not Hydra's generic screen
+        print(config_help(__doc__))
+        sys.exit(0)
     try:
         check_command_line(sys.argv[1:])  # Hydra's own composition errors are a page of traceback
     except ConfigError as e:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from dataset.common import IGNORE_LABEL_ID
 from models.recursive import ACTOutput
+from utils.schema import check_ranges, setting
 
 
 @dataclass
@@ -28,16 +29,15 @@ class LossConfig:
     name: str = "stablemax"  # a free label
     family: str = "act"
     token_loss: str = "stablemax"  # stablemax | softmax (TOKEN_LOSSES)
-    halt_loss_weight: float = 0.5
+    halt_loss_weight: float = setting(0.5, ge=0)
 
     def validate(self) -> None:
+        check_ranges(self, "loss.")
         if self.family != "act":
             raise ValueError(f"loss {self.name}: invalid loss.family={self.family!r} (loss_schema is the act family)")
         if self.token_loss not in TOKEN_LOSSES:
             raise ValueError(f"loss {self.name}: invalid loss.token_loss={self.token_loss!r} "
                              f"(one of {', '.join(TOKEN_LOSSES)})")
-        if self.halt_loss_weight < 0:
-            raise ValueError(f"loss.halt_loss_weight must be >= 0, got {self.halt_loss_weight}")
 
 
 def _stablemax_s(x: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:

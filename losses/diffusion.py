@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from dataset.common import COLOR_OFFSET, IGNORE_LABEL_ID
 from models.diffusion import DiffusionOutput, grid_extent, is_colour
+from utils.schema import check_ranges, setting
 
 
 @dataclass
@@ -31,14 +32,13 @@ class DiffusionLossConfig:
 
     name: str = "diffusion"  # a free label
     family: str = "diffusion"
-    size_loss_weight: float = 0.1
+    size_loss_weight: float = setting(0.1, ge=0)
 
     def validate(self) -> None:
+        check_ranges(self, "loss.")
         if self.family != "diffusion":
             raise ValueError(f"loss {self.name}: invalid loss.family={self.family!r} "
                              "(diffusion_loss_schema is the diffusion family)")
-        if not self.size_loss_weight >= 0:
-            raise ValueError(f"invalid loss.size_loss_weight={self.size_loss_weight} (must be >= 0)")
 
 
 class DiffusionLoss:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from dataset.common import COLOR_OFFSET, EOS_ID, IGNORE_LABEL_ID, NUM_COLORS
 from models.efe import EFEOutput, js_divergence
+from utils.schema import check_ranges, setting
 
 SCHEDULES = ("linear", "cosine", "step")
 
@@ -37,29 +38,23 @@ class EFELossConfig:
 
     name: str = "efe"  # a free label
     family: str = "efe"
-    lambda_risk: float = 0.1
-    lambda_amb: float = 0.05
-    lambda_step: float = 0.05
-    lambda_cons: float = 1.0
-    lambda_bi: float = 0.1
-    lambda_z: float = 0.01
-    lambda_prompt: float = 0.1
-    prompt_temperature: float = 0.1
-    hard_cell_weight: float = 2.0  # weight of scored cells the model currently gets wrong (1: off)
-    size_warmup_steps: int = 0  # EOS (size) cells reach full weight after this many training steps
+    lambda_risk: float = setting(0.1, ge=0)
+    lambda_amb: float = setting(0.05, ge=0)
+    lambda_step: float = setting(0.05, ge=0)
+    lambda_cons: float = setting(1.0, ge=0)
+    lambda_bi: float = setting(0.1, ge=0)
+    lambda_z: float = setting(0.01, ge=0)
+    lambda_prompt: float = setting(0.1, ge=0)
+    prompt_temperature: float = setting(0.1, gt=0)
+    hard_cell_weight: float = setting(2.0, ge=1)  # weight of scored cells the model currently gets wrong (1: off)
+    size_warmup_steps: int = setting(0, ge=0)  # EOS (size) cells reach full weight after this many training steps
     size_warmup_schedule: str = "linear"  # linear | cosine | step
 
     def validate(self) -> None:
-        lambdas = ("lambda_risk", "lambda_amb", "lambda_step", "lambda_cons", "lambda_bi", "lambda_z", "lambda_prompt")
-        bad = [f"loss.{k}={getattr(self, k)!r}" for k in lambdas if getattr(self, k) < 0]
+        check_ranges(self, "loss.")
+        bad = []
         if self.family != "efe":
             bad.append(f"loss.family={self.family!r} (efe_loss_schema is the efe family)")
-        if self.prompt_temperature <= 0:
-            bad.append(f"loss.prompt_temperature={self.prompt_temperature!r}")
-        if self.hard_cell_weight < 1:
-            bad.append(f"loss.hard_cell_weight={self.hard_cell_weight!r} (>= 1)")
-        if self.size_warmup_steps < 0:
-            bad.append(f"loss.size_warmup_steps={self.size_warmup_steps!r}")
         if self.size_warmup_schedule not in SCHEDULES:
             bad.append(f"loss.size_warmup_schedule={self.size_warmup_schedule!r} (one of {', '.join(SCHEDULES)})")
         if bad:

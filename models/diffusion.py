@@ -38,6 +38,7 @@ from models.base import ARCModel, Predictions, StepCarry
 from models.layers import Attention, CastedEmbedding, CastedLinear, CosSin, RotaryEmbedding, SwiGLU, rms_norm
 from models.recursive import DTYPES, DataShape
 from models.sparse_embedding import PuzzleEmbedding
+from utils.schema import check_ranges, setting
 
 COSINE_OFFSET = 0.008  # s in Nichol & Dhariwal's cosine schedule: keeps alpha_bar(1/T) below 1
 
@@ -50,53 +51,43 @@ class DiffusionArchConfig:
 
     name: str = "diffusion"  # a free label (run names, messages)
     family: str = "diffusion"
-    hidden_size: int = 384
-    num_heads: int = 6
-    expansion: float = 4.0
-    num_layers: int = 8
-    puzzle_emb_ndim: int = 384
-    puzzle_emb_len: int = 1  # tokens the puzzle embedding occupies; 0: ceil(ndim / hidden)
+    hidden_size: int = setting(384, ge=1)
+    num_heads: int = setting(6, ge=1)
+    expansion: float = setting(4.0, gt=0)
+    num_layers: int = setting(8, ge=1)
+    puzzle_emb_ndim: int = setting(384, ge=0)
+    puzzle_emb_len: int = setting(1, ge=0)  # tokens the puzzle embedding occupies; 0: ceil(ndim / hidden)
     pos_encodings: str = "rope"  # rope | learned (input cell i and output cell i share a position)
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-5
+    rope_theta: float = setting(10000.0, gt=0)
+    rms_norm_eps: float = setting(1e-5, gt=0)
     conditioning: str = "concat"  # concat: [puzzle, input cells, output cells]; add: input + output per cell
     noise: str = "uniform"  # uniform | absorbing
-    num_timesteps: int = 128
+    num_timesteps: int = setting(128, ge=1)
     schedule: str = "cosine"  # cosine | linear
     self_condition: bool = True  # with prob. 0.5 a first no-grad x0 prediction is fed back
     size_head: str = "joint"  # joint | separate
-    size_head_hidden: int = 256
+    size_head_hidden: int = setting(256, ge=1)
     train_part: str = "all"  # all | size_head (only the size head trains; the rest is frozen)
-    num_samples: int = 8  # samples per example at prediction
-    sampling_steps: int = 32  # reverse steps (<= num_timesteps), evenly spaced over the timesteps
-    sampling_temperature: float = 1.0  # 0: greedy (argmax) x0 at every step
-    sampling_seed: int = 0  # prediction's random stream (with the batch's puzzle ids): reproducible, RNG untouched
-    eval_noise: float = 0.5  # t / num_timesteps of the metric's denoising pass at prediction
+    num_samples: int = setting(8, ge=1)  # samples per example at prediction
+    sampling_steps: int = setting(32, ge=1)  # reverse steps (<= num_timesteps), evenly spaced over the timesteps
+    sampling_temperature: float = setting(1.0, ge=0)  # 0: greedy (argmax) x0 at every step
+    # prediction's random stream (with the batch's puzzle ids): reproducible, RNG untouched
+    sampling_seed: int = setting(0, ge=0)
+    eval_noise: float = setting(0.5, gt=0, le=1)  # t / num_timesteps of the metric's denoising pass at prediction
     forward_dtype: str = "bfloat16"
 
     def validate(self) -> None:
-        heads_ok = self.num_heads > 0
+        check_ranges(self, "arch.")
         checks = {
             "family": self.family == "diffusion",
-            "hidden_size": self.hidden_size > 0 and heads_ok and self.hidden_size % self.num_heads == 0
-            and (self.hidden_size // self.num_heads) % 2 == 0,
-            "num_heads": heads_ok,
-            "expansion": self.expansion > 0,
-            "num_layers": self.num_layers >= 1,
-            "puzzle_emb_ndim": self.puzzle_emb_ndim >= 0,
-            "puzzle_emb_len": self.puzzle_emb_len >= 0,
+            "hidden_size": self.hidden_size % self.num_heads == 0 and (self.hidden_size // self.num_heads) % 2 == 0,
             "pos_encodings": self.pos_encodings in ("rope", "learned"),
             "conditioning": self.conditioning in ("concat", "add"),
             "noise": self.noise in ("uniform", "absorbing"),
-            "num_timesteps": self.num_timesteps >= 1,
             "schedule": self.schedule in SCHEDULES,
             "size_head": self.size_head in ("joint", "separate"),
-            "size_head_hidden": self.size_head_hidden >= 1,
             "train_part": self.train_part in ("all", "size_head"),
-            "num_samples": self.num_samples >= 1,
-            "sampling_steps": 1 <= self.sampling_steps <= max(self.num_timesteps, 1),
-            "sampling_temperature": self.sampling_temperature >= 0,
-            "eval_noise": 0.0 < self.eval_noise <= 1.0,
+            "sampling_steps": self.sampling_steps <= self.num_timesteps,
             "forward_dtype": self.forward_dtype in DTYPES,
         }
         hints = {"hidden_size": " (a multiple of num_heads with an even head size)",

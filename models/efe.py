@@ -43,6 +43,7 @@ from models.prompt_encoder import (
     symbol_token_ids,
 )
 from models.recursive import DataShape
+from utils.schema import check_ranges, setting
 
 FUSIONS = ("mean", "concat")
 REWARD_KEYS = ("accuracy", "size", "histogram", "reversibility")
@@ -56,53 +57,44 @@ class EFEArchConfig:
 
     name: str = "efe_agent"  # a free label (run names, messages)
     family: str = "efe"
-    hidden_size: int = 128  # channels of the grid encoder and planner
-    grid_layers: int = 2  # 3x3 convolutions of the grid encoder
-    max_steps: int = 5  # planner steps: the belief trajectory's length
-    latent_dim: int = 16  # the per-cell Gaussian latent
-    prompt_dim: int = 256
-    num_demos: int = 3  # demonstration pairs per example (the trainer attaches them)
-    numeric_in_dim: int = NUM_NUMERIC_FEATURES  # the numeric features' width; must equal it
+    hidden_size: int = setting(128, ge=1)  # channels of the grid encoder and planner
+    grid_layers: int = setting(2, ge=1)  # 3x3 convolutions of the grid encoder
+    max_steps: int = setting(5, ge=1)  # planner steps: the belief trajectory's length
+    latent_dim: int = setting(16, ge=1)  # the per-cell Gaussian latent
+    prompt_dim: int = setting(256, ge=1)
+    num_demos: int = setting(3, ge=1)  # demonstration pairs per example (the trainer attaches them)
+    # the numeric features' width; must equal it
+    numeric_in_dim: int = setting(NUM_NUMERIC_FEATURES, ge=NUM_NUMERIC_FEATURES, le=NUM_NUMERIC_FEATURES)
     fusion: str = "mean"  # mean | concat: numeric and LM prompt
     lm_path: str | None = None  # a local folder or a model id in the local HF cache; null: numeric prompt only
     lm_trainable: bool = False
-    lm_lr_scale: float = 0.1  # the LM's lr as a multiple of the scheduled lr
+    lm_lr_scale: float = setting(0.1, ge=0)  # the LM's lr as a multiple of the scheduled lr
     lm_dtype: str = "float32"  # float32 | bfloat16 | float16: the LM's weights
-    lm_max_tokens: int = 0  # truncate the demonstrations' text (0: no limit)
-    memory_size: int = 256  # solved prompts kept (0: no memory)
-    memory_threshold: float = 0.9  # initial cosine-similarity threshold for a retrieval
-    memory_quantile: float = 0.9  # the threshold follows this quantile of the best similarities
-    memory_ema: float = 0.01  # ... at this rate per training step
-    memory_mix: float = 0.5  # weight of the retrieved prompt
-    rl_weight: float = 0.1  # weight of the refinement objective (0: no policy)
-    entropy_weight: float = 0.01
-    curiosity_weight: float = 0.1  # ICM error's weight in the reward
-    reward_accuracy: float = 1.0
-    reward_size: float = 0.5
-    reward_histogram: float = 0.25
-    reward_reversibility: float = 0.25
-    policy_init_std: float = 0.1
-    baseline_ema: float = 0.05  # rate of the reward baseline's EMA
+    lm_max_tokens: int = setting(0, ge=0)  # truncate the demonstrations' text (0: no limit)
+    memory_size: int = setting(256, ge=0)  # solved prompts kept (0: no memory)
+    memory_threshold: float = setting(0.9, ge=-1, le=1)  # initial cosine-similarity threshold for a retrieval
+    memory_quantile: float = setting(0.9, ge=0, le=1)  # the threshold follows this quantile of the best similarities
+    memory_ema: float = setting(0.01, ge=0, le=1)  # ... at this rate per training step
+    memory_mix: float = setting(0.5, ge=0, le=1)  # weight of the retrieved prompt
+    rl_weight: float = setting(0.1, ge=0)  # weight of the refinement objective (0: no policy)
+    entropy_weight: float = setting(0.01, ge=0)
+    curiosity_weight: float = setting(0.1, ge=0)  # ICM error's weight in the reward
+    reward_accuracy: float = setting(1.0, ge=0)
+    reward_size: float = setting(0.5, ge=0)
+    reward_histogram: float = setting(0.25, ge=0)
+    reward_reversibility: float = setting(0.25, ge=0)
+    policy_init_std: float = setting(0.1, gt=0)
+    baseline_ema: float = setting(0.05, gt=0, le=1)  # rate of the reward baseline's EMA
 
     def validate(self) -> None:
+        check_ranges(self, "arch.")
         checks = {
-            "family": self.family == "efe",
-            "hidden_size": self.hidden_size > 0, "grid_layers": self.grid_layers >= 1,
-            "max_steps": self.max_steps >= 1, "latent_dim": self.latent_dim > 0, "prompt_dim": self.prompt_dim > 0,
-            "num_demos": self.num_demos >= 1, "numeric_in_dim": self.numeric_in_dim == NUM_NUMERIC_FEATURES,
-            "fusion": self.fusion in FUSIONS, "lm_path": self.lm_path is None or bool(self.lm_path),
-            "lm_lr_scale": self.lm_lr_scale >= 0, "lm_dtype": self.lm_dtype in LM_DTYPES,
-            "lm_max_tokens": self.lm_max_tokens >= 0, "memory_size": self.memory_size >= 0,
-            "memory_threshold": -1.0 <= self.memory_threshold <= 1.0,
-            "memory_quantile": 0.0 <= self.memory_quantile <= 1.0, "memory_ema": 0.0 <= self.memory_ema <= 1.0,
-            "memory_mix": 0.0 <= self.memory_mix <= 1.0, "rl_weight": self.rl_weight >= 0,
-            "entropy_weight": self.entropy_weight >= 0, "curiosity_weight": self.curiosity_weight >= 0,
-            "policy_init_std": self.policy_init_std > 0, "baseline_ema": 0.0 < self.baseline_ema <= 1.0,
+            "family": self.family == "efe", "fusion": self.fusion in FUSIONS,
+            "lm_path": self.lm_path is None or bool(self.lm_path), "lm_dtype": self.lm_dtype in LM_DTYPES,
         }
         bad = [f"arch.{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"arch {self.name}: invalid {', '.join(bad)}"
-                             + (f" (numeric_in_dim must be {NUM_NUMERIC_FEATURES})" if not checks["numeric_in_dim"] else ""))
+            raise ValueError(f"arch {self.name}: invalid {', '.join(bad)}")
 
     def reward_weights(self) -> dict[str, float]:
         return {"accuracy": self.reward_accuracy, "size": self.reward_size, "histogram": self.reward_histogram,

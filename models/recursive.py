@@ -29,6 +29,7 @@ from models.layers import (
     trunc_normal_init_,
 )
 from models.sparse_embedding import PuzzleEmbedding
+from utils.schema import check_ranges, setting
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -45,21 +46,21 @@ class RecursiveArchConfig:
     # trm | hrm | transformer (CORES). None: read from the layers, as configs written before
     # this key: L_layers 0 -> transformer, H_layers 0 -> trm, both -> hrm.
     core: str | None = None
-    hidden_size: int = 512
-    num_heads: int = 8
-    expansion: float = 4.0
-    H_cycles: int = 3
-    L_cycles: int = 4
-    H_layers: int = 0  # HRM's high level and the transformer's stack; TRM has none
-    L_layers: int = 2
-    puzzle_emb_ndim: int = 512
-    puzzle_emb_len: int = 16  # tokens the puzzle embedding occupies; 0: ceil(ndim / hidden)
+    hidden_size: int = setting(512, ge=1)
+    num_heads: int = setting(8, ge=1)
+    expansion: float = setting(4.0, gt=0)
+    H_cycles: int = setting(3, ge=1)
+    L_cycles: int = setting(4, ge=1)
+    H_layers: int = setting(0, ge=0)  # HRM's high level and the transformer's stack; TRM has none
+    L_layers: int = setting(2, ge=0)
+    puzzle_emb_ndim: int = setting(512, ge=0)
+    puzzle_emb_len: int = setting(16, ge=0)  # tokens the puzzle embedding occupies; 0: ceil(ndim / hidden)
     pos_encodings: str = "rope"  # rope | learned | none
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-5
+    rope_theta: float = setting(10000.0, gt=0)
+    rms_norm_eps: float = setting(1e-5, gt=0)
     mlp_t: bool = False  # TRM-MLP: an MLP across the sequence replaces attention
-    halt_max_steps: int = 16
-    halt_exploration_prob: float = 0.1
+    halt_max_steps: int = setting(16, ge=1)
+    halt_exploration_prob: float = setting(0.1, ge=0, le=1)
     no_ACT_continue: bool = True  # True: halt when q_halt > 0 (TRM); False: halt when q_halt > q_continue
     # With no_ACT_continue=False: True trains q_continue on a bootstrapped Q target (HRM; one
     # more inner forward per step); False computes no target, so q_continue is never trained
@@ -72,24 +73,16 @@ class RecursiveArchConfig:
             self.core = "transformer" if self.L_layers == 0 else "trm" if self.H_layers == 0 else "hrm"
 
     def validate(self) -> None:
+        check_ranges(self, "arch.")
         checks = {
             "family": self.family == "recursive",
             "core": self.core in CORES,
-            "hidden_size": self.hidden_size > 0 and self.hidden_size % max(self.num_heads, 1) == 0,
-            "num_heads": self.num_heads > 0,
-            "H_cycles": self.H_cycles >= 1,
-            "L_cycles": self.L_cycles >= 1,
-            "L_layers": self.L_layers >= 0,
-            "H_layers": self.H_layers >= 0,
-            "puzzle_emb_ndim": self.puzzle_emb_ndim >= 0,
-            "puzzle_emb_len": self.puzzle_emb_len >= 0,
+            "hidden_size": self.hidden_size % self.num_heads == 0,
             "pos_encodings": self.pos_encodings in ("rope", "learned", "none"),
-            "halt_max_steps": self.halt_max_steps >= 1,
-            "halt_exploration_prob": 0.0 <= self.halt_exploration_prob <= 1.0,
             "forward_dtype": self.forward_dtype in DTYPES,
         }
         bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
-        if self.num_heads > 0 and self.hidden_size % self.num_heads:
+        if not checks["hidden_size"]:
             bad[bad.index(f"hidden_size={self.hidden_size!r}")] += f" (not divisible by num_heads={self.num_heads})"
         if not checks["core"]:
             bad[bad.index(f"core={self.core!r}")] += f" (one of {', '.join(CORES)})"

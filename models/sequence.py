@@ -50,6 +50,7 @@ from models.layers import (
     rms_norm,
 )
 from models.recursive import DTYPES, DataShape
+from utils.schema import check_ranges, setting
 
 # The sequence vocabulary keeps the dataset's tokens (PAD 0, EOS 1, colours 2-11) and adds:
 NEWLINE = 12  # ends a grid row
@@ -73,45 +74,40 @@ class SequenceArchConfig:
     # 2-D positions). None: read from the layers, as configs written before this key:
     # encoder_layers 0 -> decoder_only, else encoder_decoder.
     variant: str | None = None
-    hidden_size: int = 256
-    num_heads: int = 8
-    expansion: float = 4.0
-    encoder_layers: int = 4  # the input encoder (0 for decoder_only)
-    decoder_layers: int = 4  # the causal stack (decoder_only's only stack)
-    context_layers: int = 2  # the demonstration-pair encoder, when num_demos > 0
-    num_demos: int = 0  # demonstration pairs read per example (champion: 2)
+    hidden_size: int = setting(256, ge=1)
+    num_heads: int = setting(8, ge=1)
+    expansion: float = setting(4.0, gt=0)
+    encoder_layers: int = setting(4, ge=0)  # the input encoder (0 for decoder_only)
+    decoder_layers: int = setting(4, ge=1)  # the causal stack (decoder_only's only stack)
+    context_layers: int = setting(2, ge=0)  # the demonstration-pair encoder, when num_demos > 0
+    num_demos: int = setting(0, ge=0)  # demonstration pairs read per example (champion: 2)
     pos_2d: bool = False  # embeddings of each token's true (row, col), edge distances and segment
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-5
+    rope_theta: float = setting(10000.0, gt=0)
+    rms_norm_eps: float = setting(1e-5, gt=0)
     forward_dtype: str = "float32"
     decoding: str = "greedy"  # greedy (one candidate) | sample (num_samples candidates)
-    num_samples: int = 1
-    temperature: float = 1.0
-    sample_seed: int = 0  # sampling draws from its own generator: evaluation leaves the global RNG alone
+    num_samples: int = setting(1, ge=1)
+    temperature: float = setting(1.0, gt=0)
+    # sampling draws from its own generator: evaluation leaves the global RNG alone
+    sample_seed: int = setting(0, ge=0)
 
     def __post_init__(self) -> None:
         if self.variant is None:
             self.variant = "decoder_only" if self.encoder_layers == 0 else "encoder_decoder"
 
     def validate(self) -> None:
-        heads_ok = self.num_heads > 0 and self.hidden_size % self.num_heads == 0
+        check_ranges(self, "arch.")
         decoder_only = self.variant == "decoder_only"
         checks = {
             "family": self.family == "sequence",
             "variant": self.variant in VARIANTS,
-            "hidden_size": self.hidden_size > 0 and heads_ok and (self.hidden_size // self.num_heads) % 2 == 0,
-            "num_heads": self.num_heads > 0,
-            "expansion": self.expansion > 0,
+            "hidden_size": self.hidden_size % self.num_heads == 0 and (self.hidden_size // self.num_heads) % 2 == 0,
             "encoder_layers": self.encoder_layers == 0 if decoder_only else self.encoder_layers >= 1,
-            "decoder_layers": self.decoder_layers >= 1,
-            "context_layers": self.context_layers >= 0,
-            "num_demos": self.num_demos == 0 if decoder_only else self.num_demos >= 0,
+            "num_demos": self.num_demos == 0 or not decoder_only,
             "pos_2d": not (self.pos_2d and decoder_only),
-            "rope_theta": self.rope_theta > 0,
             "forward_dtype": self.forward_dtype in DTYPES,
             "decoding": self.decoding in ("greedy", "sample"),
-            "num_samples": self.num_samples >= 1 and (self.decoding == "sample" or self.num_samples == 1),
-            "temperature": self.temperature > 0,
+            "num_samples": self.decoding == "sample" or self.num_samples == 1,
         }
         bad = [f"arch.{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
         if bad:

@@ -65,6 +65,7 @@ from utils.distributed import DistEnv, barrier, cleanup_distributed, init_distri
 from utils.io import write_json_atomic
 from utils.logging import console_logging
 from utils.monitor import best_first
+from utils.schema import check_ranges, setting
 
 log = logging.getLogger("pipelines.diffusion")  # also when run as __main__
 
@@ -91,18 +92,16 @@ class DiffusionOptions:
     """The pipeline's own keys (``pipeline.<key>``)."""
 
     output_dir: str | None = None  # default: checkpoint_path, else checkpoints/<project_name>/<run_name or experiment>
-    eval_limit: int = 5  # evaluate the first N test tasks
+    eval_limit: int = setting(5, ge=1)  # evaluate the first N test tasks
     skip_training: bool = False  # use the existing best_model.pt
     skip_size_head: bool = False  # use the existing best_size_head.pt
     skip_evaluation: bool = False
     size_head_overrides: list[str] = field(default_factory=list)  # Hydra overrides of the size-head run only
-    expect_canvas: int | None = None  # the dataset's canvas side must be this (old JSON: model.max_size)
+    # the dataset's canvas side must be this (old JSON: model.max_size)
+    expect_canvas: int | None = setting(None, ge=1)
 
     def validate(self) -> None:
-        if self.eval_limit < 1:
-            raise ValueError(f"invalid config values: pipeline.eval_limit={self.eval_limit} (>= 1)")
-        if self.expect_canvas is not None and self.expect_canvas < 1:
-            raise ValueError(f"invalid config values: pipeline.expect_canvas={self.expect_canvas}")
+        check_ranges(self, "pipeline.")
 
 
 @dataclass

