@@ -255,3 +255,52 @@ def test_periodic_eval_on_another_build_matches_puzzle_rows_by_identifier(tiny_d
     for key in ("all/accuracy", "all/exact_accuracy", "ARC/pass@1", "ARC/pass@2", "ARC/tasks_scored"):
         assert summary[key] == result.metrics[key], key
     assert summary["ARC/tasks_scored"] == 8
+
+
+def _seeded_rank(rank: int, world_size: int, port: int, data: str, out: str) -> None:
+    import gc
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from training.state import build_train_state
+    from utils.distributed import cleanup_distributed
+
+    torch.set_num_threads(1)
+    env = DistEnv(rank, world_size, rank, torch.device("cpu"))
+    if world_size > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=30))
+    try:
+        config = compose_config(tiny_overrides(data, f"{out}-run", "seed=3"))
+        train = PuzzleDataset([data], "train", config.global_batch_size, rank, world_size, seed=config.seed)
+        state = build_train_state(config, env, train)
+        weights = {k: v.clone() for k, v in state.model.state_dict().items()}
+        torch.save({"draws": torch.rand(16), "weights": weights}, out)
+        del state
+        gc.collect()
+    finally:
+        cleanup_distributed(env)
+
+
+def test_each_rank_draws_its_own_random_stream(tiny_data, tmp_path):
+    """Halting exploration draws from the global generator: with one seed for every rank,
+    every rank explored identically. The weights stay equal; the streams differ; rank 0's
+    is a single process's (seed + rank, as TRM)."""
+    import torch.multiprocessing as mp
+    from conftest import free_port
+
+    ctx, port = mp.get_context("spawn"), free_port()
+    outs = [str(tmp_path / f"rank{r}.pt") for r in range(2)] + [str(tmp_path / "single.pt")]
+    procs = [ctx.Process(target=_seeded_rank, args=(r, 2, port, str(tiny_data), outs[r])) for r in range(2)]
+    procs.append(ctx.Process(target=_seeded_rank, args=(0, 1, port, str(tiny_data), outs[2])))
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    rank0, rank1, single = (torch.load(o) for o in outs)
+    assert not torch.equal(rank0["draws"], rank1["draws"])
+    assert torch.equal(rank0["draws"], single["draws"])
+    for key, value in rank0["weights"].items():
+        assert torch.equal(value, rank1["weights"][key]) and torch.equal(value, single["weights"][key]), key

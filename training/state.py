@@ -116,7 +116,8 @@ class TrainState:
 
 def build_train_state(config: TrainConfig, env: DistEnv, train_data: PuzzleDataset,
                       identifiers_sha256: str | None = None) -> TrainState:
-    """A fresh state: the model seeded by ``config.seed`` (and ``init_from``'s weights),
+    """A fresh state: the model seeded by ``config.seed`` (and ``init_from``'s weights) on every
+    rank, then rank r's random stream (halting exploration) seeded by ``seed + r``;
     sign-SGD for the puzzle table, the dense optimizer, loss scaler, EMA and monitor.
     ``identifiers_sha256``: default, the hash of ``config.data.paths``' identifiers.json."""
     meta = train_data.metadata
@@ -130,6 +131,8 @@ def build_train_state(config: TrainConfig, env: DistEnv, train_data: PuzzleDatas
     check_canvas_buckets(model, config.arch, meta.canvas_sides, meta.seq_len, ", ".join(config.data.paths))
     if config.init_from:
         load_init_weights(model, config.init_from, train_data.identifiers, env)
+    if env.rank:  # one stream per rank (TRM: seed + rank), or every rank draws the same halting exploration
+        torch.manual_seed(config.seed + env.rank)
     if config.freeze_weights:
         model.requires_grad_(False)  # before DDP, which registers the parameters it reduces
     # The puzzle-embedding table is made of buffers: DDP must neither sync them (each rank
