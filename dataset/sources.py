@@ -150,8 +150,9 @@ def parse_task(task_id: str, raw: Any, subset: str, origin: str, *, require_test
     """The task, validated; TaskFormatError naming the file, task and pair. ``test_set``: the
     task is to be answered (a builder's test subset, ttt.py), so it needs a test pair."""
     where = f"{origin}: task {task_id}"
-    if PUZZLE_ID_SEPARATOR in task_id or "@" in task_id:  # puzzle names are <id>|||<variant>, <id>@<subset>
-        raise TaskFormatError(f"{where}: the task id contains '{PUZZLE_ID_SEPARATOR}' or '@', which name variants")
+    if PUZZLE_ID_SEPARATOR in task_id or "@" in task_id:
+        raise TaskFormatError(f"{where}: the task id contains '{PUZZLE_ID_SEPARATOR}' or '@', which puzzle names "
+                              f"reserve (<id>{PUZZLE_ID_SEPARATOR}<variant>, <id>@<subset>)")
     if isinstance(raw, list):  # generated pairs (re-arc): demonstrations only
         raw = {"train": raw, "test": []}
     if not isinstance(raw, dict):
