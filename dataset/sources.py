@@ -39,6 +39,7 @@ import glob
 import json
 import os
 import re
+import reprlib
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Literal, overload
@@ -130,7 +131,7 @@ def _grid(value: Any, where: str) -> np.ndarray:
             if type(x) is bool:
                 raise TaskFormatError(f"{where}: cell ({r}, {c}) = {json.dumps(x)} is a boolean, not a colour 0-9")
             if type(x) is not int or not 0 <= x <= 9:
-                raise TaskFormatError(f"{where}: cell ({r}, {c}) = {x!r} is not a colour 0-9")
+                raise TaskFormatError(f"{where}: cell ({r}, {c}) = {reprlib.repr(x)} is not a colour 0-9")  # short
     raise TaskFormatError(f"{where}: not a grid of colours 0-9")
 
 

@@ -384,6 +384,12 @@ def test_deeply_nested_json_is_named_in_one_line(tmp_path, capsys):
     assert build(prefix, tmp_path / "b") == 2
     err = capsys.readouterr().err
     assert f"{challenges}: task deep: JSON nested too deeply" in err and len(err.strip().splitlines()) == 1, err
+    # nested deep, but not too deep to parse: a cell that is a list 800 levels down, shown short
+    cell = "[" * 800 + "1" + "]" * 800
+    (src / "evaluation" / "deep.json").write_text(f'{{"train": [{{"input": [[{cell}]], "output": [[1]]}}], "test": []}}')
+    assert build(src, tmp_path / "c") == 2
+    err = capsys.readouterr().err
+    assert "task deep train pair 0 input: cell (0, 0) = [[[[[[[...]]]]]]] is not a colour" in err and len(err) < 300, err
     # ttt.py reads the same file one task at a time: the others are there, the deep one is named
     loaded = load_subset(prefix, "evaluation", on_bad_task="skip")
     assert isinstance(loaded["e0"], Task) and isinstance(loaded["deep"], BadTask) and loaded["deep"].raw is None
