@@ -31,7 +31,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from dataset.demonstrations import Demonstrations
 from dataset.puzzle_dataset import PuzzleDataset
 from training.evaluation import PeriodicEvaluation
-from training.faults import kill_self, kill_step
+from training.faults import KILL_IN_EVAL_AT_STEP, PREEMPT_AT_STEP, kill_self, kill_step, preempt_self
 from training.preemption import agree_to_stop, exit_preempted, log_preemption, stop_signals
 from training.run_log import RunLog
 from training.schedule import lr_factor  # noqa: F401  (re-exported: tests and notebooks read the schedule here)
@@ -79,7 +79,9 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
         # In-context models read demonstration pairs of the example's own task (train split).
         num_demos = state.model.num_demos
         demos = Demonstrations(config.data.paths, num_demos, config.seed) if num_demos else None
-        kill_at = kill_step(env)  # None unless a test injects a crash (training/faults.py)
+        # None unless a test injects a fault (training/faults.py)
+        kill_at, preempt_at = kill_step(env), kill_step(env, PREEMPT_AT_STEP)
+        kill_in_eval_at = kill_step(env, KILL_IN_EVAL_AT_STEP)
 
         # --- loop -------------------------------------------------------------------------------
         bar = tqdm(total=stop_step, initial=state.step, disable=not (env.is_main and config.progress_bar), unit="step")
@@ -91,6 +93,11 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
         state.model.train()
         epoch, out_of_time, preempted = train_data.state_dict()["epoch"], False, False
         with RunLog(root, config, env, state) as run_log:
+            # A run stopped after an epoch's last step (preempted, or killed in the evaluation
+            # after it) resumes at the next epoch's start: it owes that evaluation first.
+            if resumed and state.evaluated_step != state.step and train_data.state_dict()["batch_in_epoch"] == 0 \
+                    and evaluation_due(config, epoch, epoch >= config.epochs or state.step >= stop_step):
+                last_eval, saved_step = evaluate(state, evaluation, run_log, env, root, epoch, kill_in_eval_at, saved_step)
             while epoch < config.epochs and state.step < stop_step and not (out_of_time or state.monitor.should_stop):
                 for _set, batch, _n in train_data:
                     batch = {k: v.to(env.device) for k, v in (demos.attach(batch) if demos else batch).items()}
@@ -99,6 +106,8 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
                     window, window_steps = add_metrics(window, metrics), window_steps + 1
                     if state.step == kill_at:
                         kill_self()
+                    if state.step == preempt_at:
+                        preempt_self()
                     bar.update(1)
                     if log_now:
                         last_train = reduce_metrics(window, env, config.global_batch_size, window_steps)
@@ -117,17 +126,9 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
                     break
                 epoch = train_data.state_dict()["epoch"]
                 finished = epoch >= config.epochs or state.step >= stop_step or out_of_time
-                if config.evaluate and (epoch % config.eval_interval == 0 or finished) and epoch >= config.min_eval_interval:
-                    last_eval = evaluation()
-                    run_log.evaluation(state.step, epoch, last_eval)
-                    score = last_eval.get(config.callbacks.monitor)  # there when callbacks watch it (check_monitor)
-                    if score is not None:
-                        state.monitor.update(score)
-                    if state.monitor.should_stop and env.is_main:
-                        log.info("early stop: %s has not improved on %.4f for %d evaluations", config.callbacks.monitor,
-                                 state.monitor.best, config.callbacks.early_stopping_patience)
-                    if config.checkpoint_every_eval or state.monitor.should_stop:
-                        saved_step = save(state, root, env, score)
+                if evaluation_due(config, epoch, finished):
+                    last_eval, saved_step = evaluate(state, evaluation, run_log, env, root, epoch, kill_in_eval_at,
+                                                     saved_step)
             bar.close()
             if saved_step != state.step:  # every run ends with its weights on disk, however it stopped
                 save(state, root, env)
@@ -140,6 +141,32 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
         del state, evaluation  # DDP objects go before the process group (gloo crashes at exit otherwise)
         gc.collect()
         return summary
+
+
+def evaluation_due(config: TrainConfig, epoch: int, finished: bool) -> bool:
+    """Whether the schedule evaluates after ``epoch`` (``finished``: the run's last step)."""
+    return config.evaluate and (epoch % config.eval_interval == 0 or finished) and epoch >= config.min_eval_interval
+
+
+def evaluate(state: TrainState, evaluation: PeriodicEvaluation, run_log: RunLog, env: DistEnv, root: str, epoch: int,
+             kill_in_eval_at: int | None, saved_step: int | None) -> tuple[dict[str, float], int | None]:
+    """The periodic evaluation, logged and fed to the monitor, checkpointed when asked:
+    (its metrics, the step last saved)."""
+    config = state.config
+    if state.step == kill_in_eval_at:
+        kill_self()
+    metrics = evaluation()
+    state.evaluated_step = state.step
+    run_log.evaluation(state.step, epoch, metrics)
+    score = metrics.get(config.callbacks.monitor)  # there when callbacks watch it (check_monitor)
+    if score is not None:
+        state.monitor.update(score)
+    if state.monitor.should_stop and env.is_main:
+        log.info("early stop: %s has not improved on %.4f for %d evaluations", config.callbacks.monitor,
+                 state.monitor.best, config.callbacks.early_stopping_patience)
+    if config.checkpoint_every_eval or state.monitor.should_stop:
+        saved_step = save(state, root, env, score)
+    return metrics, saved_step
 
 
 def save(state: TrainState, root: str, env: DistEnv, score: float | None = None) -> int:

@@ -19,9 +19,10 @@ from train_helpers import CPU, build_tiny_dataset, compose_config, tiny_override
 
 import pretrain
 from training import preemption
-from training.faults import FAULT_RANK, KILL_AT_STEP
+from training.faults import FAULT_RANK, KILL_AT_STEP, KILL_IN_EVAL_AT_STEP, PREEMPT_AT_STEP
 from training.preemption import PREEMPTED_EXIT
 from utils import checkpoint as ckpt
+from utils.io import read_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -266,3 +267,39 @@ def test_a_killed_rank_restarts_the_job_from_the_newest_checkpoint(tiny_data, st
     assert "(exitcode: -9) local_rank: 1" in out  # the fault fired, on rank 1
     assert f"resumed from {run / 'step_00000005'} at step 5" in out
     assert_same_weights(run, straight)
+
+
+# --- an evaluation due at an epoch's end ----------------------------------------------------
+
+
+def evaluations(run: Path) -> dict[int, dict[str, float]]:
+    """The run's logged evaluations: {step: figures}."""
+    records = read_jsonl(str(run / ckpt.METRICS_FILE))
+    return {r["step"]: {k: v for k, v in r.items() if k.startswith(("all/", "ARC/"))}
+            for r in records if "all/accuracy" in r}
+
+
+@pytest.mark.parametrize("fault, status", [(PREEMPT_AT_STEP, PREEMPTED_EXIT), (KILL_IN_EVAL_AT_STEP, -signal.SIGKILL)])
+def test_an_evaluation_missed_at_an_epoch_end_is_owed_by_the_resumed_run(tiny_data, tmp_path, fault, status):
+    """Preempted on an epoch's last step (no evaluation: the grace period is for the
+    checkpoint), or killed in the evaluation after it (that step checkpointed): the rerun
+    starts at the next epoch, so it must evaluate first. Its evaluations, monitor and
+    keep_best checkpoint then equal an uninterrupted run's."""
+    extra = ["epochs=3", "eval_interval=1", "checkpoint_interval_steps=1", "max_checkpoints=2",
+             "callbacks.keep_best=1", "resume=auto", "run_name=owed"]
+
+    def cmd(run: Path) -> list[str]:
+        return [sys.executable, "pretrain.py", *tiny_overrides(tiny_data, run, *extra), f"hydra.run.dir={run}-hydra"]
+
+    run_to_end(cmd(tmp_path / "straight"), env())
+    straight = evaluations(tmp_path / "straight")
+    first_epoch_end = min(straight)
+    proc = start(cmd(tmp_path / "cut"), env(**{fault: str(first_epoch_end)}))
+    out = finish(proc)
+    assert proc.returncode == status, out[-3000:]
+    assert evaluations(tmp_path / "cut") == {} and first_epoch_end in checkpoints(tmp_path / "cut")
+    run_to_end(cmd(tmp_path / "cut"), env())
+    assert evaluations(tmp_path / "cut") == straight
+    a, b = (ckpt.load_shared(ckpt.list_checkpoints(str(r))[-1][1]) for r in (tmp_path / "straight", tmp_path / "cut"))
+    assert a["monitor"] == b["monitor"]
+    assert checkpoints(tmp_path / "cut") == checkpoints(tmp_path / "straight")  # the same best kept

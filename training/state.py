@@ -64,6 +64,7 @@ class TrainState:
     # up to the current step (max_bad_steps stops the run).
     skipped_steps: int = 0
     bad_steps_in_a_row: int = 0
+    evaluated_step: int = -1  # the step of the last periodic evaluation: a resumed run owes one it missed
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -76,7 +77,8 @@ class TrainState:
                 "identifiers_sha256": self.identifiers_sha256, "identifiers": self.identifiers,
                 "monitor": self.monitor.state_dict(), "wandb_id": self.wandb_id, "world_size": self.world_size,
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                "skipped_steps": self.skipped_steps, "bad_steps_in_a_row": self.bad_steps_in_a_row}
+                "skipped_steps": self.skipped_steps, "bad_steps_in_a_row": self.bad_steps_in_a_row,
+                "evaluated_step": self.evaluated_step}
 
     def load_state_dict(self, shared: dict[str, Any]) -> None:
         self.model.load_state_dict(shared["model"])
@@ -93,6 +95,8 @@ class TrainState:
             self.scaler.load_state_dict(shared["scaler"])
         self.skipped_steps = shared.get("skipped_steps", 0)  # absent in checkpoints older than the count
         self.bad_steps_in_a_row = shared.get("bad_steps_in_a_row", 0)
+        # Checkpoints older than the field cannot tell whether their step was evaluated: assume it was.
+        self.evaluated_step = shared.get("evaluated_step", self.step)
 
     def rank_state(self) -> dict[str, Any]:
         carries = {key: self.model.carry_state(carry) for key, carry in self.carries.items()}
