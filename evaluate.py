@@ -37,7 +37,7 @@ from evaluators.checkpoint import (
     load_checkpoint,
 )
 from utils.checkpoint import EXPORT_CONFIG, EXPORT_INFO, EXPORT_WEIGHTS, MANIFEST, CheckpointWriteError
-from utils.config import ConfigError, TrainConfig, config_help, parse_overrides, wants_help
+from utils.config import ConfigError, TrainConfig, config_help, parse_overrides, report_error, wants_help
 from utils.distributed import cleanup_distributed, init_distributed
 from utils.logging import console_logging
 
@@ -83,23 +83,21 @@ def main(argv: list[str] | None = None) -> int:
             argv, export, export_dir = split_export(argv)
             config, checkpoint = load_run(argv)
         except (ValueError, FileNotFoundError) as e:  # ConfigError (and a refused checkpoint) is a ValueError
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            return report_error(e)
         if export is not None:
             try:
                 out = export_safetensors(config, checkpoint, export_dir)
             except (ValueError, CheckpointWriteError) as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 2
+                return report_error(e)
             print(f"wrote {out}/: {EXPORT_WEIGHTS}, {EXPORT_CONFIG}, {EXPORT_INFO}, {MANIFEST} "
                   f"(from {checkpoint.path})")
             return 0
         env = init_distributed(config.device)
         try:
+            config.data.check_exists()  # a moved or missing dataset: one line naming the key (export needs none)
             result = evaluate_checkpoint(config, checkpoint, env)
         except (ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            return report_error(e)
         finally:
             cleanup_distributed(env)
     for line in result.summary:  # the final table, rank 0's

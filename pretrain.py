@@ -24,7 +24,7 @@ from typing import Any
 import hydra
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -196,8 +196,8 @@ def main(cfg: DictConfig) -> float | None:
         env = init_distributed(config.device)
         try:
             config.run_name = shared_run_name(config, env)
-            if env.is_main:
-                log.info("run folder %s; config:\n%s", checkpoint_root(config), OmegaConf.to_yaml(cfg, resolve=True))
+            if env.is_main:  # the resolved config goes to the run folder's config.yaml, not before an error line
+                log.info("run folder %s", checkpoint_root(config))
             with logging_redirect_tqdm():  # log lines print above the progress bar, not into it
                 summary = train(config, env)
             if env.is_main:

@@ -20,6 +20,7 @@ import sys
 
 from pipelines.diffusion import BEST_MODEL, BEST_SIZE_HEAD, DiffusionOptions, configure, error_line, run
 from pipelines.diffusion_legacy import make_plan
+from utils.config import report_error
 from utils.logging import console_logging
 
 
@@ -54,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             config = configure(plan.overrides, options, plan.source,
                                name=os.path.splitext(os.path.basename(args.config))[0])
         except Exception as e:  # noqa: BLE001 - config errors (Hydra's, ours, a missing dataset) end the run here
-            print(f"error: {error_line(e)}", file=sys.stderr)
-            return 2
+            return report_error(error_line(e))
         return 1 if run(config) else 0
 
 

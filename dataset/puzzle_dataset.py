@@ -393,10 +393,10 @@ class PuzzleDataset(IterableDataset):
             if data.group_indices.size > 1:
                 sizes = np.diff(data.puzzle_indices)
                 most = max(most, int(np.maximum.reduceat(sizes, data.group_indices[:-1]).sum()))
-        if most < self.global_batch_size:
-            raise ValueError(
-                f"split {self.split!r} yields at most {most} examples per epoch, fewer than "
-                f"global_batch_size {self.global_batch_size}: no training batch could be formed"
+        if most < self.global_batch_size:  # a ConfigError: entry points end it with one line, before any step
+            raise ConfigError(
+                f"split {self.split!r} of {', '.join(self.dataset_paths)} yields at most {most} examples per epoch, "
+                f"fewer than global_batch_size {self.global_batch_size}: no training batch could be formed"
             )
 
     # ------------------------------------------------------------------ public helpers

@@ -150,6 +150,7 @@ def configure(overrides: list[str], options: DiffusionOptions | None = None, sou
     except ValueError as e:
         raise ConfigError(str(e)) from None
     backbone = as_train_config(composed)
+    backbone.data.check_exists()  # every step reads the dataset: a missing one is a config error, not a failed step
     if not hasattr(backbone.arch, "train_part"):
         raise PipelineError(f"arch={backbone.arch.name} is not a diffusion model: the pipeline trains "
                             f"arch=diffusion or diffusion_tiny (with loss=diffusion)")
@@ -159,6 +160,7 @@ def configure(overrides: list[str], options: DiffusionOptions | None = None, sou
     size_head = copy.deepcopy(backbone)
     if options.size_head_overrides:
         size_head = as_train_config(compose_config([*overrides, *options.size_head_overrides], CONFIG_NAME))
+        size_head.data.check_exists()
     if name is None:
         experiments = [o.value() for o in parse_overrides(overrides) if o.key_or_group == "experiment"]
         name = str(experiments[-1]) if experiments and experiments[-1] else "diffusion"

@@ -131,10 +131,15 @@ class IterativeRunConfig(TrainConfig):
 # Tasks
 
 
-def load_tasks(source: str, subset: str, max_side: int) -> dict[str, dict]:
-    """Task JSONs (train/test pairs) of a subset, leaving out tasks larger than the canvas."""
+def load_tasks(source: str, subset: str, max_side: int, key: str) -> dict[str, dict]:
+    """Task JSONs (train/test pairs) of a subset, leaving out tasks larger than the canvas; a
+    source that cannot be read is a ConfigError naming its ``key``."""
+    try:
+        loaded = load_subset(source, subset)
+    except (FileNotFoundError, TaskFormatError) as e:
+        raise ConfigError(f"{key}={source}: {e}") from None
     tasks = {}
-    for task_id, task in sorted(load_subset(source, subset).items()):
+    for task_id, task in sorted(loaded.items()):
         if task.max_side() <= max_side:
             tasks[task_id] = {"train": [], "test": []}
             for kind, _, inp, out in task.pairs:
@@ -288,13 +293,14 @@ def run(config: IterativeRunConfig, env: DistEnv | None = None) -> dict:
     env = env or init_distributed(config.device)
     cfg = config.iterative
     out = cfg.output_dir
-    os.makedirs(out, exist_ok=True)
-    train_tasks, val_tasks = split_pool(load_tasks(cfg.source, cfg.subset, cfg.max_grid_size), cfg)
+    train_tasks, val_tasks = split_pool(load_tasks(cfg.source, cfg.subset, cfg.max_grid_size, "iterative.source"), cfg)
     scored: dict[str, dict[str, dict]] = {"eval": val_tasks}
     if cfg.heldout_source:
-        scored["heldout"] = load_tasks(cfg.heldout_source, cfg.heldout_subset, cfg.max_grid_size)
+        scored["heldout"] = load_tasks(cfg.heldout_source, cfg.heldout_subset, cfg.max_grid_size,
+                                       "iterative.heldout_source")
     if cfg.eval_source and not cfg.skip_eval_tasks:
-        scored["evalset"] = load_tasks(cfg.eval_source, cfg.eval_subset, cfg.max_grid_size)
+        scored["evalset"] = load_tasks(cfg.eval_source, cfg.eval_subset, cfg.max_grid_size, "iterative.eval_source")
+    os.makedirs(out, exist_ok=True)
     test_tasks = {f"{group}-{t}": task for group, tasks in scored.items() for t, task in tasks.items()}
     groups = {group: [f"{group}-{t}" for t in tasks] for group, tasks in scored.items()}
 
@@ -399,6 +405,8 @@ def main(cfg: DictConfig) -> None:
     env = init_distributed(config.device)
     try:
         run(config, env)
+    except ConfigError as e:  # a task source or a batch the data cannot fill: one line (finished episodes stay)
+        exit_with_error(e)
     finally:
         cleanup_distributed(env)
 

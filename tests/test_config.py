@@ -10,11 +10,21 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
-from train_helpers import CONF_DIR, build_tiny_dataset, compose_config, tiny_overrides
+from train_helpers import (
+    CONF_DIR,
+    CPU,
+    build_tiny_dataset,
+    compose_config,
+    error_lines,
+    flip_tasks,
+    run_script,
+    tiny_overrides,
+)
 
 import pipelines.diffusion
 import pipelines.iterative
 import pipelines.ttt  # noqa: F401  (the pipelines register their schemas on import)
+import pretrain
 from losses import LOSSES, build_loss
 from models import MODELS, build_model
 from models.recursive import ACTOutput, DataShape
@@ -360,3 +370,52 @@ def test_pretrain_help_lists_the_options_and_every_key_with_its_default_and_desc
         for part in key.split("."):
             default = default[part]
         assert lines[key][0] == f"{key}={as_override(default)}" and key_doc(f) in lines[key][1], lines[key]
+
+
+# --- config and data problems: one line from every entry point ----------------------------
+
+
+@pytest.fixture(scope="module")
+def runnable(tmp_path_factory):
+    """A tiny dataset, its task source and a one-step checkpoint trained on it."""
+    root = tmp_path_factory.mktemp("entry")
+    data = build_tiny_dataset(root, num_aug=0, canvas=3, side=2)
+    pretrain.train(compose_config(tiny_overrides(data, root / "ck", "max_steps=1", "evaluate=false")), CPU)
+    return {"data": data, "source": flip_tasks(root / "tasks", n_train=4, n_eval=1, side=2), "ck": root / "ck",
+            "out": root / "out", "absent": root / "absent"}
+
+
+ENTRY_POINT_PROBLEMS = {
+    # the issue's: a preset batch that the episode's dataset cannot fill, and a missing dataset
+    "iterative: batch larger than the episode's data": (
+        "run_iterative_training.py", ["iterative.source={source}", "iterative.eval_source={source}",
+                                      "iterative.skip_eval_tasks=true", "iterative.n_episodes=1",
+                                      "iterative.num_aug=1", "iterative.max_grid_size=3", "iterative.output_dir={out}"],
+        "fewer than global_batch_size 64"),
+    "iterative: no task source": (
+        "run_iterative_training.py", ["iterative.source={absent}", "iterative.output_dir={out}"],
+        "iterative.source={absent}: "),
+    "pretrain: no dataset": ("pretrain.py", ["data.paths=[{absent}]"], "data.paths: no dataset at {absent}"),
+    "pretrain: batch larger than the data": (
+        "pretrain.py", ["arch=trm_tiny", "data.paths=[{data}]", "global_batch_size=64", "checkpoint_path={out}"],
+        "fewer than global_batch_size 64"),
+    "evaluate: no dataset": ("evaluate.py", ["checkpoint={ck}", "data.paths=[{absent}]"],
+                             "data.paths: no dataset at {absent}"),
+    "full pipeline: no dataset": ("run_full_pipeline.py", ["diffusion_cpu", "data.paths=[{absent}]"],
+                                  "data.paths: no dataset at {absent}"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ENTRY_POINT_PROBLEMS))
+def test_config_and_data_problems_end_every_entry_point_with_one_line_before_any_dump(runnable, tmp_path, case):
+    script, args, expected = ENTRY_POINT_PROBLEMS[case]
+    paths = {**runnable, "out": tmp_path / "out"}
+    args = [a.format(**paths) for a in args]
+    hydra_dir = [f"hydra.run.dir={tmp_path / 'hydra'}"] if script in ("pretrain.py", "run_iterative_training.py") else []
+    result = run_script(script, [*args, *hydra_dir])
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output, output[-3000:]
+    assert error_lines(result) == [result.stderr.strip().splitlines()[-1]], output[-3000:]
+    assert expected.format(**paths) in error_lines(result)[0]
+    assert not any(line.startswith(("arch:", "  name:", "global_batch_size:")) for line in output.splitlines()), \
+        "a config dump came with the error"

@@ -303,13 +303,11 @@ def test_pipeline_fails_clearly(pipeline, tmp_path, capsys):
     assert f"--skip-training: {empty / 'best_model.pt'} does not exist" in printed
     assert re.search(r"evaluation\s+FAILED: not run: it needs the output of training", printed)
 
-    broken = tmp_path / "broken"  # training fails (no test split there); what needs it does not run
-    assert run_full_pipeline.main(pipeline_args(data, broken, f"data.test_paths=[{tmp_path / 'nowhere'}]")) == 1
-    printed = capsys.readouterr().out
-    assert re.search(r"backbone training\s+FAILED: ConfigError: data.test_paths: no dataset at .*nowhere", printed)
-    assert re.search(r"size-head training\s+FAILED: not run", printed)
-    assert re.search(r"evaluation\s+FAILED: not run", printed)
-    assert not (broken / "best_model.pt").exists() and not evaluations(broken)
+    broken = tmp_path / "broken"  # no test split there: a config error, one line before any step runs
+    assert run_full_pipeline.main(pipeline_args(data, broken, f"data.test_paths=[{tmp_path / 'nowhere'}]")) == 2
+    printed = capsys.readouterr()
+    assert re.fullmatch(r"error: data.test_paths: no dataset at .*nowhere.*\n", printed.err) and not printed.out
+    assert not broken.exists()
 
     assert run_full_pipeline.main(["no_such_experiment"]) == 2
     assert "neither a JSON file nor a Hydra experiment" in capsys.readouterr().err

@@ -385,10 +385,18 @@ def load_config(cfg: DictConfig) -> TrainConfig:
     return config
 
 
-def exit_with_error(error: Exception) -> NoReturn:
-    """A configuration problem ends an entry point with one ``error:`` line and exit status 2."""
+CONFIG_ERROR_EXIT = 2  # every entry point's exit status for a config or data problem (nothing ran)
+
+
+def report_error(error: Exception | str) -> int:
+    """A config or data problem (a ConfigError; DatasetError is one) as one ``error:`` line on
+    stderr, before anything runs or is dumped; returns the entry point's exit status."""
     print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    return CONFIG_ERROR_EXIT
+
+
+def exit_with_error(error: Exception | str) -> NoReturn:
+    sys.exit(report_error(error))
 
 
 def check_command_line(argv: list[str], config_name: str = "config") -> None:
