@@ -24,6 +24,9 @@ from typing import Any
 import hydra
 import torch
 import torch.distributed as dist
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -176,6 +179,34 @@ def save(state: TrainState, root: str, env: DistEnv, score: float | None = None)
     return state.step
 
 
+# Keys that name the run folder themselves: a job's folder name never repeats them.
+FOLDER_KEYS = ("run_name", "checkpoint_path", "project_name")
+
+
+def sweep_overrides_only(argv: list[str]) -> list[str]:
+    """``argv``; under -m plus the Hydra override that leaves every key the command line does
+    not sweep (and the folder keys) out of each job's ``override_dirname``, which then holds
+    the job's swept values only (a sweeper's own parameters included)."""
+    if not {"-m", "--multirun"} & set(argv) or any(a.startswith(("hydra.job.config", "-")) and a not in
+                                                   ("-m", "--multirun") for a in argv):
+        return argv
+    overrides = OverridesParser.create().parse_overrides([a for a in argv if a not in ("-m", "--multirun")])
+    fixed = {o.key_or_group for o in overrides if not o.is_sweep_override() and not o.is_hydra_override()}
+    keys = ",".join(f"'{key}'" for key in sorted(fixed | set(FOLDER_KEYS)))
+    return [*argv, f"hydra.job.config.override_dirname.exclude_keys=[{keys}]"]
+
+
+def job_run_name(name: str) -> str:
+    """Under -m each job trains in a folder of its own: the run name gains the job's swept
+    values (``cpu_small-seed0-optimizer.lr=0.003``); a plain run, or a -m run without a sweep
+    (one job, e.g. a SLURM submission), keeps its name, so a rerun finds the same folder."""
+    hydra_config = HydraConfig.get()
+    swept = hydra_config.job.override_dirname
+    if hydra_config.mode != RunMode.MULTIRUN or not swept:
+        return name
+    return f"{name}-{swept.replace(os.sep, '_')}"  # a swept path's slashes would nest folders
+
+
 def shared_run_name(config: TrainConfig, env: DistEnv) -> str:
     """The run's name; when unnamed, rank 0's ``<arch>-<data>-<time>`` for every rank."""
     names = [config.run_name or f"{config.arch.name}-{config.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"]
@@ -195,7 +226,7 @@ def main(cfg: DictConfig) -> float | None:
     with stop_signals():  # SIGTERM / SIGUSR1 from here to the exit: a checkpoint, then status 75
         env = init_distributed(config.device)
         try:
-            config.run_name = shared_run_name(config, env)
+            config.run_name = job_run_name(shared_run_name(config, env))
             if env.is_main:  # the resolved config goes to the run folder's config.yaml, not before an error line
                 log.info("run folder %s", checkpoint_root(config))
             with logging_redirect_tqdm():  # log lines print above the progress bar, not into it
@@ -223,4 +254,5 @@ if __name__ == "__main__":
         check_command_line(sys.argv[1:])  # Hydra's own composition errors are a page of traceback
     except ConfigError as e:
         exit_with_error(e)
+    sys.argv[1:] = sweep_overrides_only(sys.argv[1:])
     main()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import ROOT
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from train_helpers import CONF_DIR, build_tiny_dataset, compose_config, tiny_overrides
 
 import pretrain
@@ -140,3 +141,29 @@ def test_submitit_slurm_launcher_composes():
         cfg = compose(config_name="config", overrides=["hydra/launcher=submitit_slurm", "hydra.launcher.nodes=2"],
                       return_hydra_config=True)
     assert "SlurmLauncher" in cfg.hydra.launcher._target_ and cfg.hydra.launcher.nodes == 2
+
+
+def test_a_multirun_over_a_preset_that_names_its_run_gives_each_job_its_own_folder(tiny_data, tmp_path):
+    """experiment=cpu_small names its run (cpu_small-seed0) and resumes it: every job of a sweep
+    over it used to train in that one folder (job 0 "resumed" the earlier run and did nothing,
+    job 1 was refused as a config change). Each job's run name gains its swept values."""
+    preset = ["experiment=cpu_small", "compile=false", f"data.paths=[{tiny_data}]", "data.name=tiny",
+              "global_batch_size=8", "max_steps=2", "evaluate=false", "progress_bar=false", "wandb.mode=disabled"]
+
+    def pretrain_py(*args):  # in tmp_path: checkpoints/ (and Hydra's folders) land there
+        return subprocess.run([sys.executable, str(ROOT / "pretrain.py"), *args], cwd=tmp_path, capture_output=True,
+                              text=True, env={**os.environ, "WANDB_MODE": "disabled"}, timeout=600)
+
+    runs = tmp_path / "checkpoints" / "arcforge"
+    earlier = pretrain_py(*preset, "optimizer.lr=1e-3")
+    assert earlier.returncode == 0, earlier.stderr[-3000:]
+    earlier_files = {p: p.stat().st_mtime_ns for p in (runs / "cpu_small-seed0").rglob("*")}
+
+    sweep = pretrain_py("-m", *preset, "optimizer.lr=1e-3,3e-3")
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    jobs = {"cpu_small-seed0-optimizer.lr=0.001": 1e-3, "cpu_small-seed0-optimizer.lr=0.003": 3e-3}  # as Hydra writes
+    assert sorted(p.name for p in runs.iterdir()) == sorted(["cpu_small-seed0", *jobs])
+    for name, lr in jobs.items():
+        assert [step for step, _ in ckpt.list_checkpoints(str(runs / name))] == [2], name  # trained, not resumed
+        assert OmegaConf.load(runs / name / "config.yaml").optimizer.lr == lr
+    assert {p: p.stat().st_mtime_ns for p in (runs / "cpu_small-seed0").rglob("*")} == earlier_files
