@@ -225,7 +225,9 @@ def pipeline(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")
     data = tiny_dataset(tmp, num_aug=0, canvas=3, side=2, n_train=2, n_eval=1, memorisable=True, seed=learning_seed())
     out = tmp / "out"
-    code = run_full_pipeline.main(pipeline_args(data, out))
+    with pytest.MonkeyPatch.context() as env:  # wandb's default mode: its runs must not trip the pipeline
+        env.setenv("WANDB_MODE", "offline")
+        code = run_full_pipeline.main(pipeline_args(data, out, "wandb.mode=offline"))
     assert code == 0
     return data, out
 

@@ -55,13 +55,16 @@ def test_pass2_per_task_counts_inputs():
     assert it.pass2_per_task(sub, tasks) == {"t": 0.5}
 
 
-def test_two_episodes_write_every_artifact_and_resume(tmp_path, caplog):
+def test_two_episodes_write_every_artifact_and_resume(tmp_path, caplog, monkeypatch):
+    """Under wandb's default mode (offline): the trainer's run of each episode beside the
+    pipeline's own run (a trainer that finished the pipeline's run crashed episode 0)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
     src = flip_tasks(tmp_path / "src", n_train=4, n_eval=1, side=2)
     out = tmp_path / "out"
     overrides = [f"iterative.source={src}", f"iterative.eval_source={src}", "iterative.n_episodes=2",
                  "iterative.n_batch=2", "iterative.val_frac=0.25", "iterative.num_aug=1", "iterative.max_grid_size=3",
                  "iterative.sampling_strategy=accuracy_weighted", f"iterative.output_dir={out}",
-                 "global_batch_size=8", "epochs=4", "progress_bar=false", "wandb.mode=disabled", "log_interval=1"]
+                 "global_batch_size=8", "epochs=4", "progress_bar=false", "wandb.mode=offline", "log_interval=1"]
     summary = it.run(compose_iterative(overrides), CPU)
     for n in (0, 1):
         for name in (f"dataset_episode_{n}.json", f"metrics_episode_{n}.json", f"model_episode_{n}",

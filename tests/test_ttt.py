@@ -173,7 +173,8 @@ def test_embeddings_then_all_trains_the_trunk_in_its_second_stage(pretrained, ne
     assert second["config"]["optimizer"]["lr"] == 1e-3 and second["config"]["puzzle_emb_lr"] == 0.01
 
 
-def test_chunked_run_merges_one_valid_submission(pretrained, tmp_path, capsys):
+def test_chunked_run_merges_one_valid_submission(pretrained, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")  # wandb's default mode: one run per chunk, none in the way
     rng = np.random.default_rng(2)
     tasks = {"a": family_task(rng, 2), "b": family_task(rng, 6, labeled=False), "c": family_task(rng, 4),
              "big": {"train": [{"input": [[5] * 4] * 4, "output": [[4] * 4] * 4}], "test": [{"input": [[5] * 4] * 4}]}}

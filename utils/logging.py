@@ -56,5 +56,7 @@ def init_wandb(config: Any, name: str | None, directory: str, run_config: dict[s
     kwargs: dict[str, Any] = {}
     if resumable:  # a new run gets its id from wandb (run.id); a resumed one passes it back
         kwargs = {"id": run_id, "resume": "allow"} if run_id else {"resume": "allow"}
+    # create_new: a pipeline's run stays active beside its trainers' runs (by default a second
+    # init returned the pipeline's run, and the trainer's finish() ended it under the pipeline).
     return wandb.init(project=config.wandb.project or config.project_name, entity=config.wandb.entity, name=name,
-                      mode=mode, config=run_config, dir=directory, **kwargs)
+                      mode=mode, config=run_config, dir=directory, reinit="create_new", **kwargs)
