@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT
-from train_helpers import build_tiny_dataset, compose_config, run_script, tiny_overrides
+from train_helpers import build_tiny_dataset, compose_config, error_lines, run_script, tiny_overrides
 
 import pretrain
 from utils import checkpoint as ckpt
@@ -135,7 +135,11 @@ def test_a_metrics_line_torn_by_a_file_size_limit_is_dropped_and_the_resume_cont
     whole = metrics.stat().st_size
     limited = run_script("pretrain.py", [*common, "max_steps=12", f"hydra.run.dir={tmp_path / 'hydra'}",
                                          "hydra.output_subdir=null"], file_size_limit=whole + 40)
-    assert limited.returncode != 0 and "File too large" in limited.stderr, limited.stderr[-3000:]
+    # The run that meets the limit stops as on a full checkpoint write: one line, exit 3.
+    assert limited.returncode == 3 and "Traceback" not in limited.stderr, limited.stderr[-3000:]
+    (line,) = error_lines(limited)
+    assert "metrics.jsonl (the record of step 11)" in line and "File too large" in line, line
+    assert "the newest intact checkpoint is" in line and "step_00000010" in line, line
     torn = metrics.read_text()
     assert len(torn) == whole + 40 and not torn.endswith("\n"), torn[-300:]  # step 11's record, cut short
     with caplog.at_level("WARNING"):

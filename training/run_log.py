@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from training.state import TrainState
-from utils.checkpoint import METRICS_FILE
+from utils.checkpoint import METRICS_FILE, write_failure
 from utils.config import TrainConfig
 from utils.distributed import DistEnv
 from utils.io import read_jsonl, write_text_atomic
@@ -92,8 +92,12 @@ class RunLog:
     def _write(self, step: int, metrics: dict[str, float]) -> None:
         record = {"step": step, **metrics}
         self.records.append(record)
-        with open(os.path.join(self.root, METRICS_FILE), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(os.path.join(self.root, METRICS_FILE), "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk: the run stops with one line (exit 3), as for a checkpoint
+            raise write_failure(self.root, f"{METRICS_FILE} (the record of step {step})", e, self.env,
+                                     left="A torn last line is dropped when the run resumes") from e
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
 

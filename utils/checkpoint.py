@@ -393,10 +393,11 @@ def _size(n: float) -> str:
     return ""
 
 
-def _write_failure(root: str, what: str, error: BaseException, env: DistEnv) -> BaseException:
-    """The exception to raise for a failed checkpoint write: CheckpointWriteError naming the
-    newest intact checkpoint for an OSError or another rank's failure; any other error as
-    it is."""
+def write_failure(root: str, what: str, error: BaseException, env: DistEnv,
+                  left: str = "Nothing half-written is left") -> BaseException:
+    """The exception to raise for a failed write into run folder ``root`` (a checkpoint, the
+    metrics log): CheckpointWriteError naming the newest intact checkpoint for an OSError or
+    another rank's failure; any other error as it is. ``left``: what the failure left behind."""
     if not isinstance(error, (OSError, _OtherRank)):
         return error
     try:
@@ -426,8 +427,8 @@ def _write_failure(root: str, what: str, error: BaseException, env: DistEnv) -> 
     else:
         cause = f"{error.strerror or error} ({getattr(error, 'filename', None) or root})"
         todo = "fix that and run again with resume=auto"
-    return CheckpointWriteError(f"{what} could not be written to {root}: {cause}. Nothing half-written is left; "
-                                f"{kept}: {todo}", newest, full)
+    return CheckpointWriteError(f"{what} could not be written to {root}: {cause}. {left}; {kept}: {todo}", newest,
+                                full)
 
 
 def save_checkpoint(root: str, step: int, shared: dict[str, Any], per_rank: dict[str, Any], env: DistEnv,
@@ -462,7 +463,7 @@ def save_checkpoint(root: str, step: int, shared: dict[str, Any], per_rank: dict
     if error is not None:
         if env.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        failure = _write_failure(root, f"checkpoint {name}", error, env)
+        failure = write_failure(root, f"checkpoint {name}", error, env)
         if failure is error:
             raise error
         raise failure from (None if isinstance(error, _OtherRank) else error)
