@@ -297,6 +297,13 @@ def test_pipeline_skip_flags_use_existing_artifacts(pipeline, capsys):
     assert (out / "best_size_head.pt").read_bytes() == head_bytes and len(evaluations(out)) == before + 1
 
 
+class RunsCode:
+    """Unpickled, it would run a shell command."""
+
+    def __reduce__(self):
+        return os.system, ("true",)
+
+
 def test_pipeline_fails_clearly(pipeline, tmp_path, capsys):
     data, _ = pipeline
     empty = tmp_path / "empty"
@@ -310,6 +317,15 @@ def test_pipeline_fails_clearly(pipeline, tmp_path, capsys):
     printed = capsys.readouterr()
     assert re.fullmatch(r"error: data.test_paths: no dataset at .*nowhere.*\n", printed.err) and not printed.out
     assert not broken.exists()
+
+    rigged = tmp_path / "rigged"  # a best_model.pt that would run code when unpickled: refused, named in one line
+    rigged.mkdir()
+    torch.save({"model": RunsCode()}, rigged / "best_model.pt")
+    assert run_full_pipeline.main(pipeline_args(data, rigged, "--skip-training", "--skip-size-head")) == 1
+    printed = capsys.readouterr().out
+    failure = next(line for line in printed.splitlines() if "evaluation" in line and "FAILED" in line)
+    assert str(rigged / "best_model.pt") in failure and "posix.system" in failure, printed
+    assert "Re-running" not in printed and "will likely succeed" not in printed, printed  # torch's advice
 
     assert run_full_pipeline.main(["no_such_experiment"]) == 2
     assert "neither a JSON file nor a Hydra experiment" in capsys.readouterr().err
