@@ -28,16 +28,21 @@ def batch(seed: int = 0) -> dict[str, torch.Tensor]:
                                      ("hrm", {"puzzle_emb_len": 0}), ("transformer", {}),
                                      ("trm", {"pos_encodings": "learned", "puzzle_emb_ndim": 48})])
 def test_shapes_and_eval_halting(name, kw):
+    """Evaluation runs halt_max_steps whatever the halt head says: here it says "halt now"
+    (q_halt ~ +10) for every example, which halts training at once."""
     torch.manual_seed(0)
     model = build_model(tiny(name, **kw), SHAPE).eval()
+    with torch.no_grad():
+        model.inner.q_head.bias.fill_(10.0)
     b = batch()
     carry = model.initial_carry(b)
     for step in range(1, 4):
         carry, out = model(carry, b)
         assert out.logits.shape == (4, 16, 12) and out.q_halt_logits.shape == (4,)
-        assert out.q_halt_logits.dtype == torch.float32
+        assert out.q_halt_logits.dtype == torch.float32 and (out.q_halt_logits > 0).all()
         assert (out.steps == step).all()
         assert bool(out.halted.all()) == (step == 3)  # evaluation always runs halt_max_steps
+    assert model.train()(model.initial_carry(b), b)[1].halted.all()  # the same head halts training at once
 
 
 def test_halted_examples_are_replaced_and_reset():
@@ -96,7 +101,7 @@ def test_training_halts_and_sets_the_continue_target_by_the_q_logits(no_act_cont
     carry = model.initial_carry(b1)
     for step in (1, 2):
         steps_before = torch.where(carry.halted, 0, carry.steps)
-        carry, out = model(carry, b1 if step == 1 else b2)
+        carry, out = model(carry, b1 if step == 1 else b2)  # halted rows take b2's data, the others keep b1's
         q_halt, q_continue = out.q_halt_logits, out.q_continue_logits
         is_last = steps_before + 1 == 2
         wants = q_halt > 0 if no_act_continue else q_halt > q_continue
@@ -109,9 +114,14 @@ def test_training_halts_and_sets_the_continue_target_by_the_q_logits(no_act_cont
         torch.testing.assert_close(out.target_q_continue, expected)
         if step == 1:
             assert 0 < int(wants.sum()) < 4  # some halt early, some go on to the last step
+            target_1, going_on = out.target_q_continue, ~out.halted
         else:
             assert 0 < int(is_last.sum()) < 4  # both branches of the target are checked
             assert not torch.equal(torch.sigmoid(next_halt), expected)
+            # Observed, not recomputed: an example that went on after step 1 (with its data) meets
+            # at step 2 the q logits step 1's target was made of: max(q_halt, q_continue) there.
+            seen = torch.sigmoid(torch.maximum(q_halt, q_continue))
+            torch.testing.assert_close(target_1[going_on], seen[going_on])
 
 
 def test_gradient_reaches_puzzle_embedding_rows_only_in_training():
