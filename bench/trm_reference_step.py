@@ -8,8 +8,9 @@ ARCForge and edits none of the reference's files. Everything below is patched at
 in this process only:
 
 - ``adam_atan2``: the CUDA package does not build on CPU; a module of that name exposing
-  ``AdamATan2`` (the kernel's update, in the same foreach ops as ARCForge's
-  utils/optimizers.py) is put into ``sys.modules`` before pretrain is imported;
+  ``AdamATan2`` (the kernel's update, written from its formula; tests/test_compare_reference.py
+  checks it against the formula in plain floats) is put into ``sys.modules`` before pretrain
+  is imported;
 - ``wandb`` (imported by pretrain, unused here): an empty stand-in module;
 - CUDA: ``Tensor.cuda`` returns the tensor itself and pretrain's ``torch.device("cuda")``
   contexts give the CPU device; ``DISABLE_COMPILE`` (eager) unless ``--compile``.
@@ -32,7 +33,6 @@ import resource
 import sys
 import time
 import types
-from collections import defaultdict
 
 import torch
 
@@ -55,32 +55,22 @@ class AdamATan2(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
+        # Written from the formula above, one parameter at a time (not ARCForge's foreach code).
         for group in self.param_groups:
             lr, wd = float(group["lr"]), float(group["weight_decay"])
             beta1, beta2 = (float(b) for b in group["betas"])
-            buckets = defaultdict(list)
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 state = self.state[p]
                 if not state:
-                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                buckets[(p.device, p.dtype)].append((p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"]))
-            for items in buckets.values():
-                params, grads, ms, vs, steps = (list(x) for x in zip(*items))
-                torch._foreach_add_(steps, 1.0)
-                counts = [s.item() for s in steps]
-                step_sizes = [lr / (1.0 - beta1**s) for s in counts]
-                sqrt_bc2 = [math.sqrt(1.0 - beta2**s) for s in counts]
-                if wd != 0.0 and lr != 0.0:
-                    torch._foreach_mul_(params, 1.0 - lr * wd)
-                torch._foreach_lerp_(ms, grads, 1.0 - beta1)
-                torch._foreach_lerp_(vs, torch._foreach_mul(grads, grads), 1.0 - beta2)
-                v_hat = torch._foreach_sqrt(vs)
-                torch._foreach_div_(v_hat, sqrt_bc2)
-                torch._foreach_add_(params, [torch.atan2(m, v).mul_(-s) for m, v, s in zip(ms, v_hat, step_sizes)])
+                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                state["step"] += 1
+                t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+                p.mul_(1.0 - lr * wd)
+                m.lerp_(p.grad, 1.0 - beta1)
+                v.lerp_(p.grad * p.grad, 1.0 - beta2)
+                p.sub_(torch.atan2(m, v.sqrt() / math.sqrt(1.0 - beta2**t)) * (lr / (1.0 - beta1**t)))
         return None
 
 
