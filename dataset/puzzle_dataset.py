@@ -78,6 +78,13 @@ def read_json(path: str) -> object:
         raise DatasetError(f"{path}: not readable JSON ({e}); {_REBUILD}") from None
 
 
+def canvas_sides(meta: PuzzleDatasetMetadata) -> list[int]:
+    """The canvas sides a dataset's examples sit on: its buckets', or its one canvas's."""
+    if meta.canvas_sides:
+        return sorted(set(meta.canvas_sides.values()))
+    return [math.isqrt(meta.seq_len)]
+
+
 def read_identifiers(path: str, meta: PuzzleDatasetMetadata, meta_path: str) -> list[str]:
     """``identifiers.json``: one name per puzzle identifier, at least the
     ``num_puzzle_identifiers`` that ``meta_path`` (a split's dataset.json) declares."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dataset.demonstrations import Demonstrations
-from dataset.puzzle_dataset import PuzzleDataset
+from dataset.puzzle_dataset import PuzzleDataset, canvas_sides
 from evaluators.arc import ARCVoter, write_submission
 from evaluators.loop import evaluate_examples
 from evaluators.report import render_report
@@ -159,6 +159,23 @@ def run_records(checkpoint: Checkpoint) -> list[dict]:
     return [r for r in records if step is None or r.get("step", 0) <= step]
 
 
+def canvas_change_note(state: dict | None, sides: list[int], test_path: str) -> str | None:
+    """A warning when the test set sits on canvases the checkpoint never trained on: attention
+    sees another number of PAD cells there, so the model computes another function
+    (docs/data.md, "Canvas buckets", has what that cost a trained checkpoint)."""
+    trained = (state or {}).get("canvas_sides")
+    if trained is None:  # TRM/HRM files and older checkpoints: a single canvas is all we can assume
+        return (f"{test_path} sits on canvases {sides}; the checkpoint does not say which canvases it trained on "
+                "(a canvas other than its own changes its outputs: docs/data.md, Canvas buckets)"
+                if len(sides) > 1 else None)
+    new = sorted(set(sides) - set(trained))
+    if not new:
+        return None
+    return (f"{test_path} puts examples on canvases {new} that the checkpoint never trained on (it trained on "
+            f"{trained}): attention sees another number of PAD cells there, so the model computes another "
+            "function; expect a lower score than on its own layout (docs/data.md, Canvas buckets)")
+
+
 def evaluate_checkpoint(config: TrainConfig, checkpoint: Checkpoint, env: DistEnv) -> EvalResult:
     """Evaluate on the test split of ``config.data`` (its ``test_paths``, else ``paths``: one
     dataset) and write ``metrics.json``, ``submission.json`` and ``report.png`` to
@@ -178,6 +195,9 @@ def evaluate_checkpoint(config: TrainConfig, checkpoint: Checkpoint, env: DistEn
     shape = DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, data.local_batch_size)
     model = load_eval_model(config, shape, checkpoint, env.device, data.identifiers)
     check_canvas_buckets(model, config.arch, meta.canvas_sides, meta.seq_len, test_path)
+    note = canvas_change_note(state, canvas_sides(meta), test_path)
+    if note and env.is_main:
+        log.warning(note)
     voter = ARCVoter(test_path)
     demos = Demonstrations([test_path], model.num_demos, config.seed) if model.num_demos else None
     metrics, submission = evaluate_examples(model, build_loss(config.loss), data, env, voter, config.eval.pass_ks,

@@ -223,7 +223,8 @@ def test_a_bucket_keeps_the_big_canvas_positions():
 def test_rope_and_learned_positions_of_a_bucket_are_the_big_canvas_rows(pos_encodings):
     """A 2x2 grid on a side-2 bucket gets exactly the positional terms (rotary angles, or the
     learned table's rows) of the same cells on the 3x3 canvas the model is built for: rows
-    0 (the puzzle token), 1, 2, 4, 5, written out. Weights trained on one serve the other."""
+    0 (the puzzle token), 1, 2, 4, 5, written out. Weights trained on one run on the other
+    (not as the same function: see the test below)."""
     config = compose_config(["arch=trm_tiny", "data.paths=[unused]", f"arch.pos_encodings={pos_encodings}"]).arch
     model = build_model(config, DataShape(9, 12, 4, 2))
     core = model.inner
@@ -399,3 +400,50 @@ def test_a_bucketed_run_trains_evaluates_and_adapts_end_to_end(datasets, tmp_pat
                      f"ttt.output_dir={out}", "ttt.num_aug=1", "ttt.steps=2"]) == 0
     adapted = json.loads((out / "submission.json").read_text())
     assert validate(adapted, tasks) == [] and adapted.keys() == tasks.keys()
+
+
+def test_evaluating_on_canvases_the_checkpoint_never_trained_on_is_warned(datasets, tmp_path, caplog):
+    """A canvas-12 checkpoint on the bucketed build of the same tasks: buckets 4 and 8 show
+    the model fewer PAD cells, so it computes another function (docs/data.md measures the
+    cost). evaluate.py says so; on its own build it says nothing."""
+    import pretrain
+    from evaluators.checkpoint import evaluate_checkpoint, load_checkpoint
+
+    canvas12, bucketed = datasets
+    config = compose_config(tiny_overrides(canvas12, tmp_path / "run", "global_batch_size=4", "max_steps=2",
+                                           "epochs=1", "evaluate=false"))
+    pretrain.train(config, CPU)
+    checkpoint = load_checkpoint(str(tmp_path / "run"))
+    assert checkpoint.state["canvas_sides"] == [12]
+    for data, warned in ((canvas12, False), (bucketed, True)):
+        config.data.paths, config.force_identifiers = [str(data)], True
+        config.eval.output_dir = str(tmp_path / data.name)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            evaluate_checkpoint(config, checkpoint, CPU)
+        notes = [r.getMessage() for r in caplog.records if "never trained on" in r.getMessage()]
+        assert len(notes) == int(warned), notes
+        if warned:
+            assert "canvases [4, 8]" in notes[0] and "trained on [12]" in notes[0], notes
+
+
+def test_a_smaller_canvas_changes_what_the_model_computes():
+    """What docs/data.md says: without an attention mask, the PAD cells a bigger canvas adds
+    take part in attention, so one random-weight TRM gives a 3x3 grid other logits on the
+    canvas-6 layout than on a bucket of side 4 (the positions of its cells are the same)."""
+    from dataset.common import EOS_ID
+
+    torch.manual_seed(0)
+    config = compose_config(["arch=trm_tiny", "data.paths=[unused]"]).arch
+    model = build_model(config, DataShape(36, 12, 4, 1)).eval()
+    grid = torch.arange(2, 11).view(3, 3)  # colours 0-8 as tokens
+    outputs = []
+    for side in (4, 6):
+        canvas = torch.full((side, side), PAD_ID)
+        canvas[:3, :3], canvas[3, :4], canvas[:4, 3] = grid, EOS_ID, EOS_ID
+        batch = {"inputs": canvas.view(1, -1), "puzzle_identifiers": torch.zeros(1, dtype=torch.int64),
+                 "labels": torch.zeros(1, side * side, dtype=torch.int64)}
+        with torch.no_grad():
+            _, out = model(model.initial_carry(batch), batch)
+        outputs.append(out.logits[0].view(side, side, -1)[:3, :3])
+    assert (outputs[0] - outputs[1]).abs().max() > 0.1

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dataset.puzzle_dataset import PuzzleDataset
+from dataset.puzzle_dataset import PuzzleDataset, canvas_sides
 from losses import build_loss
 from models import build_model, check_canvas_buckets
 from models.base import ARCModel
@@ -78,7 +78,7 @@ class TrainState:
                 "monitor": self.monitor.state_dict(), "wandb_id": self.wandb_id, "world_size": self.world_size,
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 "skipped_steps": self.skipped_steps, "bad_steps_in_a_row": self.bad_steps_in_a_row,
-                "evaluated_step": self.evaluated_step}
+                "evaluated_step": self.evaluated_step, "canvas_sides": canvas_sides(self.train_data.metadata)}
 
     def load_state_dict(self, shared: dict[str, Any]) -> None:
         self.model.load_state_dict(shared["model"])
