@@ -158,6 +158,11 @@ class ARCVoter:
             raise ValueError(f"{dataset_path}: puzzle {names[p]!r} has {n_ex[p]} test examples, its task has "
                              f"{self.num_inputs[self.puzzle_task[p]]} test inputs")
         self.variants_per_task = np.bincount(self.puzzle_task[self.puzzle_task >= 0], minlength=len(self.task_ids))
+        # Test outputs larger than their task's canvas (--canvas-buckets): unsolvable, counted in the metrics.
+        info_path = os.path.join(dataset_path, "build_info.json")
+        info = read_json(info_path) if os.path.isfile(info_path) else {}
+        self.beyond_canvas = {(b["task"], b["test_pair"])
+                              for b in info.get("canvas_buckets", {}).get("test_outputs_beyond_canvas", [])}
         self.reset()
 
     # ------------------------------------------------------------------------------------
@@ -347,6 +352,8 @@ class ARCVoter:
             "ARC/unlabeled": int(not task_scores),
             "ARC/tasks_scored": len(task_scores),
             "ARC/test_inputs_scored": int(sum(len(s) for s in task_scores)),
+            "ARC/answers_beyond_canvas": sum((t, i) in self.beyond_canvas for t in task_ids
+                                             for i in range(len(self.tasks[t]["test"]))),
         }
         metrics.update(pass_at_k(task_scores, pass_ks))
         return metrics, submission

@@ -205,6 +205,7 @@ def test_the_voter_scores_perfect_predictions_across_buckets_as_on_one_canvas(da
             voter.add(batch["example_indices"].numpy(), labels.to(torch.uint8).numpy(), np.zeros(4))
         metrics, submission = voter.finalize([1, 2])
         assert metrics["ARC/pass@1"] == pytest.approx(solved), path
+        assert metrics["ARC/answers_beyond_canvas"] == (solved < 1), path  # answer6 on the bucketed build
         assert len(submission) == 3
     assert submission["answer6"] == [fallback_attempts(tasks["answer6"]["test"][0]["input"])]
 
