@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 out = export_safetensors(config, checkpoint, export_dir)
             except (ValueError, CheckpointWriteError) as e:
                 return report_error(e)
-            print(f"wrote {out}/: {EXPORT_WEIGHTS}, {EXPORT_CONFIG}, {EXPORT_INFO}, {MANIFEST} "
-                  f"(from {checkpoint.path})")
+            print(f"wrote {out}/: {EXPORT_WEIGHTS}, {EXPORT_CONFIG}, {EXPORT_INFO}, {MANIFEST} (from {checkpoint.path})")
             return 0
         env = init_distributed(config.device)
         try:

@@ -67,8 +67,9 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
     if config.global_batch_size % env.world_size:
         raise ConfigError(f"global_batch_size {config.global_batch_size} is not divisible by {env.world_size} ranks")
     config.data.check_exists()
-    train_data = PuzzleDataset(config.data.paths, "train", config.global_batch_size, env.rank, env.world_size,
-                               seed=config.seed)
+    train_data = PuzzleDataset(
+        config.data.paths, "train", config.global_batch_size, env.rank, env.world_size, seed=config.seed
+    )
 
     # --- state: model, optimizers, EMA; resumed, or fresh (init_from's weights) --------------
     root = checkpoint_root(config)
@@ -98,8 +99,12 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
         with RunLog(root, config, env, state) as run_log:
             # A run stopped after an epoch's last step (preempted, or killed in the evaluation
             # after it) resumes at the next epoch's start: it owes that evaluation first.
-            if resumed and state.evaluated_step != state.step and train_data.state_dict()["batch_in_epoch"] == 0 \
-                    and evaluation_due(config, epoch, epoch >= config.epochs or state.step >= stop_step):
+            if (
+                resumed
+                and state.evaluated_step != state.step
+                and train_data.state_dict()["batch_in_epoch"] == 0
+                and evaluation_due(config, epoch, epoch >= config.epochs or state.step >= stop_step)
+            ):
                 last_eval, saved_step = evaluate(state, evaluation, run_log, env, root, epoch, kill_in_eval_at, saved_step)
             while epoch < config.epochs and state.step < stop_step and not (out_of_time or state.monitor.should_stop):
                 for _set, batch, _n in train_data:
@@ -115,8 +120,10 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
                     if log_now:
                         last_train = reduce_metrics(window, env, config.global_batch_size, window_steps)
                         window, window_steps = None, 0
-                        bar.set_postfix(loss=f"{last_train['train/lm_loss']:.3f}",
-                                        acc=f"{last_train.get('train/accuracy', float('nan')):.3f}")
+                        bar.set_postfix(
+                            loss=f"{last_train['train/lm_loss']:.3f}",
+                            acc=f"{last_train.get('train/accuracy', float('nan')):.3f}",
+                        )
                         run_log.train(state.step, stop_step, last_train)
                     if config.checkpoint_interval_steps and state.step % config.checkpoint_interval_steps == 0:
                         saved_step = save(state, root, env)
@@ -130,17 +137,24 @@ def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:
                 epoch = train_data.state_dict()["epoch"]
                 finished = epoch >= config.epochs or state.step >= stop_step or out_of_time
                 if evaluation_due(config, epoch, finished):
-                    last_eval, saved_step = evaluate(state, evaluation, run_log, env, root, epoch, kill_in_eval_at,
-                                                     saved_step)
+                    last_eval, saved_step = evaluate(
+                        state, evaluation, run_log, env, root, epoch, kill_in_eval_at, saved_step
+                    )
             bar.close()
             if saved_step != state.step:  # every run ends with its weights on disk, however it stopped
                 save(state, root, env)
             preempted = preempted and state.step < stop_step  # stopped by a signal with training left: main() exits 75
             if preempted:
                 log_preemption(state.step, env)
-        summary = {"step": state.step, "seconds": time.perf_counter() - started,
-                   "num_params": sum(p.numel() for p in state.model.parameters()), **last_train, **last_eval,
-                   "best_monitor": state.monitor.best, **({"preempted": True} if preempted else {})}
+        summary = {
+            "step": state.step,
+            "seconds": time.perf_counter() - started,
+            "num_params": sum(p.numel() for p in state.model.parameters()),
+            **last_train,
+            **last_eval,
+            "best_monitor": state.monitor.best,
+            **({"preempted": True} if preempted else {}),
+        }
         del state, evaluation  # DDP objects go before the process group (gloo crashes at exit otherwise)
         gc.collect()
         return summary
@@ -151,8 +165,16 @@ def evaluation_due(config: TrainConfig, epoch: int, finished: bool) -> bool:
     return config.evaluate and (epoch % config.eval_interval == 0 or finished) and epoch >= config.min_eval_interval
 
 
-def evaluate(state: TrainState, evaluation: PeriodicEvaluation, run_log: RunLog, env: DistEnv, root: str, epoch: int,
-             kill_in_eval_at: int | None, saved_step: int | None) -> tuple[dict[str, float], int | None]:
+def evaluate(
+    state: TrainState,
+    evaluation: PeriodicEvaluation,
+    run_log: RunLog,
+    env: DistEnv,
+    root: str,
+    epoch: int,
+    kill_in_eval_at: int | None,
+    saved_step: int | None,
+) -> tuple[dict[str, float], int | None]:
     """The periodic evaluation, logged and fed to the monitor, checkpointed when asked:
     (its metrics, the step last saved)."""
     config = state.config
@@ -165,8 +187,12 @@ def evaluate(state: TrainState, evaluation: PeriodicEvaluation, run_log: RunLog,
     if score is not None:
         state.monitor.update(score)
     if state.monitor.should_stop and env.is_main:
-        log.info("early stop: %s has not improved on %.4f for %d evaluations", config.callbacks.monitor,
-                 state.monitor.best, config.callbacks.early_stopping_patience)
+        log.info(
+            "early stop: %s has not improved on %.4f for %d evaluations",
+            config.callbacks.monitor,
+            state.monitor.best,
+            config.callbacks.early_stopping_patience,
+        )
     if config.checkpoint_every_eval or state.monitor.should_stop:
         saved_step = save(state, root, env, score)
     return metrics, saved_step
@@ -187,8 +213,9 @@ def sweep_overrides_only(argv: list[str]) -> list[str]:
     """``argv``; under -m plus the Hydra override that leaves every key the command line does
     not sweep (and the folder keys) out of each job's ``override_dirname``, which then holds
     the job's swept values only (a sweeper's own parameters included)."""
-    if not {"-m", "--multirun"} & set(argv) or any(a.startswith(("hydra.job.config", "-")) and a not in
-                                                   ("-m", "--multirun") for a in argv):
+    if not {"-m", "--multirun"} & set(argv) or any(
+        a.startswith(("hydra.job.config", "-")) and a not in ("-m", "--multirun") for a in argv
+    ):
         return argv
     overrides = OverridesParser.create().parse_overrides([a for a in argv if a not in ("-m", "--multirun")])
     fixed = {o.key_or_group for o in overrides if not o.is_sweep_override() and not o.is_hydra_override()}
@@ -232,8 +259,9 @@ def main(cfg: DictConfig) -> float | None:
             with logging_redirect_tqdm():  # log lines print above the progress bar, not into it
                 summary = train(config, env)
             if env.is_main:
-                log.info("final: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                               for k, v in summary.items()))
+                log.info(
+                    "final: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
+                )
         except ConfigError as e:  # found before training started: nothing to lose
             exit_with_error(e)
         except (NonFiniteLossError, ckpt.CheckpointWriteError) as e:  # the message names the checkpoint to resume

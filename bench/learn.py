@@ -64,8 +64,14 @@ CANVASES = ("small", "30", "buckets")
 SCORED = ("all", "fifth")
 # The run: the README's recipe; evaluation only at the end.
 RECIPE = "experiment=cpu_small"
-RUN_OVERRIDES = ["progress_bar=false", "wandb.mode=disabled", "device=cpu", "eval.pass_ks=[1,2]", "resume=none",
-                 "eval_interval=1000000"]
+RUN_OVERRIDES = [
+    "progress_bar=false",
+    "wandb.mode=disabled",
+    "device=cpu",
+    "eval.pass_ks=[1,2]",
+    "resume=none",
+    "eval_interval=1000000",
+]
 
 
 def held_out_split(max_side: int, seed: int, scored: str = "all") -> tuple[dict[str, dict], dict[str, dict]]:
@@ -81,8 +87,9 @@ def held_out_split(max_side: int, seed: int, scored: str = "all") -> tuple[dict[
     return training, held_out
 
 
-def build_dataset(out: str, canvas: str = "small", max_side: int = 6, num_aug: int = 8, seed: int = 0,
-                  scored: str = "all") -> str:
+def build_dataset(
+    out: str, canvas: str = "small", max_side: int = 6, num_aug: int = 8, seed: int = 0, scored: str = "all"
+) -> str:
     """The benchmark's dataset in ``out/data``: the scored tasks' test pairs are its test split."""
     src = os.path.join(out, "tasks")
     shutil.rmtree(src, ignore_errors=True)
@@ -94,14 +101,33 @@ def build_dataset(out: str, canvas: str = "small", max_side: int = 6, num_aug: i
             with open(os.path.join(src, subset, f"{tid}.json"), "w") as f:
                 json.dump(task, f)
     data = os.path.join(out, "data")
-    layout = {"30": ["--max-grid-size", "30"], "small": ["--max-grid-size", str(max_side)],
-              "buckets": ["--max-grid-size", "30", "--canvas-buckets", *map(str, ARC_BUCKETS)]}[canvas]
-    code = build_main(["--input-file-prefix", src, "--output-dir", data, "--subsets", *subsets,
-                       "--test-set-name", "evaluation", "--num-aug", str(num_aug), "--seed", str(seed), *layout])
+    layout = {
+        "30": ["--max-grid-size", "30"],
+        "small": ["--max-grid-size", str(max_side)],
+        "buckets": ["--max-grid-size", "30", "--canvas-buckets", *map(str, ARC_BUCKETS)],
+    }[canvas]
+    code = build_main(
+        [
+            "--input-file-prefix",
+            src,
+            "--output-dir",
+            data,
+            "--subsets",
+            *subsets,
+            "--test-set-name",
+            "evaluation",
+            "--num-aug",
+            str(num_aug),
+            "--seed",
+            str(seed),
+            *layout,
+        ]
+    )
     if code:
         raise SystemExit(f"building {data} failed")
-    log.info("%d tasks trained on whole, %d scored (test inputs held out), <= %d per side", len(training),
-             len(held_out), max_side)
+    log.info(
+        "%d tasks trained on whole, %d scored (test inputs held out), <= %d per side", len(training), len(held_out), max_side
+    )
     return data
 
 
@@ -117,15 +143,18 @@ def train_figures(rows: list[dict]) -> dict[str, float]:
     weighted by the examples that halted at each (a step where none halted measures
     nothing; NaN when none did): exact and cell accuracy; and the mean training loss there."""
     train = [r for r in rows if "train/lm_loss" in r]
-    tail = train[-max(5, len(train) // 10):]  # at least 5 log lines: a short run's last tenth may hold no halt
+    tail = train[-max(5, len(train) // 10) :]  # at least 5 log lines: a short run's last tenth may hold no halt
     halted = [r for r in tail if r.get("train/count", 0) > 0]
     weight = sum(r["train/count"] for r in halted)
 
     def mean(key: str) -> float:
         return sum(r[key] * r["train/count"] for r in halted) / weight if weight else float("nan")
 
-    return {"train_exact": mean("train/exact_accuracy"), "train_cell_accuracy": mean("train/accuracy"),
-            "train_loss": float(np.mean([r["train/lm_loss"] for r in tail])) if tail else float("nan")}
+    return {
+        "train_exact": mean("train/exact_accuracy"),
+        "train_cell_accuracy": mean("train/accuracy"),
+        "train_loss": float(np.mean([r["train/lm_loss"] for r in tail])) if tail else float("nan"),
+    }
 
 
 def training_seconds(rows: list[dict], batch: int) -> float:
@@ -163,14 +192,21 @@ def plot_curve(rows: list[dict], path: str, title: str) -> None:
     os.replace(tmp, path)
 
 
-COMPARISONS = (("30", "canvas 30, equal minutes"), ("buckets", "buckets, equal minutes"),
-               ("buckets-steps", "buckets, canvas 30's steps"), ("small", "small canvas, equal minutes"))
+COMPARISONS = (
+    ("30", "canvas 30, equal minutes"),
+    ("buckets", "buckets, equal minutes"),
+    ("buckets-steps", "buckets, canvas 30's steps"),
+    ("small", "small canvas, equal minutes"),
+)
 
 
 def comparison_table(folder: str) -> list[str]:
     """A markdown table of the runs under ``folder`` named ``<layout>-seed<S>`` (learn_compare.sh)."""
-    lines = ["| run | seed | steps | examples | tokens | train min | train loss | train cell acc | train exact "
-             "| test cell acc | pass@1 | pass@2 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | seed | steps | examples | tokens | train min | train loss | train cell acc | train exact "
+        "| test cell acc | pass@1 | pass@2 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, label in COMPARISONS:
         runs = sorted(d for d in os.listdir(folder) if d.startswith(f"{name}-seed"))
         for run in runs:
@@ -178,21 +214,24 @@ def comparison_table(folder: str) -> list[str]:
             rows = [json.loads(line) for line in open(os.path.join(folder, run, "run", "metrics.jsonl"))]
             f = train_figures(rows)
             test = next(x for x in reversed(rows) if "all/accuracy" in x)
-            lines.append(f"| {label} | {r['seed']} | {r['steps']} | {r['examples']} | {r['tokens']:,} | "
-                         f"{r['train_minutes']:.2f} | {f['train_loss']:.3f} | {f['train_cell_accuracy']:.3f} | "
-                         f"{f['train_exact']:.4f} | {test['all/accuracy']:.3f} | {r['pass@1']:.4f} | {r['pass@2']:.4f} |")
+            lines.append(
+                f"| {label} | {r['seed']} | {r['steps']} | {r['examples']} | {r['tokens']:,} | "
+                f"{r['train_minutes']:.2f} | {f['train_loss']:.3f} | {f['train_cell_accuracy']:.3f} | "
+                f"{f['train_exact']:.4f} | {test['all/accuracy']:.3f} | {r['pass@1']:.4f} | {r['pass@2']:.4f} |"
+            )
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None and sys.argv[1:2] == ["--table"] or argv and argv[:1] == ["--table"]:
-        args = (argv if argv is not None else sys.argv[1:])
+        args = argv if argv is not None else sys.argv[1:]
         print("\n".join(comparison_table(args[1])))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--canvas", choices=CANVASES, default="small")
-    parser.add_argument("--minutes", type=float, default=30.0,
-                        help="stop after this much training time (evaluation excluded)")
+    parser.add_argument(
+        "--minutes", type=float, default=30.0, help="stop after this much training time (evaluation excluded)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="stop after this many steps instead (or first)")
     parser.add_argument("--seed", type=int, default=0, help="held-out split, augmentation and training seed")
     parser.add_argument("--max-side", type=int, default=6)
@@ -213,9 +252,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)  # numba's first parallel call may reset it
 
     run = os.path.join(out, "run")
-    overrides = [RECIPE, *RUN_OVERRIDES, f"data.paths=[{data}]", "data.name=learn", f"checkpoint_path={run}",
-                 f"seed={args.seed}", f"max_minutes={args.minutes}", *([f"max_steps={args.steps}"] if args.steps else []),
-                 *args.overrides]
+    overrides = [
+        RECIPE,
+        *RUN_OVERRIDES,
+        f"data.paths=[{data}]",
+        "data.name=learn",
+        f"checkpoint_path={run}",
+        f"seed={args.seed}",
+        f"max_minutes={args.minutes}",
+        *([f"max_steps={args.steps}"] if args.steps else []),
+        *args.overrides,
+    ]
     config = compose_config(overrides)
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     started = time.perf_counter()
@@ -227,17 +274,32 @@ def main(argv: list[str] | None = None) -> int:
     train_seconds = training_seconds(rows, config.global_batch_size)
     steps = int(summary["step"])
     tokens = tokens_trained(data, config.global_batch_size, config.seed, steps)
-    result = {"canvas": args.canvas, "seed": args.seed, "scored": args.scored, "max_side": args.max_side,
-              "steps": steps, "examples": steps * config.global_batch_size,
-              "tokens": tokens, "train_minutes": train_seconds / 60, "wall_minutes": wall / 60,
-              "pass@1": summary.get("ARC/pass@1", 0.0), "pass@2": summary.get("ARC/pass@2", 0.0), **figures,
-              "test_cell_accuracy": summary.get("all/accuracy"), "test_loss": summary.get("all/lm_loss"),
-              "scored_tasks": summary.get("ARC/tasks"), "views_per_input": summary.get("ARC/views_per_input"),
-              "overrides": overrides, "torch_threads": torch.get_num_threads()}
+    result = {
+        "canvas": args.canvas,
+        "seed": args.seed,
+        "scored": args.scored,
+        "max_side": args.max_side,
+        "steps": steps,
+        "examples": steps * config.global_batch_size,
+        "tokens": tokens,
+        "train_minutes": train_seconds / 60,
+        "wall_minutes": wall / 60,
+        "pass@1": summary.get("ARC/pass@1", 0.0),
+        "pass@2": summary.get("ARC/pass@2", 0.0),
+        **figures,
+        "test_cell_accuracy": summary.get("all/accuracy"),
+        "test_loss": summary.get("all/lm_loss"),
+        "scored_tasks": summary.get("ARC/tasks"),
+        "views_per_input": summary.get("ARC/views_per_input"),
+        "overrides": overrides,
+        "torch_threads": torch.get_num_threads(),
+    }
     write_json_atomic(os.path.join(out, "result.json"), result)
     plot_curve(rows, os.path.join(out, "learning_curve.png"), f"canvas {args.canvas}, seed {args.seed}")
-    print(f"pass@1 {result['pass@1']:.4f} pass@2 {result['pass@2']:.4f} train_exact {exact:.4f} steps {steps} "
-          f"tokens {tokens} minutes {result['train_minutes']:.2f}")
+    print(
+        f"pass@1 {result['pass@1']:.4f} pass@2 {result['pass@2']:.4f} train_exact {exact:.4f} steps {steps} "
+        f"tokens {tokens} minutes {result['train_minutes']:.2f}"
+    )
     return 0
 
 

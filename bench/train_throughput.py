@@ -63,8 +63,14 @@ from utils.config import TrainConfig, compose_config  # noqa: E402
 from utils.distributed import DistEnv  # noqa: E402
 
 DEFAULTS = ["global_batch_size=32", "device=cpu"]
-TRM_DEFAULTS = ["arch=trm", "arch.hidden_size=128", "arch.num_heads=2", "arch.H_cycles=3", "arch.L_cycles=4",
-                "arch.forward_dtype=bfloat16"]  # unless another arch= is chosen
+TRM_DEFAULTS = [
+    "arch=trm",
+    "arch.hidden_size=128",
+    "arch.num_heads=2",
+    "arch.H_cycles=3",
+    "arch.L_cycles=4",
+    "arch.forward_dtype=bfloat16",
+]  # unless another arch= is chosen
 SEQ_LEN, VOCAB, NUM_IDS = 900, 12, 1000
 
 Batch = dict[str, torch.Tensor]
@@ -77,10 +83,19 @@ class RandomData:
 
     def __init__(self, seq_len: int = SEQ_LEN, canvas_sides: dict[str, int] | None = None):
         extra = {"canvas_sides": dict(canvas_sides)} if canvas_sides else {}
-        self.metadata = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=-100, blank_identifier_id=0, vocab_size=VOCAB,
-                                              seq_len=seq_len, num_puzzle_identifiers=NUM_IDS, total_groups=NUM_IDS,
-                                              mean_puzzle_examples=1.0, total_puzzles=NUM_IDS,
-                                              sets=list(canvas_sides or ["all"]), **extra)
+        self.metadata = PuzzleDatasetMetadata(
+            pad_id=0,
+            ignore_label_id=-100,
+            blank_identifier_id=0,
+            vocab_size=VOCAB,
+            seq_len=seq_len,
+            num_puzzle_identifiers=NUM_IDS,
+            total_groups=NUM_IDS,
+            mean_puzzle_examples=1.0,
+            total_puzzles=NUM_IDS,
+            sets=list(canvas_sides or ["all"]),
+            **extra,
+        )
         self.identifiers = ["<blank>", *(f"random{i}" for i in range(1, NUM_IDS))]
 
     def state_dict(self) -> dict:
@@ -88,12 +103,17 @@ class RandomData:
 
 
 def random_batch(batch: int, num_demos: int, device: torch.device, seq_len: int = SEQ_LEN) -> Batch:
-    data = {"inputs": torch.randint(0, VOCAB, (batch, seq_len)), "labels": torch.randint(0, VOCAB, (batch, seq_len)),
-            "puzzle_identifiers": torch.randint(1, NUM_IDS, (batch,), dtype=torch.int32)}
+    data = {
+        "inputs": torch.randint(0, VOCAB, (batch, seq_len)),
+        "labels": torch.randint(0, VOCAB, (batch, seq_len)),
+        "puzzle_identifiers": torch.randint(1, NUM_IDS, (batch,), dtype=torch.int32),
+    }
     if num_demos:  # in-context models read demonstration pairs
-        data.update(demo_inputs=torch.randint(0, VOCAB, (batch, num_demos, seq_len)),
-                    demo_labels=torch.randint(0, VOCAB, (batch, num_demos, seq_len)),
-                    demo_mask=torch.ones(batch, num_demos, dtype=torch.bool))
+        data.update(
+            demo_inputs=torch.randint(0, VOCAB, (batch, num_demos, seq_len)),
+            demo_labels=torch.randint(0, VOCAB, (batch, num_demos, seq_len)),
+            demo_mask=torch.ones(batch, num_demos, dtype=torch.bool),
+        )
     return {k: v.to(device) for k, v in data.items()}
 
 
@@ -168,8 +188,9 @@ class Timing:
         return seconds, self.batch_size / seconds, tokens / seconds
 
 
-def time_steps(state: TrainState, batches: Iterable[Batch], device: torch.device, steps: int, warmup: int,
-               budget_s: float | None = None) -> Timing:
+def time_steps(
+    state: TrainState, batches: Iterable[Batch], device: torch.device, steps: int, warmup: int, budget_s: float | None = None
+) -> Timing:
     """Run ``train_step`` on ``batches`` until ``steps`` steps were timed (or the batches
     end, or ``budget_s`` seconds passed: ``stopped_by_budget``). Untimed: the first
     ``warmup`` steps and the first step at each new sequence length. A step's time is the
@@ -248,13 +269,19 @@ def run_random(args: argparse.Namespace, config: TrainConfig, device: torch.devi
     timing = time_steps(state, itertools.repeat(batch), device, args.steps, args.warmup)
     seconds, examples, tokens = timing.realized()
     a, n = config.arch, config.global_batch_size
-    print(f"pretrain.py's train_step (precision {config.precision}, ema {config.ema}, grad_clip_norm "
-          f"{config.grad_clip_norm}, compile {config.compile}) on one random batch; not timed: data loading, "
-          f"logging reductions, DDP, evaluation, checkpoints")
-    print(f"arch={a.name} ({type(state.model).__name__}), seq {SEQ_LEN}, batch {n}, {device.type} "
-          f"({torch.get_num_threads()} threads), {sum(p.numel() for p in state.model.parameters()):,} params")
-    print(f"  {seconds:.2f} s/step, {examples:.2f} examples/s, {tokens:,.0f} grid tokens/s, "
-          f"{memory_text(timing)} (mean of {timing.timed_steps} steps after {timing.warmup_steps} warm-up)")
+    print(
+        f"pretrain.py's train_step (precision {config.precision}, ema {config.ema}, grad_clip_norm "
+        f"{config.grad_clip_norm}, compile {config.compile}) on one random batch; not timed: data loading, "
+        f"logging reductions, DDP, evaluation, checkpoints"
+    )
+    print(
+        f"arch={a.name} ({type(state.model).__name__}), seq {SEQ_LEN}, batch {n}, {device.type} "
+        f"({torch.get_num_threads()} threads), {sum(p.numel() for p in state.model.parameters()):,} params"
+    )
+    print(
+        f"  {seconds:.2f} s/step, {examples:.2f} examples/s, {tokens:,.0f} grid tokens/s, "
+        f"{memory_text(timing)} (mean of {timing.timed_steps} steps after {timing.warmup_steps} warm-up)"
+    )
 
 
 def run_data(args: argparse.Namespace, config: TrainConfig, device: torch.device) -> None:
@@ -277,26 +304,37 @@ def run_data(args: argparse.Namespace, config: TrainConfig, device: torch.device
     lengths = sorted(timing.lengths_seen)
     seq = f"{lengths[0]}" if len(lengths) == 1 else f"{lengths[0]}-{lengths[-1]} (one length per batch)"
     load_ms = 1000 * sum(timing.load_s) / len(timing.load_s)
-    print(f"pretrain.py's train_step (precision {config.precision}, ema {config.ema}, grad_clip_norm "
-          f"{config.grad_clip_norm}, compile {config.compile}) on real batches of {args.data} (train split; {sets}); "
-          f"a step's time: host-to-device copy + train_step (the loader apart); not timed: logging reductions, DDP, "
-          f"evaluation, checkpoints")
-    print(f"arch={a.name} ({type(state.model).__name__}), seq {seq}, batch {n}, {device.type} "
-          f"({torch.get_num_threads()} threads), {sum(p.numel() for p in state.model.parameters()):,} params")
-    print(f"  {seconds:.2f} s/step, {examples:.2f} examples/s, {tokens:,.0f} grid tokens/s, {1000 * seconds:.1f} ms/step, "
-          f"loader {load_ms:.1f} ms/step, {memory_text(timing)} ({timing.timed_steps} steps timed after "
-          f"{timing.warmup_steps} warm-up: the first {args.warmup} and the first at each new length); "
-          f"seq mix {timing.mix()}")
+    print(
+        f"pretrain.py's train_step (precision {config.precision}, ema {config.ema}, grad_clip_norm "
+        f"{config.grad_clip_norm}, compile {config.compile}) on real batches of {args.data} (train split; {sets}); "
+        f"a step's time: host-to-device copy + train_step (the loader apart); not timed: logging reductions, DDP, "
+        f"evaluation, checkpoints"
+    )
+    print(
+        f"arch={a.name} ({type(state.model).__name__}), seq {seq}, batch {n}, {device.type} "
+        f"({torch.get_num_threads()} threads), {sum(p.numel() for p in state.model.parameters()):,} params"
+    )
+    print(
+        f"  {seconds:.2f} s/step, {examples:.2f} examples/s, {tokens:,.0f} grid tokens/s, {1000 * seconds:.1f} ms/step, "
+        f"loader {load_ms:.1f} ms/step, {memory_text(timing)} ({timing.timed_steps} steps timed after "
+        f"{timing.warmup_steps} warm-up: the first {args.warmup} and the first at each new length); "
+        f"seq mix {timing.mix()}"
+    )
     print()
     print("\n".join(length_table(timing)))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     epilog="Overrides are pretrain.py's (KEY=VALUE); see the module docstring.")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], epilog="Overrides are pretrain.py's (KEY=VALUE); see the module docstring."
+    )
     parser.add_argument("--steps", type=int, default=5, help="steps timed (after the warm-up)")
-    parser.add_argument("--warmup", type=int, default=2,
-                        help="untimed steps first; the first step at each new sequence length is untimed as well")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed steps first; the first step at each new sequence length is untimed as well",
+    )
     parser.add_argument("--data", metavar="PATH", help="time real batches of this built dataset folder's train split")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)

@@ -37,8 +37,14 @@ import types
 import torch
 
 SEQ_LEN, VOCAB, NUM_IDS = 900, 12, 1000
-ISSUE3 = ["arch.hidden_size=128", "arch.num_heads=2", "arch.H_cycles=3", "arch.L_cycles=4",
-          "arch.forward_dtype=bfloat16", "global_batch_size=32"]
+ISSUE3 = [
+    "arch.hidden_size=128",
+    "arch.num_heads=2",
+    "arch.H_cycles=3",
+    "arch.L_cycles=4",
+    "arch.forward_dtype=bfloat16",
+    "global_batch_size=32",
+]
 
 
 class AdamATan2(torch.optim.Optimizer):
@@ -128,15 +134,26 @@ def main() -> None:
     pretrain.torch = _CpuTorch("torch")
     config = pretrain.PretrainConfig(**compose(reference, ISSUE3 + args.overrides))
     n = config.global_batch_size
-    metadata = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=VOCAB,
-                                     seq_len=SEQ_LEN, num_puzzle_identifiers=NUM_IDS, total_groups=NUM_IDS,
-                                     mean_puzzle_examples=1.0, total_puzzles=NUM_IDS, sets=["all"])
+    metadata = PuzzleDatasetMetadata(
+        pad_id=0,
+        ignore_label_id=0,
+        blank_identifier_id=0,
+        vocab_size=VOCAB,
+        seq_len=SEQ_LEN,
+        num_puzzle_identifiers=NUM_IDS,
+        total_groups=NUM_IDS,
+        mean_puzzle_examples=1.0,
+        total_puzzles=NUM_IDS,
+        sets=["all"],
+    )
     state = pretrain.init_train_state(config, metadata, rank=0, world_size=1)
     state.model.train()
     torch.manual_seed(0)
-    batch = {"inputs": torch.randint(0, VOCAB, (n, SEQ_LEN), dtype=torch.int32),
-             "labels": torch.randint(0, VOCAB, (n, SEQ_LEN), dtype=torch.int32),
-             "puzzle_identifiers": torch.randint(1, NUM_IDS, (n,), dtype=torch.int32)}
+    batch = {
+        "inputs": torch.randint(0, VOCAB, (n, SEQ_LEN), dtype=torch.int32),
+        "labels": torch.randint(0, VOCAB, (n, SEQ_LEN), dtype=torch.int32),
+        "puzzle_identifiers": torch.randint(1, NUM_IDS, (n,), dtype=torch.int32),
+    }
 
     def step():
         pretrain.train_batch(config, state, batch, global_batch_size=n, rank=0, world_size=1)
@@ -148,12 +165,35 @@ def main() -> None:
         step()
     seconds = (time.perf_counter() - started) / args.steps
     a = config.arch.__pydantic_extra__
-    print("TRM_STEP " + json.dumps({
-        "s_per_step": seconds, "examples_per_s": n / seconds, "steps": args.steps, "warmup": args.warmup,
-        "batch": n, "params": sum(p.numel() for p in state.model.parameters()), "threads": torch.get_num_threads(),
-        "compile": args.compile, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "arch": {k: a[k] for k in ("hidden_size", "num_heads", "H_cycles", "L_cycles", "L_layers", "expansion",
-                                   "puzzle_emb_len", "forward_dtype")}}))
+    print(
+        "TRM_STEP "
+        + json.dumps(
+            {
+                "s_per_step": seconds,
+                "examples_per_s": n / seconds,
+                "steps": args.steps,
+                "warmup": args.warmup,
+                "batch": n,
+                "params": sum(p.numel() for p in state.model.parameters()),
+                "threads": torch.get_num_threads(),
+                "compile": args.compile,
+                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                "arch": {
+                    k: a[k]
+                    for k in (
+                        "hidden_size",
+                        "num_heads",
+                        "H_cycles",
+                        "L_cycles",
+                        "L_layers",
+                        "expansion",
+                        "puzzle_emb_len",
+                        "forward_dtype",
+                    )
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

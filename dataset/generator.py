@@ -474,8 +474,8 @@ class Compose(Primitive):
 
 
 PRIMITIVES: dict[str, type[Primitive]] = {
-    cls.op: cls for cls in (Rotate, Flip, ColourMap, Scale, Tile, Gravity, RecolourBySize, MoveObjects, Crop,
-                            FillEnclosed, Compose)
+    cls.op: cls
+    for cls in (Rotate, Flip, ColourMap, Scale, Tile, Gravity, RecolourBySize, MoveObjects, Crop, FillEnclosed, Compose)
 }
 
 
@@ -527,6 +527,7 @@ class TaskStyle:
 
     def sizes(self, max_side: int) -> list[tuple[int, int]]:
         """Input shapes in the style's ranges (clamped to 1..max_side)."""
+
         def span(lo: int, hi: int) -> range:
             return range(min(lo, max_side), min(hi, max_side) + 1)
 
@@ -536,7 +537,7 @@ class TaskStyle:
 
 
 def _rect_dims(rng: np.random.Generator, area: int, h: int, w: int) -> tuple[int, int]:
-    rh = min(max(round(area ** 0.5 * rng.uniform(0.5, 1.5)), 1), h)
+    rh = min(max(round(area**0.5 * rng.uniform(0.5, 1.5)), 1), h)
     return rh, min(max(round(area / rh), 1), w)
 
 
@@ -555,8 +556,9 @@ def _blob(rng: np.random.Generator, area: int, h: int, w: int) -> list[tuple[int
     return cells
 
 
-def draw_input(style: TaskStyle, rng: np.random.Generator, shape: tuple[int, int], *,
-               min_objects: int = 0, enclosures: bool = False) -> Grid:
+def draw_input(
+    style: TaskStyle, rng: np.random.Generator, shape: tuple[int, int], *, min_objects: int = 0, enclosures: bool = False
+) -> Grid:
     """A background-filled grid with random rectangles, hollow rectangles and blobs in the
     style's palette, about as many and as dense as the style's inputs."""
     h, w = shape
@@ -586,9 +588,9 @@ def draw_input(style: TaskStyle, rng: np.random.Generator, shape: tuple[int, int
         else:
             rh, rw = _rect_dims(rng, area, h, w)
         r, c = int(rng.integers(h - rh + 1)), int(rng.integers(w - rw + 1))
-        grid[r:r + rh, c:c + rw] = colour
+        grid[r : r + rh, c : c + rw] = colour
         if kind == "hollow" and rh >= 3 and rw >= 3:
-            grid[r + 1:r + rh - 1, c + 1:c + rw - 1] = style.background
+            grid[r + 1 : r + rh - 1, c + 1 : c + rw - 1] = style.background
     return grid
 
 
@@ -632,8 +634,12 @@ def _sample_primitive(op: str, rng: np.random.Generator, style: TaskStyle, max_s
         ks = [k for k in (2, 3, 4) if smallest * k <= max_side]
         return Scale(int(rng.choice(ks))) if ks else None
     if op == "tile":
-        shapes = [(n, m) for n in (1, 2, 3) for m in (1, 2, 3)
-                  if (n, m) != (1, 1) and style.heights[0] * n <= max_side and style.widths[0] * m <= max_side]
+        shapes = [
+            (n, m)
+            for n in (1, 2, 3)
+            for m in (1, 2, 3)
+            if (n, m) != (1, 1) and style.heights[0] * n <= max_side and style.widths[0] * m <= max_side
+        ]
         if not shapes:
             return None
         n, m = shapes[int(rng.integers(len(shapes)))]
@@ -661,8 +667,18 @@ def _sample_primitive(op: str, rng: np.random.Generator, style: TaskStyle, max_s
     raise ValueError(f"unknown primitive {op!r}")
 
 
-SINGLE_OPS = ("rotate", "flip", "colour_map", "scale", "tile", "gravity", "recolour_by_size", "move_objects", "crop",
-              "fill_enclosed")
+SINGLE_OPS = (
+    "rotate",
+    "flip",
+    "colour_map",
+    "scale",
+    "tile",
+    "gravity",
+    "recolour_by_size",
+    "move_objects",
+    "crop",
+    "fill_enclosed",
+)
 _DIHEDRAL = {"rotate", "flip"}
 _RESIZING = {"scale", "tile", "crop"}
 
@@ -779,8 +795,9 @@ def _as_task(context: Task | dict, context_id: str | None) -> Task:
     return parse_task(context_id or "context", context, "context", "generator context")
 
 
-def _attempt(style: TaskStyle, rng: np.random.Generator, n_pairs: int, max_side: int
-             ) -> str | tuple[Primitive, list[tuple[Grid, Grid]]]:
+def _attempt(
+    style: TaskStyle, rng: np.random.Generator, n_pairs: int, max_side: int
+) -> str | tuple[Primitive, list[tuple[Grid, Grid]]]:
     # A draw that does not fit (an object op for an object-less context) is no attempt yet.
     for _ in range(PROGRAM_DRAWS):
         program = sample_program(rng, style, max_side)
@@ -816,14 +833,24 @@ def _consistency_problems(program: Primitive, generated: GeneratedTask, max_side
     # The recorded spec, read back from JSON, must reproduce every pair: the task is one
     # program with one set of parameters, and what is recorded is what made it.
     rebuilt = program_from_spec(json.loads(json.dumps(program.to_spec())))
-    problems = [f"recorded program does not reproduce pair {i}"
-                for i, (inp, out) in enumerate(generated.train + generated.test) if not _same(rebuilt(inp), out)]
+    problems = [
+        f"recorded program does not reproduce pair {i}"
+        for i, (inp, out) in enumerate(generated.train + generated.test)
+        if not _same(rebuilt(inp), out)
+    ]
     return problems + validate_task(generated.to_json(), max_side)
 
 
-def generate_task(context: Task | dict, rng: np.random.Generator, *, context_id: str | None = None,
-                  num_train: int | tuple[int, int] = (3, 5), num_test: int = 1, max_side: int = ARC_MAX_SIDE,
-                  max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> GeneratedTask | GenerationFailure:
+def generate_task(
+    context: Task | dict,
+    rng: np.random.Generator,
+    *,
+    context_id: str | None = None,
+    num_train: int | tuple[int, int] = (3, 5),
+    num_test: int = 1,
+    max_side: int = ARC_MAX_SIDE,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+) -> GeneratedTask | GenerationFailure:
     """A new task in the style of `context`, made by one DSL program, or the reasons no
     attempt out of `max_attempts` produced a valid one. Deterministic given `rng`'s state."""
     task = _as_task(context, context_id)
@@ -884,8 +911,15 @@ class DSLGenerator:
     name: str = "dsl"
 
     def generate(self, context_id: str, context_task: Task, rng: np.random.Generator) -> dict:
-        result = generate_task(context_task, rng, context_id=context_id, num_train=self.num_train,
-                               num_test=self.num_test, max_side=self.max_side, max_attempts=self.max_attempts)
+        result = generate_task(
+            context_task,
+            rng,
+            context_id=context_id,
+            num_train=self.num_train,
+            num_test=self.num_test,
+            max_side=self.max_side,
+            max_attempts=self.max_attempts,
+        )
         if isinstance(result, GenerationFailure):
             raise GenerationError(result.reason)
         return {**result.to_json(), "meta": result.meta()}
@@ -895,9 +929,15 @@ def _safe_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
-def generate_tasks(contexts: Sequence[tuple[str, Task | dict]], n: int, seed: int,
-                   weights: Sequence[float] | None = None, generator: TaskGenerator | None = None, *,
-                   max_side: int = ARC_MAX_SIDE) -> tuple[dict[str, dict], list[dict]]:
+def generate_tasks(
+    contexts: Sequence[tuple[str, Task | dict]],
+    n: int,
+    seed: int,
+    weights: Sequence[float] | None = None,
+    generator: TaskGenerator | None = None,
+    *,
+    max_side: int = ARC_MAX_SIDE,
+) -> tuple[dict[str, dict], list[dict]]:
     """n generation slots; each picks a context (by `weights`, default uniform) and yields
     either a task or a failure record, so ``len(tasks) + len(failures) == n``.
 
@@ -941,8 +981,9 @@ def generate_tasks(contexts: Sequence[tuple[str, Task | dict]], n: int, seed: in
     return tasks, failures
 
 
-def _run_generator(generator: TaskGenerator, cid: str, ctx: Task, rng: np.random.Generator,
-                   max_side: int) -> tuple[str, dict | None]:
+def _run_generator(
+    generator: TaskGenerator, cid: str, ctx: Task, rng: np.random.Generator, max_side: int
+) -> tuple[str, dict | None]:
     """(failure reason, None) or ("", normalised task JSON)."""
     try:
         out = generator.generate(cid, ctx, rng)
@@ -1001,8 +1042,9 @@ def main(argv: list[str] | None = None) -> int:
         if os.path.isdir(out_dir) and os.listdir(out_dir):
             raise ValueError(f"{out_dir} already holds files; choose an empty --output-dir")
         generator = DSLGenerator(tuple(args.num_train), args.num_test, args.max_side, args.max_attempts)
-        tasks, failures = generate_tasks(list(loaded.items()), args.n, args.seed, generator=generator,
-                                         max_side=args.max_side)
+        tasks, failures = generate_tasks(
+            list(loaded.items()), args.n, args.seed, generator=generator, max_side=args.max_side
+        )
     except (TaskFormatError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -92,8 +92,10 @@ def read_identifiers(path: str, meta: PuzzleDatasetMetadata, meta_path: str) -> 
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise DatasetError(f"{path}: expected a JSON list of puzzle names")
     if len(names) < meta.num_puzzle_identifiers:
-        raise DatasetError(f"{path}: {len(names)} puzzle names, but {meta_path} declares num_puzzle_identifiers="
-                           f"{meta.num_puzzle_identifiers} (files of two builds?)")
+        raise DatasetError(
+            f"{path}: {len(names)} puzzle names, but {meta_path} declares num_puzzle_identifiers="
+            f"{meta.num_puzzle_identifiers} (files of two builds?)"
+        )
     return names
 
 
@@ -107,11 +109,18 @@ def load_metadata(path: str) -> PuzzleDatasetMetadata:
         raise DatasetError(f"{path}: not readable JSON ({e}); {_REBUILD}") from None
     except (ValueError, TypeError) as e:  # not an object, unknown or missing keys
         raise DatasetError(str(e) if path in str(e) else f"{path}: {e}") from None
-    counts = {"seq_len": meta.seq_len, "vocab_size": meta.vocab_size,
-              "num_puzzle_identifiers": meta.num_puzzle_identifiers,
-              "total_groups": meta.total_groups, "total_puzzles": meta.total_puzzles}
-    bad = [f"{k}={v!r}" for k, v in counts.items()
-           if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k.startswith("total") else 1)]
+    counts = {
+        "seq_len": meta.seq_len,
+        "vocab_size": meta.vocab_size,
+        "num_puzzle_identifiers": meta.num_puzzle_identifiers,
+        "total_groups": meta.total_groups,
+        "total_puzzles": meta.total_puzzles,
+    }
+    bad = [
+        f"{k}={v!r}"
+        for k, v in counts.items()
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k.startswith("total") else 1)
+    ]
     sets = meta.sets
     if not isinstance(sets, list) or not sets or not all(isinstance(n, str) for n in sets) or len(set(sets)) < len(sets):
         bad.append(f"sets={sets!r} (a non-empty list of distinct names)")
@@ -120,21 +129,23 @@ def load_metadata(path: str) -> PuzzleDatasetMetadata:
         if not isinstance(sides, dict) or not set(sides) <= set(sets):
             bad.append(f"canvas_sides={sides!r} (a side per set of {sets})")
         else:
-            bad += [f"canvas_sides[{k!r}]={v!r} (a side whose square is at most seq_len {meta.seq_len})"
-                    for k, v in sides.items() if not isinstance(v, int) or not 1 <= v * v <= meta.seq_len]
+            bad += [
+                f"canvas_sides[{k!r}]={v!r} (a side whose square is at most seq_len {meta.seq_len})"
+                for k, v in sides.items()
+                if not isinstance(v, int) or not 1 <= v * v <= meta.seq_len
+            ]
     if bad:
         raise DatasetError(f"{path}: invalid {', '.join(bad)}")
     return meta
 
 
-def _check_tokens(path: str, tokens: np.ndarray, vocab_size: int, meta_path: str,
-                  allowed: tuple[int, ...] = ()) -> None:
+def _check_tokens(path: str, tokens: np.ndarray, vocab_size: int, meta_path: str, allowed: tuple[int, ...] = ()) -> None:
     """Every token of ``tokens`` ([N, seq_len], memory-mapped) in [0, ``vocab_size``) or one of
     ``allowed``: bytes overwritten in place (the file's size unchanged) are refused naming the
     file, not met as an IndexError in the model. A min and max per block of rows (~0.1 s/GB)."""
     rows = max(1, (1 << 22) // max(1, tokens.shape[1]))  # ~4M tokens per block: memory stays bounded
     for start in range(0, tokens.shape[0], rows):
-        block = tokens[start:start + rows]
+        block = tokens[start : start + rows]
         if block.min() >= 0 and block.max() < vocab_size:
             continue
         bad = (block < 0) | (block >= vocab_size)
@@ -142,9 +153,11 @@ def _check_tokens(path: str, tokens: np.ndarray, vocab_size: int, meta_path: str
             bad &= block != value
         if bad.any():
             row, col = np.argwhere(bad)[0]
-            raise DatasetError(f"{path}: token {block[row, col]} at row {start + row}, position {col} is outside "
-                               f"[0, {vocab_size}) (vocab_size of {meta_path}): bytes changed on disk? Rebuild the "
-                               f"dataset (docs/data.md)")
+            raise DatasetError(
+                f"{path}: token {block[row, col]} at row {start + row}, position {col} is outside "
+                f"[0, {vocab_size}) (vocab_size of {meta_path}): bytes changed on disk? Rebuild the "
+                f"dataset (docs/data.md)"
+            )
 
 
 def _check_boundaries(name: str, bounds: np.ndarray, end: int, path: str) -> None:
@@ -205,9 +218,7 @@ def _merge_identifiers(paths: Sequence[str], lists: Sequence[list[str]], size: i
         clash = np.flatnonzero(named & (owner[: arr.size] >= 0) & (merged[: arr.size] != arr))
         if clash.size:
             i = int(clash[0])
-            raise ValueError(
-                f"puzzle identifier {i} is {merged[i]!r} in {paths[owner[i]]} but {arr[i]!r} in {paths[k]}"
-            )
+            raise ValueError(f"puzzle identifier {i} is {merged[i]!r} in {paths[owner[i]]} but {arr[i]!r} in {paths[k]}")
         fresh = np.flatnonzero(named & (owner[: arr.size] < 0))
         merged[fresh] = arr[fresh]
         owner[fresh] = k
@@ -247,13 +258,9 @@ class PuzzleDataset(IterableDataset):
         if isinstance(dataset_paths, (str, bytes)) or not dataset_paths:
             raise ValueError(f"dataset_paths must be a non-empty list of paths, got {dataset_paths!r}")
         if global_batch_size <= 0 or world_size <= 0:
-            raise ValueError(
-                f"global_batch_size ({global_batch_size}) and world_size ({world_size}) must be > 0"
-            )
+            raise ValueError(f"global_batch_size ({global_batch_size}) and world_size ({world_size}) must be > 0")
         if global_batch_size % world_size:
-            raise ValueError(
-                f"global_batch_size {global_batch_size} is not divisible by world_size {world_size}"
-            )
+            raise ValueError(f"global_batch_size {global_batch_size} is not divisible by world_size {world_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside [0, {world_size})")
         if seed < 0:
@@ -302,8 +309,9 @@ class PuzzleDataset(IterableDataset):
             for name in meta.sets:
                 side = math.isqrt(meta.set_seq_len(name))
                 if sides.setdefault(name, side) != side:
-                    raise ValueError(f"set {name!r} has canvas side {sides[name]} in {self.dataset_paths[0]} "
-                                     f"but {side} in {path}")
+                    raise ValueError(
+                        f"set {name!r} has canvas side {sides[name]} in {self.dataset_paths[0]} but {side} in {path}"
+                    )
         counts = {path: [0, 0] for path in self.dataset_paths}  # puzzles, groups over each path's sets
         self._sets: dict[str, _SetData] = {
             name: self._load_set(name, [(p, m) for p, m in zip(self.dataset_paths, metas) if name in m.sets], counts)
@@ -336,8 +344,7 @@ class PuzzleDataset(IterableDataset):
             canvas_sides=sides if any(m.canvas_sides for m in metas) else None,
         )
 
-    def _load_set(self, name: str, parts: list[tuple[str, PuzzleDatasetMetadata]],
-                  counts: dict[str, list[int]]) -> _SetData:
+    def _load_set(self, name: str, parts: list[tuple[str, PuzzleDatasetMetadata]], counts: dict[str, list[int]]) -> _SetData:
         sources, row_offsets, ids, puzzle_idx, group_idx = [], [0], [], [], []
         n_rows = n_puzzles = 0
         for path, meta in parts:
@@ -364,9 +371,7 @@ class PuzzleDataset(IterableDataset):
             _check_boundaries("puzzle_indices", pidx, inputs.shape[0], files["puzzle_indices"])
             _check_boundaries("group_indices", gidx, pid.size, files["group_indices"])
             if pid.shape != (pidx.size - 1,):
-                raise DatasetError(
-                    f"{files['puzzle_identifiers']}: expected {pidx.size - 1} puzzle identifiers"
-                )
+                raise DatasetError(f"{files['puzzle_identifiers']}: expected {pidx.size - 1} puzzle identifiers")
             if pid.size and (pid.min() < 0 or pid.max() >= meta.num_puzzle_identifiers):
                 raise DatasetError(
                     f"{files['puzzle_identifiers']}: identifiers outside [0, {meta.num_puzzle_identifiers}) "
@@ -427,9 +432,7 @@ class PuzzleDataset(IterableDataset):
         idx = np.asarray(example_indices, dtype=np.int64)
         pad = idx == -1
         if np.any((idx < -1) | (idx >= data.num_examples)):
-            raise ValueError(
-                f"example indices must be -1 or in [0, {data.num_examples}) for set {set_name or 'all sets'!r}"
-            )
+            raise ValueError(f"example indices must be -1 or in [0, {data.num_examples}) for set {set_name or 'all sets'!r}")
         puzzle = np.searchsorted(data.puzzle_indices, idx, side="right") - 1
         group = np.searchsorted(data.group_indices, puzzle, side="right") - 1
         return np.where(pad, -1, puzzle), np.where(pad, -1, group)
@@ -442,11 +445,13 @@ class PuzzleDataset(IterableDataset):
             rows = np.cumsum([0] + [d.num_examples for d in parts])
             puzzles = np.cumsum([0] + [d.puzzle_identifiers.size for d in parts])
             self._concatenated = _SetData(
-                sources=[], seq_len=0, row_offsets=np.zeros(1, np.int64),  # index-only: rows are read per set
+                sources=[],
+                seq_len=0,
+                row_offsets=np.zeros(1, np.int64),  # index-only: rows are read per set
                 puzzle_identifiers=np.concatenate([d.puzzle_identifiers for d in parts]),
                 puzzle_indices=np.concatenate([d.puzzle_indices[:-1] + r for d, r in zip(parts, rows)] + [rows[-1:]]),
-                group_indices=np.concatenate([d.group_indices[:-1] + p for d, p in zip(parts, puzzles)]
-                                             + [puzzles[-1:]]))
+                group_indices=np.concatenate([d.group_indices[:-1] + p for d, p in zip(parts, puzzles)] + [puzzles[-1:]]),
+            )
         return self._concatenated
 
     def read_examples(self, rows: np.ndarray, set_name: str = "all") -> tuple[np.ndarray, np.ndarray]:
@@ -469,8 +474,11 @@ class PuzzleDataset(IterableDataset):
 
     def test_batch_starts(self) -> list[int]:
         """Each test batch's first row in the concatenation of sets, in the order yielded."""
-        return [offset + start for name, offset in self.set_row_offsets().items()
-                for start in range(0, self._sets[name].num_examples, self.global_batch_size)]
+        return [
+            offset + start
+            for name, offset in self.set_row_offsets().items()
+            for start in range(0, self._sets[name].num_examples, self.global_batch_size)
+        ]
 
     def _set(self, set_name: str) -> _SetData:
         if set_name not in self._sets:

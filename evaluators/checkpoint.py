@@ -69,11 +69,14 @@ def load_checkpoint(path: str) -> Checkpoint:
     file; FileNotFoundError naming ``path`` when it is none of them. Nothing in the files is
     run (utils/checkpoint.py: load_file)."""
     path = os.fspath(path)
-    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in (ckpt.STATE_FILE,
-                                                                                         ckpt.EXPORT_WEIGHTS)):
+    if os.path.isdir(path) and not any(
+        os.path.isfile(os.path.join(path, f)) for f in (ckpt.STATE_FILE, ckpt.EXPORT_WEIGHTS)
+    ):
         if not ckpt.list_checkpoints(path):
-            raise FileNotFoundError(f"checkpoint={path}: neither a checkpoint (state.pt), an export "
-                                    f"({ckpt.EXPORT_WEIGHTS}) nor a run folder (step_*)")
+            raise FileNotFoundError(
+                f"checkpoint={path}: neither a checkpoint (state.pt), an export "
+                f"({ckpt.EXPORT_WEIGHTS}) nor a run folder (step_*)"
+            )
         path = ckpt.newest_checkpoint(path, purpose=f"checkpoint={path}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint={path}: no such file or folder")
@@ -103,13 +106,19 @@ def export_safetensors(config: TrainConfig, checkpoint: Checkpoint, out_dir: str
     if os.path.abspath(out_dir) == os.path.abspath(checkpoint.path):
         raise ValueError(f"export_dir={out_dir} is the checkpoint itself: choose another folder")
     state = checkpoint.state or {}
-    info = {"source": os.path.abspath(checkpoint.path), "step": state.get("step"), "ema_applied": bool(state.get("ema")),
-            "identifiers_sha256": state.get("identifiers_sha256"), "identifiers": state.get("identifiers")}
+    info = {
+        "source": os.path.abspath(checkpoint.path),
+        "step": state.get("step"),
+        "ema_applied": bool(state.get("ema")),
+        "identifiers_sha256": state.get("identifiers_sha256"),
+        "identifiers": state.get("identifiers"),
+    }
     return ckpt.write_export(out_dir, checkpoint.eval_weights(), dataclasses.asdict(config), info)
 
 
-def checkpoint_config(checkpoint: Checkpoint, overrides: list[str], chosen: set[str],
-                      config_name: str = "config") -> TrainConfig:
+def checkpoint_config(
+    checkpoint: Checkpoint, overrides: list[str], chosen: set[str], config_name: str = "config"
+) -> TrainConfig:
     """The run config to evaluate (or adapt) a checkpoint with: a checkpoint folder's saved
     config, then ``overrides`` (the command line's; choosing another option of a group, e.g.
     ``data=arc2``, replaces that group: ``chosen`` holds the groups chosen). A weights file
@@ -118,14 +127,21 @@ def checkpoint_config(checkpoint: Checkpoint, overrides: list[str], chosen: set[
     return compose_config(saved + overrides, config_name)
 
 
-def load_eval_model(config: TrainConfig, shape: DataShape, checkpoint: Checkpoint, device: torch.device,
-                    identifiers: list[str] | None = None) -> ARCModel:
+def load_eval_model(
+    config: TrainConfig, shape: DataShape, checkpoint: Checkpoint, device: torch.device, identifiers: list[str] | None = None
+) -> ARCModel:
     """The model to evaluate on a dataset with these puzzle ``identifiers``: the checkpoint's
     weights with its EMA applied, each puzzle row matched by identifier (``fit_weights``)."""
     model = build_model(config.arch, shape).to(device)
     state = checkpoint.state or {}
-    fitted, notes = fit_weights(checkpoint.weights, model.state_dict(), table_key=model.puzzle_table_key,
-                                ema=state.get("ema"), source_ids=state.get("identifiers"), target_ids=identifiers)
+    fitted, notes = fit_weights(
+        checkpoint.weights,
+        model.state_dict(),
+        table_key=model.puzzle_table_key,
+        ema=state.get("ema"),
+        source_ids=state.get("identifiers"),
+        target_ids=identifiers,
+    )
     for note in notes:
         log.warning(note)
     model.load_state_dict(fitted)
@@ -165,15 +181,20 @@ def canvas_change_note(state: dict | None, sides: list[int], test_path: str) -> 
     (docs/data.md, "Canvas buckets", has what that cost a trained checkpoint)."""
     trained = (state or {}).get("canvas_sides")
     if trained is None:  # TRM/HRM files and older checkpoints: a single canvas is all we can assume
-        return (f"{test_path} sits on canvases {sides}; the checkpoint does not say which canvases it trained on "
-                "(a canvas other than its own changes its outputs: docs/data.md, Canvas buckets)"
-                if len(sides) > 1 else None)
+        return (
+            f"{test_path} sits on canvases {sides}; the checkpoint does not say which canvases it trained on "
+            "(a canvas other than its own changes its outputs: docs/data.md, Canvas buckets)"
+            if len(sides) > 1
+            else None
+        )
     new = sorted(set(sides) - set(trained))
     if not new:
         return None
-    return (f"{test_path} puts examples on canvases {new} that the checkpoint never trained on (it trained on "
-            f"{trained}): attention sees another number of PAD cells there, so the model computes another "
-            "function; expect a lower score than on its own layout (docs/data.md, Canvas buckets)")
+    return (
+        f"{test_path} puts examples on canvases {new} that the checkpoint never trained on (it trained on "
+        f"{trained}): attention sees another number of PAD cells there, so the model computes another "
+        "function; expect a lower score than on its own layout (docs/data.md, Canvas buckets)"
+    )
 
 
 def evaluate_checkpoint(config: TrainConfig, checkpoint: Checkpoint, env: DistEnv) -> EvalResult:
@@ -186,10 +207,16 @@ def evaluate_checkpoint(config: TrainConfig, checkpoint: Checkpoint, env: DistEn
         raise ValueError(f"evaluate one dataset at a time; got {test_paths}")
     test_path = test_paths[0]
     state = checkpoint.state
-    if state is not None and state.get("identifiers_sha256") is not None \
-            and state["identifiers_sha256"] != ckpt.identifiers_hash([test_path]) and not config.force_identifiers:
-        raise ValueError(f"{checkpoint.path} was trained with other puzzle identifiers than {test_path} "
-                         "(identifiers.json differs); pass force_identifiers=true to evaluate anyway")
+    if (
+        state is not None
+        and state.get("identifiers_sha256") is not None
+        and state["identifiers_sha256"] != ckpt.identifiers_hash([test_path])
+        and not config.force_identifiers
+    ):
+        raise ValueError(
+            f"{checkpoint.path} was trained with other puzzle identifiers than {test_path} "
+            "(identifiers.json differs); pass force_identifiers=true to evaluate anyway"
+        )
     data = PuzzleDataset([test_path], "test", config.global_batch_size, env.rank, env.world_size)
     meta = data.metadata
     shape = DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, data.local_batch_size)
@@ -200,32 +227,58 @@ def evaluate_checkpoint(config: TrainConfig, checkpoint: Checkpoint, env: DistEn
         log.warning(note)
     voter = ARCVoter(test_path)
     demos = Demonstrations([test_path], model.num_demos, config.seed) if model.num_demos else None
-    metrics, submission = evaluate_examples(model, build_loss(config.loss), data, env, voter, config.eval.pass_ks,
-                                            config.eval.ranking, config.eval.limit, progress=True, demos=demos)
+    metrics, submission = evaluate_examples(
+        model,
+        build_loss(config.loss),
+        data,
+        env,
+        voter,
+        config.eval.pass_ks,
+        config.eval.ranking,
+        config.eval.limit,
+        progress=True,
+        demos=demos,
+    )
     if not env.is_main:
         return EvalResult()
     out_dir = config.eval.output_dir or default_output_dir(checkpoint.path, test_path)
     os.makedirs(out_dir, exist_ok=True)
     views = metrics.get("ARC/views_per_input", 0)
     if "ARC/pass@1" in metrics:
-        scored = ("pass@k per task (ARC Prize): " + ", ".join(f"pass@{k} {metrics[f'ARC/pass@{k}']:.3f}"
-                                                              for k in (1, 2) if f"ARC/pass@{k}" in metrics))
+        scored = "pass@k per task (ARC Prize): " + ", ".join(
+            f"pass@{k} {metrics[f'ARC/pass@{k}']:.3f}" for k in (1, 2) if f"ARC/pass@{k}" in metrics
+        )
     else:
         scored = "unlabeled test set: no score"
-    title = (f"{os.path.basename(os.path.normpath(test_path))}, test split: {metrics.get('ARC/tasks', 0):.0f} tasks, "
-             f"{views:.0f} predictions voted per input (augmented views x samples, {config.eval.ranking})\n{scored}")
-    report = {"checkpoint": checkpoint.path, "dataset": test_path, "split": "test", "ranking": config.eval.ranking,
-              "task_limit": config.eval.limit, "metrics": metrics}
+    title = (
+        f"{os.path.basename(os.path.normpath(test_path))}, test split: {metrics.get('ARC/tasks', 0):.0f} tasks, "
+        f"{views:.0f} predictions voted per input (augmented views x samples, {config.eval.ranking})\n{scored}"
+    )
+    report = {
+        "checkpoint": checkpoint.path,
+        "dataset": test_path,
+        "split": "test",
+        "ranking": config.eval.ranking,
+        "task_limit": config.eval.limit,
+        "metrics": metrics,
+    }
     write_json_atomic(os.path.join(out_dir, "metrics.json"), report, indent=1)
     write_submission(os.path.join(out_dir, "submission.json"), submission)
     with open(os.path.join(test_path, "test_puzzles.json")) as f:
         tasks = json.load(f)
-    render_report(os.path.join(out_dir, "report.png"), {t: tasks[t] for t in submission}, submission,
-                  max_tasks=config.eval.report_tasks, title=title, curve=run_records(checkpoint))
+    render_report(
+        os.path.join(out_dir, "report.png"),
+        {t: tasks[t] for t in submission},
+        submission,
+        max_tasks=config.eval.report_tasks,
+        title=title,
+        curve=run_records(checkpoint),
+    )
     summary = title.split("\n")
     for convention in ("pass", "kaggle_pass", "strict_pass"):
-        figures = [f"@{k} {metrics[f'ARC/{convention}@{k}']:.4f}" for k in config.eval.pass_ks
-                   if f"ARC/{convention}@{k}" in metrics]
+        figures = [
+            f"@{k} {metrics[f'ARC/{convention}@{k}']:.4f}" for k in config.eval.pass_ks if f"ARC/{convention}@{k}" in metrics
+        ]
         if figures:
             summary.append(f"  {convention:12s}" + "  ".join(figures))
     summary.append(f"wrote {out_dir}/: metrics.json, submission.json, report.png")

@@ -35,10 +35,18 @@ def first_tasks_rows(dataset: PuzzleDataset, num_tasks: int) -> int:
 
 
 @torch.no_grad()
-def evaluate_examples(model: ARCModel, loss_fn, loader: Iterable, env: DistEnv,
-                      voter: ARCVoter | None = None, pass_ks=DEFAULT_PASS_KS, ranking: str = "vote",
-                      task_limit: int | None = None, progress: bool = False,
-                      demos: Demonstrations | None = None) -> tuple[dict[str, float], dict | None]:
+def evaluate_examples(
+    model: ARCModel,
+    loss_fn,
+    loader: Iterable,
+    env: DistEnv,
+    voter: ARCVoter | None = None,
+    pass_ks=DEFAULT_PASS_KS,
+    ranking: str = "vote",
+    task_limit: int | None = None,
+    progress: bool = False,
+    demos: Demonstrations | None = None,
+) -> tuple[dict[str, float], dict | None]:
     """Returns (metrics, submission); the submission (and the ARC/* metrics) only with a
     voter, and only on rank 0. ``task_limit``: evaluate the first N test tasks only.
     ``demos``: demonstration pairs for an in-context model (``model.num_demos > 0``)."""
@@ -69,8 +77,11 @@ def evaluate_examples(model: ARCModel, loss_fn, loader: Iterable, env: DistEnv,
         totals += torch.stack([metrics[k].to(torch.float64) for k in keys])
         if voter is not None and example_indices is not None:
             n = predictions.tokens.shape[1]  # candidates per example: each one a vote
-            voter.add(example_indices.numpy().repeat(n), predictions.tokens.flatten(0, 1).to(torch.uint8).cpu().numpy(),
-                      predictions.scores.flatten().float().cpu().numpy())
+            voter.add(
+                example_indices.numpy().repeat(n),
+                predictions.tokens.flatten(0, 1).to(torch.uint8).cpu().numpy(),
+                predictions.scores.flatten().float().cpu().numpy(),
+            )
     bar.close()
     model.train(was_training)
     result: dict[str, float] = {}

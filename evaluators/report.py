@@ -71,18 +71,25 @@ def _draw_grid(ax: Axes, grid: list[list[int]] | None, label: str, colour: str =
 
 def solved_first(tasks: dict, submission: dict) -> list[str]:
     """Task ids, those with a solved test input first; each group in ``tasks``' order."""
+
     def solved(task_id: str) -> bool:
         entries = submission.get(task_id) or []
-        return any(verdict(pair, entries[i] if i < len(entries) else None).startswith("solved")
-                   for i, pair in enumerate(tasks[task_id]["test"]))
+        return any(
+            verdict(pair, entries[i] if i < len(entries) else None).startswith("solved")
+            for i, pair in enumerate(tasks[task_id]["test"])
+        )
 
     return sorted(tasks, key=lambda t: not solved(t))  # stable: the file's order within each group
 
 
 def _draw_curve(ax: Axes, records: list[dict]) -> None:
     """Training accuracy over halted examples and the held-out test figures, against step."""
-    series = (("train/accuracy", "train cell accuracy (halted)", "-"), ("train/exact_accuracy", "train exact (halted)", "-"),
-              ("all/accuracy", "test cell accuracy (per view)", "o-"), ("ARC/pass@2", "test pass@2 (voted, per task)", "s-"))
+    series = (
+        ("train/accuracy", "train cell accuracy (halted)", "-"),
+        ("train/exact_accuracy", "train exact (halted)", "-"),
+        ("all/accuracy", "test cell accuracy (per view)", "o-"),
+        ("ARC/pass@2", "test pass@2 (voted, per task)", "s-"),
+    )
     for key, label, style in series:
         points = [(r["step"], r[key]) for r in records if key in r]
         if points:
@@ -92,8 +99,9 @@ def _draw_curve(ax: Axes, records: list[dict]) -> None:
         ax.legend(fontsize=8, loc="upper left")
 
 
-def render_report(path: str, tasks: dict, submission: dict, max_tasks: int = 16, title: str = "",
-                  curve: list[dict] | None = None) -> int:
+def render_report(
+    path: str, tasks: dict, submission: dict, max_tasks: int = 16, title: str = "", curve: list[dict] | None = None
+) -> int:
     """Write the PNG report for ``max_tasks`` tasks of ``tasks`` (solved ones first) atomically;
     return the rows drawn. ``curve``: the run's logged records (metrics.jsonl), drawn on top.
 

@@ -79,8 +79,9 @@ def pass_at_k(task_scores: Sequence[np.ndarray], ks: Sequence[int]) -> dict[str,
     return metrics
 
 
-def score_submission(submission: dict, tasks: dict[str, dict],
-                     ks: Sequence[int] = (1, 2)) -> tuple[dict[str, float], dict[str, dict]]:
+def score_submission(
+    submission: dict, tasks: dict[str, dict], ks: Sequence[int] = (1, 2)
+) -> tuple[dict[str, float], dict[str, dict]]:
     """(metrics, per task) of a submission against the tasks it answers (task JSONs, test
     outputs where known). ``ks``: 1 (attempt 1 right) and/or 2 (either attempt).
 
@@ -92,12 +93,18 @@ def score_submission(submission: dict, tasks: dict[str, dict],
     task_scores, per_task, inputs_scored = [], {}, 0
     for task_id, entries in submission.items():
         tests = readable_tests(tasks[task_id])  # None: a malformed task (never scored)
-        record: dict = {"test_inputs": len(tests) if tests is not None else None,
-                        "labeled": tests is not None and all(isinstance(pair, dict) and "output" in pair
-                                                             for pair in tests)}
+        record: dict = {
+            "test_inputs": len(tests) if tests is not None else None,
+            "labeled": tests is not None and all(isinstance(pair, dict) and "output" in pair for pair in tests),
+        }
         if record["labeled"]:
-            solved = np.array([[pair["output"] in [entry.get(a) for a in ATTEMPTS[:k]] for k in ks]
-                               for entry, pair in zip(entries, tests)], dtype=bool).reshape(-1, len(ks))
+            solved = np.array(
+                [
+                    [pair["output"] in [entry.get(a) for a in ATTEMPTS[:k]] for k in ks]
+                    for entry, pair in zip(entries, tests)
+                ],
+                dtype=bool,
+            ).reshape(-1, len(ks))
             task_scores.append(solved)
             inputs_scored += len(solved)
             for j, k in enumerate(ks):
@@ -105,6 +112,10 @@ def score_submission(submission: dict, tasks: dict[str, dict],
             for j, k in enumerate(ks):
                 record[f"pass@{k}"] = float(solved[:, j].mean()) if len(solved) else 0.0
         per_task[task_id] = record
-    metrics = {"ARC/tasks": float(len(submission)), "ARC/tasks_scored": float(len(task_scores)),
-               "ARC/test_inputs_scored": float(inputs_scored), **pass_at_k(task_scores, ks)}
+    metrics = {
+        "ARC/tasks": float(len(submission)),
+        "ARC/tasks_scored": float(len(task_scores)),
+        "ARC/test_inputs_scored": float(inputs_scored),
+        **pass_at_k(task_scores, ks),
+    }
     return metrics, per_task

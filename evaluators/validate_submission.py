@@ -34,7 +34,6 @@ def readable_tests(task: Any) -> list | None:
     return tests if isinstance(tests, list) else None
 
 
-
 def grid_problem(grid) -> str | None:
     """What is wrong with a grid, or None when it is a valid ARC grid."""
     if not isinstance(grid, list) or not grid:
@@ -132,11 +131,13 @@ def load_tasks(path: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evaluators.validate_submission", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluators.validate_submission",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("submission")
-    parser.add_argument("--tasks", required=True,
-                        help="dataset folder, Kaggle challenges JSON or folder of task JSONs")
+    parser.add_argument("--tasks", required=True, help="dataset folder, Kaggle challenges JSON or folder of task JSONs")
     args = parser.parse_args(argv)
     try:
         with open(args.submission) as f:
@@ -153,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     n_inputs = sum(len(readable_tests(t) or ()) for t in tasks.values())
     unreadable = sum(readable_tests(t) is None for t in tasks.values())
-    print(f"OK: {len(tasks)} tasks, {n_inputs} test inputs, 2 attempts each"
-          + (f"; {unreadable} malformed tasks without a readable 'test' list" if unreadable else ""))
+    print(
+        f"OK: {len(tasks)} tasks, {n_inputs} test inputs, 2 attempts each"
+        + (f"; {unreadable} malformed tasks without a readable 'test' list" if unreadable else "")
+    )
     return 0
 
 

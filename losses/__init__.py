@@ -30,6 +30,8 @@ LOSS_SCHEMAS: dict[str, type] = {
 def build_loss(config: Any):
     family = getattr(config, "family", None)
     if family not in LOSSES:
-        raise ValueError(f"loss.family={family!r} (loss {getattr(config, 'name', '?')}) is not a registered loss "
-                         f"family: choose from {', '.join(LOSSES)}")
+        raise ValueError(
+            f"loss.family={family!r} (loss {getattr(config, 'name', '?')}) is not a registered loss "
+            f"family: choose from {', '.join(LOSSES)}"
+        )
     return LOSSES[family](config)

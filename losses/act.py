@@ -36,8 +36,9 @@ class LossConfig:
         if self.family != "act":
             raise ValueError(f"loss {self.name}: invalid loss.family={self.family!r} (loss_schema is the act family)")
         if self.token_loss not in TOKEN_LOSSES:
-            raise ValueError(f"loss {self.name}: invalid loss.token_loss={self.token_loss!r} "
-                             f"(one of {', '.join(TOKEN_LOSSES)})")
+            raise ValueError(
+                f"loss {self.name}: invalid loss.token_loss={self.token_loss!r} (one of {', '.join(TOKEN_LOSSES)})"
+            )
 
 
 def _stablemax_s(x: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
@@ -54,9 +55,12 @@ def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, valid: t
 
 
 def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    flat = F.cross_entropy(logits.to(torch.float32).reshape(-1, logits.shape[-1]),
-                           torch.where(valid, labels, IGNORE_LABEL_ID).to(torch.long).reshape(-1),
-                           ignore_index=IGNORE_LABEL_ID, reduction="none")
+    flat = F.cross_entropy(
+        logits.to(torch.float32).reshape(-1, logits.shape[-1]),
+        torch.where(valid, labels, IGNORE_LABEL_ID).to(torch.long).reshape(-1),
+        ignore_index=IGNORE_LABEL_ID,
+        reduction="none",
+    )
     return flat.view(labels.shape)
 
 
@@ -71,9 +75,11 @@ class ACTLoss:
 
     def __call__(self, output: ACTOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not isinstance(output, ACTOutput):
-            raise TypeError(f"loss={self.config.name} scores recursive (ACT) models, got a {type(output).__name__}: "
-                            "pair arch=diffusion with loss=diffusion, arch=efe_agent with loss=efe, and "
-                            "decoder_only / encoder_decoder / champion with loss=seq_ce")
+            raise TypeError(
+                f"loss={self.config.name} scores recursive (ACT) models, got a {type(output).__name__}: "
+                "pair arch=diffusion with loss=diffusion, arch=efe_agent with loss=efe, and "
+                "decoder_only / encoder_decoder / champion with loss=seq_ce"
+            )
         labels = batch["labels"]
         valid = labels != IGNORE_LABEL_ID
         counts = valid.sum(-1)
@@ -91,14 +97,16 @@ class ACTLoss:
                 "steps": torch.where(measured, output.steps, 0).sum(),
             }
         lm_loss = (self.token_loss(output.logits, labels, valid) / divisor).sum()
-        q_halt_loss = F.binary_cross_entropy_with_logits(output.q_halt_logits, seq_correct.to(output.q_halt_logits.dtype),
-                                                         reduction="sum")
+        q_halt_loss = F.binary_cross_entropy_with_logits(
+            output.q_halt_logits, seq_correct.to(output.q_halt_logits.dtype), reduction="sum"
+        )
         halt_terms = q_halt_loss
         metrics["lm_loss"] = lm_loss.detach()
         metrics["q_halt_loss"] = q_halt_loss.detach()
         if output.target_q_continue is not None:
-            q_continue_loss = F.binary_cross_entropy_with_logits(output.q_continue_logits, output.target_q_continue,
-                                                                 reduction="sum")
+            q_continue_loss = F.binary_cross_entropy_with_logits(
+                output.q_continue_logits, output.target_q_continue, reduction="sum"
+            )
             halt_terms = halt_terms + q_continue_loss
             metrics["q_continue_loss"] = q_continue_loss.detach()
         return lm_loss + self.config.halt_loss_weight * halt_terms, metrics

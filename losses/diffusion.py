@@ -37,8 +37,9 @@ class DiffusionLossConfig:
     def validate(self) -> None:
         check_ranges(self, "loss.")
         if self.family != "diffusion":
-            raise ValueError(f"loss {self.name}: invalid loss.family={self.family!r} "
-                             "(diffusion_loss_schema is the diffusion family)")
+            raise ValueError(
+                f"loss {self.name}: invalid loss.family={self.family!r} (diffusion_loss_schema is the diffusion family)"
+            )
 
 
 class DiffusionLoss:
@@ -46,11 +47,14 @@ class DiffusionLoss:
         config.validate()
         self.config = config
 
-    def __call__(self, output: DiffusionOutput,
-                 batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(
+        self, output: DiffusionOutput, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not isinstance(output, DiffusionOutput):
-            raise TypeError(f"loss=diffusion scores the diffusion models' output, got {type(output).__name__}: "
-                            f"use it with arch=diffusion or arch=diffusion_tiny")
+            raise TypeError(
+                f"loss=diffusion scores the diffusion models' output, got {type(output).__name__}: "
+                f"use it with arch=diffusion or arch=diffusion_tiny"
+            )
         labels = batch["labels"]
         valid = labels != IGNORE_LABEL_ID
         counts = valid.sum(-1)
@@ -63,15 +67,17 @@ class DiffusionLoss:
             lm_loss = torch.zeros((), device=labels.device)
         else:
             targets = torch.where(cells, labels - COLOR_OFFSET, IGNORE_LABEL_ID).to(torch.long)
-            token_loss = F.cross_entropy(output.logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_LABEL_ID,
-                                         reduction="none").view(labels.shape)
+            token_loss = F.cross_entropy(
+                output.logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_LABEL_ID, reduction="none"
+            ).view(labels.shape)
             lm_loss = (token_loss.sum(-1) / num_cells.clamp_min(1)).sum()
 
         _, size = grid_extent(labels, canvas)
         sized = (size > 0).all(-1)
         size_targets = torch.where(sized.unsqueeze(-1), size - 1, IGNORE_LABEL_ID).to(torch.long)
-        size_loss = F.cross_entropy(output.size_logits.flatten(0, 1), size_targets.flatten(),
-                                    ignore_index=IGNORE_LABEL_ID, reduction="sum")
+        size_loss = F.cross_entropy(
+            output.size_logits.flatten(0, 1), size_targets.flatten(), ignore_index=IGNORE_LABEL_ID, reduction="sum"
+        )
 
         with torch.no_grad():
             correct = valid & (output.tokens == labels)

@@ -68,7 +68,7 @@ class EFELossConfig:
 def risk_term(step_logits: torch.Tensor, preference_logits: torch.Tensor) -> torch.Tensor:
     """mean_t KL(Qbar_t || C): Qbar_t [B, NUM_COLORS] the colour share of the beliefs'
     colour mass summed over the canvas, C = softmax(preference_logits)."""
-    colours = step_logits.float().softmax(-1)[..., COLOR_OFFSET:COLOR_OFFSET + NUM_COLORS].sum(2)  # [B, T, C]
+    colours = step_logits.float().softmax(-1)[..., COLOR_OFFSET : COLOR_OFFSET + NUM_COLORS].sum(2)  # [B, T, C]
     qbar = colours / colours.sum(-1, keepdim=True).clamp_min(1e-12)
     log_c = preference_logits.float().log_softmax(-1).unsqueeze(1)
     return (torch.xlogy(qbar, qbar) - qbar * log_c).sum(-1).mean(-1)
@@ -91,8 +91,9 @@ def step_cost_term(step_logits: torch.Tensor) -> torch.Tensor:
 def consistency_term(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted mean cross-entropy over the cells with weight > 0 (labels -100 get none)."""
     valid = labels != IGNORE_LABEL_ID
-    ce = F.cross_entropy(logits.float().flatten(0, 1), torch.where(valid, labels, 0).long().flatten(),
-                         reduction="none").view(labels.shape)
+    ce = F.cross_entropy(
+        logits.float().flatten(0, 1), torch.where(valid, labels, 0).long().flatten(), reduction="none"
+    ).view(labels.shape)
     w = torch.where(valid, weights.float(), 0.0)
     return (w * ce).sum(-1) / w.sum(-1).clamp_min(1e-12)
 
@@ -176,8 +177,10 @@ class EFELoss:
             "consistency": (c.lambda_cons, consistency_term(output.logits, labels, weights)),
             "bi": (c.lambda_bi, bidirectional_term(output.step_logits, output.back_logits)),
             "z": (c.lambda_z, z_anchor_term(output.z_mu, output.z_logvar, output.z_anchor)),
-            "prompt": (c.lambda_prompt, prompt_term(output.prompt, batch["puzzle_identifiers"], measured,
-                                                    c.prompt_temperature)),
+            "prompt": (
+                c.lambda_prompt,
+                prompt_term(output.prompt, batch["puzzle_identifiers"], measured, c.prompt_temperature),
+            ),
         }
         if output.rl_loss is not None:
             terms["rl"] = (1.0, output.rl_loss.float())

@@ -27,8 +27,9 @@ class SequenceLossConfig:
 
     def validate(self) -> None:
         if self.family != "sequence":
-            raise ValueError(f"loss {self.name}: invalid loss.family={self.family!r} "
-                             "(sequence_loss_schema is the sequence family)")
+            raise ValueError(
+                f"loss {self.name}: invalid loss.family={self.family!r} (sequence_loss_schema is the sequence family)"
+            )
 
 
 def decoded_matches(decoded: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -49,8 +50,10 @@ class SequenceCELoss:
 
     def __call__(self, output: SequenceOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         if not isinstance(output, SequenceOutput):
-            raise TypeError(f"loss=seq_ce scores sequence models (arch=decoder_only|encoder_decoder|champion), "
-                            f"got a {type(output).__name__}")
+            raise TypeError(
+                f"loss=seq_ce scores sequence models (arch=decoder_only|encoder_decoder|champion), "
+                f"got a {type(output).__name__}"
+            )
         logits, targets, lengths = output.logits, output.targets, output.target_lengths
         valid = length_mask(lengths, targets.shape[1])
         ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)

@@ -34,8 +34,10 @@ def model_class(config: Any) -> type[ARCModel]:
     """The registry entry of ``config.family``."""
     family = getattr(config, "family", None)
     if family not in MODELS:
-        raise ValueError(f"arch.family={family!r} (arch {getattr(config, 'name', '?')}) is not a registered model "
-                         f"family: choose from {', '.join(MODELS)}")
+        raise ValueError(
+            f"arch.family={family!r} (arch {getattr(config, 'name', '?')}) is not a registered model "
+            f"family: choose from {', '.join(MODELS)}"
+        )
     return MODELS[family]
 
 
@@ -49,14 +51,15 @@ def puzzle_table_key(config: Any) -> str | None:
     return model_class(config).puzzle_table_key
 
 
-def check_canvas_buckets(model: ARCModel, config: Any, canvas_sides: dict[str, int] | None, seq_len: int,
-                         data: str) -> None:
+def check_canvas_buckets(model: ARCModel, config: Any, canvas_sides: dict[str, int] | None, seq_len: int, data: str) -> None:
     """Refuse, naming the arch and the dataset, a size-bucketed dataset (``canvas_sides``
     in its metadata) for a model that cannot run on canvases smaller than ``seq_len``'s."""
     if not canvas_sides or all(side * side == seq_len for side in canvas_sides.values()):
         return
     reason = model.canvas_bucket_refusal()
     if reason is not None:
-        raise ValueError(f"arch={getattr(config, 'name', '?')} (family {getattr(config, 'family', '?')}) cannot train or "
-                         f"predict on the size-bucketed dataset {data} (canvases "
-                         f"{sorted(set(canvas_sides.values()))}): {reason}. Rebuild it without --canvas-buckets")
+        raise ValueError(
+            f"arch={getattr(config, 'name', '?')} (family {getattr(config, 'family', '?')}) cannot train or "
+            f"predict on the size-bucketed dataset {data} (canvases "
+            f"{sorted(set(canvas_sides.values()))}): {reason}. Rebuild it without --canvas-buckets"
+        )

@@ -41,7 +41,7 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             changed = False
             for prefix in PREFIXES:
                 if key.startswith(prefix):
-                    key = key[len(prefix):]
+                    key = key[len(prefix) :]
                     changed = True
         out[key] = value
     return out
@@ -58,8 +58,10 @@ def convert_state_dict(state: dict[str, torch.Tensor], target: dict[str, torch.T
         raise ValueError(f"checkpoint does not fit the model: unknown keys {unknown[:8]}, missing keys {missing[:8]}")
     for key, value in state.items():
         if value.shape != target[key].shape:
-            raise ValueError(f"checkpoint does not fit the model: {key} has shape {tuple(value.shape)}, "
-                             f"the model {tuple(target[key].shape)}")
+            raise ValueError(
+                f"checkpoint does not fit the model: {key} has shape {tuple(value.shape)}, "
+                f"the model {tuple(target[key].shape)}"
+            )
     return state
 
 
@@ -83,8 +85,9 @@ def mean_trained_row(table: torch.Tensor) -> torch.Tensor:
     return trained.float().mean(0).to(table.dtype)
 
 
-def match_puzzle_rows(table: torch.Tensor, rows: int, source_ids: list[str] | None,
-                      target_ids: list[str] | None) -> tuple[torch.Tensor, str | None]:
+def match_puzzle_rows(
+    table: torch.Tensor, rows: int, source_ids: list[str] | None, target_ids: list[str] | None
+) -> tuple[torch.Tensor, str | None]:
     """A table of ``rows`` rows for the target dataset's identifiers, and a one-line note when
     it is not the checkpoint's table unchanged.
 
@@ -95,8 +98,10 @@ def match_puzzle_rows(table: torch.Tensor, rows: int, source_ids: list[str] | No
     mean_row = mean_trained_row(table)
     if source_ids is not None and target_ids is not None:
         if len(source_ids) != table.shape[0] or len(target_ids) != rows:
-            raise ValueError(f"puzzle table of {table.shape[0]} rows with {len(source_ids)} identifiers, "
-                             f"model of {rows} rows with {len(target_ids)} identifiers")
+            raise ValueError(
+                f"puzzle table of {table.shape[0]} rows with {len(source_ids)} identifiers, "
+                f"model of {rows} rows with {len(target_ids)} identifiers"
+            )
         if source_ids == target_ids:
             return table, None
         where = {name: i for i, name in enumerate(source_ids)}
@@ -105,18 +110,27 @@ def match_puzzle_rows(table: torch.Tensor, rows: int, source_ids: list[str] | No
         if pairs:
             dst, src = (torch.tensor(x, dtype=torch.long) for x in zip(*pairs))
             out[dst] = table[src]
-        return out, (f"puzzle embeddings: {table.shape[0]} -> {rows} rows; kept the {len(pairs)} rows whose "
-                     f"identifiers the checkpoint shares, {rows - len(pairs)} others start from its mean row")
+        return out, (
+            f"puzzle embeddings: {table.shape[0]} -> {rows} rows; kept the {len(pairs)} rows whose "
+            f"identifiers the checkpoint shares, {rows - len(pairs)} others start from its mean row"
+        )
     if table.shape[0] == rows:
         return table, None
     return mean_row.expand(rows, -1).contiguous(), (
         f"puzzle embeddings: the checkpoint's table has {table.shape[0]} rows, the dataset {rows}; "
-        f"every row starts from the checkpoint's mean row (the weights name no identifiers to match)")
+        f"every row starts from the checkpoint's mean row (the weights name no identifiers to match)"
+    )
 
 
-def fit_weights(weights: dict[str, torch.Tensor], target: dict[str, torch.Tensor], *, table_key: str | None,
-                ema: dict[str, torch.Tensor] | None = None, source_ids: list[str] | None = None,
-                target_ids: list[str] | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
+def fit_weights(
+    weights: dict[str, torch.Tensor],
+    target: dict[str, torch.Tensor],
+    *,
+    table_key: str | None,
+    ema: dict[str, torch.Tensor] | None = None,
+    source_ids: list[str] | None = None,
+    target_ids: list[str] | None = None,
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """(state dict for a model whose state dict is ``target``, notes to log). The one rule of
     every loader (init_from, evaluate.py, ttt.py, the pipelines): ``apply_ema``, then
     ``match_puzzle_rows`` for the puzzle table at ``table_key`` (the model's
@@ -132,8 +146,9 @@ def fit_weights(weights: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     return convert_state_dict(state, target), notes
 
 
-def extend_puzzle_embeddings(state: dict[str, torch.Tensor], new_size: int, init: str = "mean", *,
-                             key: str) -> dict[str, torch.Tensor]:
+def extend_puzzle_embeddings(
+    state: dict[str, torch.Tensor], new_size: int, init: str = "mean", *, key: str
+) -> dict[str, torch.Tensor]:
     """A copy of ``state`` (ARCForge or reference keys; ARCForge keys out) whose puzzle-embedding
     table at ``key`` (the model family's ``puzzle_table_key``) has ``new_size`` rows: the old
     rows bitwise, then new rows for identifiers that follow the old ones (test-time training

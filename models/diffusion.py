@@ -90,8 +90,10 @@ class DiffusionArchConfig:
             "sampling_steps": self.sampling_steps <= self.num_timesteps,
             "forward_dtype": self.forward_dtype in DTYPES,
         }
-        hints = {"hidden_size": " (a multiple of num_heads with an even head size)",
-                 "sampling_steps": f" (1..num_timesteps={self.num_timesteps})"}
+        hints = {
+            "hidden_size": " (a multiple of num_heads with an even head size)",
+            "sampling_steps": f" (1..num_timesteps={self.num_timesteps})",
+        }
         if self.puzzle_emb_len and self.puzzle_emb_ndim > self.puzzle_emb_len * self.hidden_size:
             checks["puzzle_emb_ndim"] = False
             hints["puzzle_emb_ndim"] = " (more than puzzle_emb_len x hidden_size)"
@@ -119,15 +121,24 @@ def alpha_bar(t: torch.Tensor, num_timesteps: int, schedule: str) -> torch.Tenso
     return SCHEDULES[schedule](t.to(torch.float32) / num_timesteps)
 
 
-def corrupt(x0: torch.Tensor, region: torch.Tensor, t: torch.Tensor, num_timesteps: int, schedule: str,
-            noise: str, mask_id: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def corrupt(
+    x0: torch.Tensor,
+    region: torch.Tensor,
+    t: torch.Tensor,
+    num_timesteps: int,
+    schedule: str,
+    noise: str,
+    mask_id: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample q(x_t | x0) on the ``region`` cells: (x_t tokens, cells replaced). A replaced
     cell becomes a uniformly random colour (which may equal the old one) or ``mask_id``."""
     keep = alpha_bar(t, num_timesteps, schedule).view(-1, *([1] * (x0.ndim - 1)))
     replaced = region & (torch.rand(x0.shape, device=x0.device, generator=generator) >= keep)
     if noise == "uniform":
-        fill = torch.randint(COLOR_OFFSET, COLOR_OFFSET + NUM_COLORS, x0.shape, device=x0.device, dtype=x0.dtype,
-                             generator=generator)
+        fill = torch.randint(
+            COLOR_OFFSET, COLOR_OFFSET + NUM_COLORS, x0.shape, device=x0.device, dtype=x0.dtype, generator=generator
+        )
     else:
         fill = torch.full_like(x0, mask_id)
     return torch.where(replaced, fill, x0), replaced
@@ -252,9 +263,13 @@ class DiffusionModel(ARCModel):
         if config.self_condition:
             self.self_cond = CastedLinear(NUM_COLORS, d, bias=False)
         if self.puzzle_len:
-            self.puzzle_embedding = PuzzleEmbedding(shape.num_puzzle_identifiers, config.puzzle_emb_ndim,
-                                                    batch_size=shape.batch_size, init_std=0.0,
-                                                    cast_to=self.forward_dtype)
+            self.puzzle_embedding = PuzzleEmbedding(
+                shape.num_puzzle_identifiers,
+                config.puzzle_emb_ndim,
+                batch_size=shape.batch_size,
+                init_std=0.0,
+                cast_to=self.forward_dtype,
+            )
         positions = self.puzzle_len + shape.seq_len
         if config.pos_encodings == "rope":
             self.rotary_emb = RotaryEmbedding(d // config.num_heads, positions, config.rope_theta)
@@ -299,8 +314,9 @@ class DiffusionModel(ARCModel):
         tokens = torch.where(region, logits.argmax(-1) + COLOR_OFFSET, x0)
         return StepCarry(batch), DiffusionOutput(logits, size_logits, tokens)
 
-    def size_head_step(self, inputs: torch.Tensor, ids: torch.Tensor, x0: torch.Tensor,
-                       region: torch.Tensor) -> DiffusionOutput:
+    def size_head_step(
+        self, inputs: torch.Tensor, ids: torch.Tensor, x0: torch.Tensor, region: torch.Tensor
+    ) -> DiffusionOutput:
         """``train_part=size_head``: the frozen denoiser does not run. ``tokens`` is the
         predicted frame filled with the true colours, so accuracy scores the size alone."""
         with torch.no_grad():
@@ -308,8 +324,9 @@ class DiffusionModel(ARCModel):
         size_logits = self.size_logits(inputs, puzzle)
         with torch.no_grad():
             origin, _ = grid_extent(inputs, self.canvas)
-            frame, predicted = canvas_frame(origin, torch.minimum(size_logits.argmax(-1) + 1, self.canvas - origin),
-                                            self.canvas)
+            frame, predicted = canvas_frame(
+                origin, torch.minimum(size_logits.argmax(-1) + 1, self.canvas - origin), self.canvas
+            )
             tokens = torch.where(predicted, torch.where(region, x0, COLOR_OFFSET), frame)
         return DiffusionOutput(None, size_logits, tokens, size_head_only=True)
 
@@ -348,8 +365,9 @@ class DiffusionModel(ARCModel):
 
     # --- pieces -------------------------------------------------------------------------
 
-    def corrupt(self, x0: torch.Tensor, region: torch.Tensor, t: torch.Tensor,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def corrupt(
+        self, x0: torch.Tensor, region: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
         return corrupt(x0, region, t, c.num_timesteps, c.schedule, c.noise, self.mask_id, generator)
 
@@ -390,8 +408,14 @@ class DiffusionModel(ARCModel):
         emb = torch.cat((args.cos(), args.sin()), -1).to(self.forward_dtype)
         return self.time_out(F.silu(self.time_in(emb)))
 
-    def run_backbone(self, cells: torch.Tensor, cell_pos: torch.Tensor, puzzle: torch.Tensor | None,
-                     extra: torch.Tensor | None = None, extra_from: int = 0) -> torch.Tensor:
+    def run_backbone(
+        self,
+        cells: torch.Tensor,
+        cell_pos: torch.Tensor,
+        puzzle: torch.Tensor | None,
+        extra: torch.Tensor | None = None,
+        extra_from: int = 0,
+    ) -> torch.Tensor:
         """Transformer over [puzzle tokens, cells]; ``extra`` (time, self-conditioning) is
         added to the cells from index ``extra_from`` on. Returns the cells' final states."""
         p = self.puzzle_len
@@ -401,7 +425,7 @@ class DiffusionModel(ARCModel):
             x = 0.707106781 * (x + self.embed_pos.embedding_weight[pos].to(self.forward_dtype))  # keep the variance
         x = self.embed_scale * x
         if extra is not None:
-            x = torch.cat((x[:, :p + extra_from], x[:, p + extra_from:] + extra), 1)
+            x = torch.cat((x[:, : p + extra_from], x[:, p + extra_from :] + extra), 1)
         cos_sin = None
         if self.config.pos_encodings == "rope":
             cos, sin = self.rotary_emb()
@@ -413,8 +437,14 @@ class DiffusionModel(ARCModel):
     def embed_cells(self, tokens: torch.Tensor, role: int) -> torch.Tensor:
         return self.embed_tokens(tokens.to(torch.int32)) + self.embed_role.embedding_weight[role].to(self.forward_dtype)
 
-    def denoise(self, inputs: torch.Tensor, canvas: torch.Tensor, t: torch.Tensor, puzzle: torch.Tensor | None,
-                self_cond: torch.Tensor | None) -> torch.Tensor:
+    def denoise(
+        self,
+        inputs: torch.Tensor,
+        canvas: torch.Tensor,
+        t: torch.Tensor,
+        puzzle: torch.Tensor | None,
+        self_cond: torch.Tensor | None,
+    ) -> torch.Tensor:
         """x0 logits (float32 [B, S, NUM_COLORS]) for the noisy output canvas."""
         s = self.seq_len
         cell_pos = torch.arange(s, device=inputs.device)
@@ -435,8 +465,11 @@ class DiffusionModel(ARCModel):
         h = self.run_backbone(self.embed_cells(inputs, 0), cell_pos, puzzle).to(torch.float32)
         present = (inputs != PAD_ID).unsqueeze(-1)
         count = present.sum(1).clamp_min(1)
-        feats = [h.mean(1), (h * present).sum(1) / count,
-                 torch.where(present, h, torch.finfo(h.dtype).min).amax(1).clamp_min(-1e4)]
+        feats = [
+            h.mean(1),
+            (h * present).sum(1) / count,
+            torch.where(present, h, torch.finfo(h.dtype).min).amax(1).clamp_min(-1e4),
+        ]
         if puzzle is not None:
             feats.append(puzzle.to(torch.float32).mean(1))
         return torch.cat(feats, -1).to(self.forward_dtype)
@@ -448,8 +481,14 @@ class DiffusionModel(ARCModel):
             features = self.size_features(inputs, puzzle)
         return self.size_head(features)
 
-    def sample(self, inputs: torch.Tensor, frame: torch.Tensor, region: torch.Tensor, puzzle: torch.Tensor | None,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self,
+        inputs: torch.Tensor,
+        frame: torch.Tensor,
+        region: torch.Tensor,
+        puzzle: torch.Tensor | None,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reverse process over the ``region`` cells: (final canvas, mean log-prob of its
         cells under the last x0 prediction)."""
         c = self.config
@@ -457,8 +496,14 @@ class DiffusionModel(ARCModel):
         if c.noise == "absorbing":
             x = torch.where(region, self.mask_id, frame)
         else:
-            noise = torch.randint(COLOR_OFFSET, COLOR_OFFSET + NUM_COLORS, frame.shape, device=frame.device,
-                                  dtype=frame.dtype, generator=generator)
+            noise = torch.randint(
+                COLOR_OFFSET,
+                COLOR_OFFSET + NUM_COLORS,
+                frame.shape,
+                device=frame.device,
+                dtype=frame.dtype,
+                generator=generator,
+            )
             x = torch.where(region, noise, frame)
         times = torch.linspace(c.num_timesteps, 0, c.sampling_steps + 1).round().long().tolist()
         self_cond = self.no_self_cond(frame)

@@ -89,16 +89,22 @@ class EFEArchConfig:
     def validate(self) -> None:
         check_ranges(self, "arch.")
         checks = {
-            "family": self.family == "efe", "fusion": self.fusion in FUSIONS,
-            "lm_path": self.lm_path is None or bool(self.lm_path), "lm_dtype": self.lm_dtype in LM_DTYPES,
+            "family": self.family == "efe",
+            "fusion": self.fusion in FUSIONS,
+            "lm_path": self.lm_path is None or bool(self.lm_path),
+            "lm_dtype": self.lm_dtype in LM_DTYPES,
         }
         bad = [f"arch.{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"arch {self.name}: invalid {', '.join(bad)}")
 
     def reward_weights(self) -> dict[str, float]:
-        return {"accuracy": self.reward_accuracy, "size": self.reward_size, "histogram": self.reward_histogram,
-                "reversibility": self.reward_reversibility}
+        return {
+            "accuracy": self.reward_accuracy,
+            "size": self.reward_size,
+            "histogram": self.reward_histogram,
+            "reversibility": self.reward_reversibility,
+        }
 
 
 @dataclass
@@ -137,8 +143,9 @@ def grid_size(tokens: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tens
     return h, w
 
 
-def prediction_scores(tokens: torch.Tensor, labels: torch.Tensor, step_probs: torch.Tensor, back_probs: torch.Tensor,
-                      side: int) -> dict[str, torch.Tensor]:
+def prediction_scores(
+    tokens: torch.Tensor, labels: torch.Tensor, step_probs: torch.Tensor, back_probs: torch.Tensor, side: int
+) -> dict[str, torch.Tensor]:
     """Per example [B], each in [0, 1]: cell accuracy on the scored cells, size match,
     colour-histogram match (1 - total variation between the predicted grid's and the
     target's colour histograms) and reversibility (1 - mean JS / ln 2 between the forward
@@ -152,8 +159,14 @@ def prediction_scores(tokens: torch.Tensor, labels: torch.Tensor, step_probs: to
     hists = []
     for t, h, w in ((tokens, ph, pw), (target, th, tw)):
         inside = (rows.view(1, -1, 1) < h.view(-1, 1, 1)) & (rows.view(1, 1, -1) < w.view(-1, 1, 1))
-        counts = (F.one_hot((t - COLOR_OFFSET).clamp(0, NUM_COLORS - 1).long(), NUM_COLORS)
-                  * (inside.flatten(1) & colour_mask(t)).unsqueeze(-1)).sum(1).float()
+        counts = (
+            (
+                F.one_hot((t - COLOR_OFFSET).clamp(0, NUM_COLORS - 1).long(), NUM_COLORS)
+                * (inside.flatten(1) & colour_mask(t)).unsqueeze(-1)
+            )
+            .sum(1)
+            .float()
+        )
         hists.append(counts / counts.sum(-1, keepdim=True).clamp_min(1))
     histogram = torch.where((ph * pw > 0) & (th * tw > 0), 1 - 0.5 * (hists[0] - hists[1]).abs().sum(-1), 0.0)
     if back_probs.shape[1]:
@@ -163,8 +176,9 @@ def prediction_scores(tokens: torch.Tensor, labels: torch.Tensor, step_probs: to
     return {"accuracy": accuracy.float(), "size": size, "histogram": histogram, "reversibility": reversibility.float()}
 
 
-def refinement_reward(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor],
-                      weights: dict[str, float]) -> torch.Tensor:
+def refinement_reward(
+    before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], weights: dict[str, float]
+) -> torch.Tensor:
     """Weighted change of the scores from the unrefined to the refined prediction [B]."""
     return sum(weights[k] * (after[k] - before[k]) for k in REWARD_KEYS)
 
@@ -265,7 +279,7 @@ class PromptMemory(nn.Module):
 
     @torch.no_grad()
     def write(self, prompt: torch.Tensor, solved: torch.Tensor) -> None:
-        new = prompt.detach().float()[solved][-self.keys.shape[0]:]
+        new = prompt.detach().float()[solved][-self.keys.shape[0] :]
         n = new.shape[0]
         if n == 0:
             return
@@ -316,14 +330,19 @@ class EFEAgent(ARCModel):
                 # A frozen LM is rebuilt from lm_path: keep its weights out of checkpoints.
                 self.register_state_dict_post_hook(_drop_frozen_lm)
                 self.register_load_state_dict_post_hook(_allow_missing_frozen_lm)
-        self.prompt_encoder = PromptEncoder(p, side, config.fusion, lm_hidden, symbol_ids, config.lm_trainable,
-                                            config.lm_max_tokens)
-        self.memory = (PromptMemory(config.memory_size, p, config.memory_threshold, config.memory_quantile,
-                                    config.memory_ema, config.memory_mix) if config.memory_size else None)
+        self.prompt_encoder = PromptEncoder(
+            p, side, config.fusion, lm_hidden, symbol_ids, config.lm_trainable, config.lm_max_tokens
+        )
+        self.memory = (
+            PromptMemory(
+                config.memory_size, p, config.memory_threshold, config.memory_quantile, config.memory_ema, config.memory_mix
+            )
+            if config.memory_size
+            else None
+        )
         self.policy = RefinementPolicy(p, config.policy_init_std) if config.rl_weight > 0 else None
         # ICM forward model: (prompt, action) -> the refined plan's pooled final state.
-        self.curiosity = (nn.Sequential(nn.Linear(2 * p, d), nn.GELU(), nn.Linear(d, d))
-                          if config.rl_weight > 0 else None)
+        self.curiosity = nn.Sequential(nn.Linear(2 * p, d), nn.GELU(), nn.Linear(d, d)) if config.rl_weight > 0 else None
         self.grid_encoder = GridEncoder(shape.vocab_size, d, config.grid_layers, side)
         self.prompt_in = nn.Linear(p, d)
         self.planner = PlannerStep(d, p, config.max_steps)
@@ -344,8 +363,9 @@ class EFEAgent(ARCModel):
         lm_params = {id(q) for q in self.lm.parameters()} if self.lm is not None else set()
         groups = [{"params": [q for q in self.parameters() if q.requires_grad and id(q) not in lm_params]}]
         if self.lm is not None and self.config.lm_trainable:
-            groups.append({"params": [q for q in self.lm.parameters() if q.requires_grad],
-                           "lr_scale": self.config.lm_lr_scale})
+            groups.append(
+                {"params": [q for q in self.lm.parameters() if q.requires_grad], "lr_scale": self.config.lm_lr_scale}
+            )
         return groups
 
     def encode_prompt(self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor) -> torch.Tensor:
@@ -370,10 +390,14 @@ class EFEAgent(ARCModel):
         for t in range(t_max - 2, -1, -1):  # back from the final state to step t + 1
             hb = self.backward_planner(hb, prompt, t)
             back_logits.append(cells(self.decoder(hb, None)[0]))
-        back = (torch.stack(back_logits[::-1], 1) if back_logits
-                else step_logits[0].new_zeros(b, 0, s * s, self.vocab_size))
-        return {"step_logits": torch.stack(step_logits, 1), "back_logits": back, "z_mu": torch.stack(mus, 1),
-                "z_logvar": torch.stack(logvars, 1), "features": h.mean((2, 3))}
+        back = torch.stack(back_logits[::-1], 1) if back_logits else step_logits[0].new_zeros(b, 0, s * s, self.vocab_size)
+        return {
+            "step_logits": torch.stack(step_logits, 1),
+            "back_logits": back,
+            "z_mu": torch.stack(mus, 1),
+            "z_logvar": torch.stack(logvars, 1),
+            "features": h.mean((2, 3)),
+        }
 
     def run(self, batch: dict[str, torch.Tensor], labels: torch.Tensor | None = None) -> EFEOutput:
         """The forward pass; ``labels`` only in training (reward and memory writes)."""
@@ -392,10 +416,18 @@ class EFEAgent(ARCModel):
             shape = (prompt.shape[0], cfg.latent_dim, self.side, self.side)
             noise = [torch.randn(shape, device=prompt.device) for _ in range(cfg.max_steps)]
         plan = self.plan(batch["inputs"], refined, noise)
-        out = EFEOutput(logits=plan["step_logits"][:, -1], step_logits=plan["step_logits"],
-                        back_logits=plan["back_logits"], z_mu=plan["z_mu"], z_logvar=plan["z_logvar"],
-                        z_anchor=self.anchor(refined), preference_logits=self.preferences(refined), prompt=prompt,
-                        step=self.train_steps.clone(), memory_hits=hits)
+        out = EFEOutput(
+            logits=plan["step_logits"][:, -1],
+            step_logits=plan["step_logits"],
+            back_logits=plan["back_logits"],
+            z_mu=plan["z_mu"],
+            z_logvar=plan["z_logvar"],
+            z_anchor=self.anchor(refined),
+            preference_logits=self.preferences(refined),
+            prompt=prompt,
+            step=self.train_steps.clone(),
+            memory_hits=hits,
+        )
         if labels is None:
             return out
         with torch.no_grad():
@@ -406,22 +438,38 @@ class EFEAgent(ARCModel):
             if self.memory is not None:
                 self.memory.write(prompt, solved)
         if self.policy is not None:
-            out.rl_loss, out.rl_stats = self.refinement_objective(batch["inputs"], labels, mixed, plan, action, mean,
-                                                                  log_std, noise)
+            out.rl_loss, out.rl_stats = self.refinement_objective(
+                batch["inputs"], labels, mixed, plan, action, mean, log_std, noise
+            )
         return out
 
-    def refinement_objective(self, inputs: torch.Tensor, labels: torch.Tensor, mixed: torch.Tensor,
-                             plan: dict[str, torch.Tensor], action: torch.Tensor, mean: torch.Tensor,
-                             log_std: torch.Tensor, noise: list[torch.Tensor] | None
-                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def refinement_objective(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        mixed: torch.Tensor,
+        plan: dict[str, torch.Tensor],
+        action: torch.Tensor,
+        mean: torch.Tensor,
+        log_std: torch.Tensor,
+        noise: list[torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """REINFORCE with an EMA baseline, an entropy bonus and ICM curiosity: per example
         ``rl_weight * (-(R - b) log pi(a) - entropy_weight H(pi) + icm_error)``, where
         ``R = sum_k w_k (score_k(refined) - score_k(unrefined)) + curiosity_weight icm_error``."""
         cfg = self.config
         with torch.no_grad():
             base = self.plan(inputs, mixed, noise)  # the same latent noise: only the prompt differs
-            scores = [prediction_scores(p["step_logits"][:, -1].argmax(-1), labels, p["step_logits"].float().softmax(-1),
-                                        p["back_logits"].float().softmax(-1), self.side) for p in (base, plan)]
+            scores = [
+                prediction_scores(
+                    p["step_logits"][:, -1].argmax(-1),
+                    labels,
+                    p["step_logits"].float().softmax(-1),
+                    p["back_logits"].float().softmax(-1),
+                    self.side,
+                )
+                for p in (base, plan)
+            ]
         predicted = self.curiosity(torch.cat([mixed.detach(), action.to(mixed.dtype)], dim=-1))
         icm_error = (predicted.float() - plan["features"].detach().float()).square().mean(-1)
         reward = refinement_reward(scores[0], scores[1], cfg.reward_weights()) + cfg.curiosity_weight * icm_error.detach()

@@ -107,8 +107,10 @@ def canvas_positions(seq_len: int, geometry_len: int, prefix: int) -> torch.Tens
     learned) mean the same cell in every bucket."""
     side, geometry = math.isqrt(seq_len), math.isqrt(geometry_len)
     if side * side != seq_len or geometry * geometry != geometry_len or side > geometry:
-        raise ValueError(f"a batch of {seq_len} tokens is no square canvas within the model's "
-                         f"{geometry}x{geometry} canvas ({geometry_len} tokens)")
+        raise ValueError(
+            f"a batch of {seq_len} tokens is no square canvas within the model's "
+            f"{geometry}x{geometry} canvas ({geometry_len} tokens)"
+        )
     r = torch.arange(side).view(-1, 1)
     c = torch.arange(side).view(1, -1)
     cells = (prefix + r * geometry + c).reshape(-1)
@@ -153,8 +155,13 @@ class Attention(nn.Module):
             dtype = q.dtype
             if CPU_LOW_PRECISION_GEMM_IN_FP32 and dtype in _LOW_PRECISION and x.device.type == "cpu":
                 q, k, v = q.float(), k.float(), v.float()  # bf16 SDPA backward is ~6x slower here
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                 is_causal=self.causal).transpose(1, 2).to(dtype)
+            out = (
+                F.scaled_dot_product_attention(
+                    q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=self.causal
+                )
+                .transpose(1, 2)
+                .to(dtype)
+            )
         return self.o_proj(out.reshape(b, s, -1))
 
 

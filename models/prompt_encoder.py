@@ -46,8 +46,14 @@ def numeric_features(inputs: torch.Tensor, outputs: torch.Tensor, side: int) -> 
         colour = colour_mask(tokens).view(*tokens.shape[:-1], side, side)
         h = colour.any(-1).sum(-1).float()
         w = colour.any(-2).sum(-1).float()
-        counts = (F.one_hot((tokens - COLOR_OFFSET).clamp(0, NUM_COLORS - 1).long(), NUM_COLORS)
-                  * colour.view(tokens.shape).unsqueeze(-1)).sum(-2).float()
+        counts = (
+            (
+                F.one_hot((tokens - COLOR_OFFSET).clamp(0, NUM_COLORS - 1).long(), NUM_COLORS)
+                * colour.view(tokens.shape).unsqueeze(-1)
+            )
+            .sum(-2)
+            .float()
+        )
         grids.append((h, w, counts, counts.sum(-1)))
     (h_in, w_in, c_in, n_in), (h_out, w_out, c_out, n_out) = grids
     log_side = math.log(max(side, 2))
@@ -56,14 +62,21 @@ def numeric_features(inputs: torch.Tensor, outputs: torch.Tensor, side: int) -> 
     same_size = (h_in == h_out) & (w_in == w_out) & (n_in > 0)
     agree = ((inputs == outputs) & colour_mask(inputs)).sum(-1).float() / n_in.clamp_min(1)
     features = [
-        h_in / side, w_in / side, h_out / side, w_out / side,
+        h_in / side,
+        w_in / side,
+        h_out / side,
+        w_out / side,
         torch.log(h_out.clamp_min(1) / h_in.clamp_min(1)) / log_side,
         torch.log(w_out.clamp_min(1) / w_in.clamp_min(1)) / log_side,
-        present_in.sum(-1) / NUM_COLORS, present_out.sum(-1) / NUM_COLORS,
+        present_in.sum(-1) / NUM_COLORS,
+        present_out.sum(-1) / NUM_COLORS,
         (present_in & present_out).sum(-1) / union.clamp_min(1),
-        c_in[..., 0] / n_in.clamp_min(1), c_out[..., 0] / n_out.clamp_min(1),
-        same_size.float(), torch.where(same_size, agree, 0.0),
-        n_in / side**2, n_out / side**2,
+        c_in[..., 0] / n_in.clamp_min(1),
+        c_out[..., 0] / n_out.clamp_min(1),
+        same_size.float(),
+        torch.where(same_size, agree, 0.0),
+        n_in / side**2,
+        n_out / side**2,
     ]
     return torch.stack([f.float() for f in features], dim=-1)
 
@@ -80,8 +93,9 @@ def _grid_symbols(tokens: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.
     return symbols, keep
 
 
-def serialise_demos(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor, side: int,
-                    max_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def serialise_demos(
+    demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor, side: int, max_tokens: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Symbol ids [B, L] (right-padded with SEPARATOR) and the text mask [B, L] of each
     example's demonstrations; ``max_tokens`` > 0 truncates the text (later pairs first)."""
     b, k, _ = demo_inputs.shape
@@ -122,15 +136,18 @@ def symbol_token_ids(lm_path: str, vocab_size: int) -> tuple[torch.Tensor, str]:
         for text in SYMBOLS:
             encoded = tokenizer.encode(text, add_special_tokens=False)
             if len(encoded) != 1:
-                raise ValueError(f"arch.lm_path={lm_path!r}: the tokenizer splits {text!r} into {encoded}; "
-                                 "the serialiser needs one token per symbol")
+                raise ValueError(
+                    f"arch.lm_path={lm_path!r}: the tokenizer splits {text!r} into {encoded}; "
+                    "the serialiser needs one token per symbol"
+                )
             ids.append(encoded[0])
         return torch.tensor(ids, dtype=torch.long), "tokenizer"
     if vocab_size < len(SYMBOLS):
-        raise ValueError(f"arch.lm_path={lm_path!r} has no tokenizer and a vocabulary of {vocab_size} < {len(SYMBOLS)} "
-                         "ids for the fixed symbol mapping")
-    warnings.warn(f"arch.lm_path={lm_path!r} has no tokenizer files: demonstrations use the fixed ids 0..13",
-                  stacklevel=2)
+        raise ValueError(
+            f"arch.lm_path={lm_path!r} has no tokenizer and a vocabulary of {vocab_size} < {len(SYMBOLS)} "
+            "ids for the fixed symbol mapping"
+        )
+    warnings.warn(f"arch.lm_path={lm_path!r} has no tokenizer files: demonstrations use the fixed ids 0..13", stacklevel=2)
     return torch.arange(len(SYMBOLS), dtype=torch.long), "fixed"
 
 
@@ -156,22 +173,32 @@ class PromptEncoder(nn.Module):
     """Demonstrations -> prompt [B, prompt_dim]. The LM itself is not a child (the agent
     owns it, so its gradient norm is logged on its own); ``forward`` receives it."""
 
-    def __init__(self, prompt_dim: int, side: int, fusion: str, lm_hidden: int | None = None,
-                 symbol_ids: torch.Tensor | None = None, lm_trainable: bool = False, lm_max_tokens: int = 0):
+    def __init__(
+        self,
+        prompt_dim: int,
+        side: int,
+        fusion: str,
+        lm_hidden: int | None = None,
+        symbol_ids: torch.Tensor | None = None,
+        lm_trainable: bool = False,
+        lm_max_tokens: int = 0,
+    ):
         super().__init__()
         self.side = side
         self.fusion = fusion
         self.lm_trainable = lm_trainable
         self.lm_max_tokens = lm_max_tokens
-        self.numeric = nn.Sequential(nn.Linear(NUM_NUMERIC_FEATURES, prompt_dim), nn.GELU(),
-                                     nn.Linear(prompt_dim, prompt_dim))
+        self.numeric = nn.Sequential(
+            nn.Linear(NUM_NUMERIC_FEATURES, prompt_dim), nn.GELU(), nn.Linear(prompt_dim, prompt_dim)
+        )
         self.lm_proj = nn.Linear(lm_hidden, prompt_dim) if lm_hidden else None
         self.fuse = nn.Linear(2 * prompt_dim, prompt_dim) if lm_hidden and fusion == "concat" else None
         if symbol_ids is not None:
             self.symbol_ids = nn.Buffer(symbol_ids, persistent=False)
 
-    def forward(self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor,
-                lm: nn.Module | None = None) -> torch.Tensor:
+    def forward(
+        self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor, lm: nn.Module | None = None
+    ) -> torch.Tensor:
         weight = demo_mask.unsqueeze(-1).float()
         per_pair = self.numeric(numeric_features(demo_inputs, demo_labels, self.side).to(self.numeric[0].weight.dtype))
         numeric = (per_pair * weight).sum(1) / weight.sum(1).clamp_min(1)

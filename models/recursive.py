@@ -189,8 +189,13 @@ class RecursiveCore(nn.Module):
         self.lm_head = CastedLinear(d, shape.vocab_size, bias=False)
         self.q_head = CastedLinear(d, 2, bias=True)
         if config.puzzle_emb_ndim > 0:
-            self.puzzle_emb = PuzzleEmbedding(shape.num_puzzle_identifiers, config.puzzle_emb_ndim,
-                                              batch_size=shape.batch_size, init_std=0.0, cast_to=self.forward_dtype)
+            self.puzzle_emb = PuzzleEmbedding(
+                shape.num_puzzle_identifiers,
+                config.puzzle_emb_ndim,
+                batch_size=shape.batch_size,
+                init_std=0.0,
+                cast_to=self.forward_dtype,
+            )
         if config.pos_encodings == "rope":
             self.rotary_emb = RotaryEmbedding(d // config.num_heads, self.total_len, config.rope_theta)
         elif config.pos_encodings == "learned":
@@ -214,8 +219,9 @@ class RecursiveCore(nn.Module):
     def blocks(self, n: int) -> ReasoningModule:
         return ReasoningModule([Block(self.config, self.total_len) for _ in range(n)])
 
-    def input_embeddings(self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor,
-                         positions: torch.Tensor | None = None) -> torch.Tensor:
+    def input_embeddings(
+        self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = self.embed_tokens(inputs.to(torch.int32))
         if self.config.puzzle_emb_ndim > 0:
             p = self.puzzle_emb(puzzle_identifiers)
@@ -262,7 +268,7 @@ class RecursiveCore(nn.Module):
                 cos_sin = (cos_sin[0][positions], cos_sin[1][positions])
         x = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"], positions)
         carry = self.reason(carry, x, cos_sin)
-        logits = self.lm_head(carry.z_H)[:, self.puzzle_emb_len:]
+        logits = self.lm_head(carry.z_H)[:, self.puzzle_emb_len :]
         q = self.q_head(carry.z_H[:, 0]).to(torch.float32)  # halting reads the first (puzzle) position
         z_L = carry.z_L.detach() if carry.z_L is not None else None
         return InnerCarry(carry.z_H.detach(), z_L), logits, q[..., 0], q[..., 1]
@@ -356,8 +362,10 @@ class ACTModel(ARCModel):
     @classmethod
     def from_config(cls, config: RecursiveArchConfig, shape: DataShape) -> ACTModel:
         if config.core not in CORES:
-            raise ValueError(f"arch.core={config.core!r} is not a registered model core of the recursive family: "
-                             f"choose from {', '.join(CORES)}")
+            raise ValueError(
+                f"arch.core={config.core!r} is not a registered model core of the recursive family: "
+                f"choose from {', '.join(CORES)}"
+            )
         return cls(CORES[config.core](config, shape))
 
     @property
@@ -374,8 +382,13 @@ class ACTModel(ARCModel):
         of checkpoints written before this interface, so those resume too)."""
         if carry is None:
             return None
-        return {"z_H": carry.inner.z_H, "z_L": carry.inner.z_L, "steps": carry.steps, "halted": carry.halted,
-                "current_data": carry.current_data}
+        return {
+            "z_H": carry.inner.z_H,
+            "z_L": carry.inner.z_L,
+            "steps": carry.steps,
+            "halted": carry.halted,
+            "current_data": carry.current_data,
+        }
 
     def carry_from_state(self, state: dict[str, Any] | None, device: torch.device) -> ACTCarry | None:
         if state is None:
@@ -384,8 +397,12 @@ class ACTModel(ARCModel):
         def to(t: torch.Tensor | None) -> torch.Tensor | None:
             return t.to(device) if t is not None else None
 
-        return ACTCarry(InnerCarry(to(state["z_H"]), to(state["z_L"])), to(state["steps"]), to(state["halted"]),
-                        {k: to(v) for k, v in state["current_data"].items()})
+        return ACTCarry(
+            InnerCarry(to(state["z_H"]), to(state["z_L"])),
+            to(state["steps"]),
+            to(state["halted"]),
+            {k: to(v) for k, v in state["current_data"].items()},
+        )
 
     def initial_carry(self, batch: dict[str, torch.Tensor]) -> ACTCarry:
         b = batch["inputs"].shape[0]
@@ -400,8 +417,10 @@ class ACTModel(ARCModel):
     def forward(self, carry: ACTCarry, batch: dict[str, torch.Tensor]) -> tuple[ACTCarry, ACTOutput]:
         inner = self.inner.reset_carry(carry.halted, carry.inner)
         steps = torch.where(carry.halted, 0, carry.steps)
-        data = {k: torch.where(carry.halted.view((-1,) + (1,) * (batch[k].ndim - 1)), batch[k], v)
-                for k, v in carry.current_data.items()}
+        data = {
+            k: torch.where(carry.halted.view((-1,) + (1,) * (batch[k].ndim - 1)), batch[k], v)
+            for k, v in carry.current_data.items()
+        }
 
         inner, logits, q_halt, q_continue = self.inner(inner, data)
         target = None

@@ -111,9 +111,11 @@ class SequenceArchConfig:
         }
         bad = [f"arch.{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"arch {self.name}: invalid {', '.join(bad)} (variant one of {', '.join(VARIANTS)}; "
-                             "hidden_size / num_heads must be even; decoder_only has no encoder, demonstrations or "
-                             "2-D positions; num_samples > 1 needs decoding=sample)")
+            raise ValueError(
+                f"arch {self.name}: invalid {', '.join(bad)} (variant one of {', '.join(VARIANTS)}; "
+                "hidden_size / num_heads must be even; decoder_only has no encoder, demonstrations or "
+                "2-D positions; num_samples > 1 needs decoding=sample)"
+            )
 
 
 # ----------------------------------------------------------------------------------------
@@ -238,7 +240,7 @@ class KVCache:
             shape = (k.shape[0], self.capacity, *k.shape[2:])
             self.k, self.v = k.new_empty(shape), v.new_empty(shape)
         end = self.n + k.shape[1]
-        self.k[:, self.n:end], self.v[:, self.n:end] = k, v
+        self.k[:, self.n : end], self.v[:, self.n : end] = k, v
         self.n = end
         return self.k[:, :end], self.v[:, :end]
 
@@ -260,9 +262,15 @@ class MHA(nn.Module):
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         return x.view(x.shape[0], x.shape[1], n, self.num_heads, self.head_dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, causal: bool = False,
-                memory: torch.Tensor | None = None, cos_sin: CosSin | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        causal: bool = False,
+        memory: torch.Tensor | None = None,
+        cos_sin: CosSin | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
         q = self._heads(self.q_proj(x), 1)[:, :, 0]
         if memory is None:  # self-attention
             k, v = self._heads(self.kv_proj(x), 2).unbind(2)
@@ -279,8 +287,9 @@ class MHA(nn.Module):
         dtype = q.dtype
         if CPU_LOW_PRECISION_GEMM_IN_FP32 and dtype in _LOW_PRECISION and x.device.type == "cpu":
             q, k, v = q.float(), k.float(), v.float()
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
-                                             is_causal=causal)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=causal
+        )
         return self.o_proj(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1).to(dtype))
 
 
@@ -294,9 +303,16 @@ class Block(nn.Module):
         self.cross_attn = MHA(config.hidden_size, config.num_heads) if cross else None
         self.mlp = SwiGLU(config.hidden_size, config.expansion)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, causal: bool, cos_sin: CosSin | None,
-                memory: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None,
-                caches: tuple[KVCache, KVCache] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        causal: bool,
+        cos_sin: CosSin | None,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+        caches: tuple[KVCache, KVCache] | None = None,
+    ) -> torch.Tensor:
         self_cache, cross_cache = caches if caches is not None else (None, None)
         x = x + self.self_attn(rms_norm(x, self.eps), mask, causal, cos_sin=cos_sin, cache=self_cache)
         if self.cross_attn is not None:
@@ -363,12 +379,13 @@ class Decoding:
         newline = (self.col >= 1) & (unknown | (self.col == self.width))
         end = (self.col == 0) & (self.row >= 1)
         allowed = torch.zeros(self.row.shape[0], SEQ_VOCAB, dtype=torch.bool, device=self.row.device)
-        allowed[:, COLOR_OFFSET:COLOR_OFFSET + NUM_COLORS] = colour[:, None]
+        allowed[:, COLOR_OFFSET : COLOR_OFFSET + NUM_COLORS] = colour[:, None]
         allowed[:, NEWLINE], allowed[:, END] = newline, end | self.done
         return allowed
 
-    def step(self, logits: torch.Tensor, sample: bool, temperature: float,
-             generator: torch.Generator | None) -> torch.Tensor:
+    def step(
+        self, logits: torch.Tensor, sample: bool, temperature: float, generator: torch.Generator | None
+    ) -> torch.Tensor:
         """Choose the next token from logits [B, SEQ_VOCAB]; finished sequences repeat END."""
         logp = torch.log_softmax(logits.float().masked_fill(~self.allowed(), -math.inf), -1)
         if sample:
@@ -394,8 +411,10 @@ class SequenceModel(ARCModel):
     @classmethod
     def from_config(cls, config: SequenceArchConfig, shape: DataShape) -> SequenceModel:
         if config.variant not in VARIANTS:
-            raise ValueError(f"arch.variant={config.variant!r} is not a registered model variant of the sequence "
-                             f"family: choose from {', '.join(VARIANTS)}")
+            raise ValueError(
+                f"arch.variant={config.variant!r} is not a registered model variant of the sequence "
+                f"family: choose from {', '.join(VARIANTS)}"
+            )
         return VARIANTS[config.variant](config, shape)
 
     def __init__(self, config: SequenceArchConfig, shape: DataShape):
@@ -515,8 +534,9 @@ class DecoderOnly(SequenceModel):
                 return first  # the prompt's SEP predicts the first token
             valid = torch.cat([prompt_keys, torch.ones_like(prompt_keys[:, :1]).expand(-1, t)], 1)
             pos = lengths + t - 1
-            out = self.decoder(self.embed(token[:, None]), key_mask(valid), False, (cos[pos][:, None], sin[pos][:, None]),
-                               caches=caches)
+            out = self.decoder(
+                self.embed(token[:, None]), key_mask(valid), False, (cos[pos][:, None], sin[pos][:, None]), caches=caches
+            )
             return self.lm_head(out[:, -1]).float()
 
         return self._decode(batch["inputs"].shape[0], step)
@@ -565,16 +585,27 @@ class EncoderDecoder(SequenceModel):
         x = self.embed_tokens(f["tokens"])
         if self.config.pos_2d:
             top = self.side + 1
-            x = x + self.embed_row(f["row"].clamp(0, top)) + self.embed_col(f["col"].clamp(0, top)) \
-                + self.embed_rows_below(f["below"].clamp(0, top)) + self.embed_cols_right(f["right"].clamp(0, top)) \
+            x = (
+                x
+                + self.embed_row(f["row"].clamp(0, top))
+                + self.embed_col(f["col"].clamp(0, top))
+                + self.embed_rows_below(f["below"].clamp(0, top))
+                + self.embed_cols_right(f["right"].clamp(0, top))
                 + self.embed_segment(f["seg"])
+            )
         return self.embed_scale * x
 
     def decoder_features(self, inputs: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> dict:
         """Decoder inputs: the previous token, at the (row, col) of the token being predicted."""
         zero = torch.zeros_like(inputs)
-        return {"tokens": inputs, "row": rows + 1, "col": cols + 1, "below": zero, "right": zero,
-                "seg": torch.full_like(inputs, SEG_OUTPUT)}
+        return {
+            "tokens": inputs,
+            "row": rows + 1,
+            "col": cols + 1,
+            "below": zero,
+            "right": zero,
+            "seg": torch.full_like(inputs, SEG_OUTPUT),
+        }
 
     # --- encoders -------------------------------------------------------------------------
 
@@ -588,10 +619,21 @@ class EncoderDecoder(SequenceModel):
         ins = canvas_to_seq(demo_inputs.reshape(b * k, s), self.side)
         outs = canvas_to_seq(labels_to_canvas(demo_labels.reshape(b * k, s)), self.side)
         sep = torch.full((b * k, 1), SEP, dtype=torch.long, device=demo_inputs.device)
-        sep_f = {"tokens": sep, "row": torch.zeros_like(sep), "col": torch.zeros_like(sep), "below": torch.zeros_like(sep),
-                 "right": torch.zeros_like(sep), "seg": torch.full_like(sep, SEG_SEP)}
-        f, lengths = pack([(self.features(ins, SEG_DEMO_INPUT), ins.lengths), (sep_f, torch.ones_like(ins.lengths)),
-                           (self.features(outs, SEG_DEMO_OUTPUT), outs.lengths)])
+        sep_f = {
+            "tokens": sep,
+            "row": torch.zeros_like(sep),
+            "col": torch.zeros_like(sep),
+            "below": torch.zeros_like(sep),
+            "right": torch.zeros_like(sep),
+            "seg": torch.full_like(sep, SEG_SEP),
+        }
+        f, lengths = pack(
+            [
+                (self.features(ins, SEG_DEMO_INPUT), ins.lengths),
+                (sep_f, torch.ones_like(ins.lengths)),
+                (self.features(outs, SEG_DEMO_OUTPUT), outs.lengths),
+            ]
+        )
         n = f["tokens"].shape[1]
         valid = length_mask(lengths, n)
         cos, sin = self.rotary_emb()
@@ -609,8 +651,14 @@ class EncoderDecoder(SequenceModel):
         cos, sin = self.rotary_emb()
         ctx = self.context(batch)
         ctx_memory, ctx_mask = (ctx[0], key_mask(ctx[1])) if ctx is not None else (None, None)
-        enc = self.encoder(self.embed_features(self.features(src, SEG_INPUT)), key_mask(valid), False,
-                           (cos[:n], sin[:n]), ctx_memory, ctx_mask)
+        enc = self.encoder(
+            self.embed_features(self.features(src, SEG_INPUT)),
+            key_mask(valid),
+            False,
+            (cos[:n], sin[:n]),
+            ctx_memory,
+            ctx_mask,
+        )
         if ctx is None:
             return enc, valid
         return torch.cat([enc, ctx[0]], 1), torch.cat([valid, ctx[1]], 1)
@@ -641,7 +689,7 @@ class EncoderDecoder(SequenceModel):
         def step(token, t, state):
             # one query per example against every cached key: no self-attention mask
             x = self.embed_features(self.decoder_features(token[:, None], state.row[:, None], state.col[:, None]))
-            out = self.decoder(x, None, False, (cos[t:t + 1], sin[t:t + 1]), memory, mem_mask, caches=caches)
+            out = self.decoder(x, None, False, (cos[t : t + 1], sin[t : t + 1]), memory, mem_mask, caches=caches)
             return self.lm_head(out[:, -1]).float()
 
         return self._decode(batch["inputs"].shape[0], step)

@@ -18,8 +18,7 @@ from models.layers import trunc_normal_init_
 
 
 class PuzzleEmbedding(nn.Module):
-    def __init__(self, num_embeddings: int, embedding_dim: int, batch_size: int, init_std: float,
-                 cast_to: torch.dtype):
+    def __init__(self, num_embeddings: int, embedding_dim: int, batch_size: int, init_std: float, cast_to: torch.dtype):
         super().__init__()
         self.cast_to = cast_to
         self.weights = nn.Buffer(trunc_normal_init_(torch.empty(num_embeddings, embedding_dim), std=init_std))

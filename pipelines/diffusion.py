@@ -74,9 +74,11 @@ BEST_MODEL = "best_model.pt"
 BEST_SIZE_HEAD = "best_size_head.pt"
 NOISE_FIGURE = "training_noise_visualization.png"
 SIZE_HEAD_PREFIX = "size_head."
-SCORING = ("ARC Prize pass@k: the votes over all augmented views (x samples) of a test input rank its distinct "
-           "grids; a task scores the fraction of its test inputs whose true grid is among the top k, averaged "
-           "over tasks (ARC/kaggle_pass@k: per test input; ARC/strict_pass@k: tasks with every input solved)")
+SCORING = (
+    "ARC Prize pass@k: the votes over all augmented views (x samples) of a test input rank its distinct "
+    "grids; a task scores the fraction of its test inputs whose true grid is among the top k, averaged "
+    "over tasks (ARC/kaggle_pass@k: per test input; ARC/strict_pass@k: tasks with every input solved)"
+)
 
 
 class PipelineError(Exception):
@@ -135,8 +137,9 @@ class DiffusionPipelineConfig:
     size_head_overrides: list[str] = field(default_factory=list)  # (logged)
 
 
-def configure(overrides: list[str], options: DiffusionOptions | None = None, source: str = "command line",
-              name: str | None = None) -> DiffusionPipelineConfig:
+def configure(
+    overrides: list[str], options: DiffusionOptions | None = None, source: str = "command line", name: str | None = None
+) -> DiffusionPipelineConfig:
     """Compose the command line once: the backbone run from ``overrides`` (Hydra overrides of
     conf/diffusion_pipeline.yaml), the size-head run from them plus
     ``options.size_head_overrides``. ``options``: the pipeline's keys (default: the composed
@@ -152,11 +155,15 @@ def configure(overrides: list[str], options: DiffusionOptions | None = None, sou
     backbone = as_train_config(composed)
     backbone.data.check_exists()  # every step reads the dataset: a missing one is a config error, not a failed step
     if not hasattr(backbone.arch, "train_part"):
-        raise PipelineError(f"arch={backbone.arch.name} is not a diffusion model: the pipeline trains "
-                            f"arch=diffusion or diffusion_tiny (with loss=diffusion)")
+        raise PipelineError(
+            f"arch={backbone.arch.name} is not a diffusion model: the pipeline trains "
+            f"arch=diffusion or diffusion_tiny (with loss=diffusion)"
+        )
     if options.expect_canvas is not None and options.expect_canvas != dataset_canvas(backbone):
-        raise PipelineError(f"model.max_size={options.expect_canvas}, but {backbone.data.paths[0]} is built on a "
-                            f"{dataset_canvas(backbone)}x{dataset_canvas(backbone)} canvas")
+        raise PipelineError(
+            f"model.max_size={options.expect_canvas}, but {backbone.data.paths[0]} is built on a "
+            f"{dataset_canvas(backbone)}x{dataset_canvas(backbone)} canvas"
+        )
     size_head = copy.deepcopy(backbone)
     if options.size_head_overrides:
         size_head = as_train_config(compose_config([*overrides, *options.size_head_overrides], CONFIG_NAME))
@@ -164,11 +171,23 @@ def configure(overrides: list[str], options: DiffusionOptions | None = None, sou
     if name is None:
         experiments = [o.value() for o in parse_overrides(overrides) if o.key_or_group == "experiment"]
         name = str(experiments[-1]) if experiments and experiments[-1] else "diffusion"
-    out = options.output_dir or backbone.checkpoint_path or \
-        os.path.join("checkpoints", backbone.project_name, backbone.run_name or name)
-    return DiffusionPipelineConfig(backbone, size_head, out, options.eval_limit, options.skip_training,
-                                   options.skip_size_head, options.skip_evaluation, source, list(overrides),
-                                   list(options.size_head_overrides))
+    out = (
+        options.output_dir
+        or backbone.checkpoint_path
+        or os.path.join("checkpoints", backbone.project_name, backbone.run_name or name)
+    )
+    return DiffusionPipelineConfig(
+        backbone,
+        size_head,
+        out,
+        options.eval_limit,
+        options.skip_training,
+        options.skip_size_head,
+        options.skip_evaluation,
+        source,
+        list(overrides),
+        list(options.size_head_overrides),
+    )
 
 
 def dataset_canvas(config: TrainConfig) -> int:
@@ -201,8 +220,11 @@ def chosen_checkpoint(root: str, config: TrainConfig) -> str:
     if newest is None:
         raise PipelineError(f"the run wrote no checkpoint in {root}")
     found = [path for _, path in ckpt.list_checkpoints(root)]
-    scored = [(s, p) for p in found if (s := ckpt.checkpoint_score(p)) is not None
-              and ckpt.checkpoint_status(p)[0] != ckpt.INCOMPLETE]
+    scored = [
+        (s, p)
+        for p in found
+        if (s := ckpt.checkpoint_score(p)) is not None and ckpt.checkpoint_status(p)[0] != ckpt.INCOMPLETE
+    ]
     if config.callbacks.keep_best and scored:
         return best_first(scored, config.callbacks.mode)[0][1]
     return newest
@@ -272,11 +294,22 @@ def render_noise_figure(path: str, config: TrainConfig, num_examples: int = 3, s
     size_in = (PANEL_INCHES * cols, PANEL_INCHES * (rows + 1.6))
     fig = Figure(figsize=size_in, dpi=FIGURE_DPI)
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1] * rows + [1.6], hspace=0.45, wspace=0.15,
-                            left=0.05, right=0.98, top=0.92, bottom=0.08)
+    grid = fig.add_gridspec(
+        rows + 1,
+        cols,
+        height_ratios=[1] * rows + [1.6],
+        hspace=0.45,
+        wspace=0.15,
+        left=0.05,
+        right=0.98,
+        top=0.92,
+        bottom=0.08,
+    )
     for r in range(rows):
-        panels = [("input", inputs[r])] + [(f"t={t}  ab={float(alpha_bar(torch.tensor(t), T, arch.schedule)):.2f}",
-                                            noised[i][r].numpy()) for i, t in enumerate(steps)]
+        panels = [("input", inputs[r])] + [
+            (f"t={t}  ab={float(alpha_bar(torch.tensor(t), T, arch.schedule)):.2f}", noised[i][r].numpy())
+            for i, t in enumerate(steps)
+        ]
         for c, (title, tokens) in enumerate(panels):
             ax = fig.add_subplot(grid[r, c])
             ax.imshow(tokens.reshape(canvas, canvas), cmap=cmap, vmin=0, vmax=mask_id, interpolation="nearest")
@@ -290,8 +323,7 @@ def render_noise_figure(path: str, config: TrainConfig, num_examples: int = 3, s
     ax.set_xlabel("t")
     ax.set_ylim(-0.05, 1.05)
     ax.legend(fontsize=7)
-    fig.suptitle(f"{arch.name}: {arch.noise} noise, {T} steps ({os.path.basename(config.data.paths[0])} train)",
-                 fontsize=9)
+    fig.suptitle(f"{arch.name}: {arch.noise} noise, {T} steps ({os.path.basename(config.data.paths[0])} train)", fontsize=9)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".png", dir=folder)
@@ -326,20 +358,35 @@ def step_backbone(config: DiffusionPipelineConfig, env: DistEnv) -> str:
     chosen = load_checkpoint(chosen_checkpoint(root, run_config))
     path = os.path.join(config.output_dir, BEST_MODEL)
     if env.is_main:
-        save_atomic({"model": chosen.eval_weights(), "config": chosen.state["config"], "source": chosen.path,
-                     "step": chosen.state["step"]}, path)
+        save_atomic(
+            {
+                "model": chosen.eval_weights(),
+                "config": chosen.state["config"],
+                "source": chosen.path,
+                "step": chosen.state["step"],
+            },
+            path,
+        )
     barrier(env)
-    figures = ", ".join(f"{k} {summary[k]:.4f}" for k in ("train/lm_loss", "all/exact_accuracy", "ARC/pass@2")
-                        if isinstance(summary.get(k), float))
+    figures = ", ".join(
+        f"{k} {summary[k]:.4f}"
+        for k in ("train/lm_loss", "all/exact_accuracy", "ARC/pass@2")
+        if isinstance(summary.get(k), float)
+    )
     return f"step {summary['step']}{': ' + figures if figures else ''}; wrote {path} (from {chosen.path})"
 
 
 def size_head_run(config: DiffusionPipelineConfig, backbone: str, root: str) -> TrainConfig:
     """The size-head run: only the head trains, from the backbone's weights, in a fresh folder."""
     base = config.size_head
-    run_config = replace(base, arch=replace(base.arch, train_part="size_head"), init_from=backbone,
-                         checkpoint_path=root, resume="none",
-                         run_name=f"{config.backbone.run_name or 'diffusion'}-size_head")
+    run_config = replace(
+        base,
+        arch=replace(base.arch, train_part="size_head"),
+        init_from=backbone,
+        checkpoint_path=root,
+        resume="none",
+        run_name=f"{config.backbone.run_name or 'diffusion'}-size_head",
+    )
     try:
         run_config.validate()
     except ValueError as e:
@@ -360,14 +407,23 @@ def step_size_head(config: DiffusionPipelineConfig, env: DistEnv) -> str:
     summary = pretrain.train(run_config, env)
     chosen = load_checkpoint(chosen_checkpoint(root, run_config))
     weights = chosen.eval_weights()
-    head = {k[len(SIZE_HEAD_PREFIX):]: v for k, v in weights.items() if k.startswith(SIZE_HEAD_PREFIX)}
+    head = {k[len(SIZE_HEAD_PREFIX) :]: v for k, v in weights.items() if k.startswith(SIZE_HEAD_PREFIX)}
     path = os.path.join(config.output_dir, BEST_SIZE_HEAD)
     if env.is_main:
-        save_atomic({"size_head": head, "config": chosen.state["config"], "source": chosen.path, "backbone": backbone,
-                     "step": chosen.state["step"]}, path)
+        save_atomic(
+            {
+                "size_head": head,
+                "config": chosen.state["config"],
+                "source": chosen.path,
+                "backbone": backbone,
+                "step": chosen.state["step"],
+            },
+            path,
+        )
     barrier(env)
-    figures = ", ".join(f"{k} {summary[k]:.4f}" for k in ("train/size_accuracy", "all/size_accuracy")
-                        if isinstance(summary.get(k), float))
+    figures = ", ".join(
+        f"{k} {summary[k]:.4f}" for k in ("train/size_accuracy", "all/size_accuracy") if isinstance(summary.get(k), float)
+    )
     return f"step {summary['step']}{': ' + figures if figures else ''}; wrote {path} (from {chosen.path})"
 
 
@@ -382,8 +438,10 @@ def evaluation_weights(config: DiffusionPipelineConfig) -> tuple[dict[str, torch
         weights.update({SIZE_HEAD_PREFIX + k: v for k, v in head.items()})
         return weights, f"size head from {head_path}"
     if config.backbone.arch.size_head == "separate":
-        raise PipelineError(f"{head_path} does not exist, and with arch.size_head=separate the head in "
-                            f"{BEST_MODEL} is untrained: run the size-head step")
+        raise PipelineError(
+            f"{head_path} does not exist, and with arch.size_head=separate the head in "
+            f"{BEST_MODEL} is untrained: run the size-head step"
+        )
     return weights, f"no {BEST_SIZE_HEAD}: the size head trained jointly, in {BEST_MODEL}"
 
 
@@ -395,8 +453,7 @@ def step_evaluation(config: DiffusionPipelineConfig, env: DistEnv) -> str:
     while os.path.exists(os.path.join(config.output_dir, name + ".json")):
         name, n = f"evaluation_{stamp}-{n}", n + 1
     folder = os.path.join(config.output_dir, name)
-    eval_config = replace(config.backbone, eval=replace(config.backbone.eval, limit=config.eval_limit,
-                                                        output_dir=folder))
+    eval_config = replace(config.backbone, eval=replace(config.backbone.eval, limit=config.eval_limit, output_dir=folder))
     model_path = os.path.join(config.output_dir, BEST_MODEL)
     result = evaluate_checkpoint(eval_config, Checkpoint(model_path, weights), env)
     if not env.is_main:
@@ -408,20 +465,32 @@ def step_evaluation(config: DiffusionPipelineConfig, env: DistEnv) -> str:
         tasks = json.load(f)
     metrics = result.metrics
     report = {
-        "config": config.source, "overrides": config.overrides, "timestamp": stamp,
-        "model": model_path, "size_head": head_note, "dataset": test_path, "split": "test",
-        "task_limit": config.eval_limit, "scoring": SCORING, "ranking": eval_config.eval.ranking,
+        "config": config.source,
+        "overrides": config.overrides,
+        "timestamp": stamp,
+        "model": model_path,
+        "size_head": head_note,
+        "dataset": test_path,
+        "split": "test",
+        "task_limit": config.eval_limit,
+        "scoring": SCORING,
+        "ranking": eval_config.eval.ranking,
         "views_per_input": metrics.get("ARC/views_per_input"),
         "views": "augmented views of each test input in the dataset x arch.num_samples samples each, every one a vote",
         "samples_per_view": eval_config.arch.num_samples,
-        "pass@2": metrics.get("ARC/pass@2"), "metrics": metrics,
-        "tasks": score_submission(result.submission, tasks)[1], "outputs": folder,
+        "pass@2": metrics.get("ARC/pass@2"),
+        "metrics": metrics,
+        "tasks": score_submission(result.submission, tasks)[1],
+        "outputs": folder,
     }
     path = os.path.join(config.output_dir, name + ".json")
     write_json_atomic(path, report, indent=1)
     pass2 = metrics.get("ARC/pass@2")
-    score = f"pass@2 {pass2:.4f} over {metrics.get('ARC/tasks_scored', 0):.0f} tasks" if pass2 is not None \
+    score = (
+        f"pass@2 {pass2:.4f} over {metrics.get('ARC/tasks_scored', 0):.0f} tasks"
+        if pass2 is not None
         else "unlabeled test set"
+    )
     return f"{score}; wrote {path} and {folder}/"
 
 
@@ -455,8 +524,7 @@ def run(config: DiffusionPipelineConfig, env: DistEnv | None = None) -> int:
 
 
 def run_steps(config: DiffusionPipelineConfig, env: DistEnv) -> int:
-    skip = {"training": config.skip_training, "size_head": config.skip_size_head,
-            "evaluation": config.skip_evaluation}
+    skip = {"training": config.skip_training, "size_head": config.skip_size_head, "evaluation": config.skip_evaluation}
     out = config.output_dir
     failed: dict[str, str] = {}
     for i, (key, title, fn, artifact, needs) in enumerate(STEPS):

@@ -33,9 +33,17 @@ def _flag(value: Any) -> bool:
 def _ov(key: str, convert: Callable[[Any], Any] = lambda v: v) -> Callable[[Any], list[str]]:
     def make(value: Any) -> list[str]:
         v = convert(value)
-        text = "null" if v is None else str(v).lower() if isinstance(v, bool) else json.dumps(v) \
-            if isinstance(v, str) else str(v)
+        text = (
+            "null"
+            if v is None
+            else str(v).lower()
+            if isinstance(v, bool)
+            else json.dumps(v)
+            if isinstance(v, str)
+            else str(v)
+        )
         return [f"{key}={text}"]
+
     return make
 
 
@@ -90,8 +98,13 @@ JSON_KEYS: dict[str, dict[str, tuple[str, Callable[[Any], list[str]]]]] = {
         "save_final": ("noop", lambda v: []),  # the newest checkpoints are always kept
     },
     "data": {
-        "data_dir": ("main", lambda v: [f"data.paths=[{json.dumps(str(v))}]",
-                                        f"data.name={json.dumps(os.path.basename(os.path.normpath(str(v))))}"]),
+        "data_dir": (
+            "main",
+            lambda v: [
+                f"data.paths=[{json.dumps(str(v))}]",
+                f"data.name={json.dumps(os.path.basename(os.path.normpath(str(v))))}",
+            ],
+        ),
     },
 }
 JSON_TOP_KEYS = {"model_version", "tag", "experiment", "overrides", *JSON_KEYS}
@@ -121,8 +134,9 @@ def plan_from_json(path: str, extra: list[str]) -> Plan:
             raise PipelineError(f"{path}: {section!r} must be an object")
         for key, value in values.items():
             if key not in table:
-                raise PipelineError(f"{path}: unknown key {section}.{key} (ARCForge maps {', '.join(sorted(table))}; "
-                                    f"see docs/diffusion.md)")
+                raise PipelineError(
+                    f"{path}: unknown key {section}.{key} (ARCForge maps {', '.join(sorted(table))}; see docs/diffusion.md)"
+                )
             stage, make = table[key]
             try:
                 made = make(value)
@@ -131,8 +145,9 @@ def plan_from_json(path: str, extra: list[str]) -> Plan:
             (head_ov if stage == "size_head" else main_ov).extend(made)
     model, output = raw["model"], raw["output"]
     if "vocab_size" in model and model["vocab_size"] not in OLD_VOCAB_SIZES:
-        raise PipelineError(f"{path}: model.vocab_size={model['vocab_size']}: the vocabulary is the dataset's "
-                            f"(accepted: {OLD_VOCAB_SIZES})")
+        raise PipelineError(
+            f"{path}: model.vocab_size={model['vocab_size']}: the vocabulary is the dataset's (accepted: {OLD_VOCAB_SIZES})"
+        )
     plan.expect_canvas = model.get("max_size")
     if not output.get("output_dir"):
         raise PipelineError(f"{path}: output.output_dir is required")
@@ -153,8 +168,9 @@ def make_plan(config: str, extra: list[str], size_head_extra: list[str]) -> Plan
         plan = plan_from_json(config, extra)
     else:
         if not os.path.isfile(os.path.join(CONF_DIR, "experiment", f"{config}.yaml")):
-            raise PipelineError(f"CONFIG={config!r} is neither a JSON file nor a Hydra experiment "
-                                f"(conf/experiment/{config}.yaml)")
+            raise PipelineError(
+                f"CONFIG={config!r} is neither a JSON file nor a Hydra experiment (conf/experiment/{config}.yaml)"
+            )
         plan = Plan(source=f"experiment {config}", overrides=[f"experiment={config}", *extra])
     plan.size_head_overrides.extend(size_head_extra)
     return plan

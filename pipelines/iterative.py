@@ -77,8 +77,13 @@ from utils.schema import check_ranges, setting
 
 log = logging.getLogger("pipelines.iterative")
 STRATEGIES = ("uniform", "accuracy_weighted", "loss_weighted")
-OBJECTIVES = ("eval/mean_accuracy", "heldout/mean_accuracy", "evalset/mean_accuracy", "train/mean_accuracy",
-              "train/mean_loss")
+OBJECTIVES = (
+    "eval/mean_accuracy",
+    "heldout/mean_accuracy",
+    "evalset/mean_accuracy",
+    "train/mean_accuracy",
+    "train/mean_loss",
+)
 
 
 @dataclass
@@ -159,8 +164,7 @@ def split_pool(tasks: dict[str, dict], cfg: IterativeConfig) -> tuple[dict[str, 
     return {t: tasks[t] for t in ids if t not in val}, {t: tasks[t] for t in ids if t in val}
 
 
-def sampling_weights(strategy: str, task_ids: list[str], accuracy: dict[str, float],
-                     loss: dict[str, float]) -> np.ndarray:
+def sampling_weights(strategy: str, task_ids: list[str], accuracy: dict[str, float], loss: dict[str, float]) -> np.ndarray:
     """Probabilities of picking each task as a generation context. Tasks without a value
     from the last evaluation (e.g. just generated) get the mean weight of the others."""
     if strategy == "uniform" or not task_ids:
@@ -208,8 +212,9 @@ def per_task_training_fit(model, loss_fn, dataset_path: str, batch_size: int, en
         exact = ((predictions.tokens[:, 0] == labels) | ~valid).all(-1).float()
         logits = getattr(output, "logits", None)
         if logits is not None:
-            ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels.long(), ignore_index=-100,
-                                                   reduction="none")
+            ce = torch.nn.functional.cross_entropy(
+                logits.float().transpose(1, 2), labels.long(), ignore_index=-100, reduction="none"
+            )
             loss = ce.sum(-1) / valid.sum(-1).clamp_min(1)
         else:  # no logits: the token error rate stands in for the loss
             loss = 1.0 - ((predictions.tokens[:, 0] == labels) & valid).sum(-1) / valid.sum(-1).clamp_min(1)
@@ -228,8 +233,9 @@ def pass2_per_task(submission: dict, tasks: dict[str, dict]) -> dict[str, float]
     return {t: r["pass@2"] for t, r in per_task.items() if r["labeled"]}
 
 
-def evaluate_episode(config: TrainConfig, model_dir: str, dataset_path: str, groups: dict[str, list[str]],
-                     env: DistEnv) -> tuple[dict, dict]:
+def evaluate_episode(
+    config: TrainConfig, model_dir: str, dataset_path: str, groups: dict[str, list[str]], env: DistEnv
+) -> tuple[dict, dict]:
     """(metrics, per-task details) of the episode's newest checkpoint (EMA weights if kept)."""
     checkpoint = load_checkpoint(model_dir)  # its newest
     test = PuzzleDataset([dataset_path], "test", config.global_batch_size)
@@ -238,12 +244,15 @@ def evaluate_episode(config: TrainConfig, model_dir: str, dataset_path: str, gro
     model = load_eval_model(config, shape, checkpoint, env.device, test.identifiers)
     loss_fn = build_loss(config.loss)
     fit = per_task_training_fit(model, loss_fn, dataset_path, config.global_batch_size, env)
-    metrics = {"train/mean_accuracy": float(np.mean([v["accuracy"] for v in fit.values()])),
-               "train/mean_loss": float(np.mean([v["loss"] for v in fit.values()]))}
+    metrics = {
+        "train/mean_accuracy": float(np.mean([v["accuracy"] for v in fit.values()])),
+        "train/mean_loss": float(np.mean([v["loss"] for v in fit.values()])),
+    }
     pass2 = {}
     if any(groups.values()):
-        split_metrics, submission = evaluate_examples(model, loss_fn, test, env, ARCVoter(dataset_path),
-                                                      config.eval.pass_ks, config.eval.ranking)
+        split_metrics, submission = evaluate_examples(
+            model, loss_fn, test, env, ARCVoter(dataset_path), config.eval.pass_ks, config.eval.ranking
+        )
         with open(os.path.join(dataset_path, "test_puzzles.json")) as f:
             pass2 = pass2_per_task(submission or {}, json.load(f))
         metrics.update({f"test_split/{k}": v for k, v in split_metrics.items()})
@@ -281,10 +290,19 @@ def log_episode(run, record: dict) -> None:
     import wandb
 
     fit = record["details"]["train_fit"]
-    table = wandb.Table(columns=["task", "train_accuracy", "train_loss"],
-                        data=[[t, v["accuracy"], v["loss"]] for t, v in sorted(fit.items())])
-    run.log({**{f"dataset/{k}": v for k, v in record["dataset_size"].items()}, **record["metrics"],
-             "objective": record["objective"], "per_task": table}, step=record["episode"])
+    table = wandb.Table(
+        columns=["task", "train_accuracy", "train_loss"],
+        data=[[t, v["accuracy"], v["loss"]] for t, v in sorted(fit.items())],
+    )
+    run.log(
+        {
+            **{f"dataset/{k}": v for k, v in record["dataset_size"].items()},
+            **record["metrics"],
+            "objective": record["objective"],
+            "per_task": table,
+        },
+        step=record["episode"],
+    )
 
 
 def run(config: IterativeRunConfig, env: DistEnv | None = None) -> dict:
@@ -296,8 +314,7 @@ def run(config: IterativeRunConfig, env: DistEnv | None = None) -> dict:
     train_tasks, val_tasks = split_pool(load_tasks(cfg.source, cfg.subset, cfg.max_grid_size, "iterative.source"), cfg)
     scored: dict[str, dict[str, dict]] = {"eval": val_tasks}
     if cfg.heldout_source:
-        scored["heldout"] = load_tasks(cfg.heldout_source, cfg.heldout_subset, cfg.max_grid_size,
-                                       "iterative.heldout_source")
+        scored["heldout"] = load_tasks(cfg.heldout_source, cfg.heldout_subset, cfg.max_grid_size, "iterative.heldout_source")
     if cfg.eval_source and not cfg.skip_eval_tasks:
         scored["evalset"] = load_tasks(cfg.eval_source, cfg.eval_subset, cfg.max_grid_size, "iterative.eval_source")
     os.makedirs(out, exist_ok=True)
@@ -330,30 +347,51 @@ def run(config: IterativeRunConfig, env: DistEnv | None = None) -> dict:
         # Grow the pool: the generated tasks of this episode (replayed from disk after a resume).
         if episode + 1 < cfg.n_episodes:
             if not os.path.isfile(samples_file):
-                weights = sampling_weights(cfg.sampling_strategy, sorted(train_tasks),
-                                           {t: v["accuracy"] for t, v in record["details"]["train_fit"].items()},
-                                           {t: v["loss"] for t, v in record["details"]["train_fit"].items()})
+                weights = sampling_weights(
+                    cfg.sampling_strategy,
+                    sorted(train_tasks),
+                    {t: v["accuracy"] for t, v in record["details"]["train_fit"].items()},
+                    {t: v["loss"] for t, v in record["details"]["train_fit"].items()},
+                )
                 contexts = [(t, train_tasks[t]) for t in sorted(train_tasks)]
-                new, failures = generate_tasks(contexts, cfg.n_batch, seed=cfg.seed * 1000 + episode, weights=weights,
-                                               max_side=cfg.max_grid_size)
-                write_json_atomic(samples_file, {"tasks": new, "failures": failures,
-                                                 "sampling_strategy": cfg.sampling_strategy}, indent=1)
+                new, failures = generate_tasks(
+                    contexts, cfg.n_batch, seed=cfg.seed * 1000 + episode, weights=weights, max_side=cfg.max_grid_size
+                )
+                write_json_atomic(
+                    samples_file, {"tasks": new, "failures": failures, "sampling_strategy": cfg.sampling_strategy}, indent=1
+                )
                 log.info("episode %d: generated %d tasks, %d failed generations", episode, len(new), len(failures))
             with open(samples_file) as f:
                 train_tasks = {**train_tasks, **json.load(f)["tasks"]}
-    summary = {"episodes": [{k: v for k, v in r.items() if k != "details"} for r in history],
-               "best_episode": best_episode, "best_objective": objective.best,
-               "objective": cfg.objective}
+    summary = {
+        "episodes": [{k: v for k, v in r.items() if k != "details"} for r in history],
+        "best_episode": best_episode,
+        "best_objective": objective.best,
+        "objective": cfg.objective,
+    }
     write_json_atomic(os.path.join(out, "summary.json"), summary, indent=1)
     if wandb_run is not None:
         wandb_run.finish()
-    log.info("best episode %s: %s %.4f -> %s", summary["best_episode"], cfg.objective, summary["best_objective"],
-             os.path.join(out, "best_model"))
+    log.info(
+        "best episode %s: %s %.4f -> %s",
+        summary["best_episode"],
+        cfg.objective,
+        summary["best_objective"],
+        os.path.join(out, "best_model"),
+    )
     return summary
 
 
-def run_episode(config: IterativeRunConfig, env: DistEnv, episode: int, train_tasks: dict, test_tasks: dict,
-                groups: dict[str, list[str]], model_dir: str, previous_model: str | None) -> dict:
+def run_episode(
+    config: IterativeRunConfig,
+    env: DistEnv,
+    episode: int,
+    train_tasks: dict,
+    test_tasks: dict,
+    groups: dict[str, list[str]],
+    model_dir: str,
+    previous_model: str | None,
+) -> dict:
     cfg = config.iterative
     out = cfg.output_dir
     write_json_atomic(os.path.join(out, f"dataset_episode_{episode}.json"), {"train": train_tasks, "test": test_tasks})
@@ -363,8 +401,17 @@ def run_episode(config: IterativeRunConfig, env: DistEnv, episode: int, train_ta
     write_folder_source(source, {"training": train_tasks, "test": test_tasks})
     subsets = ["training", "test"] if test_tasks else ["training"]
     try:
-        build(BuildConfig(input_file_prefix=source, output_dir=dataset, subsets=subsets, test_set_name=subsets[-1],
-                          num_aug=cfg.num_aug, max_grid_size=cfg.max_grid_size, seed=cfg.seed + episode))
+        build(
+            BuildConfig(
+                input_file_prefix=source,
+                output_dir=dataset,
+                subsets=subsets,
+                test_set_name=subsets[-1],
+                num_aug=cfg.num_aug,
+                max_grid_size=cfg.max_grid_size,
+                seed=cfg.seed + episode,
+            )
+        )
     except (TaskFormatError, FileNotFoundError, ValueError) as e:
         raise RuntimeError(f"episode {episode}: building the dataset from {source} failed: {e}") from e
     size = {"train_tasks": len(train_tasks), "scored_tasks": len(test_tasks)}
@@ -383,12 +430,20 @@ def run_episode(config: IterativeRunConfig, env: DistEnv, episode: int, train_ta
     metrics, details = evaluate_episode(train_config, model_dir, dataset, groups if test_tasks else {}, env)
     objective = metrics.get(cfg.objective)
     if objective is None:
-        raise ValueError(f"iterative.objective={cfg.objective!r} was not measured this episode "
-                         f"(measured: {', '.join(sorted(metrics))}); held-out/evaluation tasks configured?")
-    log.info("episode %d: %s", episode, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
-                                                   if isinstance(v, float)))
-    return {"episode": episode, "objective": objective, "metrics": metrics, "dataset_size": size,
-            "model_dir": model_dir, "seconds": time.perf_counter() - started, "details": details}
+        raise ValueError(
+            f"iterative.objective={cfg.objective!r} was not measured this episode "
+            f"(measured: {', '.join(sorted(metrics))}); held-out/evaluation tasks configured?"
+        )
+    log.info("episode %d: %s", episode, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    return {
+        "episode": episode,
+        "objective": objective,
+        "metrics": metrics,
+        "dataset_size": size,
+        "model_dir": model_dir,
+        "seconds": time.perf_counter() - started,
+        "details": details,
+    }
 
 
 ConfigStore.instance().store(name="iterative_schema", node=IterativeRunConfig)

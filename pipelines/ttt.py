@@ -193,8 +193,9 @@ def load_setup(config: TTTRunConfig, checkpoint: Checkpoint) -> Setup:
     canvas = config.ttt.canvas or dataset_canvas(base.data.test_paths or base.data.paths)
     if canvas is None:
         canvas = ARC_MAX_GRID_SIZE
-        log.warning("ttt: the checkpoint's dataset is not here; canvas %d (set ttt.canvas if it was trained on "
-                    "another)", canvas)
+        log.warning(
+            "ttt: the checkpoint's dataset is not here; canvas %d (set ttt.canvas if it was trained on another)", canvas
+        )
     return Setup(config.ttt, base, weights, table.shape[0] if table is not None else 1, canvas, checkpoint.path)
 
 
@@ -215,7 +216,7 @@ def load_tasks(config: TTTConfig) -> tuple[list[str], dict[str, Task], dict[str,
         loaded = load_subset(config.tasks, config.subset, on_bad_task="skip", test_set=True)
     except (FileNotFoundError, ValueError) as e:
         raise type(e)(f"tasks={config.tasks} subset={config.subset}: {e}") from None
-    order = list(loaded)[:config.limit]
+    order = list(loaded)[: config.limit]
     tasks = {t: loaded[t] for t in order if isinstance(loaded[t], Task)}
     bad = {t: loaded[t] for t in order if isinstance(loaded[t], BadTask)}
     return order, tasks, bad  # type: ignore[return-value]
@@ -233,9 +234,18 @@ def build_chunk_dataset(setup: Setup, tasks: dict[str, Task], chunk_dir: str) ->
     write_json_atomic(f"{prefix}_{SOURCE_SUBSET}_challenges.json", {t: task.raw for t, task in tasks.items()})
     data_dir = os.path.join(chunk_dir, "data")
     threads = torch.get_num_threads()  # numba's parallel kernels reset torch's thread count
-    build(BuildConfig(input_file_prefix=prefix, output_dir=data_dir, subsets=[SOURCE_SUBSET],
-                      test_set_name=SOURCE_SUBSET, seed=setup.config.seed, num_aug=setup.config.num_aug,
-                      puzzle_identifiers_start=setup.old_rows, max_grid_size=setup.canvas))
+    build(
+        BuildConfig(
+            input_file_prefix=prefix,
+            output_dir=data_dir,
+            subsets=[SOURCE_SUBSET],
+            test_set_name=SOURCE_SUBSET,
+            seed=setup.config.seed,
+            num_aug=setup.config.num_aug,
+            puzzle_identifiers_start=setup.old_rows,
+            max_grid_size=setup.canvas,
+        )
+    )
     torch.set_num_threads(threads)
     train_dir = os.path.join(data_dir, "train")
     puzzles = np.load(os.path.join(train_dir, "all__puzzle_identifiers.npy")).size
@@ -268,14 +278,35 @@ def on_chunk(base: TrainConfig, data_dir: str) -> TrainConfig:
     return replace(base, data=replace(base.data, paths=[data_dir], test_paths=[]))
 
 
-def stage_config(base: TrainConfig, config: TTTConfig, data_dir: str, batch: int, init_file: str, stage_dir: str,
-                 frozen: bool, steps: int | None, minutes: float | None) -> TrainConfig:
+def stage_config(
+    base: TrainConfig,
+    config: TTTConfig,
+    data_dir: str,
+    batch: int,
+    init_file: str,
+    stage_dir: str,
+    frozen: bool,
+    steps: int | None,
+    minutes: float | None,
+) -> TrainConfig:
     """One fine-tuning stage's run: ``base`` on the chunk's dataset from ``init_file``'s
     weights, the trunk frozen or not, stopped by the budget; no evaluation, one checkpoint."""
-    stage = replace(on_chunk(base, data_dir), global_batch_size=batch, init_from=init_file,
-                    run_name=os.path.basename(stage_dir), checkpoint_path=stage_dir, resume="none",
-                    freeze_weights=frozen, puzzle_emb_lr=config.embedding_lr, lr_warmup_steps=config.warmup_steps,
-                    epochs=FOREVER_EPOCHS, evaluate=False, max_checkpoints=1, max_steps=steps, max_minutes=minutes)
+    stage = replace(
+        on_chunk(base, data_dir),
+        global_batch_size=batch,
+        init_from=init_file,
+        run_name=os.path.basename(stage_dir),
+        checkpoint_path=stage_dir,
+        resume="none",
+        freeze_weights=frozen,
+        puzzle_emb_lr=config.embedding_lr,
+        lr_warmup_steps=config.warmup_steps,
+        epochs=FOREVER_EPOCHS,
+        evaluate=False,
+        max_checkpoints=1,
+        max_steps=steps,
+        max_minutes=minutes,
+    )
     if not frozen:
         stage.optimizer = replace(base.optimizer, lr=config.trunk_lr)
     try:
@@ -296,8 +327,10 @@ def adapt_chunk(setup: Setup, tasks: dict[str, Task], chunk_dir: str, minutes: f
     examples = int(np.load(os.path.join(data_dir, "train", "all__puzzle_indices.npy"))[-1])
     batch = config.global_batch_size or min(setup.base.global_batch_size, examples)
     if batch > examples:
-        raise ConfigError(f"ttt.global_batch_size={batch} exceeds the {examples} demonstration examples of "
-                          f"{chunk_dir} (lower it or raise ttt.chunk_size / ttt.num_aug)")
+        raise ConfigError(
+            f"ttt.global_batch_size={batch} exceeds the {examples} demonstration examples of "
+            f"{chunk_dir} (lower it or raise ttt.chunk_size / ttt.num_aug)"
+        )
     weights = setup.weights
     key = puzzle_table_key(setup.base.arch)
     if key is not None and key in weights:
@@ -314,8 +347,17 @@ def adapt_chunk(setup: Setup, tasks: dict[str, Task], chunk_dir: str, minutes: f
             if steps == 0:
                 continue
             stage_dir = os.path.join(chunk_dir, name)
-            stage = stage_config(setup.base, config, data_dir, batch, weights_file, stage_dir, frozen, steps,
-                                 None if minutes is None else minutes * share)
+            stage = stage_config(
+                setup.base,
+                config,
+                data_dir,
+                batch,
+                weights_file,
+                stage_dir,
+                frozen,
+                steps,
+                None if minutes is None else minutes * share,
+            )
             summary = pretrain.train(stage, env)
             steps_done.append(summary["step"])
             final = ckpt.newest_checkpoint(stage_dir, purpose="the next ttt stage")
@@ -339,9 +381,16 @@ def adapt_chunk(setup: Setup, tasks: dict[str, Task], chunk_dir: str, minutes: f
             shutil.rmtree(os.path.join(chunk_dir, name), ignore_errors=True)
     timings["seconds"] = time.perf_counter() - started
     timings["eval_seconds"] = timings["seconds"] - timings["build_seconds"] - timings["train_seconds"]
-    return {"tasks": list(tasks), "batch": batch, "train_examples": examples, "steps": steps_done,
-            "final_checkpoint": final if config.keep_checkpoints else None, **timings,
-            "metrics": result.metrics, "submission": result.submission}
+    return {
+        "tasks": list(tasks),
+        "batch": batch,
+        "train_examples": examples,
+        "steps": steps_done,
+        "final_checkpoint": final if config.keep_checkpoints else None,
+        **timings,
+        "metrics": result.metrics,
+        "submission": result.submission,
+    }
 
 
 # ----------------------------------------------------------------------------------------
@@ -425,13 +474,26 @@ def chunk_path(out: str, k: int) -> str:
 def fingerprint(config: TTTRunConfig, checkpoint: str, world_size: int, k: int, ids: list[str]) -> str:
     """What a chunk result must have been computed from to count (a result an earlier run
     left in the same output folder with other settings does not)."""
-    key = {"config": asdict(config), "checkpoint": os.path.abspath(checkpoint), "world_size": world_size,
-           "chunk": k, "tasks": ids}
+    key = {
+        "config": asdict(config),
+        "checkpoint": os.path.abspath(checkpoint),
+        "world_size": world_size,
+        "chunk": k,
+        "tasks": ids,
+    }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def run_rank_chunks(setup: Setup, config: TTTRunConfig, tasks: dict[str, Task], chunks: list[list[str]],
-                    prints: list[str], out: str, env: DistEnv, started: float) -> None:
+def run_rank_chunks(
+    setup: Setup,
+    config: TTTRunConfig,
+    tasks: dict[str, Task],
+    chunks: list[list[str]],
+    prints: list[str],
+    out: str,
+    env: DistEnv,
+    started: float,
+) -> None:
     """This rank's chunks (``k % world_size == rank``), each from the original checkpoint on
     a one-process DistEnv; every chunk ends as a ``result.json``: its answers (``done``) or,
     with the reason, none (``failed``: an exception; ``out_of_time``; ``interrupted``).
@@ -449,10 +511,19 @@ def run_rank_chunks(setup: Setup, config: TTTRunConfig, tasks: dict[str, Task], 
 
     def write(k: int, status: str, reason: str | None = None, result: dict | None = None) -> None:
         answers = result.pop("submission") if result is not None else None
-        write_json_atomic(os.path.join(chunk_path(out, k), RESULT_FILE), {
-            "chunk": k, "rank": env.rank, "tasks": chunks[k], "status": status, "reason": reason,
-            "fingerprint": prints[k],
-            "record": result, "submission": answers})
+        write_json_atomic(
+            os.path.join(chunk_path(out, k), RESULT_FILE),
+            {
+                "chunk": k,
+                "rank": env.rank,
+                "tasks": chunks[k],
+                "status": status,
+                "reason": reason,
+                "fingerprint": prints[k],
+                "record": result,
+                "submission": answers,
+            },
+        )
         written.add(k)
 
     try:
@@ -469,19 +540,35 @@ def run_rank_chunks(setup: Setup, config: TTTRunConfig, tasks: dict[str, Task], 
                 raise
             except Exception as e:  # this chunk's tasks get the fallback; the next chunk starts afresh
                 reason = f"{type(e).__name__}: {e}"
-                log.warning("%s: chunk %d (%s) failed, its tasks get the fallback answer: %s", who, k,
-                            ", ".join(ids), reason, exc_info=True)
+                log.warning(
+                    "%s: chunk %d (%s) failed, its tasks get the fallback answer: %s",
+                    who,
+                    k,
+                    ", ".join(ids),
+                    reason,
+                    exc_info=True,
+                )
                 write(k, "failed", reason)
                 continue
             done.append(result)
             write(k, "done", result=dict(result))
             elapsed = time.perf_counter() - started
             adapted = sum(len(c["tasks"]) for c in done)
-            left = (f"{cfg.total_minutes - elapsed / 60:.1f} of {cfg.total_minutes:g} min left"
-                    if cfg.total_minutes is not None else
-                    f"~{elapsed / adapted * (total - adapted) / 60:.1f} min to go at this pace")
-            log.info("%s: %d/%d tasks adapted (chunk %d/%d), %.1f min elapsed, %s", who, adapted, total, j + 1,
-                     len(mine), elapsed / 60, left)
+            left = (
+                f"{cfg.total_minutes - elapsed / 60:.1f} of {cfg.total_minutes:g} min left"
+                if cfg.total_minutes is not None
+                else f"~{elapsed / adapted * (total - adapted) / 60:.1f} min to go at this pace"
+            )
+            log.info(
+                "%s: %d/%d tasks adapted (chunk %d/%d), %.1f min elapsed, %s",
+                who,
+                adapted,
+                total,
+                j + 1,
+                len(mine),
+                elapsed / 60,
+                left,
+            )
     except Interrupted as e:
         log.warning("%s: %s: the chunks not finished get the fallback answer", who, e)
         for k in mine:
@@ -489,8 +576,9 @@ def run_rank_chunks(setup: Setup, config: TTTRunConfig, tasks: dict[str, Task], 
                 write(k, "interrupted", f"{e} before the chunk finished")
 
 
-def collect_results(config: TTTRunConfig, prints: list[str], out: str, env: DistEnv, started: float,
-                    stop: Stop) -> dict[int, dict]:
+def collect_results(
+    config: TTTRunConfig, prints: list[str], out: str, env: DistEnv, started: float, stop: Stop
+) -> dict[int, dict]:
     """Rank 0: every chunk's result that is (or, from another rank, becomes) readable, until
     all are in, no new one came for ``ttt.rank_timeout_minutes`` (with ``ttt.total_minutes``:
     at most a minute past the budget) or SIGTERM."""
@@ -515,8 +603,11 @@ def collect_results(config: TTTRunConfig, prints: list[str], out: str, env: Dist
             if cfg.total_minutes is not None:
                 late = late or time.perf_counter() - started > 60 * cfg.total_minutes + TOTAL_GRACE_SECONDS
             if late:
-                log.warning("ttt: no result from rank(s) %s for chunk(s) %s; their tasks get the fallback answer",
-                            sorted({k % env.world_size for k in missing}), missing)
+                log.warning(
+                    "ttt: no result from rank(s) %s for chunk(s) %s; their tasks get the fallback answer",
+                    sorted({k % env.world_size for k in missing}),
+                    missing,
+                )
                 return results
             if not waiting:
                 log.info("ttt: waiting for chunk(s) %s of the other ranks", missing)
@@ -526,9 +617,20 @@ def collect_results(config: TTTRunConfig, prints: list[str], out: str, env: Dist
         return results
 
 
-def merge(config: TTTRunConfig, setup: Setup, order: list[str], tasks: dict[str, Task], bad: dict[str, BadTask],
-          oversized: list[str], chunks: list[list[str]], results: dict[int, dict], env: DistEnv, out: str,
-          started: float, stop: Stop) -> dict:
+def merge(
+    config: TTTRunConfig,
+    setup: Setup,
+    order: list[str],
+    tasks: dict[str, Task],
+    bad: dict[str, BadTask],
+    oversized: list[str],
+    chunks: list[list[str]],
+    results: dict[int, dict],
+    env: DistEnv,
+    out: str,
+    started: float,
+    stop: Stop,
+) -> dict:
     """Rank 0: one submission from the chunks' results, the fallback answer for every task
     without one; validated, written with metrics.json and report.png."""
     cfg = config.ttt
@@ -539,8 +641,11 @@ def merge(config: TTTRunConfig, setup: Setup, order: list[str], tasks: dict[str,
         result = results.get(k)
         rank = k % env.world_size
         if result is None:
-            reason = (f"{stop.received} before rank {rank} reported" if stop.received else
-                      f"no result from rank {rank} (crashed, hung or late: ttt.rank_timeout_minutes)")
+            reason = (
+                f"{stop.received} before rank {rank} reported"
+                if stop.received
+                else f"no result from rank {rank} (crashed, hung or late: ttt.rank_timeout_minutes)"
+            )
             result = {"status": "missing", "reason": reason}
         elif result.get("status") == "done":
             answers = result.get("submission") or {}
@@ -554,13 +659,18 @@ def merge(config: TTTRunConfig, setup: Setup, order: list[str], tasks: dict[str,
         if result["status"] == "out_of_time":
             out_of_time += ids
         else:
-            failed.append({"chunk": k, "rank": rank, "tasks": ids, "status": result["status"],
-                           "reason": result["reason"]})
+            failed.append({"chunk": k, "rank": rank, "tasks": ids, "status": result["status"], "reason": result["reason"]})
     if out_of_time:
         log.info("ttt: out of time; %d tasks get the fallback answer", len(out_of_time))
     for f in failed:
-        log.warning("ttt: chunk %d (rank %d) %s: %d tasks get the fallback answer: %s", f["chunk"], f["rank"],
-                    f["status"], len(f["tasks"]), f["reason"])
+        log.warning(
+            "ttt: chunk %d (rank %d) %s: %d tasks get the fallback answer: %s",
+            f["chunk"],
+            f["rank"],
+            f["status"],
+            len(f["tasks"]),
+            f["reason"],
+        )
 
     submission = {t: submission[t] for t in order}  # the source's order
     problems = validate(submission, raw)
@@ -569,19 +679,31 @@ def merge(config: TTTRunConfig, setup: Setup, order: list[str], tasks: dict[str,
     write_submission(os.path.join(out, "submission.json"), submission)
     metrics, _ = score_submission(submission, raw, ks=(1, 2))
     seconds = time.perf_counter() - started
-    report = {"checkpoint": setup.checkpoint, "tasks": cfg.tasks, "subset": cfg.subset, "ttt": asdict(cfg),
-              "metrics": metrics, "seconds": seconds, "seconds_per_task": seconds / len(order),
-              "world_size": env.world_size, "interrupted": stop.received,
-              "bad_tasks": [{"task": t, "reason": b.reason} for t, b in bad.items()],
-              "oversized": oversized, "out_of_time": out_of_time, "failed_chunks": failed, "chunks": done}
+    report = {
+        "checkpoint": setup.checkpoint,
+        "tasks": cfg.tasks,
+        "subset": cfg.subset,
+        "ttt": asdict(cfg),
+        "metrics": metrics,
+        "seconds": seconds,
+        "seconds_per_task": seconds / len(order),
+        "world_size": env.world_size,
+        "interrupted": stop.received,
+        "bad_tasks": [{"task": t, "reason": b.reason} for t, b in bad.items()],
+        "oversized": oversized,
+        "out_of_time": out_of_time,
+        "failed_chunks": failed,
+        "chunks": done,
+    }
     write_json_atomic(os.path.join(out, "metrics.json"), report, indent=1)
-    scored = (", ".join(f"{k} {metrics[f'ARC/{k}']:.3f}" for k in ("pass@1", "pass@2"))
-              if "ARC/pass@2" in metrics else "unlabeled: no score")
-    title = (f"test-time training ({cfg.mode}) on {cfg.subset}: {len(order)} tasks, {seconds / 60:.1f} min\n"
-             f"{scored}")
+    scored = (
+        ", ".join(f"{k} {metrics[f'ARC/{k}']:.3f}" for k in ("pass@1", "pass@2"))
+        if "ARC/pass@2" in metrics
+        else "unlabeled: no score"
+    )
+    title = f"test-time training ({cfg.mode}) on {cfg.subset}: {len(order)} tasks, {seconds / 60:.1f} min\n{scored}"
     drawn = {t: raw[t] for t in order if t in tasks}  # a malformed task has nothing to draw
-    render_report(os.path.join(out, "report.png"), drawn, submission, max_tasks=setup.base.eval.report_tasks,
-                  title=title)
+    render_report(os.path.join(out, "report.png"), drawn, submission, max_tasks=setup.base.eval.report_tasks, title=title)
     log.info(title.replace("\n", "; "))
     log.info("wrote %s/: submission.json, metrics.json, report.png", out)
     return {**report, "output_dir": out}
@@ -604,20 +726,31 @@ def run(config: TTTRunConfig, env: DistEnv | None = None, checkpoint: Checkpoint
         fits = [t for t, task in tasks.items() if task.max_side() <= setup.canvas]
         oversized = [t for t in tasks if t not in set(fits)]
         size = cfg.chunk_size or max(len(fits), 1)
-        chunks = [fits[i:i + size] for i in range(0, len(fits), size)]
+        chunks = [fits[i : i + size] for i in range(0, len(fits), size)]
         if env.is_main:
-            log.info("ttt: %d tasks of %s [%s] in %d chunks over %d rank(s); canvas %d%s%s", len(order), cfg.tasks,
-                     cfg.subset, len(chunks), env.world_size, setup.canvas,
-                     f", {len(oversized)} larger tasks get the fallback answer" if oversized else "",
-                     f", {len(bad)} malformed tasks get the fallback answer" if bad else "")
+            log.info(
+                "ttt: %d tasks of %s [%s] in %d chunks over %d rank(s); canvas %d%s%s",
+                len(order),
+                cfg.tasks,
+                cfg.subset,
+                len(chunks),
+                env.world_size,
+                setup.canvas,
+                f", {len(oversized)} larger tasks get the fallback answer" if oversized else "",
+                f", {len(bad)} malformed tasks get the fallback answer" if bad else "",
+            )
             for t, b in bad.items():
                 log.warning("ttt: task %s is malformed, it gets the fallback answer: %s", t, b.reason)
         # Computed before any chunk runs: what every rank's results are recognised by.
         prints = [fingerprint(config, setup.checkpoint, env.world_size, k, ids) for k, ids in enumerate(chunks)]
         run_rank_chunks(setup, config, tasks, chunks, prints, out, env, started)
         if not env.is_main:
-            return {"rank": env.rank, "chunks": [k for k in range(len(chunks)) if k % env.world_size == env.rank],
-                    "output_dir": out, "interrupted": stop.received}
+            return {
+                "rank": env.rank,
+                "chunks": [k for k in range(len(chunks)) if k % env.world_size == env.rank],
+                "output_dir": out,
+                "interrupted": stop.received,
+            }
         results = collect_results(config, prints, out, env, started, stop)
         stop.disarm()  # a second SIGTERM must not cut the merge short
         return merge(config, setup, order, tasks, bad, oversized, chunks, results, env, out, started, stop)

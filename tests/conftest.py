@@ -52,8 +52,9 @@ def write_kaggle_source(root: Path, subsets: dict[str, dict[str, dict]], with_so
     root.mkdir(parents=True, exist_ok=True)
     prefix = str(root / "arc")
     for subset, tasks in subsets.items():
-        challenges = {tid: {"train": t["train"], "test": [{"input": p["input"]} for p in t["test"]]}
-                      for tid, t in tasks.items()}
+        challenges = {
+            tid: {"train": t["train"], "test": [{"input": p["input"]} for p in t["test"]]} for tid, t in tasks.items()
+        }
         Path(f"{prefix}_{subset}_challenges.json").write_text(json.dumps(challenges))
         if with_solutions:
             solutions = {tid: [p["output"] for p in t["test"]] for tid, t in tasks.items()}

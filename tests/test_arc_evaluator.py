@@ -36,9 +36,17 @@ def make_dataset(root: Path, tasks: dict, variants: dict | None = None, canvas: 
     (root / "test").mkdir(parents=True)
     (root / "identifiers.json").write_text(json.dumps(names))
     (root / "test_puzzles.json").write_text(json.dumps(tasks))
-    meta = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=12,
-                                 seq_len=canvas * canvas, num_puzzle_identifiers=len(names),
-                                 total_groups=len(tasks), mean_puzzle_examples=1.0, total_puzzles=len(ids))
+    meta = PuzzleDatasetMetadata(
+        pad_id=0,
+        ignore_label_id=0,
+        blank_identifier_id=0,
+        vocab_size=12,
+        seq_len=canvas * canvas,
+        num_puzzle_identifiers=len(names),
+        total_groups=len(tasks),
+        mean_puzzle_examples=1.0,
+        total_puzzles=len(ids),
+    )
     (root / "test" / "dataset.json").write_text(meta.to_json())
     np.save(root / "test" / "all__puzzle_identifiers.npy", np.array(ids, dtype=np.int32))
     np.save(root / "test" / "all__puzzle_indices.npy", np.array(indices, dtype=np.int32))
@@ -73,7 +81,7 @@ def feed(voter, rows):
         p = np.flatnonzero(voter.puzzle_task == t)[v]
         ex.append(example_index(voter, task_id, i, v))
         if grid is None:
-            preds.append(np.zeros(voter.canvas ** 2, dtype=np.uint8))
+            preds.append(np.zeros(voter.canvas**2, dtype=np.uint8))
         else:
             preds.append(encode(grid, int(voter.puzzle_trans[p]), voter.puzzle_mapping[p], voter.canvas))
         qs.append(q)
@@ -158,8 +166,7 @@ def test_each_ranking_mode(tmp_path):
     logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
     ds = make_dataset(tmp_path, {"x": one_input_task(output=C)})
     voter = ARCVoter(ds)
-    feed(voter, [("x", 0, 0, A, logit(0.1))] * 3 + [("x", 0, 0, B, logit(0.5))] * 3
-         + [("x", 0, 0, C, logit(0.99))] * 2)
+    feed(voter, [("x", 0, 0, A, logit(0.1))] * 3 + [("x", 0, 0, B, logit(0.5))] * 3 + [("x", 0, 0, C, logit(0.99))] * 2)
     tops = {}
     for ranking in ("count", "vote", "noisy_or"):
         metrics, sub = voter.finalize(pass_ks=(1, 2, 3), ranking=ranking)
@@ -182,11 +189,16 @@ def test_arc_kaggle_and_strict_scores_by_hand(tmp_path):
     }
     ds = make_dataset(tmp_path, tasks)
     voter = ARCVoter(ds)
-    feed(voter, [
-        ("two", 0, 0, A, 0.0),  # solved
-        ("two", 1, 0, C, 0.0),  # wrong, the truth never appears
-        ("one", 0, 0, A, 0.0), ("one", 0, 0, A, 0.0), ("one", 0, 0, C, 0.0),  # truth second
-    ])
+    feed(
+        voter,
+        [
+            ("two", 0, 0, A, 0.0),  # solved
+            ("two", 1, 0, C, 0.0),  # wrong, the truth never appears
+            ("one", 0, 0, A, 0.0),
+            ("one", 0, 0, A, 0.0),
+            ("one", 0, 0, C, 0.0),  # truth second
+        ],
+    )
     m, sub = voter.finalize(pass_ks=(1, 2))
     assert m["ARC/pass@1"] == pytest.approx((0.5 + 0.0) / 2)
     assert m["ARC/kaggle_pass@1"] == pytest.approx(1 / 3)
@@ -207,8 +219,10 @@ def test_missing_predictions_fall_back_aligned(tmp_path):
     voter = ARCVoter(ds)
     feed(voter, [("two", 1, 0, B, 0.0), ("two", 0, 0, None, 0.0), ("none", 1, 0, None, 3.0)])
     m, sub = voter.finalize()
-    assert sub["two"] == [{"attempt_1": [[0, 1]], "attempt_2": [[0, 1]]},  # all-PAD canvas: no prediction
-                          {"attempt_1": B, "attempt_2": B}]  # one candidate: repeated
+    assert sub["two"] == [
+        {"attempt_1": [[0, 1]], "attempt_2": [[0, 1]]},  # all-PAD canvas: no prediction
+        {"attempt_1": B, "attempt_2": B},
+    ]  # one candidate: repeated
     assert sub["none"] == [{"attempt_1": [[4]], "attempt_2": [[4]]}, {"attempt_1": [[5], [6]], "attempt_2": [[5], [6]]}]
     assert m["ARC/inputs_no_prediction"] == 3 and m["ARC/predictions_no_grid"] == 2
     assert m["ARC/views_per_input"] == 0.75 and m["ARC/views_per_input_min"] == 0
@@ -226,8 +240,10 @@ def test_unlabeled_tasks_give_a_submission_and_no_score(tmp_path):
     assert m["ARC/unlabeled"] == 1 and m["ARC/unlabeled_tasks"] == 2 and m["ARC/tasks_scored"] == 0
     path = tmp_path / "out" / "submission.json"
     write_submission(path, sub)
-    assert json.loads(path.read_text()) == {"u1": [{"attempt_1": A, "attempt_2": A}],
-                                            "u2": [{"attempt_1": [[3]], "attempt_2": [[3]]}]}
+    assert json.loads(path.read_text()) == {
+        "u1": [{"attempt_1": A, "attempt_2": A}],
+        "u2": [{"attempt_1": [[3]], "attempt_2": [[3]]}],
+    }
     assert [p.name for p in path.parent.iterdir()] == ["submission.json"]  # no temp file left
     assert validate_main([str(path), "--tasks", str(ds)]) == 0
 
@@ -246,19 +262,30 @@ def test_unlabeled_tasks_give_a_submission_and_no_score(tmp_path):
 def test_merge_of_two_voters_equals_one_voter(tmp_path):
     rng = np.random.default_rng(1)
     answers = [A, B, C, [[1, 1, 1]], [[2], [2]]]
-    tasks = {f"t{i}": {"train": [], "test": [{"input": [[i]], "output": answers[i % 5]},
-                                             {"input": [[i, i]], "output": answers[(i + 1) % 5]}]} for i in range(4)}
+    tasks = {
+        f"t{i}": {
+            "train": [],
+            "test": [{"input": [[i]], "output": answers[i % 5]}, {"input": [[i, i]], "output": answers[(i + 1) % 5]}],
+        }
+        for i in range(4)
+    }
     variants = {t: [(0, IDENTITY)] + [(int(rng.integers(8)), colour_map(rng)) for _ in range(5)] for t in tasks}
     ds = make_dataset(tmp_path, tasks, variants)
     single, r0, r1 = ARCVoter(ds), ARCVoter(ds), ARCVoter(ds)
-    rows = [(t, i, v, answers[int(rng.integers(5))], float(rng.normal()))
-            for t in tasks for i in range(2) for v in range(6) for _ in range(3)]
+    rows = [
+        (t, i, v, answers[int(rng.integers(5))], float(rng.normal()))
+        for t in tasks
+        for i in range(2)
+        for v in range(6)
+        for _ in range(3)
+    ]
     order = rng.permutation(len(rows))
     rows = [rows[j] for j in order]
     for j in range(0, len(rows), 16):
-        feed(single, rows[j:j + 16])
-        feed(r0 if (j // 16) % 2 == 0 else r1, rows[j:j + 16])
+        feed(single, rows[j : j + 16])
+        feed(r0 if (j // 16) % 2 == 0 else r1, rows[j : j + 16])
     import pickle
+
     merged = ARCVoter(ds).merge([pickle.loads(pickle.dumps(r0.state())), r1.state()])
     assert r0.views.sum() > 0 and r1.views.sum() > 0
     for ranking in ("vote", "count", "noisy_or"):
@@ -299,13 +326,34 @@ def test_dataset_inconsistencies_are_refused(tmp_path):
 
 def test_built_dataset_labels_score_perfectly(tmp_path):
     rng = np.random.default_rng(3)
-    src = write_folder_source(tmp_path / "src", {
-        "training": {f"tr{i}": random_task(rng, n_train=2, n_test=1, max_side=6) for i in range(2)},
-        "evaluation": {f"ev{i}": random_task(rng, n_train=2, n_test=1 + i % 2, max_side=6) for i in range(3)},
-    })
+    src = write_folder_source(
+        tmp_path / "src",
+        {
+            "training": {f"tr{i}": random_task(rng, n_train=2, n_test=1, max_side=6) for i in range(2)},
+            "evaluation": {f"ev{i}": random_task(rng, n_train=2, n_test=1 + i % 2, max_side=6) for i in range(3)},
+        },
+    )
     out = tmp_path / "ds"
-    assert build_main(["--input-file-prefix", str(src), "--output-dir", str(out), "--subsets", "training",
-                       "evaluation", "--test-set-name", "evaluation", "--num-aug", "7", "--max-grid-size", "8"]) == 0
+    assert (
+        build_main(
+            [
+                "--input-file-prefix",
+                str(src),
+                "--output-dir",
+                str(out),
+                "--subsets",
+                "training",
+                "evaluation",
+                "--test-set-name",
+                "evaluation",
+                "--num-aug",
+                "7",
+                "--max-grid-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     labels = np.load(out / "test" / "all__labels.npy")
     voter = ARCVoter(out)
     assert voter.canvas == 8
@@ -325,10 +373,14 @@ def test_built_dataset_labels_score_perfectly(tmp_path):
 
 
 def _valid():
-    tasks = {"a": {"train": [], "test": [{"input": [[0]]}, {"input": [[1]]}]},
-             "b": {"train": [], "test": [{"input": [[2]]}]}}
-    sub = {"a": [{"attempt_1": A, "attempt_2": B}, {"attempt_1": C, "attempt_2": C}],
-           "b": [{"attempt_1": [[0] * 30] * 30, "attempt_2": C}]}
+    tasks = {
+        "a": {"train": [], "test": [{"input": [[0]]}, {"input": [[1]]}]},
+        "b": {"train": [], "test": [{"input": [[2]]}]},
+    }
+    sub = {
+        "a": [{"attempt_1": A, "attempt_2": B}, {"attempt_1": C, "attempt_2": C}],
+        "b": [{"attempt_1": [[0] * 30] * 30, "attempt_2": C}],
+    }
     return tasks, sub
 
 
@@ -372,12 +424,21 @@ def _bool_cell(s):
     s["b"][0]["attempt_1"] = [[True]]
 
 
-@pytest.mark.parametrize("mutate, expected", [
-    (_drop_task, "b: missing task"), (_extra_task, "zz: unknown task"), (_wrong_length, "a: 1 entries for 2 test inputs"),
-    (_no_attempt_2, "a[1]: missing attempt_2"), (_ragged, "a[0].attempt_2: ragged"), (_colour_10, "b[0].attempt_2: cell"),
-    (_wide, "b[0].attempt_1: 31 columns"), (_tall, "b[0].attempt_1: 31 rows"), (_empty, "b[0].attempt_1: not a non-empty"),
-    (_bool_cell, "b[0].attempt_1: cell"),
-])
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (_drop_task, "b: missing task"),
+        (_extra_task, "zz: unknown task"),
+        (_wrong_length, "a: 1 entries for 2 test inputs"),
+        (_no_attempt_2, "a[1]: missing attempt_2"),
+        (_ragged, "a[0].attempt_2: ragged"),
+        (_colour_10, "b[0].attempt_2: cell"),
+        (_wide, "b[0].attempt_1: 31 columns"),
+        (_tall, "b[0].attempt_1: 31 rows"),
+        (_empty, "b[0].attempt_1: not a non-empty"),
+        (_bool_cell, "b[0].attempt_1: cell"),
+    ],
+)
 def test_validator_rejects(mutate, expected):
     tasks, sub = _valid()
     assert validate(sub, tasks) == []

@@ -21,8 +21,16 @@ from dataset.common import EOS_ID, PAD_ID
 
 def numpy_dihedral(arr: np.ndarray, tid: int) -> np.ndarray:
     """TRM's definition of the 8 ids, written with numpy as an independent oracle."""
-    return [arr, np.rot90(arr, 1), np.rot90(arr, 2), np.rot90(arr, 3), np.fliplr(arr), np.flipud(arr), arr.T,
-            np.fliplr(np.rot90(arr, 1))][tid]
+    return [
+        arr,
+        np.rot90(arr, 1),
+        np.rot90(arr, 2),
+        np.rot90(arr, 3),
+        np.fliplr(arr),
+        np.flipud(arr),
+        arr.T,
+        np.fliplr(np.rot90(arr, 1)),
+    ][tid]
 
 
 def test_random_stream_matches_numpy_legacy():
@@ -72,27 +80,47 @@ def test_transform_matches_numpy_and_inverts(tid):
 def _encode_one(grid: np.ndarray, tid: int, mapping: np.ndarray, pad_r: int, pad_c: int, canvas: int):
     cells = grid.reshape(-1)
     args = dict(
-        example_inputs=np.array([0]), example_labels=np.array([-1]), example_puzzle=np.array([0]),
-        puzzle_trans=np.array([tid], dtype=np.uint8), puzzle_mappings=mapping[None, :],
-        pad_rows=np.array([pad_r], dtype=np.uint8), pad_cols=np.array([pad_c], dtype=np.uint8),
+        example_inputs=np.array([0]),
+        example_labels=np.array([-1]),
+        example_puzzle=np.array([0]),
+        puzzle_trans=np.array([tid], dtype=np.uint8),
+        puzzle_mappings=mapping[None, :],
+        pad_rows=np.array([pad_r], dtype=np.uint8),
+        pad_cols=np.array([pad_c], dtype=np.uint8),
     )
     inp = np.empty((1, canvas * canvas), dtype=np.uint8)
     lab = np.empty_like(inp)
-    encode_examples(0, inp, lab, args["example_inputs"], args["example_labels"], args["example_puzzle"],
-                    args["puzzle_trans"], args["puzzle_mappings"], args["pad_rows"], args["pad_cols"],
-                    cells, np.array([0]), np.array([grid.shape[0]]), np.array([grid.shape[1]]), canvas)
+    encode_examples(
+        0,
+        inp,
+        lab,
+        args["example_inputs"],
+        args["example_labels"],
+        args["example_puzzle"],
+        args["puzzle_trans"],
+        args["puzzle_mappings"],
+        args["pad_rows"],
+        args["pad_cols"],
+        cells,
+        np.array([0]),
+        np.array([grid.shape[0]]),
+        np.array([grid.shape[1]]),
+        canvas,
+    )
     return inp[0], lab[0]
 
 
 def test_encoding_layout_by_hand():
     grid = np.array([[0, 1, 2], [3, 4, 5]], dtype=np.uint8)
     inp, lab = _encode_one(grid, 0, np.arange(10, dtype=np.uint8), 1, 0, 4)
-    expected = np.array([
-        [0, 0, 0, 0],
-        [2, 3, 4, 1],
-        [5, 6, 7, 1],
-        [1, 1, 1, 0],  # EOS below the grid, not in the corner
-    ])
+    expected = np.array(
+        [
+            [0, 0, 0, 0],
+            [2, 3, 4, 1],
+            [5, 6, 7, 1],
+            [1, 1, 1, 0],  # EOS below the grid, not in the corner
+        ]
+    )
     np.testing.assert_array_equal(inp.reshape(4, 4), expected)
     assert (lab == PAD_ID).all()  # an example without a label gets an all-PAD label row
     full, _ = _encode_one(np.ones((4, 4), np.uint8), 0, np.arange(10, dtype=np.uint8), 0, 0, 4)
@@ -130,7 +158,7 @@ def test_batch_inverse_of_top_left_predictions():
     tids.append(0), maps.append(np.arange(10, dtype=np.uint8))
     out, hs, ws = invert_predictions(np.stack(tokens), np.array(tids), np.stack(maps), canvas)
     for b, g in enumerate(grids):
-        np.testing.assert_array_equal(out[b, :hs[b], :ws[b]], g)
+        np.testing.assert_array_equal(out[b, : hs[b], : ws[b]], g)
     assert hs[-1] == 0 and ws[-1] == 0
 
 

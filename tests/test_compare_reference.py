@@ -40,8 +40,10 @@ flags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_bf16 avx512_vnni
 
 def test_cpu_flags_line_names_present_and_absent_flags():
     line = cr.cpu_flags_line(CPUINFO, "AVX512")
-    assert line == ("AMD EPYC 9R14 96-Core Processor, 2 logical CPUs; avx2 yes, avx512f yes, avx512_bf16 yes, "
-                    "amx no; torch ATen CPU capability AVX512")
+    assert line == (
+        "AMD EPYC 9R14 96-Core Processor, 2 logical CPUs; avx2 yes, avx512f yes, avx512_bf16 yes, "
+        "amx no; torch ATen CPU capability AVX512"
+    )
     # avx512_bf16 must not be read off avx512f or avx512bw; amx is any amx_* flag
     intel = CPUINFO.replace("avx512_bf16 ", "").replace("avx512_vnni", "avx512_vnni amx_tile amx_bf16")
     line = cr.cpu_flags_line(intel)
@@ -74,8 +76,10 @@ def test_stat_and_ratio_formatting():
 
 
 def test_format_table():
-    rows = [dict(measure="builder wall", unit="s", higher_is_better=False, ref=[100.0, 120.0], ours=[10.0, 6.0]),
-            dict(measure="train examples/s", unit="", higher_is_better=True, ref=[4.0, 4.0], ours=[4.4, 3.6])]
+    rows = [
+        dict(measure="builder wall", unit="s", higher_is_better=False, ref=[100.0, 120.0], ours=[10.0, 6.0]),
+        dict(measure="train examples/s", unit="", higher_is_better=True, ref=[4.0, 4.0], ours=[4.4, 3.6]),
+    ]
     text = cr.format_table(["machine: X"], rows, "TRM e7b68717")
     lines = text.splitlines()
     assert lines[0] == "machine: X"
@@ -86,25 +90,33 @@ def test_format_table():
 
 
 def test_parse_step_outputs():
-    ours = ("pretrain.py's train_step (precision fp32, ...)\n"
-            "arch=trm (ACTModel), seq 900, batch 32, cpu (2 threads), 527,618 params\n"
-            "  6.96 s/step, 4.60 examples/s, 4,138 grid tokens/s, peak RSS 3.22 GiB (mean of 5 steps after 2 warm-up)\n")
+    ours = (
+        "pretrain.py's train_step (precision fp32, ...)\n"
+        "arch=trm (ACTModel), seq 900, batch 32, cpu (2 threads), 527,618 params\n"
+        "  6.96 s/step, 4.60 examples/s, 4,138 grid tokens/s, peak RSS 3.22 GiB (mean of 5 steps after 2 warm-up)\n"
+    )
     assert cr.parse_arcforge_step(ours) == {"s_per_step": 6.96, "examples_per_s": 4.60, "params": 527618}
     with pytest.raises(ValueError):
         cr.parse_arcforge_step("Traceback (most recent call last):\n")
     ref = "TinyRecursiveReasoningModel_ACTV1(\n)\nTRM_STEP " + json.dumps({"s_per_step": 7.3, "params": 527618}) + "\n"
-    assert cr.parse_reference_step("TRM_STEP {\"s_per_step\": 1}\n" + ref) == {"s_per_step": 7.3, "params": 527618}
+    assert cr.parse_reference_step('TRM_STEP {"s_per_step": 1}\n' + ref) == {"s_per_step": 7.3, "params": 527618}
     with pytest.raises(ValueError):
         cr.parse_reference_step("print(model)\n")
 
 
 def test_parse_arcforge_build_log():
-    log = ("WARNING leakage (pass --fail-on-leakage to refuse): 1 test pairs ...\n"
-           'ARCFORGE_TIMINGS {"load": 0.3, "plan": 1.8, "write": 9.0}\n'
-           "INFO wrote /tmp/x/build-ours: 2810923 train / 385815 test examples, 800801 identifiers, 11.1 s\n")
-    assert cr.parse_arcforge_build(log) == {"timings": {"load": 0.3, "plan": 1.8, "write": 9.0},
-                                            "train_examples": 2810923, "test_examples": 385815,
-                                            "identifiers": 800801, "seconds": 11.1}
+    log = (
+        "WARNING leakage (pass --fail-on-leakage to refuse): 1 test pairs ...\n"
+        'ARCFORGE_TIMINGS {"load": 0.3, "plan": 1.8, "write": 9.0}\n'
+        "INFO wrote /tmp/x/build-ours: 2810923 train / 385815 test examples, 800801 identifiers, 11.1 s\n"
+    )
+    assert cr.parse_arcforge_build(log) == {
+        "timings": {"load": 0.3, "plan": 1.8, "write": 9.0},
+        "train_examples": 2810923,
+        "test_examples": 385815,
+        "identifiers": 800801,
+        "seconds": 11.1,
+    }
     with pytest.raises(ValueError):
         cr.parse_arcforge_build(log.splitlines()[2])  # no timings line
 
@@ -114,8 +126,10 @@ def test_compare_digests():
     assert cr.compare_digests(ref, {**ref, "build_info.json": "z"}) == []
     assert cr.compare_digests(ref, {**ref, "train/all__inputs.npy": "B"}) == ["differs: train/all__inputs.npy"]
     missing = {k: v for k, v in ref.items() if k != "test/dataset.json"}
-    assert cr.compare_digests(ref, {**missing, "extra.npy": "e"}) == ["missing in ARCForge's output: test/dataset.json",
-                                                                      "only in ARCForge's output: extra.npy"]
+    assert cr.compare_digests(ref, {**missing, "extra.npy": "e"}) == [
+        "missing in ARCForge's output: test/dataset.json",
+        "only in ARCForge's output: extra.npy",
+    ]
     assert cr.compare_digests({}, {}) == ["the reference wrote no files"]
 
 

@@ -52,8 +52,13 @@ def test_option_files_match_registries(group):
 
 def fitting_loss(group: str, option: str) -> list[str]:
     """The loss override an arch option needs (a loss scores one family), or a loss's arch."""
-    arch_losses = {"diffusion": "diffusion", "efe": "efe", "decoder_only": "seq_ce", "encoder_decoder": "seq_ce",
-                   "champion": "seq_ce"}
+    arch_losses = {
+        "diffusion": "diffusion",
+        "efe": "efe",
+        "decoder_only": "seq_ce",
+        "encoder_decoder": "seq_ce",
+        "champion": "seq_ce",
+    }
     if group == "arch":
         return [f"loss={loss}" for prefix, loss in arch_losses.items() if option.startswith(prefix)]
     if group == "loss":
@@ -70,12 +75,18 @@ def test_every_option_composes_and_builds(group, option):
     assert type(chosen).__name__ != "DictConfig"  # typed by its schema
     if group == "arch":
         model = build_model(chosen, DataShape(seq_len=16, vocab_size=12, num_puzzle_identifiers=3, batch_size=2))
-        batch = {"inputs": torch.randint(0, 12, (2, 16)), "labels": torch.randint(0, 12, (2, 16)),
-                 "puzzle_identifiers": torch.tensor([1, 2], dtype=torch.int32)}
+        batch = {
+            "inputs": torch.randint(0, 12, (2, 16)),
+            "labels": torch.randint(0, 12, (2, 16)),
+            "puzzle_identifiers": torch.tensor([1, 2], dtype=torch.int32),
+        }
         if model.num_demos:
             k = model.num_demos
-            batch.update(demo_inputs=torch.randint(0, 12, (2, k, 16)), demo_labels=torch.randint(0, 12, (2, k, 16)),
-                         demo_mask=torch.ones(2, k, dtype=torch.bool))
+            batch.update(
+                demo_inputs=torch.randint(0, 12, (2, k, 16)),
+                demo_labels=torch.randint(0, 12, (2, k, 16)),
+                demo_mask=torch.ones(2, k, dtype=torch.bool),
+            )
         model.eval()
         _, _, predictions = model.predict(batch)
         assert predictions.tokens.shape[0] == 2 and predictions.tokens.shape[-1] == 16
@@ -88,14 +99,18 @@ def test_every_option_composes_and_builds(group, option):
 
 def toy_batch(model, seq_len: int = 16) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    batch = {"inputs": torch.randint(2, 12, (2, seq_len), generator=g),
-             "labels": torch.randint(2, 12, (2, seq_len), generator=g),
-             "puzzle_identifiers": torch.tensor([1, 2], dtype=torch.int32)}
+    batch = {
+        "inputs": torch.randint(2, 12, (2, seq_len), generator=g),
+        "labels": torch.randint(2, 12, (2, seq_len), generator=g),
+        "puzzle_identifiers": torch.tensor([1, 2], dtype=torch.int32),
+    }
     if model.num_demos:
         k = model.num_demos
-        batch.update(demo_inputs=torch.randint(2, 12, (2, k, seq_len), generator=g),
-                     demo_labels=torch.randint(2, 12, (2, k, seq_len), generator=g),
-                     demo_mask=torch.ones(2, k, dtype=torch.bool))
+        batch.update(
+            demo_inputs=torch.randint(2, 12, (2, k, seq_len), generator=g),
+            demo_labels=torch.randint(2, 12, (2, k, seq_len), generator=g),
+            demo_mask=torch.ones(2, k, dtype=torch.bool),
+        )
     return batch
 
 
@@ -117,7 +132,7 @@ def test_every_experiment_composes(experiment):
     config = compose_config([f"experiment={experiment}"])
     chosen = {}
     for entry in spec.pop("defaults", []):
-        for key, option in (entry.items() if isinstance(entry, dict) else []):  # "override /arch: trm_tiny"
+        for key, option in entry.items() if isinstance(entry, dict) else []:  # "override /arch: trm_tiny"
             chosen[key.split()[-1].lstrip("/")] = option
     assert chosen, "an experiment picks its options"
     for group, option in chosen.items():
@@ -159,29 +174,36 @@ def test_schemas_are_registered_for_every_group():
         for option in options(group):
             text = (Path(CONF_DIR) / group / f"{option}.yaml").read_text()
             extends = [o for o in options(group) if f"\n  - {o}\n" in text]  # a variant of another option
-            assert any(f"- /schema/{group}@_here_: {name}" in text for name in schemas) or extends, \
+            assert any(f"- /schema/{group}@_here_: {name}" in text for name in schemas) or extends, (
                 f"conf/{group}/{option}.yaml extends none of {sorted(schemas)}"
+            )
 
 
-@pytest.mark.parametrize("override,key", [
-    ("arch.hiden_size=3", "hiden_size"),
-    ("optimizer.momentum=0.9", "momentum"),
-    ("loss.label_smoothing=0.1", "label_smoothing"),
-    ("global_batchsize=8", "global_batchsize"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("arch.hiden_size=3", "hiden_size"),
+        ("optimizer.momentum=0.9", "momentum"),
+        ("loss.label_smoothing=0.1", "label_smoothing"),
+        ("global_batchsize=8", "global_batchsize"),
+    ],
+)
 def test_unknown_keys_are_errors_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
         compose_config([override])
 
 
-@pytest.mark.parametrize("override,key", [
-    ("arch.num_heads=0", "num_heads"),
-    ("arch.forward_dtype=float8", "forward_dtype"),
-    ("optimizer.lr=-1", "lr"),
-    ("global_batch_size=0", "global_batch_size"),
-    ("loss.halt_loss_weight=-1", "halt_loss_weight"),
-    ("wandb.mode=sometimes", "wandb.mode"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("arch.num_heads=0", "num_heads"),
+        ("arch.forward_dtype=float8", "forward_dtype"),
+        ("optimizer.lr=-1", "lr"),
+        ("global_batch_size=0", "global_batch_size"),
+        ("loss.halt_loss_weight=-1", "halt_loss_weight"),
+        ("wandb.mode=sometimes", "wandb.mode"),
+    ],
+)
 def test_bad_values_are_errors_naming_the_key(override, key):
     with pytest.raises(ValueError, match=key):
         compose_config([override])
@@ -194,11 +216,21 @@ def test_wrong_type_is_an_error():
 
 def test_paper_defaults():
     c = compose_config([])
-    assert (c.arch.name, c.arch.hidden_size, c.arch.num_heads, c.arch.L_layers, c.arch.H_cycles, c.arch.L_cycles) == \
-        ("trm", 512, 8, 2, 3, 4)
+    assert (c.arch.name, c.arch.hidden_size, c.arch.num_heads, c.arch.L_layers, c.arch.H_cycles, c.arch.L_cycles) == (
+        "trm",
+        512,
+        8,
+        2,
+        3,
+        4,
+    )
     assert (c.arch.puzzle_emb_ndim, c.arch.puzzle_emb_len, c.arch.halt_max_steps) == (512, 16, 16)
-    assert (c.optimizer.name, c.optimizer.lr, list(c.optimizer.betas), c.optimizer.weight_decay) == \
-        ("adam_atan2", 1e-4, [0.9, 0.95], 0.1)
+    assert (c.optimizer.name, c.optimizer.lr, list(c.optimizer.betas), c.optimizer.weight_decay) == (
+        "adam_atan2",
+        1e-4,
+        [0.9, 0.95],
+        0.1,
+    )
     assert (c.global_batch_size, c.lr_warmup_steps, c.puzzle_emb_lr, c.ema_rate) == (768, 2000, 1e-2, 0.999)
 
 
@@ -238,10 +270,14 @@ def numeric_fields() -> list[tuple[type, dataclasses.Field, type]]:
     """(schema, field, int or float) of every numeric key, under the schema that declares it."""
     found = []
     for schema in registered_schemas():
-        inherited = {f.name for base in schema.__mro__[1:] if dataclasses.is_dataclass(base)
-                     for f in dataclasses.fields(base)}
-        found += [(schema, f, kind) for f in dataclasses.fields(schema) if f.name not in inherited
-                  and (kind := numeric_kind(typing.get_type_hints(schema)[f.name])) is not None]
+        inherited = {
+            f.name for base in schema.__mro__[1:] if dataclasses.is_dataclass(base) for f in dataclasses.fields(base)
+        }
+        found += [
+            (schema, f, kind)
+            for f in dataclasses.fields(schema)
+            if f.name not in inherited and (kind := numeric_kind(typing.get_type_hints(schema)[f.name])) is not None
+        ]
     return sorted(found, key=lambda t: (t[0].__name__, t[1].name))
 
 
@@ -256,13 +292,26 @@ def outside(allowed, kind: type):
 
 def test_the_walk_finds_the_schemas_of_every_entry_point():
     names = {schema.__name__ for schema in registered_schemas()}
-    assert {"TrainConfig", "RestartsConfig", "EvalConfig", "CallbacksConfig", "OptimizerConfig", "RecursiveArchConfig",
-            "EFELossConfig", "IterativeConfig", "TTTConfig", "DiffusionOptions"} <= names
+    assert {
+        "TrainConfig",
+        "RestartsConfig",
+        "EvalConfig",
+        "CallbacksConfig",
+        "OptimizerConfig",
+        "RecursiveArchConfig",
+        "EFELossConfig",
+        "IterativeConfig",
+        "TTTConfig",
+        "DiffusionOptions",
+    } <= names
     assert len(numeric_fields()) > 100
 
 
-@pytest.mark.parametrize("schema,key,kind", [(s, f, k) for s, f, k in numeric_fields()],
-                         ids=lambda v: getattr(v, "__name__", getattr(v, "name", None)))
+@pytest.mark.parametrize(
+    "schema,key,kind",
+    [(s, f, k) for s, f, k in numeric_fields()],
+    ids=lambda v: getattr(v, "__name__", getattr(v, "name", None)),
+)
 def test_every_numeric_key_has_a_range_that_refuses_a_value_outside_it(schema, key, kind):
     from utils.schema import check_ranges, key_range
 
@@ -294,14 +343,23 @@ def out_of_range_overrides(config_name: str, overrides: list[str]) -> dict[str, 
             elif (kind := numeric_kind(hints[f.name])) is not None:
                 bad = outside(key_range(f), kind)
                 found[prefix + f.name] = f"{prefix}{f.name}={[bad] if isinstance(value, list) else bad}"
+
     walk(config, "")
     return found
 
 
-@pytest.mark.parametrize("config_name,overrides", [
-    ("config", []), ("config", ["arch=diffusion_tiny", "loss=diffusion"]), ("config", ["arch=efe_tiny", "loss=efe"]),
-    ("config", ["arch=champion_tiny", "loss=seq_ce"]), ("iterative", []), ("ttt", []), ("diffusion_pipeline", []),
-])
+@pytest.mark.parametrize(
+    "config_name,overrides",
+    [
+        ("config", []),
+        ("config", ["arch=diffusion_tiny", "loss=diffusion"]),
+        ("config", ["arch=efe_tiny", "loss=efe"]),
+        ("config", ["arch=champion_tiny", "loss=seq_ce"]),
+        ("iterative", []),
+        ("ttt", []),
+        ("diffusion_pipeline", []),
+    ],
+)
 def test_composition_refuses_every_numeric_key_out_of_range_in_one_line(config_name, overrides):
     bad = out_of_range_overrides(config_name, overrides)
     with pytest.raises(ConfigError) as refused:
@@ -318,12 +376,21 @@ def test_pretrain_refuses_values_out_of_range_before_making_any_folder(tmp_path)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     bad = ["puzzle_emb_lr=-1", "checkpoint_interval_steps=-1", "puzzle_emb_weight_decay=-0.5", "max_checkpoints=-1"]
-    result = subprocess.run([sys.executable, str(ROOT / "pretrain.py"), *tiny_overrides(data, cwd / "ck"), *bad],
-                            cwd=cwd, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "pretrain.py"), *tiny_overrides(data, cwd / "ck"), *bad],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert result.stderr.startswith("error: invalid config values: ") and result.stderr.count("\n") == 1, result.stderr
-    for key_value in ("puzzle_emb_lr=-1.0 (must be >= 0)", "checkpoint_interval_steps=-1 (must be >= 0)",
-                      "puzzle_emb_weight_decay=-0.5 (must be >= 0)", "max_checkpoints=-1 (must be >= 0)"):
+    for key_value in (
+        "puzzle_emb_lr=-1.0 (must be >= 0)",
+        "checkpoint_interval_steps=-1 (must be >= 0)",
+        "puzzle_emb_weight_decay=-0.5 (must be >= 0)",
+        "max_checkpoints=-1 (must be >= 0)",
+    ):
         assert key_value in result.stderr
     assert result.stdout == "" and list(cwd.iterdir()) == []  # no run folder, no Hydra outputs/
 
@@ -353,8 +420,7 @@ def as_override(value) -> str:
 def test_pretrain_help_lists_the_options_and_every_key_with_its_default_and_description():
     from utils.schema import key_doc
 
-    result = subprocess.run([sys.executable, "pretrain.py", "--help"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "pretrain.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     text = result.stdout
     assert "Powered by Hydra" not in text and "schema/" not in text and "_schema" not in text
@@ -381,28 +447,51 @@ def runnable(tmp_path_factory):
     root = tmp_path_factory.mktemp("entry")
     data = build_tiny_dataset(root, num_aug=0, canvas=3, side=2)
     pretrain.train(compose_config(tiny_overrides(data, root / "ck", "max_steps=1", "evaluate=false")), CPU)
-    return {"data": data, "source": flip_tasks(root / "tasks", n_train=4, n_eval=1, side=2), "ck": root / "ck",
-            "out": root / "out", "absent": root / "absent"}
+    return {
+        "data": data,
+        "source": flip_tasks(root / "tasks", n_train=4, n_eval=1, side=2),
+        "ck": root / "ck",
+        "out": root / "out",
+        "absent": root / "absent",
+    }
 
 
 ENTRY_POINT_PROBLEMS = {
     # the issue's: a preset batch that the episode's dataset cannot fill, and a missing dataset
     "iterative: batch larger than the episode's data": (
-        "run_iterative_training.py", ["iterative.source={source}", "iterative.eval_source={source}",
-                                      "iterative.skip_eval_tasks=true", "iterative.n_episodes=1",
-                                      "iterative.num_aug=1", "iterative.max_grid_size=3", "iterative.output_dir={out}"],
-        "fewer than global_batch_size 64"),
+        "run_iterative_training.py",
+        [
+            "iterative.source={source}",
+            "iterative.eval_source={source}",
+            "iterative.skip_eval_tasks=true",
+            "iterative.n_episodes=1",
+            "iterative.num_aug=1",
+            "iterative.max_grid_size=3",
+            "iterative.output_dir={out}",
+        ],
+        "fewer than global_batch_size 64",
+    ),
     "iterative: no task source": (
-        "run_iterative_training.py", ["iterative.source={absent}", "iterative.output_dir={out}"],
-        "iterative.source={absent}: "),
+        "run_iterative_training.py",
+        ["iterative.source={absent}", "iterative.output_dir={out}"],
+        "iterative.source={absent}: ",
+    ),
     "pretrain: no dataset": ("pretrain.py", ["data.paths=[{absent}]"], "data.paths: no dataset at {absent}"),
     "pretrain: batch larger than the data": (
-        "pretrain.py", ["arch=trm_tiny", "data.paths=[{data}]", "global_batch_size=64", "checkpoint_path={out}"],
-        "fewer than global_batch_size 64"),
-    "evaluate: no dataset": ("evaluate.py", ["checkpoint={ck}", "data.paths=[{absent}]"],
-                             "data.paths: no dataset at {absent}"),
-    "full pipeline: no dataset": ("run_full_pipeline.py", ["diffusion_cpu", "data.paths=[{absent}]"],
-                                  "data.paths: no dataset at {absent}"),
+        "pretrain.py",
+        ["arch=trm_tiny", "data.paths=[{data}]", "global_batch_size=64", "checkpoint_path={out}"],
+        "fewer than global_batch_size 64",
+    ),
+    "evaluate: no dataset": (
+        "evaluate.py",
+        ["checkpoint={ck}", "data.paths=[{absent}]"],
+        "data.paths: no dataset at {absent}",
+    ),
+    "full pipeline: no dataset": (
+        "run_full_pipeline.py",
+        ["diffusion_cpu", "data.paths=[{absent}]"],
+        "data.paths: no dataset at {absent}",
+    ),
 }
 
 
@@ -417,5 +506,6 @@ def test_config_and_data_problems_end_every_entry_point_with_one_line_before_any
     assert result.returncode == 2 and "Traceback" not in output, output[-3000:]
     assert error_lines(result) == [result.stderr.strip().splitlines()[-1]], output[-3000:]
     assert expected.format(**paths) in error_lines(result)[0]
-    assert not any(line.startswith(("arch:", "  name:", "global_batch_size:")) for line in output.splitlines()), \
+    assert not any(line.startswith(("arch:", "  name:", "global_batch_size:")) for line in output.splitlines()), (
         "a config dump came with the error"
+    )

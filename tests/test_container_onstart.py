@@ -7,8 +7,7 @@ SCRIPT = ROOT / "container-onstart.sh"
 
 
 def run(*args, env=None):
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env={**os.environ, **(env or {})})
 
 
 def test_script_parses():

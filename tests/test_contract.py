@@ -75,13 +75,18 @@ def batch(seed: int, demos: int) -> dict[str, torch.Tensor]:
 
     pairs = [pair() for _ in range(BATCH)]
     labels = torch.stack([p[1] for p in pairs])
-    out = {"inputs": torch.stack([p[0] for p in pairs]), "labels": torch.where(labels == PAD_ID, IGNORE_LABEL_ID, labels),
-           "puzzle_identifiers": torch.randint(1, IDS, (BATCH,), generator=g, dtype=torch.int32)}
+    out = {
+        "inputs": torch.stack([p[0] for p in pairs]),
+        "labels": torch.where(labels == PAD_ID, IGNORE_LABEL_ID, labels),
+        "puzzle_identifiers": torch.randint(1, IDS, (BATCH,), generator=g, dtype=torch.int32),
+    }
     if demos:
         demo = [[pair() for _ in range(demos)] for _ in range(BATCH)]
-        out.update(demo_inputs=torch.stack([torch.stack([d[0] for d in row]) for row in demo]),
-                   demo_labels=torch.stack([torch.stack([d[1] for d in row]) for row in demo]),
-                   demo_mask=torch.ones(BATCH, demos, dtype=torch.bool))
+        out.update(
+            demo_inputs=torch.stack([torch.stack([d[0] for d in row]) for row in demo]),
+            demo_labels=torch.stack([torch.stack([d[1] for d in row]) for row in demo]),
+            demo_mask=torch.ones(BATCH, demos, dtype=torch.bool),
+        )
     return out
 
 
@@ -183,8 +188,7 @@ def check_contract(config) -> None:
     target_ids = [BLANK_IDENTIFIER, "new_a", "task3", "task1", "new_b", "task4", "task2"]
     if key is None or key not in state:
         assert model.puzzle_emb is None, "a puzzle table the loaders cannot find (puzzle_table_key)"
-        fitted, notes = fit_weights(state, bigger.state_dict(), table_key=key, source_ids=source_ids,
-                                    target_ids=target_ids)
+        fitted, notes = fit_weights(state, bigger.state_dict(), table_key=key, source_ids=source_ids, target_ids=target_ids)
         bigger.load_state_dict(fitted)
         assert notes == []
         return
@@ -241,8 +245,11 @@ def test_pretrain_trains_a_new_size_variant(variant_folder, tmp_path):
     import pretrain
 
     data = build_tiny_dataset(tmp_path)
-    overrides = [o for o in tiny_overrides(data, tmp_path / "ck", "epochs=20", "evaluate=false", "max_steps=2")
-                 if not o.startswith("arch=")]
+    overrides = [
+        o
+        for o in tiny_overrides(data, tmp_path / "ck", "epochs=20", "evaluate=false", "max_steps=2")
+        if not o.startswith("arch=")
+    ]
     config = compose_config([f"hydra.searchpath=[file://{variant_folder}]", "arch=trm_wide", *overrides])
     summary = pretrain.train(config, DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
     assert summary["step"] == 2 and math.isfinite(summary["train/lm_loss"])

@@ -51,45 +51,61 @@ def set_key(key: str, value) -> Callable[[dict], dict]:
 FAULTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "inputs.npy truncated": (lambda d: cut(d / "train" / "all__inputs.npy"), "train/all__inputs.npy"),
     "inputs.npy cut in its header": (lambda d: cut(d / "train" / "all__inputs.npy", 0.2), "train/all__inputs.npy"),
-    "puzzle_indices.npy truncated": (lambda d: cut(d / "train" / "all__puzzle_indices.npy"),
-                                     "train/all__puzzle_indices.npy"),
-    "group_indices.npy empty": (lambda d: cut(d / "train" / "all__group_indices.npy", 0.0),
-                                "train/all__group_indices.npy"),
+    "puzzle_indices.npy truncated": (
+        lambda d: cut(d / "train" / "all__puzzle_indices.npy"),
+        "train/all__puzzle_indices.npy",
+    ),
+    "group_indices.npy empty": (lambda d: cut(d / "train" / "all__group_indices.npy", 0.0), "train/all__group_indices.npy"),
     "labels.npy missing": (lambda d: os.remove(d / "train" / "all__labels.npy"), "train/all__labels.npy"),
-    "labels.npy of other rows": (lambda d: np.save(d / "train" / "all__labels.npy",
-                                                   np.load(d / "train" / "all__labels.npy")[:-1]),
-                                 "train/all__labels.npy"),
-    "inputs.npy of floats": (lambda d: np.save(d / "train" / "all__inputs.npy",
-                                               np.load(d / "train" / "all__inputs.npy").astype(np.float32)),
-                             "train/all__inputs.npy"),
+    "labels.npy of other rows": (
+        lambda d: np.save(d / "train" / "all__labels.npy", np.load(d / "train" / "all__labels.npy")[:-1]),
+        "train/all__labels.npy",
+    ),
+    "inputs.npy of floats": (
+        lambda d: np.save(d / "train" / "all__inputs.npy", np.load(d / "train" / "all__inputs.npy").astype(np.float32)),
+        "train/all__inputs.npy",
+    ),
     "dataset.json truncated": (lambda d: cut(d / "train" / "dataset.json"), "train/dataset.json"),
-    "dataset.json total_puzzles": (lambda d: edit_json(d / "train" / "dataset.json",
-                                                       lambda m: {**m, "total_puzzles": m["total_puzzles"] + 1}),
-                                   "train/dataset.json"),
-    "dataset.json total_groups": (lambda d: edit_json(d / "train" / "dataset.json",
-                                                      lambda m: {**m, "total_groups": m["total_groups"] - 1}),
-                                  "train/dataset.json"),
-    "dataset.json seq_len": (lambda d: edit_json(d / "train" / "dataset.json", set_key("seq_len", 16)),
-                             "train/dataset.json"),
-    "dataset.json seq_len not a number": (lambda d: edit_json(d / "train" / "dataset.json", set_key("seq_len", "9")),
-                                          "train/dataset.json"),
-    "dataset.json canvas_sides": (lambda d: edit_json(d / "train" / "dataset.json",
-                                                      set_key("canvas_sides", {"all": 2})), "train/dataset.json"),
-    "dataset.json canvas_sides of no set": (lambda d: edit_json(d / "train" / "dataset.json",
-                                                                set_key("canvas_sides", {"canvas9": 3})),
-                                            "train/dataset.json"),
-    "dataset.json sets naming a set not built": (lambda d: edit_json(d / "train" / "dataset.json",
-                                                                     set_key("sets", ["all", "canvas9"])),
-                                                 "train/canvas9__inputs.npy"),
-    "dataset.json num_puzzle_identifiers": (lambda d: edit_json(d / "train" / "dataset.json",
-                                                                lambda m: {**m, "num_puzzle_identifiers":
-                                                                           m["num_puzzle_identifiers"] + 3}),
-                                            "identifiers.json"),
-    "identifiers.json shorter": (lambda d: edit_json(d / "identifiers.json", lambda names: names[:-2]),
-                                 "identifiers.json"),
+    "dataset.json total_puzzles": (
+        lambda d: edit_json(d / "train" / "dataset.json", lambda m: {**m, "total_puzzles": m["total_puzzles"] + 1}),
+        "train/dataset.json",
+    ),
+    "dataset.json total_groups": (
+        lambda d: edit_json(d / "train" / "dataset.json", lambda m: {**m, "total_groups": m["total_groups"] - 1}),
+        "train/dataset.json",
+    ),
+    "dataset.json seq_len": (
+        lambda d: edit_json(d / "train" / "dataset.json", set_key("seq_len", 16)),
+        "train/dataset.json",
+    ),
+    "dataset.json seq_len not a number": (
+        lambda d: edit_json(d / "train" / "dataset.json", set_key("seq_len", "9")),
+        "train/dataset.json",
+    ),
+    "dataset.json canvas_sides": (
+        lambda d: edit_json(d / "train" / "dataset.json", set_key("canvas_sides", {"all": 2})),
+        "train/dataset.json",
+    ),
+    "dataset.json canvas_sides of no set": (
+        lambda d: edit_json(d / "train" / "dataset.json", set_key("canvas_sides", {"canvas9": 3})),
+        "train/dataset.json",
+    ),
+    "dataset.json sets naming a set not built": (
+        lambda d: edit_json(d / "train" / "dataset.json", set_key("sets", ["all", "canvas9"])),
+        "train/canvas9__inputs.npy",
+    ),
+    "dataset.json num_puzzle_identifiers": (
+        lambda d: edit_json(
+            d / "train" / "dataset.json", lambda m: {**m, "num_puzzle_identifiers": m["num_puzzle_identifiers"] + 3}
+        ),
+        "identifiers.json",
+    ),
+    "identifiers.json shorter": (lambda d: edit_json(d / "identifiers.json", lambda names: names[:-2]), "identifiers.json"),
     "identifiers.json truncated": (lambda d: cut(d / "identifiers.json"), "identifiers.json"),
-    "identifiers.json not a list": (lambda d: edit_json(d / "identifiers.json", lambda names: {"names": names}),
-                                    "identifiers.json"),
+    "identifiers.json not a list": (
+        lambda d: edit_json(d / "identifiers.json", lambda names: {"names": names}),
+        "identifiers.json",
+    ),
 }
 
 
@@ -104,14 +120,17 @@ def test_a_broken_folder_is_refused_naming_the_file(folder, fault):
     assert str(folder / name) in str(error.value), str(error.value)
 
 
-@pytest.mark.parametrize("fault, name", [
-    ("cut", "test/all__puzzle_indices.npy"),
-    ("cut", "test/all__puzzle_identifiers.npy"),
-    ("cut", "test/dataset.json"),
-    ("cut", "test_puzzles.json"),
-    ("missing", "test/all__puzzle_identifiers.npy"),
-    ("short", "identifiers.json"),
-])
+@pytest.mark.parametrize(
+    "fault, name",
+    [
+        ("cut", "test/all__puzzle_indices.npy"),
+        ("cut", "test/all__puzzle_identifiers.npy"),
+        ("cut", "test/dataset.json"),
+        ("cut", "test_puzzles.json"),
+        ("missing", "test/all__puzzle_identifiers.npy"),
+        ("short", "identifiers.json"),
+    ],
+)
 def test_the_voter_names_a_broken_test_split_file(folder, fault, name):
     ARCVoter(str(folder))
     path = folder / name
@@ -137,8 +156,18 @@ def test_a_broken_later_read_names_the_file(folder):
 def test_pretrain_on_a_truncated_folder_prints_one_error_line(folder, tmp_path):
     cut(folder / "train" / "all__inputs.npy")
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "pretrain.py", *tiny_overrides(folder, tmp_path / "run", "epochs=1"),
-                          f"hydra.run.dir={tmp_path / 'hydra'}"], cwd=ROOT, env=env, capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "pretrain.py",
+            *tiny_overrides(folder, tmp_path / "run", "epochs=1"),
+            f"hydra.run.dir={tmp_path / 'hydra'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert res.returncode == 2, res.stderr[-3000:]
     assert len(errors) == 1 and str(folder / "train" / "all__inputs.npy") in errors[0], res.stderr[-3000:]

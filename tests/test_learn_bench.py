@@ -20,19 +20,38 @@ def load_learn():
 
 def test_train_figures_weigh_halted_examples_and_skip_steps_where_none_halted():
     learn = load_learn()
-    rows = [{"step": 10 * i, "train/lm_loss": 1.0, "train/count": c, "train/exact_accuracy": e, "train/accuracy": a}
-            for i, (c, e, a) in enumerate([(0, 0.0, 0.0), (2, 1.0, 1.0), (6, 0.0, 0.5), (0, 0.0, 0.0), (0, 0.0, 0.0)], 1)]
+    rows = [
+        {"step": 10 * i, "train/lm_loss": 1.0, "train/count": c, "train/exact_accuracy": e, "train/accuracy": a}
+        for i, (c, e, a) in enumerate([(0, 0.0, 0.0), (2, 1.0, 1.0), (6, 0.0, 0.5), (0, 0.0, 0.0), (0, 0.0, 0.0)], 1)
+    ]
     f = learn.train_figures(rows)
     assert f["train_exact"] == pytest.approx(2 / 8) and f["train_cell_accuracy"] == pytest.approx((2 + 3) / 8)
-    assert learn.training_seconds([{"step": 10, "train/examples_per_s": 32.0}, {"step": 30, "train/examples_per_s": 64.0}],
-                                  batch=32) == pytest.approx(10 + 10)
+    assert learn.training_seconds(
+        [{"step": 10, "train/examples_per_s": 32.0}, {"step": 30, "train/examples_per_s": 64.0}], batch=32
+    ) == pytest.approx(10 + 10)
 
 
 def test_a_short_bucketed_run_prints_its_line_and_table(tmp_path, capsys):
     learn = load_learn()
     out = tmp_path / "buckets-seed0"
-    assert learn.main(["--canvas", "buckets", "--steps", "3", "--threads", "1", "--out", str(out),
-                       "arch.hidden_size=32", "arch.num_heads=1", "compile=false"]) == 0
+    assert (
+        learn.main(
+            [
+                "--canvas",
+                "buckets",
+                "--steps",
+                "3",
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+                "arch.hidden_size=32",
+                "arch.num_heads=1",
+                "compile=false",
+            ]
+        )
+        == 0
+    )
     last = capsys.readouterr().out.strip().splitlines()[-1]
     line = r"pass@1 ([\d.]+) pass@2 ([\d.]+) train_exact (?:[\d.]+|nan) steps 3 tokens (\d+) minutes [\d.]+"
     printed = re.fullmatch(line, last)
@@ -45,9 +64,14 @@ def test_a_short_bucketed_run_prints_its_line_and_table(tmp_path, capsys):
     tasks = {p.stem: json.loads(p.read_text()) for p in (out / "tasks").rglob("*.json")}
     assert set(submission) == set(tasks) and len(tasks) == 46
     for k, figure in ((1, printed[1]), (2, printed[2])):
-        by_hand = sum(sum(pair["output"] in [submission[t][i][f"attempt_{a}"] for a in range(1, k + 1)]
-                          for i, pair in enumerate(task["test"])) / len(task["test"])
-                      for t, task in tasks.items()) / len(tasks)
+        by_hand = sum(
+            sum(
+                pair["output"] in [submission[t][i][f"attempt_{a}"] for a in range(1, k + 1)]
+                for i, pair in enumerate(task["test"])
+            )
+            / len(task["test"])
+            for t, task in tasks.items()
+        ) / len(tasks)
         assert float(figure) == round(result[f"pass@{k}"], 4) and result[f"pass@{k}"] == pytest.approx(by_hand)
     assert int(printed[3]) == result["tokens"]
     # The README's set: the 46 ARC-AGI-1 training tasks of at most 6x6, every test input scored over 9 views.

@@ -8,10 +8,21 @@ SHAPE = DataShape(seq_len=16, vocab_size=12, num_puzzle_identifiers=6, batch_siz
 
 
 def tiny(name: str, **kw) -> RecursiveArchConfig:
-    base = dict(name=name, core={"trm_mlp": "trm"}.get(name, name), hidden_size=32, num_heads=2, expansion=2,
-                H_cycles=2, L_cycles=2, L_layers=1,
-                puzzle_emb_ndim=32, puzzle_emb_len=2, forward_dtype="float32", halt_max_steps=3,
-                halt_exploration_prob=0.0)
+    base = dict(
+        name=name,
+        core={"trm_mlp": "trm"}.get(name, name),
+        hidden_size=32,
+        num_heads=2,
+        expansion=2,
+        H_cycles=2,
+        L_cycles=2,
+        L_layers=1,
+        puzzle_emb_ndim=32,
+        puzzle_emb_len=2,
+        forward_dtype="float32",
+        halt_max_steps=3,
+        halt_exploration_prob=0.0,
+    )
     if name in ("hrm", "transformer"):
         base["H_layers"] = 1
     base.update(kw)
@@ -20,13 +31,23 @@ def tiny(name: str, **kw) -> RecursiveArchConfig:
 
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"inputs": torch.randint(0, 12, (4, 16), generator=g), "labels": torch.randint(0, 12, (4, 16), generator=g),
-            "puzzle_identifiers": torch.randint(0, 6, (4,), generator=g, dtype=torch.int32)}
+    return {
+        "inputs": torch.randint(0, 12, (4, 16), generator=g),
+        "labels": torch.randint(0, 12, (4, 16), generator=g),
+        "puzzle_identifiers": torch.randint(0, 6, (4,), generator=g, dtype=torch.int32),
+    }
 
 
-@pytest.mark.parametrize("name,kw", [("trm", {}), ("trm_mlp", {"mlp_t": True, "pos_encodings": "none"}),
-                                     ("hrm", {"puzzle_emb_len": 0}), ("transformer", {}),
-                                     ("trm", {"pos_encodings": "learned", "puzzle_emb_ndim": 48})])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("trm", {}),
+        ("trm_mlp", {"mlp_t": True, "pos_encodings": "none"}),
+        ("hrm", {"puzzle_emb_len": 0}),
+        ("transformer", {}),
+        ("trm", {"pos_encodings": "learned", "puzzle_emb_ndim": 48}),
+    ],
+)
 def test_shapes_and_eval_halting(name, kw):
     """Evaluation runs halt_max_steps whatever the halt head says: here it says "halt now"
     (q_halt ~ +10) for every example, which halts training at once."""

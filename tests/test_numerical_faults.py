@@ -185,8 +185,17 @@ def test_persistent_nan_stops_the_run_naming_the_steps_and_the_checkpoint(tiny_d
 
     monkeypatch.setattr(training.state, "build_loss", build_loss)
     run = tmp_path / "run"
-    config = compose_config(tiny_overrides(tiny_data, run, "epochs=100", "evaluate=false", "max_bad_steps=3",
-                                           "checkpoint_interval_steps=2", "max_checkpoints=0"))
+    config = compose_config(
+        tiny_overrides(
+            tiny_data,
+            run,
+            "epochs=100",
+            "evaluate=false",
+            "max_bad_steps=3",
+            "checkpoint_interval_steps=2",
+            "max_checkpoints=0",
+        )
+    )
     with pytest.raises(NonFiniteLossError) as error:
         pretrain.train(config, CPU)
     message = str(error.value)
@@ -265,8 +274,15 @@ def _rank(rank: int, port: int, data: str, tmp: str, out: str) -> None:
             train_step(state, next(stream))
         unchanged = all(torch.equal(v, before[k]) for k, v in trained(state).items())
         train_step(state, next(stream))
-        torch.save({"unchanged": unchanged, "skipped": state.skipped_steps, "step": state.step,
-                    "table": state.model.puzzle_emb.weights.clone()}, out)
+        torch.save(
+            {
+                "unchanged": unchanged,
+                "skipped": state.skipped_steps,
+                "step": state.step,
+                "table": state.model.puzzle_emb.weights.clone(),
+            },
+            out,
+        )
         del state, stream, poison  # gloo aborts at exit ~1 run in 10 while a DDP module is alive
         gc.collect()
     finally:

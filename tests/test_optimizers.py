@@ -149,8 +149,10 @@ def test_lr_changed_through_param_groups():
     torch.testing.assert_close(p.detach(), torch.tensor(ref), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs", [dict(lr=-1e-3), dict(lr=float("nan")), dict(betas=(1.0, 0.9)),
-                                    dict(betas=(0.9, -0.1)), dict(weight_decay=-0.1)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(lr=-1e-3), dict(lr=float("nan")), dict(betas=(1.0, 0.9)), dict(betas=(0.9, -0.1)), dict(weight_decay=-0.1)],
+)
 def test_invalid_arguments(kwargs):
     with pytest.raises(ValueError):
         AdamATan2([torch.nn.Parameter(torch.zeros(2))], **kwargs)
@@ -209,8 +211,7 @@ def test_factory_returns_pure_class_on_cpu(monkeypatch):
     assert type(adam_atan2((q for q in [p]), 1e-3, (0.9, 0.95), 0.1)) is AdamATan2
 
 
-@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
-                                       ("adam_atan2", AdamATan2)])
+@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("adam_atan2", AdamATan2)])
 def test_build_optimizer(name, cls):
     p = torch.nn.Parameter(torch.zeros(3))
     opt = build_optimizer(OptimizerConfig(name=name, lr=3e-4, betas=[0.8, 0.9], weight_decay=0.05), [p])
@@ -219,15 +220,18 @@ def test_build_optimizer(name, cls):
     assert (group["lr"], tuple(group["betas"]), group["weight_decay"]) == (3e-4, (0.8, 0.9), 0.05)
 
 
-@pytest.mark.parametrize("kwargs", [dict(name="sgd"), dict(lr=-1.0), dict(betas=[0.9]), dict(betas=[0.9, 1.0]),
-                                    dict(weight_decay=-0.1), dict(eps=0.0)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(name="sgd"), dict(lr=-1.0), dict(betas=[0.9]), dict(betas=[0.9, 1.0]), dict(weight_decay=-0.1), dict(eps=0.0)],
+)
 def test_optimizer_config_validation(kwargs):
     with pytest.raises(ValueError):
         OptimizerConfig(**kwargs).validate()
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "conf" / "optimizer").glob("*.yaml")),
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "conf" / "optimizer").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_conf_optimizer_files_fit_the_schema(path):
     options = OmegaConf.load(path)
     options.pop("defaults", None)
@@ -313,8 +317,9 @@ def rank_grad(rank: int) -> torch.Tensor:
 
 
 def _gloo_worker(rank: int, world_size: int, port: int, out_dir: str, lr: float, wd: float) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=30))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size, timeout=timedelta(seconds=30)
+    )
     try:
         emb = make_embedding(len(RANK_IDS[rank]))
         opt = SparseSignSGD(emb, lr=lr, weight_decay=wd)
@@ -340,8 +345,7 @@ def test_sparse_sign_sgd_two_rank_gloo(tmp_path):
     opt.step()
 
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"  # fork: no re-import of torch
-    mp.start_processes(_gloo_worker, args=(2, free_port(), str(tmp_path), lr, wd), nprocs=2, join=True,
-                       start_method=method)
+    mp.start_processes(_gloo_worker, args=(2, free_port(), str(tmp_path), lr, wd), nprocs=2, join=True, start_method=method)
     w0, w1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     assert torch.equal(w0, w1)
     torch.testing.assert_close(w0, single.weights, rtol=0, atol=1e-7)

@@ -40,8 +40,9 @@ def tiny_data(tmp_path_factory):
 
 def overrides(data: Path, run: Path, *extra: str) -> list[str]:
     """One run's command line, the same for its first start and every restart (resume=auto)."""
-    return tiny_overrides(data, run, "epochs=1000", f"max_steps={STEPS}", "evaluate=false", "resume=auto",
-                          "run_name=preempt", *extra)
+    return tiny_overrides(
+        data, run, "epochs=1000", f"max_steps={STEPS}", "evaluate=false", "resume=auto", "run_name=preempt", *extra
+    )
 
 
 def command(launcher: list[str], data: Path, run: Path, *extra: str) -> list[str]:
@@ -59,8 +60,9 @@ def torchrun(*args: str) -> list[str]:
 
 def start(cmd: list[str], environ: dict[str, str]) -> subprocess.Popen:
     """``cmd`` as the leader of its own process group (kill_all ends it)."""
-    return subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 120) -> str:
@@ -262,8 +264,10 @@ def test_a_killed_rank_restarts_the_job_from_the_newest_checkpoint(tiny_data, st
     5 steps); the agent restarts both ranks, which resume from step 5 (resume=auto) and end
     bitwise equal to the uninterrupted run, with exit status 0 and no user action."""
     run = tmp_path / "crash"
-    out = run_to_end(command(torchrun("--max-restarts", "1"), tiny_data, run, "checkpoint_interval_steps=5"),
-                     env(**{KILL_AT_STEP: "7", FAULT_RANK: "1"}))
+    out = run_to_end(
+        command(torchrun("--max-restarts", "1"), tiny_data, run, "checkpoint_interval_steps=5"),
+        env(**{KILL_AT_STEP: "7", FAULT_RANK: "1"}),
+    )
     assert "(exitcode: -9) local_rank: 1" in out  # the fault fired, on rank 1
     assert f"resumed from {run / 'step_00000005'} at step 5" in out
     assert_same_weights(run, straight)
@@ -275,8 +279,9 @@ def test_a_killed_rank_restarts_the_job_from_the_newest_checkpoint(tiny_data, st
 def evaluations(run: Path) -> dict[int, dict[str, float]]:
     """The run's logged evaluations: {step: figures}."""
     records = read_jsonl(str(run / ckpt.METRICS_FILE))
-    return {r["step"]: {k: v for k, v in r.items() if k.startswith(("all/", "ARC/"))}
-            for r in records if "all/accuracy" in r}
+    return {
+        r["step"]: {k: v for k, v in r.items() if k.startswith(("all/", "ARC/"))} for r in records if "all/accuracy" in r
+    }
 
 
 @pytest.mark.parametrize("fault, status", [(PREEMPT_AT_STEP, PREEMPTED_EXIT), (KILL_IN_EVAL_AT_STEP, -signal.SIGKILL)])
@@ -285,8 +290,15 @@ def test_an_evaluation_missed_at_an_epoch_end_is_owed_by_the_resumed_run(tiny_da
     checkpoint), or killed in the evaluation after it (that step checkpointed): the rerun
     starts at the next epoch, so it must evaluate first. Its evaluations, monitor and
     keep_best checkpoint then equal an uninterrupted run's."""
-    extra = ["epochs=3", "eval_interval=1", "checkpoint_interval_steps=1", "max_checkpoints=2",
-             "callbacks.keep_best=1", "resume=auto", "run_name=owed"]
+    extra = [
+        "epochs=3",
+        "eval_interval=1",
+        "checkpoint_interval_steps=1",
+        "max_checkpoints=2",
+        "callbacks.keep_best=1",
+        "resume=auto",
+        "run_name=owed",
+    ]
 
     def cmd(run: Path) -> list[str]:
         return [sys.executable, "pretrain.py", *tiny_overrides(tiny_data, run, *extra), f"hydra.run.dir={run}-hydra"]

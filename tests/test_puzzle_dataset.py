@@ -132,9 +132,7 @@ def test_test_mode_ranks_cover_every_example_once(data, world_size):
     # A global batch size whose last batch is partial and leaves the last rank with no real rows.
     local = next(k for k in range(2, n) if 0 < n % (k * world_size) <= k)
     size = local * world_size
-    per_rank = [
-        list(PuzzleDataset([root], "test", size, rank=r, world_size=world_size)) for r in range(world_size)
-    ]
+    per_rank = [list(PuzzleDataset([root], "test", size, rank=r, world_size=world_size)) for r in range(world_size)]
     assert all(len(batches) == -(-n // size) for batches in per_rank)
 
     seen = []
@@ -151,9 +149,7 @@ def test_test_mode_ranks_cover_every_example_once(data, world_size):
             np.testing.assert_array_equal(idx[real], np.arange(lo, min(lo + local, n)))
             assert np.all(real[: real.sum()])  # padding only at the end
             np.testing.assert_array_equal(batch["inputs"].numpy()[real], disk["inputs"][idx[real]])
-            np.testing.assert_array_equal(
-                batch["labels"].numpy()[real], mapped_labels(disk["labels"][idx[real]])
-            )
+            np.testing.assert_array_equal(batch["labels"].numpy()[real], mapped_labels(disk["labels"][idx[real]]))
             np.testing.assert_array_equal(
                 batch["puzzle_identifiers"].numpy()[real],
                 disk["puzzle_identifiers"][puzzle_of_row[idx[real]]],
@@ -190,18 +186,13 @@ def test_train_is_seeded_and_independent_of_world_size(data):
     full = run(seed=5)
     assert_same_batches([b for e in full for b in e], [b for e in run(seed=5) for b in e])
     other = run(seed=6)
-    assert any(
-        len(a) != len(b) or not np.array_equal(a[0]["inputs"], b[0]["inputs"]) for a, b in zip(full, other)
-    )
+    assert any(len(a) != len(b) or not np.array_equal(a[0]["inputs"], b[0]["inputs"]) for a, b in zip(full, other))
     # Consecutive epochs differ too (new permutation per epoch).
     assert not np.array_equal(full[0][0]["inputs"], full[1][0]["inputs"])
     halves = [run(seed=5, rank=r, world_size=2) for r in range(2)]
     for epoch, batches in enumerate(full):
         assert len(batches) > 1
-        joined = [
-            {k: np.concatenate([h0[k], h1[k]]) for k in h0}
-            for h0, h1 in zip(halves[0][epoch], halves[1][epoch])
-        ]
+        joined = [{k: np.concatenate([h0[k], h1[k]]) for k in h0} for h0, h1 in zip(halves[0][epoch], halves[1][epoch])]
         assert_same_batches(batches, joined)
 
 
@@ -228,9 +219,7 @@ def test_train_batches_respect_puzzles_and_groups(data):
             np.testing.assert_array_equal(batch["labels"].numpy(), mapped_labels(disk["labels"][rows]))
             assert (batch["labels"].numpy() == IGNORE_LABEL_ID).any()
             puzzles = puzzle_of_row[rows]
-            np.testing.assert_array_equal(
-                batch["puzzle_identifiers"].numpy(), disk["puzzle_identifiers"][puzzles]
-            )
+            np.testing.assert_array_equal(batch["puzzle_identifiers"].numpy(), disk["puzzle_identifiers"][puzzles])
             # Runs of one puzzle; only the last run of a batch may be a truncated puzzle; a group
             # (hence its truncated remainder) never reappears later in the epoch.
             cuts = np.flatnonzero(np.diff(puzzles)) + 1
@@ -266,11 +255,7 @@ def test_state_dict_resumes_exactly(data, consumed):
             it = iter(ds)
             next(it)
     state = ds.state_dict()
-    expected = (
-        {"epoch": 1, "batch_in_epoch": k - first_epoch}
-        if k >= first_epoch
-        else {"epoch": 0, "batch_in_epoch": k}
-    )
+    expected = {"epoch": 1, "batch_in_epoch": k - first_epoch} if k >= first_epoch else {"epoch": 0, "batch_in_epoch": k}
     assert state == expected
 
     resumed = make()
@@ -396,8 +381,16 @@ def overwrite_with_ff(path: str, count: int = 8) -> None:
         f.write(b"\xff" * count)
 
 
-@pytest.mark.parametrize("file", ["train/all__inputs.npy", "train/all__labels.npy", "test/all__inputs.npy",
-                                  "test/all__labels.npy", "train/all__puzzle_identifiers.npy"])
+@pytest.mark.parametrize(
+    "file",
+    [
+        "train/all__inputs.npy",
+        "train/all__labels.npy",
+        "test/all__inputs.npy",
+        "test/all__labels.npy",
+        "train/all__puzzle_identifiers.npy",
+    ],
+)
 def test_bytes_overwritten_in_place_are_refused_at_load_naming_the_file(built, tmp_path, file):
     folder = shutil.copytree(built, tmp_path / "ds")
     overwrite_with_ff(os.path.join(folder, file))
@@ -409,8 +402,9 @@ def test_bytes_overwritten_in_place_are_refused_at_load_naming_the_file(built, t
 def test_pretrain_on_overwritten_tokens_prints_one_error_line(built, tmp_path, file):
     folder = shutil.copytree(built, tmp_path / "ds")
     overwrite_with_ff(os.path.join(folder, file))
-    result = run_script("pretrain.py", [*tiny_overrides(folder, tmp_path / "run", "epochs=1"),
-                                        f"hydra.run.dir={tmp_path / 'hydra'}"])
+    result = run_script(
+        "pretrain.py", [*tiny_overrides(folder, tmp_path / "run", "epochs=1"), f"hydra.run.dir={tmp_path / 'hydra'}"]
+    )
     errors = error_lines(result)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert len(errors) == 1 and os.path.join(folder, file) in errors[0], result.stderr[-3000:]

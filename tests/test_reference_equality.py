@@ -54,9 +54,25 @@ CASES = {
     "hrm_tiny": ("hrm", {"puzzle_emb_len": 0, "no_ACT_continue": False}),
 }
 
-ARCH_FIELDS = ("hidden_size", "num_heads", "expansion", "H_cycles", "L_cycles", "H_layers", "L_layers",
-               "puzzle_emb_ndim", "puzzle_emb_len", "pos_encodings", "rope_theta", "rms_norm_eps", "mlp_t",
-               "halt_max_steps", "halt_exploration_prob", "no_ACT_continue", "forward_dtype")
+ARCH_FIELDS = (
+    "hidden_size",
+    "num_heads",
+    "expansion",
+    "H_cycles",
+    "L_cycles",
+    "H_layers",
+    "L_layers",
+    "puzzle_emb_ndim",
+    "puzzle_emb_len",
+    "pos_encodings",
+    "rope_theta",
+    "rms_norm_eps",
+    "mlp_t",
+    "halt_max_steps",
+    "halt_exploration_prob",
+    "no_ACT_continue",
+    "forward_dtype",
+)
 
 
 def load_fixture(case: str) -> dict:
@@ -69,8 +85,12 @@ def build(case: str, fixture: dict):
     fields = {k: ref[k] for k in ARCH_FIELDS if k in ref}
     fields.update(overrides)
     config = RecursiveArchConfig(name=name, **fields)
-    shape = DataShape(seq_len=ref["seq_len"], vocab_size=ref["vocab_size"],
-                      num_puzzle_identifiers=ref["num_puzzle_identifiers"], batch_size=ref["batch_size"])
+    shape = DataShape(
+        seq_len=ref["seq_len"],
+        vocab_size=ref["vocab_size"],
+        num_puzzle_identifiers=ref["num_puzzle_identifiers"],
+        batch_size=ref["batch_size"],
+    )
     model = build_model(config, shape)
     model.load_state_dict(convert_state_dict(dict(fixture["state_dict"]), model.state_dict()))
     return model
@@ -81,8 +101,13 @@ def run_calls(model, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, t
     records = []
     for batch in batches:
         carry, out = model(carry, batch)
-        rec = {"logits": out.logits, "q_halt_logits": out.q_halt_logits, "q_continue_logits": out.q_continue_logits,
-               "halted": carry.halted, "steps": carry.steps}
+        rec = {
+            "logits": out.logits,
+            "q_halt_logits": out.q_halt_logits,
+            "q_continue_logits": out.q_continue_logits,
+            "halted": carry.halted,
+            "steps": carry.steps,
+        }
         if out.target_q_continue is not None:
             rec["target_q_continue"] = out.target_q_continue
         records.append({k: v.detach() for k, v in rec.items()})

@@ -63,8 +63,10 @@ def test_solved_tasks_come_first_and_the_curve_band_adds_height(tmp_path):
     tasks = {t: tasks[t] for t in ("bbbb0002", "cccc0003", "aaaa0001")}  # the solved task last in the file
     plain, with_curve = tmp_path / "plain.png", tmp_path / "curve.png"
     assert render_report(str(plain), tasks, make_submission(), max_tasks=1) == 2  # aaaa0001's two test inputs
-    curve = [{"step": 10, "train/accuracy": 0.5, "train/exact_accuracy": 0.1},
-             {"step": 20, "all/accuracy": 0.6, "ARC/pass@2": 0.25}]
+    curve = [
+        {"step": 10, "train/accuracy": 0.5, "train/exact_accuracy": 0.1},
+        {"step": 20, "all/accuracy": 0.6, "ARC/pass@2": 0.25},
+    ]
     assert render_report(str(with_curve), tasks, make_submission(), max_tasks=1, curve=curve) == 2
     band = matplotlib.image.imread(with_curve).shape[0] - matplotlib.image.imread(plain).shape[0]
     assert band >= 200  # 3 inches at 80 dpi
@@ -74,5 +76,8 @@ def test_solved_first_keeps_the_order_within_groups():
     from evaluators.report import solved_first
 
     tasks = make_tasks()
-    assert solved_first({t: tasks[t] for t in ("cccc0003", "bbbb0002", "aaaa0001")}, make_submission()) == \
-        ["aaaa0001", "cccc0003", "bbbb0002"]
+    assert solved_first({t: tasks[t] for t in ("cccc0003", "bbbb0002", "aaaa0001")}, make_submission()) == [
+        "aaaa0001",
+        "cccc0003",
+        "bbbb0002",
+    ]

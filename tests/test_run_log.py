@@ -48,8 +48,16 @@ def test_run_folder_holds_log_metrics_curves_and_config(tiny_data, tmp_path):
 
 def test_resume_keeps_each_logged_step_once(tiny_data, tmp_path):
     run = tmp_path / "run"
-    common = tiny_overrides(tiny_data, run, "epochs=50", "evaluate=false", "log_interval=1", "resume=auto",
-                            "checkpoint_interval_steps=2", "max_checkpoints=0")
+    common = tiny_overrides(
+        tiny_data,
+        run,
+        "epochs=50",
+        "evaluate=false",
+        "log_interval=1",
+        "resume=auto",
+        "checkpoint_interval_steps=2",
+        "max_checkpoints=0",
+    )
     pretrain.train(compose_config(common + ["max_steps=5"]), CPU)
     for step, path in ckpt.list_checkpoints(str(run)):
         if step > 2:  # as if killed after logging step 5 but before any checkpoint past step 2
@@ -60,12 +68,24 @@ def test_resume_keeps_each_logged_step_once(tiny_data, tmp_path):
 
 def test_loss_lines_reach_a_redirected_log(tiny_data, tmp_path):
     """Under nohup or SLURM stdout is a file: each log_interval still prints one plain line."""
-    overrides = tiny_overrides(tiny_data, tmp_path / "ck", "epochs=2", "evaluate=false", "log_interval=1",
-                               "progress_bar=false", f"hydra.run.dir={tmp_path / 'hydra'}")
+    overrides = tiny_overrides(
+        tiny_data,
+        tmp_path / "ck",
+        "epochs=2",
+        "evaluate=false",
+        "log_interval=1",
+        "progress_bar=false",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+    )
     with open(tmp_path / "nohup.out", "w") as out:
-        result = subprocess.run([sys.executable, "pretrain.py", *overrides], cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT, timeout=300,
-                                env={**os.environ, "WANDB_MODE": "disabled"})
+        result = subprocess.run(
+            [sys.executable, "pretrain.py", *overrides],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+            env={**os.environ, "WANDB_MODE": "disabled"},
+        )
     text = (tmp_path / "nohup.out").read_text()
     assert result.returncode == 0, text[-2000:]
     assert "step 1/" in text and "step 2/" in text and "| lr " in text and "| loss " in text
@@ -80,8 +100,13 @@ def test_training_figures_are_window_means_and_absent_where_none_halted():
     cpu = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
     def step(loss, count, correct, lr):
-        return {"lm_loss": torch.tensor(loss), "count": torch.tensor(count), "accuracy": torch.tensor(correct),
-                "exact_accuracy": torch.tensor(correct / 2), "lr": torch.tensor(lr)}
+        return {
+            "lm_loss": torch.tensor(loss),
+            "count": torch.tensor(count),
+            "accuracy": torch.tensor(correct),
+            "exact_accuracy": torch.tensor(correct / 2),
+            "lr": torch.tensor(lr),
+        }
 
     window = add_metrics(None, step(8.0, 0.0, 0.0, 1e-3))
     none_halted = reduce_metrics(window, cpu, global_batch_size=4, steps=1)
@@ -98,11 +123,18 @@ def test_training_figures_are_window_means_and_absent_where_none_halted():
 
 def test_a_log_line_without_halted_examples_shows_no_accuracy(tiny_data, tmp_path, caplog):
     # halt_max_steps 4 and no exploration: nothing halts before step 4, so the step-2 line measured nothing.
-    overrides = tiny_overrides(tiny_data, tmp_path / "ck", "epochs=1000", "evaluate=false", "max_steps=4",
-                               "log_interval=2", "arch.halt_max_steps=4", "arch.halt_exploration_prob=0")
+    overrides = tiny_overrides(
+        tiny_data,
+        tmp_path / "ck",
+        "epochs=1000",
+        "evaluate=false",
+        "max_steps=4",
+        "log_interval=2",
+        "arch.halt_max_steps=4",
+        "arch.halt_exploration_prob=0",
+    )
     with caplog.at_level("INFO", logger="training.run_log"):
-        pretrain.train(compose_config(overrides), DistEnv(rank=0, world_size=1, local_rank=0,
-                                                          device=torch.device("cpu")))
+        pretrain.train(compose_config(overrides), DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
     rows = [r for r in records(tmp_path / "ck") if "train/lm_loss" in r]
     assert [r["step"] for r in rows] == [2, 4]
     assert "train/accuracy" not in rows[0] and rows[0]["train/count"] == 0
@@ -128,13 +160,24 @@ def test_a_metrics_line_torn_by_a_file_size_limit_is_dropped_and_the_resume_cont
     size of metrics.jsonl dies appending its next record; the run after it resumes and keeps
     each step once (a strict reader made every later resume crash with JSONDecodeError)."""
     run = tmp_path / "run"
-    common = tiny_overrides(tiny_data, run, "epochs=50", "evaluate=false", "log_interval=1", "resume=auto",
-                            "checkpoint_interval_steps=5", "max_checkpoints=0")
+    common = tiny_overrides(
+        tiny_data,
+        run,
+        "epochs=50",
+        "evaluate=false",
+        "log_interval=1",
+        "resume=auto",
+        "checkpoint_interval_steps=5",
+        "max_checkpoints=0",
+    )
     pretrain.train(compose_config(common + ["max_steps=10"]), CPU)
     metrics = run / "metrics.jsonl"
     whole = metrics.stat().st_size
-    limited = run_script("pretrain.py", [*common, "max_steps=12", f"hydra.run.dir={tmp_path / 'hydra'}",
-                                         "hydra.output_subdir=null"], file_size_limit=whole + 40)
+    limited = run_script(
+        "pretrain.py",
+        [*common, "max_steps=12", f"hydra.run.dir={tmp_path / 'hydra'}", "hydra.output_subdir=null"],
+        file_size_limit=whole + 40,
+    )
     # The run that meets the limit stops as on a full checkpoint write: one line, exit 3.
     assert limited.returncode == 3 and "Traceback" not in limited.stderr, limited.stderr[-3000:]
     (line,) = error_lines(limited)

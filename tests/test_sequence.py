@@ -44,17 +44,16 @@ def canvas(grid, side: int = SIDE, r0: int = 0, c0: int = 0) -> torch.Tensor:
     g = np.asarray(grid)
     h, w = g.shape
     c = np.full((side, side), PAD_ID)
-    c[r0:r0 + h, c0:c0 + w] = g + 2
+    c[r0 : r0 + h, c0 : c0 + w] = g + 2
     if r0 + h < side:
-        c[r0 + h, c0:c0 + w] = EOS_ID
+        c[r0 + h, c0 : c0 + w] = EOS_ID
     if c0 + w < side:
-        c[r0:r0 + h, c0 + w] = EOS_ID
+        c[r0 : r0 + h, c0 + w] = EOS_ID
     return torch.tensor(c.reshape(-1))
 
 
 def tiny_config(name: str, **kw) -> SequenceArchConfig:
-    base = dict(name=name, hidden_size=32, num_heads=2, expansion=2, encoder_layers=1, decoder_layers=2,
-                context_layers=1)
+    base = dict(name=name, hidden_size=32, num_heads=2, expansion=2, encoder_layers=1, decoder_layers=2, context_layers=1)
     if name == "decoder_only":
         base.update(encoder_layers=0, context_layers=0)
     if name == "champion":
@@ -73,10 +72,14 @@ def mirror_batch(seed: int = 0, n: int = 8, side: int = SIDE, demos: int = 2) ->
 
     inputs, labels = pairs(n)
     demo_in, demo_out = pairs(n * demos)
-    return {"inputs": inputs.int(), "labels": torch.where(labels == PAD_ID, IGNORE_LABEL_ID, labels).int(),
-            "puzzle_identifiers": torch.ones(n, dtype=torch.int32),
-            "demo_inputs": demo_in.view(n, demos, -1).int(), "demo_labels": demo_out.view(n, demos, -1).int(),
-            "demo_mask": torch.ones(n, demos, dtype=torch.bool)}
+    return {
+        "inputs": inputs.int(),
+        "labels": torch.where(labels == PAD_ID, IGNORE_LABEL_ID, labels).int(),
+        "puzzle_identifiers": torch.ones(n, dtype=torch.int32),
+        "demo_inputs": demo_in.view(n, demos, -1).int(),
+        "demo_labels": demo_out.view(n, demos, -1).int(),
+        "demo_mask": torch.ones(n, demos, dtype=torch.bool),
+    }
 
 
 # ----------------------------------------------------------------------------------------
@@ -86,33 +89,60 @@ def mirror_batch(seed: int = 0, n: int = 8, side: int = SIDE, demos: int = 2) ->
 def test_tokeniser_round_trips_canvases_of_every_shape_and_offset():
     rng = np.random.default_rng(0)
     side = 6
-    cases = [(h, w, r0, c0) for h in range(1, side + 1) for w in range(1, side + 1)
-             for r0, c0 in [(0, 0), (side - h, side - w), (rng.integers(0, side - h + 1), rng.integers(0, side - w + 1))]]
+    cases = [
+        (h, w, r0, c0)
+        for h in range(1, side + 1)
+        for w in range(1, side + 1)
+        for r0, c0 in [(0, 0), (side - h, side - w), (rng.integers(0, side - h + 1), rng.integers(0, side - w + 1))]
+    ]
     grids = [rng.integers(0, 10, size=(h, w)) for h, w, _, _ in cases]
     placed = torch.stack([canvas(g, side, r0, c0) for g, (_, _, r0, c0) in zip(grids, cases)])
     seq = canvas_to_seq(placed, side)
     for i, (g, (h, w, _, _)) in enumerate(zip(grids, cases)):
         want = [t for row in g.tolist() for t in [c + 2 for c in row] + [NEWLINE]] + [END]
-        assert seq.tokens[i, :seq.lengths[i]].tolist() == want
-        assert (seq.tokens[i, seq.lengths[i]:] == PAD_ID).all()
+        assert seq.tokens[i, : seq.lengths[i]].tolist() == want
+        assert (seq.tokens[i, seq.lengths[i] :] == PAD_ID).all()
         assert (int(seq.heights[i]), int(seq.widths[i])) == (h, w)
     # back to a canvas: the same grid, top-left, in the dataset's PAD/EOS layout
     assert torch.equal(seq_to_canvas(seq.tokens, side), torch.stack([canvas(g, side) for g in grids]))
     empty = canvas_to_seq(torch.zeros(2, side * side, dtype=torch.long), side)
-    assert empty.tokens.tolist() == [[END], [END]] and torch.equal(seq_to_canvas(empty.tokens, side),
-                                                                    torch.zeros(2, side * side, dtype=torch.long))
+    assert empty.tokens.tolist() == [[END], [END]] and torch.equal(
+        seq_to_canvas(empty.tokens, side), torch.zeros(2, side * side, dtype=torch.long)
+    )
 
 
 def test_tokeniser_reads_the_builders_canvases(tmp_path):
     """Translated train examples and top-left test examples of a real build decode to the
     grids the dataset holds (checked with the evaluator's crop)."""
     rng = np.random.default_rng(1)
-    src = write_folder_source(tmp_path / "src", {
-        "training": {f"t{i}": random_task(rng, max_side=5) for i in range(3)},
-        "evaluation": {"e": random_task(rng, max_side=5)}})
+    src = write_folder_source(
+        tmp_path / "src",
+        {
+            "training": {f"t{i}": random_task(rng, max_side=5) for i in range(3)},
+            "evaluation": {"e": random_task(rng, max_side=5)},
+        },
+    )
     out = tmp_path / "ds"
-    assert build_main(["--input-file-prefix", str(src), "--output-dir", str(out), "--subsets", "training", "evaluation",
-                       "--test-set-name", "evaluation", "--num-aug", "2", "--max-grid-size", "7"]) == 0
+    assert (
+        build_main(
+            [
+                "--input-file-prefix",
+                str(src),
+                "--output-dir",
+                str(out),
+                "--subsets",
+                "training",
+                "evaluation",
+                "--test-set-name",
+                "evaluation",
+                "--num-aug",
+                "2",
+                "--max-grid-size",
+                "7",
+            ]
+        )
+        == 0
+    )
     for split in ("train", "test"):
         for name in ("inputs", "labels"):
             rows = np.load(out / split / f"all__{name}.npy")
@@ -174,8 +204,8 @@ def test_rope_scores_depend_only_on_the_position_difference():
     q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
 
     def score(m, n):
-        qm, _ = apply_rope(q, q, cos[m:m + 1], sin[m:m + 1])
-        _, kn = apply_rope(k, k, cos[n:n + 1], sin[n:n + 1])
+        qm, _ = apply_rope(q, q, cos[m : m + 1], sin[m : m + 1])
+        _, kn = apply_rope(k, k, cos[n : n + 1], sin[n : n + 1])
         return float((qm * kn).sum())
 
     for delta in (0, 3, 17):
@@ -197,8 +227,8 @@ def test_changing_target_token_i_changes_no_logit_at_or_before_i(name):
             changed = targets.clone()
             changed[:, i] = torch.where(changed[:, i] == NEWLINE, 2, NEWLINE)  # also moves later 2-D coordinates
             logits = model.teacher_forced(batch, changed)
-            torch.testing.assert_close(logits[:, :i + 1], base[:, :i + 1], rtol=0, atol=1e-6)
-            assert not torch.allclose(logits[:, i + 1:], base[:, i + 1:])  # later positions do see it
+            torch.testing.assert_close(logits[:, : i + 1], base[:, : i + 1], rtol=0, atol=1e-6)
+            assert not torch.allclose(logits[:, i + 1 :], base[:, i + 1 :])  # later positions do see it
 
 
 @pytest.mark.parametrize("name", ["decoder_only", "encoder_decoder", "champion"])
@@ -346,12 +376,14 @@ def constant_output_batch(task_ids: np.ndarray, seed: int, demos: int = 2) -> di
     d = [pair(t) for t in task_ids for _ in range(demos)]
     labels = torch.stack([b for _, b in q])
     n = len(task_ids)
-    return {"inputs": torch.stack([a for a, _ in q]).int(),
-            "labels": torch.where(labels == PAD_ID, IGNORE_LABEL_ID, labels).int(),
-            "puzzle_identifiers": torch.zeros(n, dtype=torch.int32),
-            "demo_inputs": torch.stack([a for a, _ in d]).view(n, demos, -1).int(),
-            "demo_labels": torch.stack([b for _, b in d]).view(n, demos, -1).int(),
-            "demo_mask": torch.ones(n, demos, dtype=torch.bool)}
+    return {
+        "inputs": torch.stack([a for a, _ in q]).int(),
+        "labels": torch.where(labels == PAD_ID, IGNORE_LABEL_ID, labels).int(),
+        "puzzle_identifiers": torch.zeros(n, dtype=torch.int32),
+        "demo_inputs": torch.stack([a for a, _ in d]).view(n, demos, -1).int(),
+        "demo_labels": torch.stack([b for _, b in d]).view(n, demos, -1).int(),
+        "demo_mask": torch.ones(n, demos, dtype=torch.bool),
+    }
 
 
 @pytest.mark.learning
@@ -370,8 +402,14 @@ def test_champion_reads_the_answer_from_its_demonstrations():
         return float((model.predict(batch)[2].tokens[:, 0] == want).all(1).float().mean())
 
     # 15-16 of 16 right after 60 steps (measured); the cap leaves 10x that.
-    history = fit(model, lambda step: constant_output_batch(rng.integers(0, 200, size=16), seed=1000 * seed + step),
-                  lambda: solved(unseen), target=0.9, chunk=30, cap=600)
+    history = fit(
+        model,
+        lambda step: constant_output_batch(rng.integers(0, 200, size=16), seed=1000 * seed + step),
+        lambda: solved(unseen),
+        target=0.9,
+        chunk=30,
+        cap=600,
+    )
     assert history[-1][1] >= 0.9, history
     assert solved(swapped) <= 0.25
 
@@ -393,9 +431,24 @@ def mirror_tasks(n: int, seed: int, n_train: int = 3, prefix: str = "m") -> dict
 
 
 def build(src: Path, out: Path, *extra, num_aug: int = 1, canvas_side: int = 4) -> int:
-    return build_main(["--input-file-prefix", str(src), "--output-dir", str(out), "--subsets", "training", "evaluation",
-                       "--test-set-name", "evaluation", "--num-aug", str(num_aug), "--max-grid-size", str(canvas_side),
-                       *map(str, extra)])
+    return build_main(
+        [
+            "--input-file-prefix",
+            str(src),
+            "--output-dir",
+            str(out),
+            "--subsets",
+            "training",
+            "evaluation",
+            "--test-set-name",
+            "evaluation",
+            "--num-aug",
+            str(num_aug),
+            "--max-grid-size",
+            str(canvas_side),
+            *map(str, extra),
+        ]
+    )
 
 
 def split_tasks(root: Path, split: str) -> dict[str, list[tuple[list, list]]]:
@@ -437,8 +490,13 @@ def test_task_split_moves_seeded_training_tasks_to_an_unseen_dataset(tmp_path):
         assert held_test[t] == [(p["input"], p["output"]) for p in tasks[t]["test"]]
     assert set(json.loads((out / "unseen" / "test_puzzles.json").read_text())) == set(unseen)
     # identifiers are shared and unchanged; the main test split is the plain build's
-    for f in ("identifiers.json", "test_puzzles.json", "test/all__inputs.npy", "test/all__labels.npy",
-              "test/all__puzzle_identifiers.npy"):
+    for f in (
+        "identifiers.json",
+        "test_puzzles.json",
+        "test/all__inputs.npy",
+        "test/all__labels.npy",
+        "test/all__puzzle_identifiers.npy",
+    ):
         assert (out / f).read_bytes() == (tmp_path / "plain" / f).read_bytes(), f
     assert (out / "unseen" / "identifiers.json").read_bytes() == (out / "identifiers.json").read_bytes()
     # the loader and the voter take the unseen folder as an evaluation set
@@ -452,8 +510,9 @@ def test_task_split_moves_seeded_training_tasks_to_an_unseen_dataset(tmp_path):
 
 
 def test_task_split_flags_are_checked(tmp_path, capsys):
-    src = write_folder_source(tmp_path / "src", {"training": mirror_tasks(3, seed=0),
-                                                  "evaluation": mirror_tasks(1, 1, prefix="e")})
+    src = write_folder_source(
+        tmp_path / "src", {"training": mirror_tasks(3, seed=0), "evaluation": mirror_tasks(1, 1, prefix="e")}
+    )
     assert build(src, tmp_path / "a", "--task-split-frac", 1.0) == 2
     assert "--task-split-frac must be in [0, 1)" in capsys.readouterr().err
     assert build(src, tmp_path / "b", "--task-split-frac", 0.1) == 2  # 0.1 x 3 tasks rounds to none
@@ -463,12 +522,20 @@ def test_task_split_flags_are_checked(tmp_path, capsys):
 
 def test_many_pair_task_files_with_held_out_test_pairs(tmp_path, capsys):
     rng = np.random.default_rng(3)
-    generated = [{"input": g.tolist(), "output": g[::-1].tolist()}
-                 for g in (rng.integers(0, 10, size=(2, 3)) for _ in range(40))]
-    src = write_folder_source(tmp_path / "src", {
-        "training": {"gen_train": generated[:30], "plain": random_task(rng, max_side=4),
-                     "no_test_key": {"train": generated[30:35]}},
-        "evaluation": {"gen_eval": generated[35:]}})  # a bare list of pairs: re-arc's format
+    generated = [
+        {"input": g.tolist(), "output": g[::-1].tolist()} for g in (rng.integers(0, 10, size=(2, 3)) for _ in range(40))
+    ]
+    src = write_folder_source(
+        tmp_path / "src",
+        {
+            "training": {
+                "gen_train": generated[:30],
+                "plain": random_task(rng, max_side=4),
+                "no_test_key": {"train": generated[30:35]},
+            },
+            "evaluation": {"gen_eval": generated[35:]},
+        },
+    )  # a bare list of pairs: re-arc's format
     assert build(src, tmp_path / "a", canvas_side=5) == 2
     assert "no_test_key: missing 'test' key (pass --holdout-test-pairs" in capsys.readouterr().err
     (src / "training" / "no_test_key.json").unlink()
@@ -504,22 +571,40 @@ def test_many_pair_task_files_with_held_out_test_pairs(tmp_path, capsys):
 @pytest.mark.learning
 def test_champion_solves_held_out_tasks_of_a_family_it_trained_on(tmp_path):
     seed = learning_seed()
-    src = write_folder_source(tmp_path / "src", {"training": mirror_tasks(40, seed=seed, n_train=4),
-                                                  "evaluation": mirror_tasks(2, seed=seed + 1, prefix="e")})
+    src = write_folder_source(
+        tmp_path / "src",
+        {"training": mirror_tasks(40, seed=seed, n_train=4), "evaluation": mirror_tasks(2, seed=seed + 1, prefix="e")},
+    )
     data = tmp_path / "ds"
     assert build(src, data, "--task-split-frac", 0.2, num_aug=0) == 0
     unseen = json.loads((data / "build_info.json").read_text())["task_split"]["unseen_tasks"]
     use_test_threads()
     overrides = seeded(
-        "arch=champion", "loss=seq_ce", f"data.paths=[{data}]", f"data.test_paths=[{data / 'unseen'}]", "data.name=m",
-        "arch.hidden_size=64", "arch.num_heads=4", "arch.expansion=2", "arch.encoder_layers=2", "arch.decoder_layers=2",
-        "arch.context_layers=1", "optimizer=adamw", "optimizer.lr=2e-3", "optimizer.weight_decay=0", "lr_warmup_steps=20",
-        "global_batch_size=16", "eval_interval=1000000", f"checkpoint_path={tmp_path / 'ck'}",
-        "progress_bar=false", "log_interval=20", "wandb.mode=disabled")
+        "arch=champion",
+        "loss=seq_ce",
+        f"data.paths=[{data}]",
+        f"data.test_paths=[{data / 'unseen'}]",
+        "data.name=m",
+        "arch.hidden_size=64",
+        "arch.num_heads=4",
+        "arch.expansion=2",
+        "arch.encoder_layers=2",
+        "arch.decoder_layers=2",
+        "arch.context_layers=1",
+        "optimizer=adamw",
+        "optimizer.lr=2e-3",
+        "optimizer.weight_decay=0",
+        "lr_warmup_steps=20",
+        "global_batch_size=16",
+        "eval_interval=1000000",
+        f"checkpoint_path={tmp_path / 'ck'}",
+        "progress_bar=false",
+        "log_interval=20",
+        "wandb.mode=disabled",
+    )
     # Each chunk ends with an evaluation on the unseen tasks: 6+ of 8 solved in 100-150 steps
     # (measured); the cap leaves 4x that.
-    summary, _, history = train_until(overrides, lambda summary, _c: summary["ARC/pass@1"], target=0.75, chunk=50,
-                                      cap=600)
+    summary, _, history = train_until(overrides, lambda summary, _c: summary["ARC/pass@1"], target=0.75, chunk=50, cap=600)
     assert summary["ARC/tasks_scored"] == len(unseen) == 8
     assert summary["ARC/pass@1"] >= 0.75, history
     submission = json.loads((tmp_path / "ck" / f"evaluator_ARC_step_{summary['step']}" / "submission.json").read_text())

@@ -28,8 +28,9 @@ except ValueError:  # numba: no parallel region has run in this process
 
 
 def python(code: str, **env: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env}, capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, check=True
+    )
     return done.stdout.strip()
 
 
@@ -38,8 +39,10 @@ def test_the_voter_kernel_starts_no_thread_pool():
 
 
 def test_a_rank_takes_its_share_of_the_cores_for_numba():
-    code = ("import os, numba; from dataset.augment import limit_parallel_threads; limit_parallel_threads(); "
-            "print(len(os.sched_getaffinity(0)), numba.get_num_threads())")
+    code = (
+        "import os, numba; from dataset.augment import limit_parallel_threads; limit_parallel_threads(); "
+        "print(len(os.sched_getaffinity(0)), numba.get_num_threads())"
+    )
     cores, threads = map(int, python(code, LOCAL_WORLD_SIZE="2", NUMBA_NUM_THREADS="8").split())
     assert threads == max(1, cores // 2)
     cores, threads = map(int, python(code, NUMBA_NUM_THREADS="8").split())  # one process: every core it may use

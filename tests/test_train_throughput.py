@@ -59,17 +59,40 @@ def bucketed_dataset(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
 
     def task(side):
-        pairs = [{"input": (g := rng.integers(0, 10, (side, side))).tolist(), "output": g[::-1].tolist()}
-                 for _ in range(4)]
+        pairs = [{"input": (g := rng.integers(0, 10, (side, side))).tolist(), "output": g[::-1].tolist()} for _ in range(4)]
         return {"train": pairs[:3], "test": pairs[3:]}
 
-    src = write_folder_source(tmp_path / "src", {
-        "training": {f"t{side}_{i}": task(side) for side in (2, 5) for i in range(3)},
-        "evaluation": {f"e{side}": task(side) for side in (2, 5)}})
+    src = write_folder_source(
+        tmp_path / "src",
+        {
+            "training": {f"t{side}_{i}": task(side) for side in (2, 5) for i in range(3)},
+            "evaluation": {f"e{side}": task(side) for side in (2, 5)},
+        },
+    )
     out = tmp_path / "buckets"
-    assert build_main(["--input-file-prefix", str(src), "--output-dir", str(out), "--subsets", "training", "evaluation",
-                       "--test-set-name", "evaluation", "--num-aug", "3", "--max-grid-size", "6",
-                       "--canvas-buckets", "3", "6"]) == 0
+    assert (
+        build_main(
+            [
+                "--input-file-prefix",
+                str(src),
+                "--output-dir",
+                str(out),
+                "--subsets",
+                "training",
+                "evaluation",
+                "--test-set-name",
+                "evaluation",
+                "--num-aug",
+                "3",
+                "--max-grid-size",
+                "6",
+                "--canvas-buckets",
+                "3",
+                "6",
+            ]
+        )
+        == 0
+    )
     use_test_threads()
     return out
 
@@ -100,6 +123,9 @@ def test_random_mode_output_is_unchanged(capsys):
     assert out[0].startswith("pretrain.py's train_step (precision fp32, ema False")
     assert "on one random batch" in out[0]
     assert out[1].startswith("arch=trm_tiny (ACTModel), seq 900, batch 2, cpu (")
-    assert re.match(r"  [\d.]+ s/step, [\d.]+ examples/s, [\d,]+ grid tokens/s, peak RSS [\d.]+ GiB "
-                    r"\(mean of 1 steps after 1 warm-up\)$", out[2]), out[2]
+    assert re.match(
+        r"  [\d.]+ s/step, [\d.]+ examples/s, [\d,]+ grid tokens/s, peak RSS [\d.]+ GiB "
+        r"\(mean of 1 steps after 1 warm-up\)$",
+        out[2],
+    ), out[2]
     assert compare_reference.parse_arcforge_step("\n".join(out))["params"] == 67202

@@ -28,12 +28,27 @@ def tiny_data(tmp_path_factory):
 
 
 def test_cosine_restarts_schedule_by_hand():
-    config = compose_config(["lr_schedule=cosine_restarts", "restarts.T_0=2", "restarts.T_mult=2",
-                             "restarts.eta_min_ratio=0.1", "optimizer.lr=1e-3", "lr_warmup_steps=0", "epochs=14"])
+    config = compose_config(
+        [
+            "lr_schedule=cosine_restarts",
+            "restarts.T_0=2",
+            "restarts.T_mult=2",
+            "restarts.eta_min_ratio=0.1",
+            "optimizer.lr=1e-3",
+            "lr_warmup_steps=0",
+            "epochs=14",
+        ]
+    )
     total = 140  # 10 steps per epoch; cycles of 2, 4, 8 epochs start at epochs 0, 2, 6
     floor = 0.1
-    expected = {0: 1.0, 10: floor + (1 - floor) * 0.5, 20: 1.0, 40: floor + (1 - floor) * 0.5, 60: 1.0,
-                100: floor + (1 - floor) * 0.5}
+    expected = {
+        0: 1.0,
+        10: floor + (1 - floor) * 0.5,
+        20: 1.0,
+        40: floor + (1 - floor) * 0.5,
+        60: 1.0,
+        100: floor + (1 - floor) * 0.5,
+    }
     for step, value in expected.items():
         assert pretrain.lr_factor(config, step, total) == pytest.approx(value), step
     assert pretrain.lr_factor(config, 19, total) < 0.12  # the bottom of the first cycle
@@ -68,9 +83,22 @@ def test_best_k_retention_max_mode_and_last_among_best(tmp_path):
 
 def test_early_stopping_triggers_on_a_flat_validation_loss(tiny_data, tmp_path):
     # lr 0: nothing learns, the validation loss is exactly flat -> stop after 1 + patience evals.
-    summary = pretrain.train(compose_config(tiny_overrides(
-        tiny_data, tmp_path / "ck", "epochs=30", "eval_interval=1", "optimizer.lr=0", "puzzle_emb_lr=0",
-        "callbacks.early_stopping_patience=3", "callbacks.keep_best=1", "max_checkpoints=1")), CPU)
+    summary = pretrain.train(
+        compose_config(
+            tiny_overrides(
+                tiny_data,
+                tmp_path / "ck",
+                "epochs=30",
+                "eval_interval=1",
+                "optimizer.lr=0",
+                "puzzle_emb_lr=0",
+                "callbacks.early_stopping_patience=3",
+                "callbacks.keep_best=1",
+                "max_checkpoints=1",
+            )
+        ),
+        CPU,
+    )
     steps_per_epoch = 1  # 15 train examples, batch 8: one full batch per epoch
     assert summary["step"] == 4 * steps_per_epoch
     kept = ckpt.list_checkpoints(str(tmp_path / "ck"))
@@ -79,16 +107,39 @@ def test_early_stopping_triggers_on_a_flat_validation_loss(tiny_data, tmp_path):
 
 def test_unknown_monitor_is_an_error_naming_it(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="callbacks.monitor='all/nope'"):
-        pretrain.train(compose_config(tiny_overrides(tiny_data, tmp_path / "ck", "epochs=1", "eval_interval=1",
-                                                     "callbacks.monitor=all/nope", "callbacks.keep_best=1")), CPU)
+        pretrain.train(
+            compose_config(
+                tiny_overrides(
+                    tiny_data,
+                    tmp_path / "ck",
+                    "epochs=1",
+                    "eval_interval=1",
+                    "callbacks.monitor=all/nope",
+                    "callbacks.keep_best=1",
+                )
+            ),
+            CPU,
+        )
 
 
 @pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_like_fp32(tiny_data, tmp_path, precision):
     def run(name, *extra):
-        pretrain.train(compose_config(tiny_overrides(tiny_data, tmp_path / name, "epochs=20", "evaluate=false",
-                                                     "grad_clip_norm=1.0", "optimizer.lr=3e-3", *extra)), CPU)
+        pretrain.train(
+            compose_config(
+                tiny_overrides(
+                    tiny_data,
+                    tmp_path / name,
+                    "epochs=20",
+                    "evaluate=false",
+                    "grad_clip_norm=1.0",
+                    "optimizer.lr=3e-3",
+                    *extra,
+                )
+            ),
+            CPU,
+        )
         return ckpt.load_shared(ckpt.list_checkpoints(str(tmp_path / name))[-1][1])
 
     full, mixed = run("fp32"), run(precision, f"precision={precision}")
@@ -112,8 +163,15 @@ def fp32_initial_weights(data):
     return build_model(config.arch, DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, 8)).state_dict()
 
 
-@pytest.mark.parametrize("override,key", [("precision=fp8", "precision"), ("lr_schedule=step", "lr_schedule"),
-                                          ("callbacks.mode=up", "callbacks.mode"), ("grad_clip_norm=0", "grad_clip_norm")])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("precision=fp8", "precision"),
+        ("lr_schedule=step", "lr_schedule"),
+        ("callbacks.mode=up", "callbacks.mode"),
+        ("grad_clip_norm=0", "grad_clip_norm"),
+    ],
+)
 def test_bad_trainer_values_name_the_key(override, key):
     with pytest.raises(ValueError, match=key):
         compose_config([override])
@@ -122,12 +180,29 @@ def test_bad_trainer_values_name_the_key(override, key):
 def test_optuna_sweep_runs_two_trials_and_reports_best(tiny_data, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "sweep"
-    args = [a for a in tiny_overrides(tiny_data, tmp_path / "unused", "epochs=2", "eval_interval=1")
-            if not a.startswith(("checkpoint_path", "optimizer.lr"))]
-    res = subprocess.run([sys.executable, "pretrain.py", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
-                          "hydra.sweeper.sampler.seed=0", "optimizer.lr=interval(1e-4,1e-2)", *args,
-                          f"hydra.sweep.dir={sweep}", "checkpoint_path=${hydra:runtime.output_dir}/ck"],
-                         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
+    args = [
+        a
+        for a in tiny_overrides(tiny_data, tmp_path / "unused", "epochs=2", "eval_interval=1")
+        if not a.startswith(("checkpoint_path", "optimizer.lr"))
+    ]
+    res = subprocess.run(
+        [
+            sys.executable,
+            "pretrain.py",
+            "-m",
+            "hydra/sweeper=optuna",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.seed=0",
+            "optimizer.lr=interval(1e-4,1e-2)",
+            *args,
+            f"hydra.sweep.dir={sweep}",
+            "checkpoint_path=${hydra:runtime.output_dir}/ck",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     results = (sweep / "optimization_results.yaml").read_text()
     assert "best_params" in results and "optimizer.lr" in results
@@ -138,8 +213,11 @@ def test_submitit_slurm_launcher_composes():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["hydra/launcher=submitit_slurm", "hydra.launcher.nodes=2"],
-                      return_hydra_config=True)
+        cfg = compose(
+            config_name="config",
+            overrides=["hydra/launcher=submitit_slurm", "hydra.launcher.nodes=2"],
+            return_hydra_config=True,
+        )
     assert "SlurmLauncher" in cfg.hydra.launcher._target_ and cfg.hydra.launcher.nodes == 2
 
 
@@ -147,12 +225,27 @@ def test_a_multirun_over_a_preset_that_names_its_run_gives_each_job_its_own_fold
     """experiment=cpu_small names its run (cpu_small-seed0) and resumes it: every job of a sweep
     over it used to train in that one folder (job 0 "resumed" the earlier run and did nothing,
     job 1 was refused as a config change). Each job's run name gains its swept values."""
-    preset = ["experiment=cpu_small", "compile=false", f"data.paths=[{tiny_data}]", "data.name=tiny",
-              "global_batch_size=8", "max_steps=2", "evaluate=false", "progress_bar=false", "wandb.mode=disabled"]
+    preset = [
+        "experiment=cpu_small",
+        "compile=false",
+        f"data.paths=[{tiny_data}]",
+        "data.name=tiny",
+        "global_batch_size=8",
+        "max_steps=2",
+        "evaluate=false",
+        "progress_bar=false",
+        "wandb.mode=disabled",
+    ]
 
     def pretrain_py(*args):  # in tmp_path: checkpoints/ (and Hydra's folders) land there
-        return subprocess.run([sys.executable, str(ROOT / "pretrain.py"), *args], cwd=tmp_path, capture_output=True,
-                              text=True, env={**os.environ, "WANDB_MODE": "disabled"}, timeout=600)
+        return subprocess.run(
+            [sys.executable, str(ROOT / "pretrain.py"), *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "WANDB_MODE": "disabled"},
+            timeout=600,
+        )
 
     runs = tmp_path / "checkpoints" / "arcforge"
     earlier = pretrain_py(*preset, "optimizer.lr=1e-3")

@@ -93,8 +93,9 @@ def test_checkpoint_from_other_dataset_is_refused(tiny_data, tmp_path):
     other = build_tiny_dataset(tmp_path, num_aug=0, canvas=3, side=2, prefix="other-")
     with pytest.raises(ValueError, match="identifiers"):
         run(tiny_overrides(other, tmp_path / "ck", "epochs=4", "eval_interval=1000", "resume=auto"))
-    summary, _ = run(tiny_overrides(other, tmp_path / "ck", "epochs=4", "eval_interval=1000", "resume=auto",
-                                    "force_identifiers=true"))
+    summary, _ = run(
+        tiny_overrides(other, tmp_path / "ck", "epochs=4", "eval_interval=1000", "resume=auto", "force_identifiers=true")
+    )
     assert summary["step"] > 2
 
 
@@ -102,9 +103,16 @@ def test_checkpoint_from_other_dataset_is_refused(tiny_data, tmp_path):
 @pytest.mark.parametrize("loss", ["stablemax", "softmax"])
 @pytest.mark.parametrize("no_act_continue", ["true", "false"])
 def test_losses_and_act_continue_settings_train(tiny_data, tmp_path, loss, no_act_continue):
-    overrides = seeded(*tiny_overrides(tiny_data, tmp_path / "ck", f"loss={loss}",
-                                       f"arch.no_ACT_continue={no_act_continue}", "optimizer.lr=3e-3",
-                                       "eval_interval=1000000"))
+    overrides = seeded(
+        *tiny_overrides(
+            tiny_data,
+            tmp_path / "ck",
+            f"loss={loss}",
+            f"arch.no_ACT_continue={no_act_continue}",
+            "optimizer.lr=3e-3",
+            "eval_interval=1000000",
+        )
+    )
     config = compose_config(overrides)
     torch.manual_seed(config.seed)  # the run's initial weights: pretrain builds its model right after this
     meta = PuzzleDataset([str(tiny_data)], "train", 8).metadata
@@ -112,8 +120,14 @@ def test_losses_and_act_continue_settings_train(tiny_data, tmp_path, loss, no_ac
     train_split = PuzzleDataset([str(tiny_data)], "train", 8, test_mode=True)
     before = evaluate_examples(initial, build_loss(config.loss), train_split, CPU)[0]["all/lm_loss"]
     # The train split's loss halves in 20-60 steps (measured); the cap leaves 5x that.
-    summary, _, history = train_until(overrides, lambda _s, c: split_metrics(c, tiny_data)["all/lm_loss"],
-                                      target=0.5 * before, chunk=20, cap=300, mode="min")
+    summary, _, history = train_until(
+        overrides,
+        lambda _s, c: split_metrics(c, tiny_data)["all/lm_loss"],
+        target=0.5 * before,
+        chunk=20,
+        cap=300,
+        mode="min",
+    )
     assert history[-1][1] <= 0.5 * before, (before, history)
     assert ("train/q_continue_loss" in summary) == (no_act_continue == "false")
 
@@ -123,8 +137,9 @@ def test_ema_weights_are_evaluated_and_saved(tiny_data, tmp_path):
     saved checkpoint (EMA applied) and differ from those of the raw weights."""
     from evaluators.checkpoint import evaluate_checkpoint, load_checkpoint
 
-    summary, config = run(tiny_overrides(tiny_data, tmp_path / "ck", "epochs=3", "eval_interval=1", "ema=true",
-                                         "ema_rate=0.9"))
+    summary, config = run(
+        tiny_overrides(tiny_data, tmp_path / "ck", "epochs=3", "eval_interval=1", "ema=true", "ema_rate=0.9")
+    )
     state = latest_state(tmp_path / "ck")
     assert state["ema"] is not None
     name = "inner.lm_head.weight"
@@ -151,8 +166,9 @@ def pass_at(submission: dict, tasks: dict, k: int) -> float:
     scores = []
     for task_id, task in tasks.items():
         attempts = submission[task_id]
-        hits = [pair["output"] in [attempts[i][f"attempt_{a}"] for a in range(1, k + 1)]
-                for i, pair in enumerate(task["test"])]
+        hits = [
+            pair["output"] in [attempts[i][f"attempt_{a}"] for a in range(1, k + 1)] for i, pair in enumerate(task["test"])
+        ]
         scores.append(sum(hits) / len(hits))
     return sum(scores) / len(scores)
 
@@ -162,8 +178,19 @@ def test_periodic_eval_votes_and_writes_a_valid_submission(memorised, tmp_path):
     data, config, _ = memorised
     weights = os.path.join(ckpt.list_checkpoints(config.checkpoint_path)[-1][1], "state.pt")
     # The memorised weights, frozen (lr 0), evaluated after each of 2 epochs.
-    summary, _ = run(tiny_overrides(data, tmp_path / "ck", "epochs=2", "eval_interval=1", "arch.halt_max_steps=2",
-                                    f"init_from={weights}", "optimizer.lr=0", "puzzle_emb_lr=0", "lr_warmup_steps=0"))
+    summary, _ = run(
+        tiny_overrides(
+            data,
+            tmp_path / "ck",
+            "epochs=2",
+            "eval_interval=1",
+            "arch.halt_max_steps=2",
+            f"init_from={weights}",
+            "optimizer.lr=0",
+            "puzzle_emb_lr=0",
+            "lr_warmup_steps=0",
+        )
+    )
     tasks = load_tasks(str(data))
     assert summary["ARC/tasks_scored"] == 1
     for step in (1, 2):
@@ -188,8 +215,13 @@ def test_torchrun_two_ranks_match_one_process(tiny_data, tmp_path, accum):
     one = tiny_overrides(tiny_data, tmp_path / "one", *extra)
     two = tiny_overrides(tiny_data, tmp_path / "two", *extra, f"grad_accum_steps={accum}")
     subprocess.run([sys.executable, "pretrain.py", *one], cwd=ROOT, env=_env(), check=True, capture_output=True)
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "pretrain.py", *two], cwd=ROOT, env=_env(), capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "pretrain.py", *two],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = latest_state(tmp_path / "one"), latest_state(tmp_path / "two")
     assert a["step"] == b["step"] > 0 and b["world_size"] == 2
@@ -211,9 +243,21 @@ def test_hydra_multirun_gives_each_job_its_folder(tiny_data, tmp_path):
     sweep = tmp_path / "sweep"
     args = tiny_overrides(tiny_data, tmp_path / "unused", "epochs=1", "eval_interval=1")
     args = [a for a in args if not a.startswith("checkpoint_path")]
-    res = subprocess.run([sys.executable, "pretrain.py", "-m", *args, "seed=0,1", f"hydra.sweep.dir={sweep}",
-                          "checkpoint_path=${hydra:runtime.output_dir}/checkpoints"],
-                         cwd=ROOT, env=_env(), capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "pretrain.py",
+            "-m",
+            *args,
+            "seed=0,1",
+            f"hydra.sweep.dir={sweep}",
+            "checkpoint_path=${hydra:runtime.output_dir}/checkpoints",
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     for job in ("0", "1"):
         assert ckpt.list_checkpoints(str(sweep / job / "checkpoints")), job
@@ -221,8 +265,9 @@ def test_hydra_multirun_gives_each_job_its_folder(tiny_data, tmp_path):
 
 
 def test_freeze_weights_trains_only_puzzle_embeddings(tiny_data, tmp_path):
-    summary, config = run(tiny_overrides(tiny_data, tmp_path / "ck", "epochs=3", "eval_interval=1000",
-                                         "freeze_weights=true"))
+    summary, config = run(
+        tiny_overrides(tiny_data, tmp_path / "ck", "epochs=3", "eval_interval=1000", "freeze_weights=true")
+    )
     state = latest_state(tmp_path / "ck")
     torch.manual_seed(config.seed)  # pretrain builds the model right after this
     meta = PuzzleDataset([str(tiny_data)], "train", 8).metadata
@@ -241,12 +286,32 @@ def test_init_from_reference_style_checkpoint(tiny_data, tmp_path):
     reference_style = {f"_orig_mod.model.{k}": v for k, v in weights.items()}
     torch.save(reference_style, tmp_path / "step_100")
     other = build_tiny_dataset(tmp_path, num_aug=1, canvas=3, side=2, prefix="new-")  # more identifiers
-    summary, _ = run(tiny_overrides(other, tmp_path / "b", "epochs=1", "eval_interval=1000", "max_steps=1",
-                                    "optimizer.lr=0", "puzzle_emb_lr=0", "lr_warmup_steps=0"))
+    summary, _ = run(
+        tiny_overrides(
+            other,
+            tmp_path / "b",
+            "epochs=1",
+            "eval_interval=1000",
+            "max_steps=1",
+            "optimizer.lr=0",
+            "puzzle_emb_lr=0",
+            "lr_warmup_steps=0",
+        )
+    )
     first = latest_state(tmp_path / "b")["model"]
-    summary, _ = run(tiny_overrides(other, tmp_path / "c", "epochs=1", "eval_interval=1000", "max_steps=1",
-                                    "optimizer.lr=0", "puzzle_emb_lr=0", "lr_warmup_steps=0",
-                                    f"init_from={tmp_path / 'step_100'}"))
+    summary, _ = run(
+        tiny_overrides(
+            other,
+            tmp_path / "c",
+            "epochs=1",
+            "eval_interval=1000",
+            "max_steps=1",
+            "optimizer.lr=0",
+            "puzzle_emb_lr=0",
+            "lr_warmup_steps=0",
+            f"init_from={tmp_path / 'step_100'}",
+        )
+    )
     loaded = latest_state(tmp_path / "c")["model"]
     assert torch.equal(loaded["inner.lm_head.weight"], weights["inner.lm_head.weight"])  # lr 0: unchanged
     assert not torch.equal(first["inner.lm_head.weight"], weights["inner.lm_head.weight"])
@@ -254,8 +319,17 @@ def test_init_from_reference_style_checkpoint(tiny_data, tmp_path):
     assert table.shape[0] > weights["inner.puzzle_emb.weights"].shape[0]  # resized to the new identifiers
     assert torch.allclose(table, weights["inner.puzzle_emb.weights"][1:].mean(0).expand_as(table))  # blank row 0 out
     with pytest.raises(ValueError, match="does not fit"):
-        run(tiny_overrides(other, tmp_path / "d", "epochs=1", "max_steps=1", "arch.hidden_size=32",
-                           "arch.puzzle_emb_ndim=32", f"init_from={tmp_path / 'step_100'}"))
+        run(
+            tiny_overrides(
+                other,
+                tmp_path / "d",
+                "epochs=1",
+                "max_steps=1",
+                "arch.hidden_size=32",
+                "arch.puzzle_emb_ndim=32",
+                f"init_from={tmp_path / 'step_100'}",
+            )
+        )
 
 
 def test_periodic_eval_on_another_build_matches_puzzle_rows_by_identifier(tiny_data, tmp_path):
@@ -266,10 +340,12 @@ def test_periodic_eval_on_another_build_matches_puzzle_rows_by_identifier(tiny_d
     from evaluators.checkpoint import evaluate_checkpoint, load_checkpoint
 
     other = build_tiny_dataset(tmp_path, num_aug=0, canvas=3, side=2, n_eval=8)
-    summary, config = run(tiny_overrides(tiny_data, tmp_path / "ck", "epochs=2", "eval_interval=1",
-                                         f"data.test_paths=[{other}]"))
-    assert len(PuzzleDataset([str(other)], "test", 8, 0, 1).identifiers) > \
-        len(PuzzleDataset([str(tiny_data)], "train", 8, 0, 1).identifiers)
+    summary, config = run(
+        tiny_overrides(tiny_data, tmp_path / "ck", "epochs=2", "eval_interval=1", f"data.test_paths=[{other}]")
+    )
+    assert len(PuzzleDataset([str(other)], "test", 8, 0, 1).identifiers) > len(
+        PuzzleDataset([str(tiny_data)], "train", 8, 0, 1).identifiers
+    )
     config.force_identifiers = True
     config.eval.output_dir = str(tmp_path / "eval")
     result = evaluate_checkpoint(config, load_checkpoint(str(tmp_path / "ck")), CPU)
@@ -290,8 +366,9 @@ def _seeded_rank(rank: int, world_size: int, port: int, data: str, out: str) -> 
     torch.set_num_threads(1)
     env = DistEnv(rank, world_size, rank, torch.device("cpu"))
     if world_size > 1:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
-                                timeout=timedelta(seconds=30))
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size, timeout=timedelta(seconds=30)
+        )
     try:
         config = compose_config(tiny_overrides(data, f"{out}-run", "seed=3"))
         train = PuzzleDataset([data], "train", config.global_batch_size, rank, world_size, seed=config.seed)

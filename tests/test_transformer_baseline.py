@@ -14,8 +14,15 @@ from models.recursive import DataShape
 
 SHAPE = DataShape(seq_len=16, vocab_size=12, num_puzzle_identifiers=6, batch_size=4)
 # The option as composed, shrunk to CPU size; everything else (puzzle tokens, halting) is the yaml's.
-TINY = ["arch=transformer", "arch.hidden_size=32", "arch.num_heads=2", "arch.expansion=2", "arch.H_layers=1",
-        "arch.forward_dtype=float32", "arch.halt_exploration_prob=0.0"]
+TINY = [
+    "arch=transformer",
+    "arch.hidden_size=32",
+    "arch.num_heads=2",
+    "arch.expansion=2",
+    "arch.H_layers=1",
+    "arch.forward_dtype=float32",
+    "arch.halt_exploration_prob=0.0",
+]
 
 
 def baseline(*overrides: str):
@@ -24,8 +31,11 @@ def baseline(*overrides: str):
 
 def batch() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return {"inputs": torch.randint(0, 12, (4, 16), generator=g), "labels": torch.randint(0, 12, (4, 16), generator=g),
-            "puzzle_identifiers": torch.randint(0, 6, (4,), generator=g, dtype=torch.int32)}
+    return {
+        "inputs": torch.randint(0, 12, (4, 16), generator=g),
+        "labels": torch.randint(0, 12, (4, 16), generator=g),
+        "puzzle_identifiers": torch.randint(0, 6, (4,), generator=g, dtype=torch.int32),
+    }
 
 
 def test_the_option_has_one_puzzle_token_as_the_reference():
@@ -47,12 +57,15 @@ def force_q(model, q_halt: float, q_continue: float) -> None:
         model.inner.q_head.bias.copy_(torch.tensor([q_halt, q_continue]))
 
 
-@pytest.mark.parametrize("q_halt,q_continue,halts", [
-    (0.5, 1.0, False),  # q_halt > 0, but the continue logit is higher: keeps going (TRM's rule would halt)
-    (1.0, 0.5, True),
-    (-0.5, -1.0, True),  # q_halt < 0, but beats the continue logit: halts (TRM's rule would not)
-    (-1.0, -0.5, False),
-])
+@pytest.mark.parametrize(
+    "q_halt,q_continue,halts",
+    [
+        (0.5, 1.0, False),  # q_halt > 0, but the continue logit is higher: keeps going (TRM's rule would halt)
+        (1.0, 0.5, True),
+        (-0.5, -1.0, True),  # q_halt < 0, but beats the continue logit: halts (TRM's rule would not)
+        (-1.0, -0.5, False),
+    ],
+)
 def test_training_halts_when_q_halt_beats_q_continue(q_halt, q_continue, halts):
     torch.manual_seed(0)
     model = baseline().train()

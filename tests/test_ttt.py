@@ -40,8 +40,9 @@ def mask(rng: np.random.Generator) -> np.ndarray:
             return m
 
 
-def family_task(rng: np.random.Generator, colour: int, demos: int = 3, test_mask: np.ndarray | None = None,
-                labeled: bool = True) -> dict:
+def family_task(
+    rng: np.random.Generator, colour: int, demos: int = 3, test_mask: np.ndarray | None = None, labeled: bool = True
+) -> dict:
     def pair(m):
         return {"input": (5 * m).tolist(), "output": (colour * m).tolist()}
 
@@ -58,17 +59,42 @@ def pretraining(tmp_path_factory):
     training example right: the folder of its run and the (step, accuracy) of each chunk."""
     tmp = tmp_path_factory.mktemp("ttt")
     rng = np.random.default_rng(learning_seed())
-    src = write_folder_source(tmp / "src", {
-        "training": {f"t{i}": family_task(rng, COLOURS[i % len(COLOURS)]) for i in range(12)},
-        "evaluation": {"e0": family_task(rng, COLOURS[0])},
-    })
+    src = write_folder_source(
+        tmp / "src",
+        {
+            "training": {f"t{i}": family_task(rng, COLOURS[i % len(COLOURS)]) for i in range(12)},
+            "evaluation": {"e0": family_task(rng, COLOURS[0])},
+        },
+    )
     data = tmp / "data"
-    assert build_main(["--input-file-prefix", str(src), "--output-dir", str(data), "--subsets", "training",
-                       "evaluation", "--test-set-name", "evaluation", "--num-aug", "0", "--max-grid-size", "3"]) == 0
+    assert (
+        build_main(
+            [
+                "--input-file-prefix",
+                str(src),
+                "--output-dir",
+                str(data),
+                "--subsets",
+                "training",
+                "evaluation",
+                "--test-set-name",
+                "evaluation",
+                "--num-aug",
+                "0",
+                "--max-grid-size",
+                "3",
+            ]
+        )
+        == 0
+    )
     use_test_threads()  # numba's first parallel call (in the builder) may reset torch's thread count
-    _, _, history = train_until(seeded(*tiny_overrides(data, tmp / "ck", *PRETRAIN)),
-                                lambda _summary, config: split_metrics(config, data)["all/exact_accuracy"],
-                                target=1.0, chunk=PRETRAIN_CHUNK, cap=PRETRAIN_CAP)
+    _, _, history = train_until(
+        seeded(*tiny_overrides(data, tmp / "ck", *PRETRAIN)),
+        lambda _summary, config: split_metrics(config, data)["all/exact_accuracy"],
+        target=1.0,
+        chunk=PRETRAIN_CHUNK,
+        cap=PRETRAIN_CAP,
+    )
     return tmp / "ck", history
 
 
@@ -86,8 +112,7 @@ def new_tasks(tmp_path_factory) -> str:
 
 
 def run_ttt(checkpoint, tasks, out: Path, *extra: str) -> dict:
-    assert ttt.main([f"checkpoint={checkpoint}", f"tasks={tasks}", f"ttt.output_dir={out}", "ttt.num_aug=0",
-                     *extra]) == 0
+    assert ttt.main([f"checkpoint={checkpoint}", f"tasks={tasks}", f"ttt.output_dir={out}", "ttt.num_aug=0", *extra]) == 0
     return read_json(out / "metrics.json")
 
 
@@ -160,8 +185,15 @@ def test_frozen_trunk_trains_only_the_new_embedding_rows(pretrained, adapted):
 
 
 def test_embeddings_then_all_trains_the_trunk_in_its_second_stage(pretrained, new_tasks, tmp_path):
-    run_ttt(pretrained, new_tasks, tmp_path, "ttt.steps=4", "ttt.mode=embeddings_then_all", "ttt.trunk_lr=1e-3",
-            "ttt.keep_checkpoints=true")
+    run_ttt(
+        pretrained,
+        new_tasks,
+        tmp_path,
+        "ttt.steps=4",
+        "ttt.mode=embeddings_then_all",
+        "ttt.trunk_lr=1e-3",
+        "ttt.keep_checkpoints=true",
+    )
     chunk = tmp_path / "chunks" / "000"
     before = torch.load(chunk / "init.pt", weights_only=False)["model"]
     first = ckpt.load_shared(ckpt.list_checkpoints(str(chunk / "embeddings"))[-1][1])
@@ -176,11 +208,14 @@ def test_embeddings_then_all_trains_the_trunk_in_its_second_stage(pretrained, ne
 def test_chunked_run_merges_one_valid_submission(pretrained, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")  # wandb's default mode: one run per chunk, none in the way
     rng = np.random.default_rng(2)
-    tasks = {"a": family_task(rng, 2), "b": family_task(rng, 6, labeled=False), "c": family_task(rng, 4),
-             "big": {"train": [{"input": [[5] * 4] * 4, "output": [[4] * 4] * 4}], "test": [{"input": [[5] * 4] * 4}]}}
+    tasks = {
+        "a": family_task(rng, 2),
+        "b": family_task(rng, 6, labeled=False),
+        "c": family_task(rng, 4),
+        "big": {"train": [{"input": [[5] * 4] * 4, "output": [[4] * 4] * 4}], "test": [{"input": [[5] * 4] * 4}]},
+    }
     src = write_folder_source(tmp_path / "src", {"hidden": tasks})
-    metrics = run_ttt(pretrained, src, tmp_path / "out", "subset=hidden", "ttt.chunk_size=2", "ttt.num_aug=1",
-                      "ttt.steps=2")
+    metrics = run_ttt(pretrained, src, tmp_path / "out", "subset=hidden", "ttt.chunk_size=2", "ttt.num_aug=1", "ttt.steps=2")
     submission = read_json(tmp_path / "out" / "submission.json")
     assert validate(submission, tasks) == []
     assert [c["tasks"] for c in metrics["chunks"]] == [["a", "b"], ["c"]]  # each chunk from the checkpoint
@@ -226,10 +261,15 @@ def test_bad_inputs_fail_clearly(pretrained, new_tasks, tmp_path, capsys):
     bad.mkdir()
     (bad / "arc_test_challenges.json").write_text("{not json")
     assert "arc_test_challenges.json: malformed JSON" in error(f"checkpoint={pretrained}", f"tasks={bad / 'arc'}")
-    assert "arc_evaluation_challenges.json not found" in error(f"checkpoint={pretrained}", f"tasks={new_tasks}",
-                                                               "subset=evaluation")
+    assert "arc_evaluation_challenges.json not found" in error(
+        f"checkpoint={pretrained}", f"tasks={new_tasks}", "subset=evaluation"
+    )
     assert "ttt.mode='frozen'" in error(f"checkpoint={pretrained}", f"tasks={new_tasks}", "ttt.mode=frozen")
     assert "stepz" in error(f"checkpoint={pretrained}", f"tasks={new_tasks}", "ttt.stepz=3")
-    assert "ttt.global_batch_size=99 exceeds the 6" in error(f"checkpoint={pretrained}", f"tasks={new_tasks}",
-                                                              f"ttt.output_dir={tmp_path / 'o'}", "ttt.num_aug=0",
-                                                              "ttt.global_batch_size=99")
+    assert "ttt.global_batch_size=99 exceeds the 6" in error(
+        f"checkpoint={pretrained}",
+        f"tasks={new_tasks}",
+        f"ttt.output_dir={tmp_path / 'o'}",
+        "ttt.num_aug=0",
+        "ttt.global_batch_size=99",
+    )

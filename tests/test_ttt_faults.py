@@ -53,9 +53,15 @@ def bad_tasks() -> dict[str, object]:
     return {"ragged": ragged, "colour": colour, "huge": huge, "nonlist": nonlist, "notest": notest, "number": 7}
 
 
-REASONS = {"ragged": "ragged grid", "colour": "is not a colour 0-9", "huge": "larger than ARC's 30x30",
-           "nonlist": "grid must be a non-empty list", "notest": "missing 'test' key", "number": "must be an object",
-           "broken": "malformed JSON"}
+REASONS = {
+    "ragged": "ragged grid",
+    "colour": "is not a colour 0-9",
+    "huge": "larger than ARC's 30x30",
+    "nonlist": "grid must be a non-empty list",
+    "notest": "missing 'test' key",
+    "number": "must be an object",
+    "broken": "malformed JSON",
+}
 
 
 def mixed_source(tmp: Path, kind: str) -> tuple[str, dict[str, object]]:
@@ -63,8 +69,13 @@ def mixed_source(tmp: Path, kind: str) -> tuple[str, dict[str, object]]:
     a Kaggle challenges file (test outputs in the file: the tasks are labeled without a
     solutions file)."""
     good, bad = good_tasks(), bad_tasks()
-    tasks = {"g2": good["g2"], **{k: bad[k] for k in ("ragged", "colour", "huge")}, "g4": good["g4"],
-             **{k: bad[k] for k in ("nonlist", "notest", "number")}, "g6": good["g6"]}
+    tasks = {
+        "g2": good["g2"],
+        **{k: bad[k] for k in ("ragged", "colour", "huge")},
+        "g4": good["g4"],
+        **{k: bad[k] for k in ("nonlist", "notest", "number")},
+        "g6": good["g6"],
+    }
     if kind == "kaggle":
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "arc_hidden_challenges.json").write_text(json.dumps(tasks))
@@ -92,15 +103,34 @@ def test_load_subset_skip_lists_bad_tasks_while_the_builder_still_refuses_them(t
     assert list(loaded) == ["g2", "ragged", "colour", "huge", "g4", "nonlist", "notest", "number", "g6"]  # file order
     assert {t for t, v in loaded.items() if isinstance(v, BadTask)} == set(REASONS) - {"broken"}
     # The builder keeps refusing bad input, naming the task.
-    assert build_main(["--input-file-prefix", kaggle, "--output-dir", str(tmp_path / "ds"), "--subsets", "hidden",
-                       "--test-set-name", "hidden", "--num-aug", "0"]) == 2
+    assert (
+        build_main(
+            [
+                "--input-file-prefix",
+                kaggle,
+                "--output-dir",
+                str(tmp_path / "ds"),
+                "--subsets",
+                "hidden",
+                "--test-set-name",
+                "hidden",
+                "--num-aug",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert "task ragged" in capsys.readouterr().err
 
 
 def test_fallback_answer_of_a_malformed_task_is_valid():
     assert fallback_answer({"test": [{"input": np.array([[1, 2]])}]}) == [{"attempt_1": [[1, 2]], "attempt_2": [[1, 2]]}]
-    for task in ({"test": [{"input": [[1], [2, 3]]}]}, {"test": [{"input": [[True]]}]}, {"test": ["x"]},
-                 {"test": [{"input": [[0] * 31]}]}):
+    for task in (
+        {"test": [{"input": [[1], [2, 3]]}]},
+        {"test": [{"input": [[True]]}]},
+        {"test": ["x"]},
+        {"test": [{"input": [[0] * 31]}]},
+    ):
         assert fallback_answer(task) == [PLACEHOLDER], task
     for task in (None, 7, {"train": []}, {"test": "x"}):  # the number of test inputs is unknown: one entry
         assert fallback_answer(task) == [PLACEHOLDER]
@@ -108,8 +138,11 @@ def test_fallback_answer_of_a_malformed_task_is_valid():
 
 
 @pytest.mark.parametrize("kind", ["folder", "kaggle"])
-def test_bad_tasks_get_the_fallback_and_a_reason_while_good_ones_are_answered(pretrained, tmp_path,  # noqa: F811
-                                                                              kind):
+def test_bad_tasks_get_the_fallback_and_a_reason_while_good_ones_are_answered(
+    pretrained,
+    tmp_path,
+    kind,
+):
     src, tasks = mixed_source(tmp_path / "src", kind)
     args = ["subset=hidden", "ttt.num_aug=1", "ttt.steps=3", "ttt.chunk_size=2"]
     assert ttt.main([f"checkpoint={pretrained}", f"tasks={src}", f"ttt.output_dir={tmp_path / 'out'}", *args]) == 0
@@ -129,27 +162,45 @@ def test_bad_tasks_get_the_fallback_and_a_reason_while_good_ones_are_answered(pr
     assert metrics["metrics"]["ARC/tasks"] == len(tasks)
     # The good tasks get the answers they get without the bad ones beside them (same seeds).
     clean = write_folder_source(tmp_path / "clean", {"hidden": {t: tasks[t] for t in ("g2", "g4", "g6")}})
-    assert ttt.main([f"checkpoint={pretrained}", f"tasks={clean}", f"ttt.output_dir={tmp_path / 'clean_out'}",
-                     *args]) == 0
+    assert ttt.main([f"checkpoint={pretrained}", f"tasks={clean}", f"ttt.output_dir={tmp_path / 'clean_out'}", *args]) == 0
     alone = read_json(tmp_path / "clean_out" / "submission.json")
     assert {t: submission[t] for t in alone} == alone
     # The validator's command line reads the same source and accepts the submission.
-    assert validate_main([str(tmp_path / "out" / "submission.json"), "--tasks",
-                          f"{src}_hidden_challenges.json" if kind == "kaggle" else f"{src}/hidden"]) == 0
+    assert (
+        validate_main(
+            [
+                str(tmp_path / "out" / "submission.json"),
+                "--tasks",
+                f"{src}_hidden_challenges.json" if kind == "kaggle" else f"{src}/hidden",
+            ]
+        )
+        == 0
+    )
     assert len(validator_tasks(f"{src}/hidden" if kind == "folder" else f"{src}_hidden_challenges.json")) == len(tasks)
 
 
-def test_bad_tasks_are_logged(pretrained, tmp_path, capsys):  # noqa: F811
+def test_bad_tasks_are_logged(pretrained, tmp_path, capsys):
     src, _ = mixed_source(tmp_path / "src", "folder")
-    assert ttt.main([f"checkpoint={pretrained}", f"tasks={src}", "subset=hidden", f"ttt.output_dir={tmp_path / 'o'}",
-                     "ttt.num_aug=0", "ttt.steps=0", "ttt.limit=3"]) == 0
+    assert (
+        ttt.main(
+            [
+                f"checkpoint={pretrained}",
+                f"tasks={src}",
+                "subset=hidden",
+                f"ttt.output_dir={tmp_path / 'o'}",
+                "ttt.num_aug=0",
+                "ttt.steps=0",
+                "ttt.limit=3",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "2 malformed tasks get the fallback answer" in printed  # limit=3: broken, colour, g2 (sorted files)
     assert "task broken is malformed, it gets the fallback answer: " in printed and "task colour is malformed" in printed
 
 
-
-def test_tasks_the_builder_refuses_are_isolated(pretrained, tmp_path, capsys):  # noqa: F811
+def test_tasks_the_builder_refuses_are_isolated(pretrained, tmp_path, capsys):
     """A task id with '|||' or '@', an empty 'test' list, a bare list of pairs: each passed
     ttt's checks, then the builder refused its chunk, so every task of the chunk got the
     fallback (with the default single chunk, the whole submission; exit 0). ttt now checks each
@@ -158,8 +209,15 @@ def test_tasks_the_builder_refuses_are_isolated(pretrained, tmp_path, capsys):  
     rng = np.random.default_rng(5)
     empty = family_task(rng, 2)
     empty["test"] = []
-    tasks = {"g2": good["g2"], "a|||b": family_task(rng, 2), "x@y": family_task(rng, 4), "g4": good["g4"],
-             "empty": empty, "bare": family_task(rng, 6)["train"], "g6": good["g6"]}
+    tasks = {
+        "g2": good["g2"],
+        "a|||b": family_task(rng, 2),
+        "x@y": family_task(rng, 4),
+        "g4": good["g4"],
+        "empty": empty,
+        "bare": family_task(rng, 6)["train"],
+        "g6": good["g6"],
+    }
     src = write_folder_source(tmp_path / "src", {"hidden": tasks})
     args = ["subset=hidden", "ttt.num_aug=1", "ttt.steps=3"]  # one chunk holds every task
     assert ttt.main([f"checkpoint={pretrained}", f"tasks={src}", f"ttt.output_dir={tmp_path / 'out'}", *args]) == 0
@@ -177,8 +235,7 @@ def test_tasks_the_builder_refuses_are_isolated(pretrained, tmp_path, capsys):  
     assert submission["x@y"] == fallback_answer(tasks["x@y"])
     assert validate_main([str(tmp_path / "out" / "submission.json"), "--tasks", str(src / "hidden")]) == 0
     clean = write_folder_source(tmp_path / "clean", {"hidden": {t: tasks[t] for t in ("g2", "g4", "g6")}})
-    assert ttt.main([f"checkpoint={pretrained}", f"tasks={clean}", f"ttt.output_dir={tmp_path / 'alone'}",
-                     *args]) == 0
+    assert ttt.main([f"checkpoint={pretrained}", f"tasks={clean}", f"ttt.output_dir={tmp_path / 'alone'}", *args]) == 0
     alone = read_json(tmp_path / "alone" / "submission.json")
     assert {t: submission[t] for t in alone} == alone  # the good tasks' answers, as without the bad ones
 
@@ -186,8 +243,11 @@ def test_tasks_the_builder_refuses_are_isolated(pretrained, tmp_path, capsys):  
 DEEP = "[" * 100_000 + "]" * 100_000  # valid JSON that Python's parser cannot read (RecursionError)
 
 
-def test_a_deeply_nested_task_gets_the_fallback_and_the_submission_is_written(pretrained, tmp_path,  # noqa: F811
-                                                                              capsys):
+def test_a_deeply_nested_task_gets_the_fallback_and_the_submission_is_written(
+    pretrained,
+    tmp_path,
+    capsys,
+):
     """A task nested deeper than Python's JSON parser reads crashed ttt.py (RecursionError,
     exit 1, no submission). Now the task (one task of a Kaggle file, or a folder's file) is
     named in one line and gets the fallback; the others are answered. The Kaggle case runs
@@ -209,9 +269,21 @@ def test_a_deeply_nested_task_gets_the_fallback_and_the_submission_is_written(pr
     challenges = kaggle / "arc_hidden_challenges.json"
     challenges.write_text(json.dumps(good)[:-1] + f', "deep": {deep_task}}}')
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "ttt.py", f"checkpoint={pretrained}", f"tasks={kaggle / 'arc'}",
-                          f"ttt.output_dir={tmp_path / 'b'}", *args], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "ttt.py",
+            f"checkpoint={pretrained}",
+            f"tasks={kaggle / 'arc'}",
+            f"ttt.output_dir={tmp_path / 'b'}",
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert f"task deep is malformed, it gets the fallback answer: {challenges}: task deep: JSON nested" in res.stdout
     assert read_json(tmp_path / "b" / "submission.json") == submission  # the same answers as from the folder
@@ -224,14 +296,23 @@ def three_tasks(tmp: Path) -> tuple[Path, dict]:
     return write_folder_source(tmp / "src", {"hidden": tasks}), tasks
 
 
-def config_for(pretrained: Path, src: Path, out: Path, *extra: str):  # noqa: F811
-    config, checkpoint = adapt.configure([f"checkpoint={pretrained}", f"tasks={src}", "subset=hidden",
-                                          f"ttt.output_dir={out}", "ttt.num_aug=1", "ttt.steps=3", "ttt.chunk_size=2",
-                                          *extra])
+def config_for(pretrained: Path, src: Path, out: Path, *extra: str):
+    config, checkpoint = adapt.configure(
+        [
+            f"checkpoint={pretrained}",
+            f"tasks={src}",
+            "subset=hidden",
+            f"ttt.output_dir={out}",
+            "ttt.num_aug=1",
+            "ttt.steps=3",
+            "ttt.chunk_size=2",
+            *extra,
+        ]
+    )
     return config, checkpoint
 
 
-def test_a_failed_chunk_gets_the_fallback_and_the_run_goes_on(pretrained, tmp_path, monkeypatch, caplog):  # noqa: F811
+def test_a_failed_chunk_gets_the_fallback_and_the_run_goes_on(pretrained, tmp_path, monkeypatch, caplog):
     src, tasks = three_tasks(tmp_path)
     real = adapt.adapt_chunk
 
@@ -245,14 +326,15 @@ def test_a_failed_chunk_gets_the_fallback_and_the_run_goes_on(pretrained, tmp_pa
     report = adapt.run(config, checkpoint=checkpoint)
     submission = read_json(tmp_path / "out" / "submission.json")
     assert validate(submission, tasks) == []
-    assert report["failed_chunks"] == [{"chunk": 0, "rank": 0, "tasks": ["a", "b"], "status": "failed",
-                                        "reason": "RuntimeError: out of memory (simulated)"}]
+    assert report["failed_chunks"] == [
+        {"chunk": 0, "rank": 0, "tasks": ["a", "b"], "status": "failed", "reason": "RuntimeError: out of memory (simulated)"}
+    ]
     assert submission["a"] == fallback_answer(tasks["a"]) and submission["b"] == fallback_answer(tasks["b"])
     assert [c["tasks"] for c in report["chunks"]] == [["c"]]  # the next chunk started afresh
     assert any(r.levelname == "WARNING" and "chunk 0 (a, b) failed" in r.getMessage() for r in caplog.records)
 
 
-def test_ranks_meet_in_files_and_merge_what_one_process_answers(pretrained, tmp_path):  # noqa: F811
+def test_ranks_meet_in_files_and_merge_what_one_process_answers(pretrained, tmp_path):
     """Rank 1 then rank 0 of a 2-rank launch, one after the other in this process (the ranks
     share nothing but the output folder): the merge equals a one-process run's submission."""
     src, tasks = three_tasks(tmp_path)
@@ -270,14 +352,17 @@ def test_ranks_meet_in_files_and_merge_what_one_process_answers(pretrained, tmp_
     assert validate(read_json(tmp_path / "two" / "submission.json"), tasks) == []
 
 
-def test_a_rank_that_never_reports_does_not_hang_rank_0(pretrained, tmp_path):  # noqa: F811
+def test_a_rank_that_never_reports_does_not_hang_rank_0(pretrained, tmp_path):
     src, tasks = three_tasks(tmp_path)
     out = tmp_path / "out"
     # A result an earlier run with other settings left for chunk 1 is not this run's answer.
     stale = out / "chunks" / "001" / "result.json"
     stale.parent.mkdir(parents=True)
-    stale.write_text(json.dumps({"chunk": 1, "status": "done", "fingerprint": "other run",
-                                 "submission": {"c": [PLACEHOLDER]}, "record": {}}))
+    stale.write_text(
+        json.dumps(
+            {"chunk": 1, "status": "done", "fingerprint": "other run", "submission": {"c": [PLACEHOLDER]}, "record": {}}
+        )
+    )
     config, checkpoint = config_for(pretrained, src, out, "ttt.rank_timeout_minutes=0.02")
     started = time.perf_counter()
     report = adapt.run(config, env=CPU0, checkpoint=checkpoint)
@@ -289,7 +374,7 @@ def test_a_rank_that_never_reports_does_not_hang_rank_0(pretrained, tmp_path):  
     assert [c["tasks"] for c in report["chunks"]] == [["a", "b"]]
 
 
-def test_sigterm_ends_the_chunks_and_still_writes_the_submission(pretrained, tmp_path, monkeypatch):  # noqa: F811
+def test_sigterm_ends_the_chunks_and_still_writes_the_submission(pretrained, tmp_path, monkeypatch):
     src, tasks = three_tasks(tmp_path)
     real = adapt.adapt_chunk
 
@@ -311,23 +396,31 @@ def test_sigterm_ends_the_chunks_and_still_writes_the_submission(pretrained, tmp
 
 
 def torchrun(nproc: int, script: str, *args: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
+        "OMP_NUM_THREADS": "1",
+    }
     started = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                          str(nproc), script, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=timeout)
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), script, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return res, time.perf_counter() - started
 
 
 @pytest.mark.slow
-def test_torchrun_ranks_answer_chunks_in_parallel(pretrained, tmp_path):  # noqa: F811
+def test_torchrun_ranks_answer_chunks_in_parallel(pretrained, tmp_path):
     """2 chunks on 2 ranks: the merged submission equals a 1-rank run's (each chunk restarts
     from the checkpoint with the same seeds), every task answered. Wall times are printed
     (-s), not asserted: this machine's cores are shared."""
     src, tasks = three_tasks(tmp_path)
-    args = [f"checkpoint={pretrained}", f"tasks={src}", "subset=hidden", "ttt.num_aug=1", "ttt.steps=3",
-            "ttt.chunk_size=2"]
+    args = [f"checkpoint={pretrained}", f"tasks={src}", "subset=hidden", "ttt.num_aug=1", "ttt.steps=3", "ttt.chunk_size=2"]
     runs = {}
     for n in (1, 2):
         res, seconds = torchrun(n, "ttt.py", *args, f"ttt.output_dir={tmp_path / str(n)}")
@@ -364,13 +457,23 @@ sys.exit(adapt.main())
 
 
 @pytest.mark.slow
-def test_torchrun_rank_that_dies_leaves_rank_0_a_valid_submission(pretrained, tmp_path):  # noqa: F811
+def test_torchrun_rank_that_dies_leaves_rank_0_a_valid_submission(pretrained, tmp_path):
     """torchrun stops every rank (SIGTERM) when one dies; rank 0 merges what it has."""
     src, tasks = three_tasks(tmp_path)
     script = tmp_path / "crashing_rank.py"
     script.write_text(CRASHING_RANK)
-    res, _ = torchrun(2, str(script), f"checkpoint={pretrained}", f"tasks={src}", "subset=hidden", "ttt.num_aug=1",
-                      "ttt.steps=3", "ttt.chunk_size=2", f"ttt.output_dir={tmp_path / 'out'}", timeout=240)
+    res, _ = torchrun(
+        2,
+        str(script),
+        f"checkpoint={pretrained}",
+        f"tasks={src}",
+        "subset=hidden",
+        "ttt.num_aug=1",
+        "ttt.steps=3",
+        "ttt.chunk_size=2",
+        f"ttt.output_dir={tmp_path / 'out'}",
+        timeout=240,
+    )
     assert res.returncode != 0  # torchrun reports the dead rank
     submission = read_json(tmp_path / "out" / "submission.json")
     assert validate(submission, tasks) == []

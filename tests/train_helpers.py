@@ -40,8 +40,9 @@ MEMORISE_CHUNK, MEMORISE_CAP = 50, 1000
 FOREVER_EPOCHS = 10**6
 
 
-def flip_tasks(root: Path, n_train: int = 3, n_eval: int = 1, side: int = 3, seed: int = 0, prefix: str = "",
-               memorisable: bool = False) -> Path:
+def flip_tasks(
+    root: Path, n_train: int = 3, n_eval: int = 1, side: int = 3, seed: int = 0, prefix: str = "", memorisable: bool = False
+) -> Path:
     """Tasks of one rule (mirror left-right) on small random grids. ``memorisable``: each
     task's test pair repeats its first demonstration pair, so memorising the training split
     solves the test split."""
@@ -54,32 +55,69 @@ def flip_tasks(root: Path, n_train: int = 3, n_eval: int = 1, side: int = 3, see
             pairs.append({"input": g.tolist(), "output": g[:, ::-1].tolist()})
         return {"train": pairs[:3], "test": pairs[:1] if memorisable else pairs[3:]}
 
-    return write_folder_source(root, {"training": {f"{prefix}tr{i}": task() for i in range(n_train)},
-                                      "evaluation": {f"{prefix}ev{i}": task() for i in range(n_eval)}})
+    return write_folder_source(
+        root,
+        {
+            "training": {f"{prefix}tr{i}": task() for i in range(n_train)},
+            "evaluation": {f"{prefix}ev{i}": task() for i in range(n_eval)},
+        },
+    )
 
 
 def build_tiny_dataset(tmp: Path, num_aug: int = 0, canvas: int = 4, **task_kwargs) -> Path:
     src = flip_tasks(tmp / "src", **task_kwargs)
     out = tmp / f"ds-aug{num_aug}-{task_kwargs.get('prefix', '')}"
-    code = build_main(["--input-file-prefix", str(src), "--output-dir", str(out), "--subsets", "training", "evaluation",
-                       "--test-set-name", "evaluation", "--num-aug", str(num_aug), "--max-grid-size", str(canvas)])
+    code = build_main(
+        [
+            "--input-file-prefix",
+            str(src),
+            "--output-dir",
+            str(out),
+            "--subsets",
+            "training",
+            "evaluation",
+            "--test-set-name",
+            "evaluation",
+            "--num-aug",
+            str(num_aug),
+            "--max-grid-size",
+            str(canvas),
+        ]
+    )
     assert code == 0
     use_test_threads()  # numba's first parallel call (in the builder) may reset torch's thread count
     return out
 
 
 def tiny_overrides(data: Path, checkpoint: Path, *extra: str) -> list[str]:
-    return ["arch=trm_tiny", f"data.paths=[{data}]", "data.name=tiny", "global_batch_size=8", "lr_warmup_steps=5",
-            "optimizer.lr=1e-3", f"checkpoint_path={checkpoint}", "progress_bar=false", "log_interval=1",
-            "wandb.mode=disabled", *extra]
+    return [
+        "arch=trm_tiny",
+        f"data.paths=[{data}]",
+        "data.name=tiny",
+        "global_batch_size=8",
+        "lr_warmup_steps=5",
+        "optimizer.lr=1e-3",
+        f"checkpoint_path={checkpoint}",
+        "progress_bar=false",
+        "log_interval=1",
+        "wandb.mode=disabled",
+        *extra,
+    ]
 
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
-def train_until(overrides: list[str], measure: Callable[[dict, TrainConfig], float], target: float, chunk: int,
-                cap: int, mode: str = "max", env: DistEnv = CPU) -> tuple[dict, TrainConfig, list[tuple[int, float]]]:
+def train_until(
+    overrides: list[str],
+    measure: Callable[[dict, TrainConfig], float],
+    target: float,
+    chunk: int,
+    cap: int,
+    mode: str = "max",
+    env: DistEnv = CPU,
+) -> tuple[dict, TrainConfig, list[tuple[int, float]]]:
     """Train the run ``overrides`` describe (``checkpoint_path`` included) ``chunk`` steps at a
     time until ``measure(summary, config)`` reaches ``target`` (``mode`` max: >=, min: <=) or
     ``cap`` steps have run. Each chunk resumes the last (resume=auto, max_steps) as an
@@ -113,8 +151,9 @@ def split_metrics(config: TrainConfig, data: Path, split: str = "train") -> dict
     """Per-example metrics (``all/*``, no voting) of the newest checkpoint on a split of ``data``."""
     model, _ = load_latest(config, data)
     demos = Demonstrations([str(data)], model.num_demos) if model.num_demos else None
-    metrics, _ = evaluate_examples(model, build_loss(config.loss), PuzzleDataset([str(data)], split, 8, test_mode=True),
-                                   CPU, demos=demos)
+    metrics, _ = evaluate_examples(
+        model, build_loss(config.loss), PuzzleDataset([str(data)], split, 8, test_mode=True), CPU, demos=demos
+    )
     return metrics
 
 
@@ -125,23 +164,36 @@ def seeded(*overrides: str) -> list[str]:
 
 def memorise(data: Path, checkpoint: Path, *extra: str) -> tuple[dict, TrainConfig, list[tuple[int, float]]]:
     """train_until the tiny TRM gets every example of ``data``'s train split exactly right."""
-    return train_until(seeded(*tiny_overrides(data, checkpoint, *MEMORISE, *extra)),
-                       lambda _summary, config: split_metrics(config, data)["all/exact_accuracy"],
-                       target=1.0, chunk=MEMORISE_CHUNK, cap=MEMORISE_CAP)
+    return train_until(
+        seeded(*tiny_overrides(data, checkpoint, *MEMORISE, *extra)),
+        lambda _summary, config: split_metrics(config, data)["all/exact_accuracy"],
+        target=1.0,
+        chunk=MEMORISE_CHUNK,
+        cap=MEMORISE_CAP,
+    )
 
 
-def run_script(script: str, args: list[str], file_size_limit: int | None = None,
-               timeout: int = 300) -> subprocess.CompletedProcess:
+def run_script(
+    script: str, args: list[str], file_size_limit: int | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     """``python SCRIPT ARGS`` in the repository root (one thread, wandb off), its output
     captured. ``file_size_limit``: the bytes any file it writes may reach (RLIMIT_FSIZE, what
     ``ulimit -f`` sets); Python ignores SIGXFSZ, so a write past it fails with EFBIG, as on a
     full disk."""
+
     def limit_file_size() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=limit_file_size if file_size_limit is not None else None)
+    return subprocess.run(
+        [sys.executable, script, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=limit_file_size if file_size_limit is not None else None,
+    )
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:

@@ -30,8 +30,7 @@ class PeriodicEvaluation:
         config = state.config
         self.state, self.env, self.root = state, env, root
         self.paths = config.data.test_paths or config.data.paths
-        self.data = PuzzleDataset(self.paths, "test", config.global_batch_size, env.rank, env.world_size,
-                                  seed=config.seed)
+        self.data = PuzzleDataset(self.paths, "test", config.global_batch_size, env.rank, env.world_size, seed=config.seed)
         num_demos = state.model.num_demos
         self.demos = Demonstrations(self.paths, num_demos, config.seed) if num_demos else None
         # Votes are per evaluation unless eval.pool_votes (TRM's default, which grows memory).
@@ -51,9 +50,14 @@ class PeriodicEvaluation:
         shape = DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, data.local_batch_size)
         with torch.random.fork_rng(devices=[]):  # building the copy must not move the training RNG (resume)
             model = build_model(state.config.arch, shape).to(self.env.device)
-        fitted, notes = fit_weights(state.model.state_dict(), model.state_dict(), table_key=model.puzzle_table_key,
-                                    ema=state.ema.state_dict() if state.ema is not None else None,
-                                    source_ids=state.identifiers, target_ids=data.identifiers)
+        fitted, notes = fit_weights(
+            state.model.state_dict(),
+            model.state_dict(),
+            table_key=model.puzzle_table_key,
+            ema=state.ema.state_dict() if state.ema is not None else None,
+            source_ids=state.identifiers,
+            target_ids=data.identifiers,
+        )
         if notes and not self.noted:
             log.info("evaluation on %s: %s", ", ".join(self.paths), "; ".join(notes))
             self.noted = True
@@ -62,8 +66,16 @@ class PeriodicEvaluation:
 
     def __call__(self) -> dict[str, float]:
         config, step = self.state.config, self.state.step
-        metrics, submission = evaluate_examples(self._model(), self.state.loss_fn, self.data, self.env, self._voter(),
-                                                config.eval.pass_ks, config.eval.ranking, demos=self.demos)
+        metrics, submission = evaluate_examples(
+            self._model(),
+            self.state.loss_fn,
+            self.data,
+            self.env,
+            self._voter(),
+            config.eval.pass_ks,
+            config.eval.ranking,
+            demos=self.demos,
+        )
         if submission is not None and self.env.is_main:
             out_dir = os.path.join(self.root, f"evaluator_ARC_step_{step}")
             os.makedirs(out_dir, exist_ok=True)
@@ -81,8 +93,19 @@ class PeriodicEvaluation:
             return
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             voter = ARCVoter(self.paths[0]) if len(self.paths) == 1 else None  # not the pooled one
-            preview, _ = evaluate_examples(self._model(), self.state.loss_fn, self.data, self.env, voter,
-                                           config.eval.pass_ks, config.eval.ranking, task_limit=1, demos=self.demos)
+            preview, _ = evaluate_examples(
+                self._model(),
+                self.state.loss_fn,
+                self.data,
+                self.env,
+                voter,
+                config.eval.pass_ks,
+                config.eval.ranking,
+                task_limit=1,
+                demos=self.demos,
+            )
         if callbacks.monitor not in preview:
-            raise ConfigError(f"callbacks.monitor={callbacks.monitor!r} is not an evaluation metric of this run; "
-                              f"they are: {', '.join(sorted(preview))}")
+            raise ConfigError(
+                f"callbacks.monitor={callbacks.monitor!r} is not an evaluation metric of this run; "
+                f"they are: {', '.join(sorted(preview))}"
+            )

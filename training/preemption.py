@@ -76,8 +76,12 @@ def agree_to_stop(env: DistEnv, late: bool) -> tuple[bool, bool]:
 def log_preemption(step: int, env: DistEnv) -> None:
     """Rank 0's line (train.log and the console) for a run stopped by a signal."""
     if env.is_main:
-        log.warning("preempted (%s) at step %d: checkpoint written; exit status %d (rerun with resume=auto to "
-                    "continue)", signalled() or "a signal to another rank", step, PREEMPTED_EXIT)
+        log.warning(
+            "preempted (%s) at step %d: checkpoint written; exit status %d (rerun with resume=auto to continue)",
+            signalled() or "a signal to another rank",
+            step,
+            PREEMPTED_EXIT,
+        )
 
 
 def exit_preempted(env: DistEnv, requeue: bool) -> NoReturn:

@@ -27,9 +27,11 @@ log = logging.getLogger(__name__)
 
 CURVES_FILE = "curves.png"
 # (panel title, metric keys drawn in it)
-CURVES = (("loss", ("train/lm_loss", "all/lm_loss")),
-          ("accuracy", ("train/accuracy", "train/exact_accuracy", "all/accuracy", "all/exact_accuracy")),
-          ("pass@k (test split, voted, per task)", ("ARC/pass@1", "ARC/pass@2", "ARC/pass@10")))
+CURVES = (
+    ("loss", ("train/lm_loss", "all/lm_loss")),
+    ("accuracy", ("train/accuracy", "train/exact_accuracy", "all/accuracy", "all/exact_accuracy")),
+    ("pass@k (test split, voted, per task)", ("ARC/pass@1", "ARC/pass@2", "ARC/pass@10")),
+)
 
 
 def _halted_figure(metrics: dict[str, float], key: str) -> str:
@@ -82,8 +84,14 @@ class RunLog:
         return records
 
     def _init_wandb(self, num_params: int):
-        run = init_wandb(self.config, self.config.run_name, self.root, dataclasses.asdict(self.config),
-                         run_id=self.state.wandb_id, resumable=True)
+        run = init_wandb(
+            self.config,
+            self.config.run_name,
+            self.root,
+            dataclasses.asdict(self.config),
+            run_id=self.state.wandb_id,
+            resumable=True,
+        )
         if run is not None:
             self.state.wandb_id = run.id  # saved with the checkpoints: a resume continues this wandb run
             run.log({"num_params": num_params}, step=0)
@@ -96,8 +104,13 @@ class RunLog:
             with open(os.path.join(self.root, METRICS_FILE), "a") as f:
                 f.write(json.dumps(record) + "\n")
         except OSError as e:  # a full disk: the run stops with one line (exit 3), as for a checkpoint
-            raise write_failure(self.root, f"{METRICS_FILE} (the record of step {step})", e, self.env,
-                                     left="A torn last line is dropped when the run resumes") from e
+            raise write_failure(
+                self.root,
+                f"{METRICS_FILE} (the record of step {step})",
+                e,
+                self.env,
+                left="A torn last line is dropped when the run resumes",
+            ) from e
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
 
@@ -112,21 +125,34 @@ class RunLog:
             return
         metrics = {**metrics, "train/examples_per_s": per_s}
         self._write(step, metrics)
-        log.info("step %d/%d | lr %.3g | loss %.4f | accuracy %s | exact %s | %.1f examples/s", step, total,
-                 metrics["train/lr"], metrics.get("train/lm_loss", float("nan")),
-                 _halted_figure(metrics, "train/accuracy"), _halted_figure(metrics, "train/exact_accuracy"), per_s)
+        log.info(
+            "step %d/%d | lr %.3g | loss %.4f | accuracy %s | exact %s | %.1f examples/s",
+            step,
+            total,
+            metrics["train/lr"],
+            metrics.get("train/lm_loss", float("nan")),
+            _halted_figure(metrics, "train/accuracy"),
+            _halted_figure(metrics, "train/exact_accuracy"),
+            per_s,
+        )
 
     def evaluation(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
         if not self.env.is_main:
             return
         self._write(step, metrics)
-        log.info("epoch %d step %d [test split, per augmented example, no voting]: %s", epoch, step,
-                 ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("all/")))
+        log.info(
+            "epoch %d step %d [test split, per augmented example, no voting]: %s",
+            epoch,
+            step,
+            ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("all/")),
+        )
         if "ARC/pass@1" in metrics:
-            log.info("  [test split, %d augmented views voted per input; pass@k per task as ARC Prize, over %d "
-                     "tasks]: %s", metrics["ARC/views_per_input"], metrics["ARC/tasks_scored"],
-                     ", ".join(f"pass@{k} {metrics[f'ARC/pass@{k}']:.4f}" for k in (1, 2, 10)
-                               if f"ARC/pass@{k}" in metrics))
+            log.info(
+                "  [test split, %d augmented views voted per input; pass@k per task as ARC Prize, over %d tasks]: %s",
+                metrics["ARC/views_per_input"],
+                metrics["ARC/tasks_scored"],
+                ", ".join(f"pass@{k} {metrics[f'ARC/pass@{k}']:.4f}" for k in (1, 2, 10) if f"ARC/pass@{k}" in metrics),
+            )
         self.draw_curves()
         self._clock = (time.perf_counter(), step)  # evaluation time is not training throughput
 
@@ -149,4 +175,3 @@ class RunLog:
         path = os.path.join(self.root, CURVES_FILE)
         fig.savefig(path + ".tmp.png")
         os.replace(path + ".tmp.png", path)
-

@@ -71,14 +71,24 @@ class TrainState:
         return AUTOCAST.get(self.config.precision)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers],
-                "ema": self.ema.state_dict() if self.ema else None, "step": self.step,
-                "data_position": self.train_data.state_dict(), "config": dataclasses.asdict(self.config),
-                "identifiers_sha256": self.identifiers_sha256, "identifiers": self.identifiers,
-                "monitor": self.monitor.state_dict(), "wandb_id": self.wandb_id, "world_size": self.world_size,
-                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                "skipped_steps": self.skipped_steps, "bad_steps_in_a_row": self.bad_steps_in_a_row,
-                "evaluated_step": self.evaluated_step, "canvas_sides": canvas_sides(self.train_data.metadata)}
+        return {
+            "model": self.model.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "ema": self.ema.state_dict() if self.ema else None,
+            "step": self.step,
+            "data_position": self.train_data.state_dict(),
+            "config": dataclasses.asdict(self.config),
+            "identifiers_sha256": self.identifiers_sha256,
+            "identifiers": self.identifiers,
+            "monitor": self.monitor.state_dict(),
+            "wandb_id": self.wandb_id,
+            "world_size": self.world_size,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "skipped_steps": self.skipped_steps,
+            "bad_steps_in_a_row": self.bad_steps_in_a_row,
+            "evaluated_step": self.evaluated_step,
+            "canvas_sides": canvas_sides(self.train_data.metadata),
+        }
 
     def load_state_dict(self, shared: dict[str, Any]) -> None:
         self.model.load_state_dict(shared["model"])
@@ -113,13 +123,22 @@ class TrainState:
     def save(self, root: str, env: DistEnv, score: float | None = None) -> str:
         """Write ``root/step_<N>/`` atomically and prune old checkpoints (utils/checkpoint.py)."""
         callbacks = self.config.callbacks
-        return ckpt.save_checkpoint(root, self.step, self.state_dict(), self.rank_state(), env,
-                                    keep=self.config.max_checkpoints, score=score, keep_best=callbacks.keep_best,
-                                    mode=callbacks.mode)
+        return ckpt.save_checkpoint(
+            root,
+            self.step,
+            self.state_dict(),
+            self.rank_state(),
+            env,
+            keep=self.config.max_checkpoints,
+            score=score,
+            keep_best=callbacks.keep_best,
+            mode=callbacks.mode,
+        )
 
 
-def build_train_state(config: TrainConfig, env: DistEnv, train_data: PuzzleDataset,
-                      identifiers_sha256: str | None = None) -> TrainState:
+def build_train_state(
+    config: TrainConfig, env: DistEnv, train_data: PuzzleDataset, identifiers_sha256: str | None = None
+) -> TrainState:
     """A fresh state: the model seeded by ``config.seed`` (and ``init_from``'s weights) on every
     rank, then rank r's random stream (halting exploration) seeded by ``seed + r``;
     sign-SGD for the puzzle table, the dense optimizer, loss scaler, EMA and monitor.
@@ -127,8 +146,10 @@ def build_train_state(config: TrainConfig, env: DistEnv, train_data: PuzzleDatas
     meta = train_data.metadata
     local_batch = config.global_batch_size // env.world_size
     if local_batch % config.grad_accum_steps:
-        raise ConfigError(f"grad_accum_steps={config.grad_accum_steps} does not divide the {local_batch} examples "
-                          f"each of {env.world_size} ranks takes per step (global_batch_size {config.global_batch_size})")
+        raise ConfigError(
+            f"grad_accum_steps={config.grad_accum_steps} does not divide the {local_batch} examples "
+            f"each of {env.world_size} ranks takes per step (global_batch_size {config.global_batch_size})"
+        )
     torch.manual_seed(config.seed)
     shape = DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, local_batch)
     model: ARCModel = build_model(config.arch, shape).to(env.device)
@@ -162,16 +183,25 @@ def build_train_state(config: TrainConfig, env: DistEnv, train_data: PuzzleDatas
         base_lrs.append(config.optimizer.lr)
     callbacks = config.callbacks
     return TrainState(
-        config=config, model=model, shape=shape, forward=forward, loss_fn=build_loss(config.loss), optimizers=optimizers,
-        base_lrs=base_lrs, dense=dense,
+        config=config,
+        model=model,
+        shape=shape,
+        forward=forward,
+        loss_fn=build_loss(config.loss),
+        optimizers=optimizers,
+        base_lrs=base_lrs,
+        dense=dense,
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         scaler=torch.amp.GradScaler(env.device.type, enabled=config.precision == "fp16"),
         ema=EMA(model, config.ema_rate) if config.ema else None,
         monitor=Monitor(callbacks.mode, callbacks.min_delta, callbacks.early_stopping_patience),
         train_data=train_data,
         total_steps=int(config.epochs * meta.total_groups * meta.mean_puzzle_examples / config.global_batch_size),
-        local_batch=local_batch, identifiers=train_data.identifiers,
-        identifiers_sha256=identifiers_sha256 or ckpt.identifiers_hash(config.data.paths), world_size=env.world_size)
+        local_batch=local_batch,
+        identifiers=train_data.identifiers,
+        identifiers_sha256=identifiers_sha256 or ckpt.identifiers_hash(config.data.paths),
+        world_size=env.world_size,
+    )
 
 
 def carry_key(micro_batch: int, seq_len: int) -> str:
@@ -185,8 +215,14 @@ def load_init_weights(model: ARCModel, path: str, identifiers: list[str], env: D
     checkpoint folder or its state.pt, an export (folder or ``.safetensors``) or a TRM/HRM
     file, loaded without running code (utils/checkpoint.py: load_weights)."""
     source = ckpt.load_weights(path)
-    weights, notes = fit_weights(source["model"], model.state_dict(), table_key=model.puzzle_table_key,
-                                 ema=source.get("ema"), source_ids=source.get("identifiers"), target_ids=identifiers)
+    weights, notes = fit_weights(
+        source["model"],
+        model.state_dict(),
+        table_key=model.puzzle_table_key,
+        ema=source.get("ema"),
+        source_ids=source.get("identifiers"),
+        target_ids=identifiers,
+    )
     model.load_state_dict(weights)
     if env.is_main:
         for note in notes:
@@ -200,17 +236,21 @@ def resume(state: TrainState, root: str, env: DistEnv) -> str | None:
     # resume=auto: the newest complete checkpoint (damaged ones skipped with a warning); rank 0 decides
     path = ckpt.resolve_resume(config.resume, root, env=env)
     if config.resume == "none" and ckpt.list_checkpoints(root):
-        raise ConfigError(f"{root} already holds checkpoints of another run: pass resume=auto to continue "
-                          f"it, or choose another run_name / checkpoint_path")
+        raise ConfigError(
+            f"{root} already holds checkpoints of another run: pass resume=auto to continue "
+            f"it, or choose another run_name / checkpoint_path"
+        )
     if path is None:
         if config.resume == "auto" and env.is_main:
             log.info("resume=auto: no checkpoint in %s yet; starting a new run", root)
         return None
     shared = ckpt.load_shared(path)
     if shared["identifiers_sha256"] != state.identifiers_sha256 and not config.force_identifiers:
-        raise ConfigError(f"resume: {path} was trained on data.paths={shared['config']['data']['paths']}, "
-                          f"whose puzzle identifiers differ from {config.data.paths}' (identifiers.json); its "
-                          f"puzzle embeddings would be wrong. Pass force_identifiers=true to load it anyway.")
+        raise ConfigError(
+            f"resume: {path} was trained on data.paths={shared['config']['data']['paths']}, "
+            f"whose puzzle identifiers differ from {config.data.paths}' (identifiers.json); its "
+            f"puzzle embeddings would be wrong. Pass force_identifiers=true to load it anyway."
+        )
     check_resumable(path, shared["config"], config, env)
     state.load_state_dict(shared)
     own = ckpt.load_rank(path, env.rank) if shared["world_size"] == env.world_size else None
@@ -227,12 +267,16 @@ def check_resumable(path: str, saved: dict[str, Any], config: TrainConfig, env: 
     ``allow_config_change``. Bookkeeping changes (max_steps, logging, evaluation) are listed."""
     fixed, training, free = resume_differences(saved, dataclasses.asdict(config))
     if fixed:
-        raise ConfigError(f"resume: {path} was trained with other {', '.join(fixed)}; it cannot continue as this run. "
-                          f"Start a new run (another run_name or checkpoint_path)")
+        raise ConfigError(
+            f"resume: {path} was trained with other {', '.join(fixed)}; it cannot continue as this run. "
+            f"Start a new run (another run_name or checkpoint_path)"
+        )
     if training and not config.allow_config_change:
-        raise ConfigError(f"resume: {path} was trained with {', '.join(training)}. Continuing would mix two runs: "
-                          f"start a new run (another run_name), or pass allow_config_change=true to continue "
-                          f"with the new values")
+        raise ConfigError(
+            f"resume: {path} was trained with {', '.join(training)}. Continuing would mix two runs: "
+            f"start a new run (another run_name), or pass allow_config_change=true to continue "
+            f"with the new values"
+        )
     if env.is_main and (training or free):
         log.warning("resume: config differs from %s: %s", path, "; ".join(training + free))
 

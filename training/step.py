@@ -50,7 +50,7 @@ def train_step(state: TrainState, batch: dict[str, torch.Tensor], grad_norms: bo
     keys: list[str] = []
     finite_loss = torch.ones((), dtype=torch.bool, device=batch["inputs"].device)
     for i in range(k):
-        micro = batch if k == 1 else {name: v[i * size:(i + 1) * size] for name, v in batch.items()}
+        micro = batch if k == 1 else {name: v[i * size : (i + 1) * size] for name, v in batch.items()}
         if model.puzzle_emb is not None:
             model.puzzle_emb.micro_rows = None if k == 1 else (i * size, (i + 1) * size)
         keys.append(carry_key(i, micro["inputs"].shape[1]))
@@ -86,16 +86,25 @@ def train_step(state: TrainState, batch: dict[str, torch.Tensor], grad_norms: bo
         state.ema.update(model)
     state.step += 1
     _count_bad_step(state, bad)
-    return {**totals, **norms, "lr": torch.tensor(config.optimizer.lr * factor),
-            "skipped_steps": torch.tensor(float(state.skipped_steps))}
+    return {
+        **totals,
+        **norms,
+        "lr": torch.tensor(config.optimizer.lr * factor),
+        "skipped_steps": torch.tensor(float(state.skipped_steps)),
+    }
 
 
 def _non_finite(state: TrainState, finite_loss: torch.Tensor) -> tuple[bool, bool]:
     """(any rank's loss is non-finite, any rank's dense or sparse gradient is): one
     all-reduce, so every rank skips (and calls the sparse optimizer's collectives) alike.
     A sum is non-finite when any element is (or on an overflow, which is as bad)."""
-    grads = [p.grad.detach() for opt in state.optimizers for group in opt.param_groups
-             for p in group["params"] if p.grad is not None]
+    grads = [
+        p.grad.detach()
+        for opt in state.optimizers
+        for group in opt.param_groups
+        for p in group["params"]
+        if p.grad is not None
+    ]
     sums = torch.stack([g.sum(dtype=torch.float32) for g in grads]).sum() if grads else torch.zeros(())
     flags = torch.stack([~finite_loss, ~torch.isfinite(sums.to(finite_loss.device))]).to(torch.float32)
     if state.world_size > 1:
@@ -113,13 +122,19 @@ def _count_bad_step(state: TrainState, bad: bool) -> None:
     state.bad_steps_in_a_row += 1
     first, limit = state.step - state.bad_steps_in_a_row + 1, state.config.max_bad_steps
     if state.world_size == 1 or dist.get_rank() == 0:
-        log.warning("step %d: non-finite loss or gradient; optimizer step skipped, weights unchanged "
-                    "(%d bad in a row, %d in all)", state.step, state.bad_steps_in_a_row, state.skipped_steps)
+        log.warning(
+            "step %d: non-finite loss or gradient; optimizer step skipped, weights unchanged (%d bad in a row, %d in all)",
+            state.step,
+            state.bad_steps_in_a_row,
+            state.skipped_steps,
+        )
     if limit and state.bad_steps_in_a_row >= limit:
         steps = f"step {first}" if first == state.step else f"steps {first}..{state.step}"
-        raise NonFiniteLossError(f"non-finite loss/gradient at {steps} ({state.bad_steps_in_a_row} in a row, "
-                                 f"max_bad_steps={limit}); none of them changed the weights. "
-                                 f"{_resume_hint(state, first)}")
+        raise NonFiniteLossError(
+            f"non-finite loss/gradient at {steps} ({state.bad_steps_in_a_row} in a row, "
+            f"max_bad_steps={limit}); none of them changed the weights. "
+            f"{_resume_hint(state, first)}"
+        )
 
 
 def _resume_hint(state: TrainState, first_bad: int) -> str:
@@ -131,14 +146,20 @@ def _resume_hint(state: TrainState, first_bad: int) -> str:
     if path is None:
         return f"There is no checkpoint in {root} yet: the run must start again"
     saved = next((step for step, p in ckpt.list_checkpoints(root) if p == path), None)
-    during = f" (saved during those steps: its weights are those of step {first_bad - 1})" \
-        if saved is not None and saved >= first_bad else ""
-    return (f"The newest good checkpoint is {path}{during}; resume from it (resume=auto) with a lower lr or "
-            f"grad_clip_norm, or check the data")
+    during = (
+        f" (saved during those steps: its weights are those of step {first_bad - 1})"
+        if saved is not None and saved >= first_bad
+        else ""
+    )
+    return (
+        f"The newest good checkpoint is {path}{during}; resume from it (resume=auto) with a lower lr or "
+        f"grad_clip_norm, or check the data"
+    )
 
 
-def _forward_backward(state: TrainState, batch: dict[str, torch.Tensor], key: str,
-                      sync: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def _forward_backward(
+    state: TrainState, batch: dict[str, torch.Tensor], key: str, sync: bool
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One (micro-)batch through the carry stored under ``key``; gradients accumulate.
     Returns the loss's metrics and the loss."""
     carry = state.carries.get(key)
@@ -186,8 +207,9 @@ def _passes_through(key: str) -> bool:
     return key in ("lr", "skipped_steps") or key.startswith("grad_norm/")
 
 
-def reduce_metrics(metrics: dict[str, torch.Tensor], env: DistEnv, global_batch_size: int,
-                   steps: int = 1) -> dict[str, float]:
+def reduce_metrics(
+    metrics: dict[str, torch.Tensor], env: DistEnv, global_batch_size: int, steps: int = 1
+) -> dict[str, float]:
     """``train/*`` figures of a log window of ``steps`` steps (``add_metrics``' sums): summed
     over all ranks, losses per example of the window's global batches, ``count`` (examples
     that halted in the window) as the sum, the rest (accuracy, exact_accuracy, ...) per

@@ -264,8 +264,9 @@ def check_named(path: str, verify: str | None = None) -> None:
         log.info("%s: %s", path, why)
 
 
-def newest_checkpoint(root: str, verify: str | None = None, purpose: str = "resume=auto",
-                      quiet: bool = False, trusted: str | None = None) -> str | None:
+def newest_checkpoint(
+    root: str, verify: str | None = None, purpose: str = "resume=auto", quiet: bool = False, trusted: str | None = None
+) -> str | None:
     """The newest complete checkpoint of ``root``, else (no complete manifest-bearing one)
     its newest legacy one; None when it holds no checkpoint. Each newer folder passed over
     is logged as a WARNING naming it and why (``quiet``: not logged). CheckpointCorruptError
@@ -285,19 +286,27 @@ def newest_checkpoint(root: str, verify: str | None = None, purpose: str = "resu
         skipped.append((path, why or ""))
     if chosen is None and legacy is not None:
         chosen = legacy
-        skipped = skipped[:[p for p, _ in skipped].index(legacy)]
+        skipped = skipped[: [p for p, _ in skipped].index(legacy)]
     if not quiet:
         for path, why in skipped:
             log.warning("%s: skipping checkpoint %s: %s", purpose, path, why)
         if skipped and chosen is not None and chosen != legacy:
             log.warning("%s: taking %s, the newest complete checkpoint", purpose, chosen)
         if chosen is not None and chosen == legacy:
-            log.warning("%s: %s has no %s (written before manifests): taking it unverified, as no checkpoint "
-                        "of %s has a manifest that matches", purpose, chosen, MANIFEST, root)
+            log.warning(
+                "%s: %s has no %s (written before manifests): taking it unverified, as no checkpoint "
+                "of %s has a manifest that matches",
+                purpose,
+                chosen,
+                MANIFEST,
+                root,
+            )
     if chosen is None and found:
         reasons = "; ".join(f"{os.path.basename(p)}: {why}" for p, why in skipped)
-        raise CheckpointCorruptError(f"{purpose}: none of the {len(found)} checkpoints in {root} is complete "
-                                     f"({reasons}). Move them away (or delete them) to start afresh")
+        raise CheckpointCorruptError(
+            f"{purpose}: none of the {len(found)} checkpoints in {root} is complete "
+            f"({reasons}). Move them away (or delete them) to start afresh"
+        )
     return chosen
 
 
@@ -393,8 +402,9 @@ def _size(n: float) -> str:
     return ""
 
 
-def write_failure(root: str, what: str, error: BaseException, env: DistEnv,
-                  left: str = "Nothing half-written is left") -> BaseException:
+def write_failure(
+    root: str, what: str, error: BaseException, env: DistEnv, left: str = "Nothing half-written is left"
+) -> BaseException:
     """The exception to raise for a failed write into run folder ``root`` (a checkpoint, the
     metrics log): CheckpointWriteError naming the newest intact checkpoint for an OSError or
     another rank's failure; any other error as it is. ``left``: what the failure left behind."""
@@ -405,13 +415,15 @@ def write_failure(root: str, what: str, error: BaseException, env: DistEnv,
     except (CheckpointError, OSError):
         newest = None
     if env.is_main:
-        kept = (f"the newest intact checkpoint is {newest}" if newest else
-                f"there is no intact checkpoint in {root} yet")
+        kept = f"the newest intact checkpoint is {newest}" if newest else f"there is no intact checkpoint in {root} yet"
     else:
         kept = "rank 0's error names the newest intact checkpoint"
     if isinstance(error, _OtherRank):
-        return CheckpointWriteError(f"{what} was not written: another rank failed to write its part (its error says "
-                                    f"why); nothing half-written is left and {kept}", newest)
+        return CheckpointWriteError(
+            f"{what} was not written: another rank failed to write its part (its error says "
+            f"why); nothing half-written is left and {kept}",
+            newest,
+        )
     full = getattr(error, "errno", None) in DISK_FULL
     if full:
         try:
@@ -421,18 +433,28 @@ def write_failure(root: str, what: str, error: BaseException, env: DistEnv,
         cause = f"the disk is full ({os.strerror(error.errno)}{free})"
         todo = "free space (or lower max_checkpoints) and run again with resume=auto"
     elif error.errno == errno.EFBIG:
-        cause = (f"{error.filename or 'a file'} reached the largest size allowed "
-                 f"({os.strerror(error.errno)}: the file-size limit, `ulimit -f`, or the filesystem's largest file)")
+        cause = (
+            f"{error.filename or 'a file'} reached the largest size allowed "
+            f"({os.strerror(error.errno)}: the file-size limit, `ulimit -f`, or the filesystem's largest file)"
+        )
         todo = "raise that limit and run again with resume=auto"
     else:
         cause = f"{error.strerror or error} ({getattr(error, 'filename', None) or root})"
         todo = "fix that and run again with resume=auto"
-    return CheckpointWriteError(f"{what} could not be written to {root}: {cause}. {left}; {kept}: {todo}", newest,
-                                full)
+    return CheckpointWriteError(f"{what} could not be written to {root}: {cause}. {left}; {kept}: {todo}", newest, full)
 
 
-def save_checkpoint(root: str, step: int, shared: dict[str, Any], per_rank: dict[str, Any], env: DistEnv,
-                    keep: int = 0, score: float | None = None, keep_best: int = 0, mode: str = "min") -> str:
+def save_checkpoint(
+    root: str,
+    step: int,
+    shared: dict[str, Any],
+    per_rank: dict[str, Any],
+    env: DistEnv,
+    keep: int = 0,
+    score: float | None = None,
+    keep_best: int = 0,
+    mode: str = "min",
+) -> str:
     """Write ``step_<N>/`` atomically (a temp folder with its manifest, then rename), with
     ``score.json`` when a monitored metric is given; then keep the newest ``keep`` (0: all)
     plus the ``keep_best`` best-scored checkpoints. A failed write (a full disk...) removes
@@ -481,8 +503,9 @@ def checkpoint_score(path: str) -> float | None:
         return float(json.load(f)["score"])
 
 
-def prune_checkpoints(root: str, keep: int, keep_best: int = 0, mode: str = "min",
-                      verify: str | None = None, trusted: str | None = None) -> list[str]:
+def prune_checkpoints(
+    root: str, keep: int, keep_best: int = 0, mode: str = "min", verify: str | None = None, trusted: str | None = None
+) -> list[str]:
     """Delete all but the newest ``keep`` (0: keep everything) and the ``keep_best`` best
     scored checkpoints, never the one resume=auto would take (``newest_checkpoint``;
     ``trusted``: the folder just saved, known complete); returns the kept folders, oldest
@@ -498,8 +521,11 @@ def prune_checkpoints(root: str, keep: int, keep_best: int = 0, mode: str = "min
     except CheckpointError:
         usable = None
     if usable is not None and usable not in kept:
-        log.warning("keeping %s beyond max_checkpoints=%d: the newer checkpoints are damaged and it is the newest "
-                    "complete one", usable, keep)
+        log.warning(
+            "keeping %s beyond max_checkpoints=%d: the newer checkpoints are damaged and it is the newest complete one",
+            usable,
+            keep,
+        )
         kept.add(usable)
     for path in found:
         if path not in kept:
@@ -507,8 +533,7 @@ def prune_checkpoints(root: str, keep: int, keep_best: int = 0, mode: str = "min
     return [path for path in found if path in kept]
 
 
-def resolve_resume(resume: str, checkpoint_root: str, verify: str | None = None,
-                   env: DistEnv | None = None) -> str | None:
+def resolve_resume(resume: str, checkpoint_root: str, verify: str | None = None, env: DistEnv | None = None) -> str | None:
     """The checkpoint folder to resume from: none, the newest complete one (auto; see the
     module docstring for damaged and legacy ones), or a given folder (refused when damaged).
     With a distributed ``env`` rank 0 decides (and logs) and every rank gets its answer."""
@@ -546,8 +571,7 @@ def _numpy_safe_globals() -> list[Any]:
     except ImportError:  # numpy 1
         from numpy.core.multiarray import scalar
     dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")] if hasattr(np, "dtypes") else []
-    return [scalar, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype,
-            *dtypes]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype, *dtypes]
 
 
 SAFE_GLOBALS = _numpy_safe_globals()
@@ -564,11 +588,16 @@ def _refused(message: str) -> str:
     found = re.search(r"GLOBAL (\S+)", message)
     if found:
         return f"a reference to {found.group(1)}"
-    reasons = [line.replace("Weights only load failed.", "").replace("WeightsUnpickler error:", "").strip()
-               for line in message.splitlines()]
+    reasons = [
+        line.replace("Weights only load failed.", "").replace("WeightsUnpickler error:", "").strip()
+        for line in message.splitlines()
+    ]
     reason = next((r for r in reasons if r and not TORCH_ADVICE.search(r)), None)
-    return f"an object beyond tensors, containers and numbers ({reason})" if reason else \
-        "an object beyond tensors, containers and numbers"
+    return (
+        f"an object beyond tensors, containers and numbers ({reason})"
+        if reason
+        else "an object beyond tensors, containers and numbers"
+    )
 
 
 def load_file(path: str) -> Any:
@@ -593,7 +622,8 @@ def load_file(path: str) -> Any:
         raise UnsafeCheckpointError(
             f"refused to load {path}: it holds {_refused(str(e))}, which unpickling would call. Checkpoints are "
             f"loaded with torch.load(weights_only=True) (tensors, plain containers, numbers, strings) so that a file "
-            f"never runs code; if you trust it, re-save its state dict with plain types") from None
+            f"never runs code; if you trust it, re-save its state dict with plain types"
+        ) from None
     except (RuntimeError, EOFError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointCorruptError(f"{path} cannot be read ({first}): truncated or not a torch file") from None
@@ -640,8 +670,7 @@ def load_weights(path: str, verify: str | None = None) -> dict[str, Any]:
 # --- safetensors exports --------------------------------------------------------------------
 
 
-def write_export(out_dir: str, weights: dict[str, torch.Tensor], config: dict[str, Any] | None,
-                 info: dict[str, Any]) -> str:
+def write_export(out_dir: str, weights: dict[str, torch.Tensor], config: dict[str, Any] | None, info: dict[str, Any]) -> str:
     """Write ``out_dir/``: ``model.safetensors`` (``weights``), ``config.json`` (``config``,
     the resolved run config), ``checkpoint.json`` (``info``: source, step, identifiers...)
     and ``manifest.json``, into a temp folder renamed into place; CheckpointWriteError when
@@ -666,8 +695,9 @@ def write_export(out_dir: str, weights: dict[str, torch.Tensor], config: dict[st
         shutil.rmtree(tmp, ignore_errors=True)
         full = e.errno in DISK_FULL
         cause = "the disk is full" if full else str(e)
-        raise CheckpointWriteError(f"export {out_dir} could not be written: {cause}; nothing half-written is left",
-                                   None, full) from e
+        raise CheckpointWriteError(
+            f"export {out_dir} could not be written: {cause}; nothing half-written is left", None, full
+        ) from e
     return out_dir
 
 
@@ -676,8 +706,9 @@ def load_export(path: str, verify: str | None = None) -> dict[str, Any]:
     weights, ``checkpoint.json`` marks ARCForge's export: then ``config.json`` is the run
     config and the identifiers come along; a lone safetensors file brings weights only. A
     folder whose manifest does not match is refused (CheckpointCorruptError)."""
-    folder, file = (path, os.path.join(path, EXPORT_WEIGHTS)) if os.path.isdir(path) else (
-        os.path.dirname(os.path.abspath(path)), path)
+    folder, file = (
+        (path, os.path.join(path, EXPORT_WEIGHTS)) if os.path.isdir(path) else (os.path.dirname(os.path.abspath(path)), path)
+    )
     info: dict[str, Any] = {}
     config = None
     info_file = os.path.join(folder, EXPORT_INFO)
@@ -695,9 +726,15 @@ def load_export(path: str, verify: str | None = None) -> dict[str, Any]:
                 config = json.load(f)
         else:
             info = {}
-    return {"model": load_file(file), "ema": None, "config": config, "identifiers": info.get("identifiers"),
-            "identifiers_sha256": info.get("identifiers_sha256"), "step": info.get("step"),
-            "source": info.get("source")}
+    return {
+        "model": load_file(file),
+        "ema": None,
+        "config": config,
+        "identifiers": info.get("identifiers"),
+        "identifiers_sha256": info.get("identifiers_sha256"),
+        "step": info.get("step"),
+        "source": info.get("source"),
+    }
 
 
 # --- one writer per run folder --------------------------------------------------------------
@@ -756,17 +793,21 @@ class RunLock:
         return os.pread(fd, 4096, 0).decode(errors="replace").strip()
 
     def _refuse(self, holder: dict[str, Any] | None, hint: str = "") -> RunLockError:
-        return RunLockError(f"{self.root} is in use by another run ({_describe(holder)}; {self.path}): two runs "
-                            f"writing one checkpoint folder would overwrite each other's checkpoints. Wait for it "
-                            f"to end, or choose another run_name / checkpoint_path{hint}")
+        return RunLockError(
+            f"{self.root} is in use by another run ({_describe(holder)}; {self.path}): two runs "
+            f"writing one checkpoint folder would overwrite each other's checkpoints. Wait for it "
+            f"to end, or choose another run_name / checkpoint_path{hint}"
+        )
 
     def acquire(self) -> RunLock:
         try:
             os.makedirs(self.root, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise RunFolderError(f"run folder {self.root} (checkpoint_path) cannot be written: "
-                                 f"{_why_unwritable(self.root, e)}; choose another checkpoint_path") from None
+            raise RunFolderError(
+                f"run folder {self.root} (checkpoint_path) cannot be written: "
+                f"{_why_unwritable(self.root, e)}; choose another checkpoint_path"
+            ) from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -786,14 +827,17 @@ class RunLock:
                     hint = "" if alive else f" (if that run is dead, delete {self.path})"
                     raise self._refuse(holder, hint)
                 if same_host and not alive:
-                    log.warning("%s: taking over the lock of %s, which is no longer running", self.root,
-                                _describe(holder))
+                    log.warning("%s: taking over the lock of %s, which is no longer running", self.root, _describe(holder))
                 else:
-                    log.warning("%s: %s names %s, which did not release it (killed?); taking it over. If that run "
-                                "is still writing here (a filesystem whose locks do not reach across hosts), stop "
-                                "one of the two", self.root, self.path, _describe(holder))
-            me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                             "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+                    log.warning(
+                        "%s: %s names %s, which did not release it (killed?); taking it over. If that run "
+                        "is still writing here (a filesystem whose locks do not reach across hosts), stop "
+                        "one of the two",
+                        self.root,
+                        self.path,
+                        _describe(holder),
+                    )
+            me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")})
             os.ftruncate(fd, 0)
             os.pwrite(fd, me.encode() + b"\n", 0)
             os.fsync(fd)

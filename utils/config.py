@@ -56,8 +56,11 @@ class DataConfig:
         for key, paths in (("data.paths", self.paths), ("data.test_paths", self.test_paths)):
             for path in paths:
                 if not os.path.isfile(os.path.join(path, "identifiers.json")):
-                    how = f"; build it with: {self.build}" if self.build and key == "data.paths" else \
-                        "; build it with python -m dataset.build_arc_dataset (docs/data.md)"
+                    how = (
+                        f"; build it with: {self.build}"
+                        if self.build and key == "data.paths"
+                        else "; build it with python -m dataset.build_arc_dataset (docs/data.md)"
+                    )
                     raise ConfigError(f"{key}: no dataset at {path} (no identifiers.json){how}")
 
 
@@ -72,8 +75,9 @@ class WandbConfig:
 class EvalConfig:
     """Scoring (pretrain.py's periodic evaluation and evaluate.py)."""
 
-    pass_ks: list[int] = setting(factory=lambda: [1, 2, 5, 10, 100, 1000], ge=1,
-                                 doc="the k of each pass@k reported (attempts per test input)")
+    pass_ks: list[int] = setting(
+        factory=lambda: [1, 2, 5, 10, 100, 1000], ge=1, doc="the k of each pass@k reported (attempts per test input)"
+    )
     ranking: str = setting("vote", doc="vote (count, then mean halt confidence; TRM) | count | noisy_or")
     pool_votes: bool = setting(False, doc="pool votes over all of a run's evaluations (TRM's default)")
     checkpoint: str | None = setting(None, doc="evaluate.py: a checkpoint folder, or a TRM checkpoint file")
@@ -98,8 +102,9 @@ class RestartsConfig:
 
     T_0: float = setting(10.0, gt=0, doc="epochs in the first cycle")
     T_mult: int = setting(1, ge=1, doc="each cycle this many times longer than the last")
-    eta_min_ratio: float = setting(0.0, ge=0, le=1,
-                                   doc="the lr at the bottom of a cycle, as a fraction of each optimizer's lr")
+    eta_min_ratio: float = setting(
+        0.0, ge=0, le=1, doc="the lr at the bottom of a cycle, as a fraction of each optimizer's lr"
+    )
 
 
 @dataclass
@@ -131,12 +136,14 @@ class TrainConfig:
     optimizer: Any = MISSING
 
     global_batch_size: int = setting(768, ge=1, doc="examples per step, over all ranks")
-    grad_accum_steps: int = setting(1, ge=1, doc="micro-batches per optimizer step (each global_batch_size / k "
-                                                 "examples); must divide global_batch_size")
+    grad_accum_steps: int = setting(
+        1, ge=1, doc="micro-batches per optimizer step (each global_batch_size / k examples); must divide global_batch_size"
+    )
     epochs: int = setting(100000, ge=1, doc="an epoch visits every task once, through one random variant")
     eval_interval: int = setting(10000, ge=1, doc="epochs between evaluations (and checkpoints)")
-    evaluate: bool = setting(True, doc="false: no evaluation during or after training (a caller evaluates); "
-                                       "one final checkpoint")
+    evaluate: bool = setting(
+        True, doc="false: no evaluation during or after training (a caller evaluates); one final checkpoint"
+    )
     min_eval_interval: int = setting(0, ge=0, doc="no evaluation before this epoch")
     checkpoint_every_eval: bool = setting(True, doc="checkpoint at each evaluation")
     checkpoint_interval_steps: int = setting(0, ge=0, doc="also checkpoint every N steps (0: only at evaluations)")
@@ -147,8 +154,9 @@ class TrainConfig:
     lr_min_ratio: float = setting(1.0, ge=0, le=1, doc="the cosine ends at this fraction of the lr (1.0: constant)")
     restarts: RestartsConfig = setting(factory=RestartsConfig)
     grad_clip_norm: float | None = setting(None, gt=0, doc="clip the dense gradients' global norm (null: no clipping)")
-    max_bad_steps: int = setting(20, ge=0, doc="stop after this many steps in a row with a non-finite loss or "
-                                               "gradient (each skipped); 0: never")
+    max_bad_steps: int = setting(
+        20, ge=0, doc="stop after this many steps in a row with a non-finite loss or gradient (each skipped); 0: never"
+    )
     precision: str = setting("fp32", doc="fp32 | bf16 | fp16: autocast (fp16 with a GradScaler)")
     puzzle_emb_lr: float = setting(1e-2, ge=0, doc="lr of the puzzle embeddings (sign-SGD)")
     puzzle_emb_weight_decay: float = setting(0.1, ge=0, doc="weight decay of the puzzle embeddings")
@@ -159,8 +167,11 @@ class TrainConfig:
     seed: int = setting(0, ge=0, doc="the seed of the weights and of the batch order")
 
     project_name: str = setting("arcforge", doc="checkpoints/<project_name>/<run_name> (and the wandb project)")
-    run_name: str | None = setting(None, doc="default: <arch>-<data>-<time>; name it to resume with resume=auto "
-                                             "(under -m each job's gains its swept overrides)")
+    run_name: str | None = setting(
+        None,
+        doc="default: <arch>-<data>-<time>; name it to resume with resume=auto "
+        "(under -m each job's gains its swept overrides)",
+    )
     checkpoint_path: str | None = setting(None, doc="the run folder (default: checkpoints/<project_name>/<run_name>)")
     resume: str = setting("none", doc="none | auto (the newest checkpoint in checkpoint_path) | a checkpoint folder")
     init_from: str | None = setting(None, doc="weights only (ours or a TinyRecursiveModels checkpoint)")
@@ -168,8 +179,7 @@ class TrainConfig:
     allow_config_change: bool = setting(False, doc="resume although training keys (lr, schedule, ...) changed")
     max_steps: int | None = setting(None, ge=1, doc="stop early (the lr schedule keeps its full length)")
     max_minutes: float | None = setting(None, gt=0, doc="stop (and checkpoint) after this much training time")
-    requeue_on_preempt: bool = setting(True, doc="under SLURM, a run stopped by SIGTERM/SIGUSR1 requeues its job "
-                                                 "(scontrol)")
+    requeue_on_preempt: bool = setting(True, doc="under SLURM, a run stopped by SIGTERM/SIGUSR1 requeues its job (scontrol)")
 
     device: str = setting("auto", doc="auto | cpu | cuda")
     compile: bool = setting(False, doc="torch.compile the model")
@@ -191,8 +201,7 @@ class TrainConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             bad.append(f"lr_schedule={self.lr_schedule!r} (one of {', '.join(LR_SCHEDULES)})")
         if self.global_batch_size % self.grad_accum_steps:
-            bad.append(f"grad_accum_steps={self.grad_accum_steps} (must divide global_batch_size "
-                       f"{self.global_batch_size})")
+            bad.append(f"grad_accum_steps={self.grad_accum_steps} (must divide global_batch_size {self.global_batch_size})")
         if self.precision not in PRECISIONS:
             bad.append(f"precision={self.precision!r} (one of {', '.join(PRECISIONS)})")
         if bad:
@@ -240,8 +249,9 @@ def _option_keys(group: str, option: str, seen: tuple[str, ...] = ()) -> dict[st
             for key, value in entry.items():
                 if str(key).split("@")[0] == f"/schema/{group}" and value in SCHEMAS.get(group, {}):
                     schema = SCHEMAS[group][value]
-                    keys.update({f.name: f.default for f in dataclasses.fields(schema)
-                                 if f.default is not dataclasses.MISSING})
+                    keys.update(
+                        {f.name: f.default for f in dataclasses.fields(schema) if f.default is not dataclasses.MISSING}
+                    )
     keys.update({k: v for k, v in node.items() if k != "defaults"})
     return keys
 
@@ -254,8 +264,14 @@ def option_family(group: str, option: str) -> str | None:
 def options_of_family(group: str, family: str) -> list[str]:
     """The options of ``group`` (conf/<group>/*.yaml) whose ``family`` is ``family``, the
     group's default option first (conf/config.yaml), then by name."""
-    default = next((e[group] for e in OmegaConf.load(os.path.join(CONF_DIR, "config.yaml")).get("defaults", [])
-                    if isinstance(e, DictConfig) and group in e), None)
+    default = next(
+        (
+            e[group]
+            for e in OmegaConf.load(os.path.join(CONF_DIR, "config.yaml")).get("defaults", [])
+            if isinstance(e, DictConfig) and group in e
+        ),
+        None,
+    )
     folder = os.path.join(CONF_DIR, group)
     names = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
     found = [o for o in names if option_family(group, o) == family]
@@ -322,8 +338,7 @@ def describe_unknown_key(key: str, known: list[str]) -> str:
     if key in TRM_NAMES:
         return f"{key} is not a config key: TinyRecursiveModels' {key} is {TRM_NAMES[key]} here"
     close = difflib.get_close_matches(key, [k for k in known if k != key], n=1, cutoff=0.6)
-    return f"{key} is not a config key" + (f" (did you mean {close[0]}?)" if close else "") + \
-        "; docs/training.md lists them"
+    return f"{key} is not a config key" + (f" (did you mean {close[0]}?)" if close else "") + "; docs/training.md lists them"
 
 
 def config_error_message(error: BaseException, known: list[str] | None = None) -> str:
@@ -473,9 +488,12 @@ def config_help(usage: str, config_name: str = "config") -> str:
         folder = os.path.join(CONF_DIR, group)
         options = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml"))
         groups.append(f"  {group}: " + ", ".join(f"{o} (default)" if o == chosen.get(group) else o for o in options))
-    return (f"{usage.strip()}\n\n== Config groups (group=option) ==\n" + "\n".join(groups)
-            + "\n\n== Keys (key=default: what it is; docs/training.md has more) ==\n"
-            + "\n".join(_help_lines(OmegaConf.to_object(cfg))))
+    return (
+        f"{usage.strip()}\n\n== Config groups (group=option) ==\n"
+        + "\n".join(groups)
+        + "\n\n== Keys (key=default: what it is; docs/training.md has more) ==\n"
+        + "\n".join(_help_lines(OmegaConf.to_object(cfg)))
+    )
 
 
 def _help_lines(config: Any, prefix: str = "") -> list[str]:
@@ -548,12 +566,39 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 # What a resumed run may change freely: how long it runs, where and how it reports, and what
 # the evaluation measures. Every other key changes what is trained.
-RESUME_FREE = ("resume", "epochs", "max_steps", "max_minutes", "device", "compile", "log_interval", "progress_bar", "wandb.",
-               "eval.", "evaluate", "eval_interval", "min_eval_interval", "checkpoint_every_eval",
-               "checkpoint_interval_steps", "max_checkpoints", "requeue_on_preempt", "callbacks.", "run_name",
-               "project_name", "checkpoint_path", "grad_accum_steps", "init_from", "force_identifiers", "max_bad_steps",
-               # the identifiers check guards the data itself
-               "allow_config_change", "data.name", "data.paths", "data.test_paths", "data.build")
+RESUME_FREE = (
+    "resume",
+    "epochs",
+    "max_steps",
+    "max_minutes",
+    "device",
+    "compile",
+    "log_interval",
+    "progress_bar",
+    "wandb.",
+    "eval.",
+    "evaluate",
+    "eval_interval",
+    "min_eval_interval",
+    "checkpoint_every_eval",
+    "checkpoint_interval_steps",
+    "max_checkpoints",
+    "requeue_on_preempt",
+    "callbacks.",
+    "run_name",
+    "project_name",
+    "checkpoint_path",
+    "grad_accum_steps",
+    "init_from",
+    "force_identifiers",
+    "max_bad_steps",
+    # the identifiers check guards the data itself
+    "allow_config_change",
+    "data.name",
+    "data.paths",
+    "data.test_paths",
+    "data.build",
+)
 # What no resume may change: the saved weights and data position would not fit.
 RESUME_FIXED = ("arch.", "global_batch_size", "seed")
 # Keys newer than some checkpoints: a saved config without them meant what its arch / loss

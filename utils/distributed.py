@@ -41,8 +41,9 @@ def init_distributed(device: str = "auto") -> DistEnv:
     else:
         dev = torch.device("cpu")
     if world_size > 1:
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=_attempt_store(world_size),
-                                rank=rank, world_size=world_size)
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo", store=_attempt_store(world_size), rank=rank, world_size=world_size
+        )
     return DistEnv(rank, world_size, local_rank, dev)
 
 
@@ -55,8 +56,9 @@ def _attempt_store(world_size: int) -> dist.Store | None:
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
     if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
-                          timeout=timedelta(minutes=10))
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False, timeout=timedelta(minutes=10)
+    )
     return dist.PrefixStore(f"arcforge/attempt_{attempt}/", store)
 
 

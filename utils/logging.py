@@ -19,8 +19,9 @@ PACKAGES = ("evaluate", "evaluators", "pipelines", "dataset", "arcforge")
 
 
 @contextmanager
-def console_logging(names: tuple[str, ...] = PACKAGES, level: int = logging.INFO,
-                    stream: IO[str] | None = None) -> Iterator[logging.Handler]:
+def console_logging(
+    names: tuple[str, ...] = PACKAGES, level: int = logging.INFO, stream: IO[str] | None = None
+) -> Iterator[logging.Handler]:
     """Messages of the loggers ``names`` (and their children) at ``level`` and above, as plain
     lines on ``stream`` (default: the current stdout, as Hydra's console does), until the
     block ends; levels are restored after it."""
@@ -42,8 +43,15 @@ def console_logging(names: tuple[str, ...] = PACKAGES, level: int = logging.INFO
         handler.flush()
 
 
-def init_wandb(config: Any, name: str | None, directory: str, run_config: dict[str, Any], *,
-               run_id: str | None = None, resumable: bool = False):
+def init_wandb(
+    config: Any,
+    name: str | None,
+    directory: str,
+    run_config: dict[str, Any],
+    *,
+    run_id: str | None = None,
+    resumable: bool = False,
+):
     """A wandb run for a run config (``config.wandb``, ``config.project_name``), or None when
     wandb is disabled (the ``WANDB_MODE`` variable wins over ``wandb.mode``). ``resumable``:
     the run gets an id (``run_id``, else a new one; ``run.id``) that a resumed run passes
@@ -58,5 +66,13 @@ def init_wandb(config: Any, name: str | None, directory: str, run_config: dict[s
         kwargs = {"id": run_id, "resume": "allow"} if run_id else {"resume": "allow"}
     # create_new: a pipeline's run stays active beside its trainers' runs (by default a second
     # init returned the pipeline's run, and the trainer's finish() ended it under the pipeline).
-    return wandb.init(project=config.wandb.project or config.project_name, entity=config.wandb.entity, name=name,
-                      mode=mode, config=run_config, dir=directory, reinit="create_new", **kwargs)
+    return wandb.init(
+        project=config.wandb.project or config.project_name,
+        entity=config.wandb.entity,
+        name=name,
+        mode=mode,
+        config=run_config,
+        dir=directory,
+        reinit="create_new",
+        **kwargs,
+    )

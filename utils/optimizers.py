@@ -81,8 +81,9 @@ class AdamATan2(torch.optim.Optimizer):
     ``grad`` is ``None`` are skipped entirely (no decay); a zero gradient gives decay only.
     """
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.95),
-                 weight_decay: float = 0.1):
+    def __init__(
+        self, params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.1
+    ):
         _check_lr_wd(lr, weight_decay)
         if len(betas) != 2:
             raise ValueError(f"Invalid betas: {betas} (need two values)")
@@ -123,9 +124,18 @@ class AdamATan2(torch.optim.Optimizer):
         return loss
 
     @staticmethod
-    def _update(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-                exp_avg_sqs: list[torch.Tensor], steps: list[torch.Tensor], dtype: torch.dtype,
-                lr: float, beta1: float, beta2: float, wd: float) -> None:
+    def _update(
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        exp_avgs: list[torch.Tensor],
+        exp_avg_sqs: list[torch.Tensor],
+        steps: list[torch.Tensor],
+        dtype: torch.dtype,
+        lr: float,
+        beta1: float,
+        beta2: float,
+        wd: float,
+    ) -> None:
         torch._foreach_add_(steps, 1.0)
         step_values = [s.item() for s in steps]
         step_sizes = [lr / (1.0 - beta1**s) for s in step_values]
@@ -167,8 +177,9 @@ def _iter_tensors(params: Iterable[Any]) -> list[torch.Tensor]:
     return tensors
 
 
-def adam_atan2(params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.95),
-               weight_decay: float = 0.1) -> torch.optim.Optimizer:
+def adam_atan2(
+    params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.1
+) -> torch.optim.Optimizer:
     """The CUDA ``adam_atan2.AdamATan2`` when that package imports and every parameter is on
     CUDA; the pure-PyTorch ``AdamATan2`` (same update) otherwise."""
     params = list(params)  # may be a generator; it is read twice
@@ -246,16 +257,19 @@ class SparseSignSGD(torch.optim.Optimizer):
 
     _ROLES = ("weights", "local_weights", "local_ids")  # order of the one param group's params
 
-    def __init__(self, embedding: PuzzleEmbedding, lr: float = 1e-2, weight_decay: float = 0.1,
-                 process_group: Any = None):
+    def __init__(self, embedding: PuzzleEmbedding, lr: float = 1e-2, weight_decay: float = 0.1, process_group: Any = None):
         _check_lr_wd(lr, weight_decay)
         weights, local_weights, local_ids = embedding.weights, embedding.local_weights, embedding.local_ids
         if weights.ndim != 2 or local_weights.ndim != 2 or local_weights.shape[1] != weights.shape[1]:
-            raise ValueError(f"weights {tuple(weights.shape)} and local_weights {tuple(local_weights.shape)} "
-                             "must be [rows, dim] with the same dim")
+            raise ValueError(
+                f"weights {tuple(weights.shape)} and local_weights {tuple(local_weights.shape)} "
+                "must be [rows, dim] with the same dim"
+            )
         if local_ids.shape != (local_weights.shape[0],) or local_ids.is_floating_point():
-            raise ValueError(f"local_ids must be integer of shape ({local_weights.shape[0]},), "
-                             f"got {local_ids.dtype} {tuple(local_ids.shape)}")
+            raise ValueError(
+                f"local_ids must be integer of shape ({local_weights.shape[0]},), "
+                f"got {local_ids.dtype} {tuple(local_ids.shape)}"
+            )
         self.process_group = process_group
         super().__init__([weights, local_weights, local_ids], dict(lr=lr, weight_decay=weight_decay))
 

@@ -28,17 +28,29 @@ class Range:
     lt: float | None = None
 
     def holds(self, value: float) -> bool:
-        return (math.isfinite(value) and (self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
-                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+        return (
+            math.isfinite(value)
+            and (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
 
     def __str__(self) -> str:
         bounds = ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
         return " and ".join(f"{op} {bound:g}" for op, bound in bounds if bound is not None)
 
 
-def setting(default: Any = MISSING, *, factory: Callable[[], Any] | None = None, doc: str = "",
-            ge: float | None = None, gt: float | None = None, le: float | None = None,
-            lt: float | None = None) -> Any:
+def setting(
+    default: Any = MISSING,
+    *,
+    factory: Callable[[], Any] | None = None,
+    doc: str = "",
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
     """A schema field: its default (or ``factory`` for a list), its one-line description and,
     for a numeric key, its range."""
     metadata: dict[str, Any] = {"doc": doc}
