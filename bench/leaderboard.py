@@ -34,7 +34,7 @@ Each slice's budget is what remains to its cumulative target, so the slices add 
 budget. Evaluation is not counted, but costs wall time: on one CPU thread one evaluation of
 the 432 held-out views took 5 s (efe_tiny) to 30-90 s (sequence and recursive entries) and
 6 minutes (diffusion_tiny: 2 samples x 8 reverse steps), so ``--points`` matters. One entry
-at a time; a ``pretrain.train`` that raises is recorded as failed (its error line in the
+at a time; a ``training.loop.train`` that raises is recorded as failed (its error line in the
 table) and the next entry runs; the exit status is 1 if any entry in the table failed.
 
 Resumable: ``<out>/<entry>/result.json`` marks an entry done and it is not trained again;
@@ -86,10 +86,10 @@ sys.path.insert(0, HERE)
 
 import learn  # noqa: E402  (bench/learn.py: the dataset, the protocol's overrides and figures)
 
-import pretrain  # noqa: E402
 from dataset.puzzle_dataset import PuzzleDataset  # noqa: E402
 from models import ARCH_SCHEMAS, build_model  # noqa: E402
 from models.recursive import DataShape  # noqa: E402
+from training import loop  # noqa: E402
 from utils.checkpoint import METRICS_FILE  # noqa: E402
 from utils.config import CONF_DIR, ConfigError, compose_config, option_family, options_of_family  # noqa: E402
 from utils.distributed import DistEnv  # noqa: E402
@@ -346,7 +346,7 @@ def train_entry(entry: str, option: str, params: int, data: str, folder: str, ar
             continue
         log.info("%s (arch=%s): slice %d/%d, %s", entry, option, k, args.points, budget)
         config = compose_config([*overrides, budget])
-        summary = pretrain.train(config, env)  # ends with an evaluation: training stopped
+        summary = loop.train(config, env)  # ends with an evaluation: training stopped
         gc.collect()
     rows = read_rows(run)
     evals = evaluations(rows)

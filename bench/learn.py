@@ -50,11 +50,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import pretrain  # noqa: E402
 from dataset.build_arc_dataset import ARC_BUCKETS  # noqa: E402
 from dataset.build_arc_dataset import main as build_main  # noqa: E402
 from dataset.puzzle_dataset import PuzzleDataset  # noqa: E402
 from dataset.sources import load_subset  # noqa: E402
+from training import loop  # noqa: E402
 from utils.config import compose_config  # noqa: E402
 from utils.distributed import DistEnv  # noqa: E402
 from utils.io import write_json_atomic  # noqa: E402
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     config = compose_config(overrides)
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     started = time.perf_counter()
-    summary = pretrain.train(config, env)  # the final evaluation runs because training stopped
+    summary = loop.train(config, env)  # the final evaluation runs because training stopped
     wall = time.perf_counter() - started
     rows = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
     figures = train_figures(rows)

@@ -1,4 +1,4 @@
-"""Multi-run flows built on ``pretrain.train`` and ``evaluators``; each module has a typed
+"""Multi-run flows built on ``training.loop.train`` and ``evaluators``; each module has a typed
 config (a dataclass registered in Hydra's ConfigStore, so an unknown key is an error), a
 ``run(config)`` and a command-line entry with one-line ``error:`` handling:
 

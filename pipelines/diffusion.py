@@ -9,10 +9,10 @@ Steps (each logs what it does; one that fails says why, and the steps that need 
 do not run; ``run`` returns the number of failed steps, the command's exit status is then 1):
 
 0. ``training_noise_visualization.png``: training grids at several noise levels and alpha_bar(t).
-1. Backbone: ``pretrain.train`` (checkpoints in ``<output>/backbone``) -> ``best_model.pt``
+1. Backbone: ``training.loop.train`` (checkpoints in ``<output>/backbone``) -> ``best_model.pt``
    (weights of the best-scored checkpoint with ``callbacks.keep_best``, else the newest; EMA
    weights when ``ema=true``).
-2. Size head: ``pretrain.train`` with ``arch.train_part=size_head`` and ``init_from`` the
+2. Size head: ``training.loop.train`` with ``arch.train_part=size_head`` and ``init_from`` the
    backbone (only the head trains; checkpoints in ``<output>/size_head``, replaced each run)
    -> ``best_size_head.pt`` (the head's weights).
 3. Evaluation: ``evaluators.checkpoint.evaluate_checkpoint`` on the first ``eval_limit`` test
@@ -47,10 +47,10 @@ import numpy as np
 import torch
 from hydra.core.config_store import ConfigStore
 
-import pretrain
 from dataset.common import IGNORE_LABEL_ID, PuzzleDatasetMetadata
 from evaluators.checkpoint import Checkpoint, evaluate_checkpoint, load_checkpoint
 from evaluators.submission import score_submission
+from training import loop
 from utils import checkpoint as ckpt
 from utils.config import (
     ConfigError,
@@ -354,7 +354,7 @@ def step_backbone(config: DiffusionPipelineConfig, env: DistEnv) -> str:
     root = os.path.join(config.output_dir, "backbone")
     run_config = replace(config.backbone, checkpoint_path=root)
     log.info("checkpoints: %s (resume=%s)", root, run_config.resume)
-    summary = pretrain.train(run_config, env)
+    summary = loop.train(run_config, env)
     chosen = load_checkpoint(chosen_checkpoint(root, run_config))
     path = os.path.join(config.output_dir, BEST_MODEL)
     if env.is_main:
@@ -404,7 +404,7 @@ def step_size_head(config: DiffusionPipelineConfig, env: DistEnv) -> str:
         shutil.rmtree(root)
     barrier(env)
     run_config = size_head_run(config, backbone, root)
-    summary = pretrain.train(run_config, env)
+    summary = loop.train(run_config, env)
     chosen = load_checkpoint(chosen_checkpoint(root, run_config))
     weights = chosen.eval_weights()
     head = {k[len(SIZE_HEAD_PREFIX) :]: v for k, v in weights.items() if k.startswith(SIZE_HEAD_PREFIX)}

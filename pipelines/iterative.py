@@ -10,7 +10,7 @@ every training key plus the loop's under ``iterative:``; ``run(config)`` runs th
 Each episode N (outputs under ``iterative.output_dir``):
   dataset_episode_N.json      the tasks trained on ({"train": {...}, "test": {...}})
   data_gen_episode_N/         those tasks as a folder source + the augmented dataset built from them
-  model_episode_N/            checkpoints of the episode's training (pretrain.train; resumable)
+  model_episode_N/            checkpoints of the episode's training (training.loop.train; resumable)
   metrics_episode_N.json      per-task accuracy/loss on training tasks, pass@2 per evaluated task,
                               the objective; written last: its presence marks the episode done
   new_samples_episode_N.json  tasks generated for the next episode, and the failed generations
@@ -47,7 +47,6 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-import pretrain
 from dataset.augment import parse_variant_name
 from dataset.build_arc_dataset import BuildConfig, build
 from dataset.generator import generate_tasks
@@ -59,6 +58,7 @@ from evaluators.loop import evaluate_examples
 from evaluators.submission import score_submission
 from losses import build_loss
 from models.recursive import DataShape
+from training import loop
 from utils import checkpoint as ckpt
 from utils.config import (
     CONF_DIR,
@@ -426,7 +426,7 @@ def run_episode(
         newest = ckpt.newest_checkpoint(previous_model, purpose="warm start")
         train_config.init_from = os.path.join(newest, "state.pt")  # puzzle rows matched by identifier
     started = time.perf_counter()
-    pretrain.train(train_config, env)
+    loop.train(train_config, env)
     metrics, details = evaluate_episode(train_config, model_dir, dataset, groups if test_tasks else {}, env)
     objective = metrics.get(cfg.objective)
     if objective is None:

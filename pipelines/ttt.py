@@ -11,7 +11,7 @@ new task needs new rows trained on its demonstration pairs. Per chunk of tasks:
    visits all of them and a batch may hold a whole small chunk;
 2. extend the checkpoint's table (models.convert.extend_puzzle_embeddings): old rows kept
    bitwise, new rows ``mean`` or ``zeros``;
-3. fine-tune with pretrain.train: the embeddings only (trunk frozen), then optionally all
+3. fine-tune with training.loop.train: the embeddings only (trunk frozen), then optionally all
    weights, within a budget of steps and/or minutes; no evaluation meanwhile;
 4. ``evaluators.checkpoint.evaluate_checkpoint``: vote over the augmented views and write the
    chunk's submission.
@@ -52,7 +52,6 @@ import numpy as np
 import torch
 from hydra.core.config_store import ConfigStore
 
-import pretrain
 from dataset.build_arc_dataset import BuildConfig, build
 from dataset.common import ARC_MAX_GRID_SIZE, PuzzleDatasetMetadata
 from dataset.sources import BadTask, Task, load_subset
@@ -63,6 +62,7 @@ from evaluators.submission import fallback_answer, score_submission
 from evaluators.validate_submission import validate
 from models import puzzle_table_key
 from models.convert import NEW_ROW_INITS, extend_puzzle_embeddings
+from training import loop
 from utils import checkpoint as ckpt
 from utils.config import (
     ConfigError,
@@ -82,7 +82,7 @@ log = logging.getLogger("pipelines.ttt")
 CONFIG_NAME = "ttt"  # conf/ttt.yaml
 MODES = ("embeddings", "embeddings_then_all", "all")
 BARE_KEYS = ("checkpoint", "tasks", "subset")  # given without the ttt. prefix
-# pretrain.train stops on max_steps / max_minutes; these keep its epoch count, periodic
+# training.loop.train stops on max_steps / max_minutes; these keep its epoch count, periodic
 # evaluation and interval checkpoints out of the way (it then saves one final checkpoint).
 FOREVER_EPOCHS = 10**9
 SOURCE_SUBSET = "ttt"  # subset name of the per-chunk task file the builder reads
@@ -358,7 +358,7 @@ def adapt_chunk(setup: Setup, tasks: dict[str, Task], chunk_dir: str, minutes: f
                 steps,
                 None if minutes is None else minutes * share,
             )
-            summary = pretrain.train(stage, env)
+            summary = loop.train(stage, env)
             steps_done.append(summary["step"])
             final = ckpt.newest_checkpoint(stage_dir, purpose="the next ttt stage")
             weights_file = os.path.join(final, "state.pt")

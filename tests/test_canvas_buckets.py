@@ -294,7 +294,7 @@ def test_rope_and_learned_positions_of_a_bucket_are_the_big_canvas_rows(pos_enco
 
 def test_a_learned_position_model_trains_and_evaluates_on_a_bucketed_build(datasets, tmp_path):
     """The learned-position path end to end: training batches of every bucket, then the voter."""
-    import pretrain
+    from training import loop
 
     _, bucketed = datasets
     config = compose_config(
@@ -308,7 +308,7 @@ def test_a_learned_position_model_trains_and_evaluates_on_a_bucketed_build(datas
             "eval_interval=1",
         )
     )
-    summary = pretrain.train(config, CPU)
+    summary = loop.train(config, CPU)
     assert summary["step"] == 6 and summary["ARC/tasks"] == 3
     submission = json.loads(next((tmp_path / "run").glob("evaluator_ARC_step_*/submission.json")).read_text())
     assert validate(submission, json.loads((bucketed / "test_puzzles.json").read_text())) == []
@@ -427,15 +427,15 @@ def test_a_bucketed_run_trains_evaluates_and_adapts_end_to_end(datasets, tmp_pat
     stage writes a valid submission over the held-out tasks; ttt builds its chunks on the
     checkpoint's 12 canvas, whose positions the bucketed model was trained on."""
     import evaluate
-    import pretrain
     import ttt
+    from training import loop
 
     _, bucketed = datasets
     run = tmp_path / "run"
     config = compose_config(
         tiny_overrides(bucketed, run, "global_batch_size=4", "max_steps=6", "epochs=1", "eval_interval=1")
     )
-    summary = pretrain.train(config, CPU)
+    summary = loop.train(config, CPU)
     assert summary["step"] == 6 and summary["ARC/tasks"] == 3  # the final periodic evaluation voted
     tasks = json.loads((bucketed / "test_puzzles.json").read_text())
     periodic = json.loads(next(run.glob("evaluator_ARC_step_*/submission.json")).read_text())
@@ -467,14 +467,14 @@ def test_evaluating_on_canvases_the_checkpoint_never_trained_on_is_warned(datase
     """A canvas-12 checkpoint on the bucketed build of the same tasks: buckets 4 and 8 show
     the model fewer PAD cells, so it computes another function (docs/data.md measures the
     cost). evaluate.py says so; on its own build it says nothing."""
-    import pretrain
     from evaluators.checkpoint import evaluate_checkpoint, load_checkpoint
+    from training import loop
 
     canvas12, bucketed = datasets
     config = compose_config(
         tiny_overrides(canvas12, tmp_path / "run", "global_batch_size=4", "max_steps=2", "epochs=1", "evaluate=false")
     )
-    pretrain.train(config, CPU)
+    loop.train(config, CPU)
     checkpoint = load_checkpoint(str(tmp_path / "run"))
     assert checkpoint.state["canvas_sides"] == [12]
     for data, warned in ((canvas12, False), (bucketed, True)):

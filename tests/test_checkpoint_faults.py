@@ -22,6 +22,7 @@ from dataset.puzzle_dataset import PuzzleDataset
 from evaluators.checkpoint import load_checkpoint
 from models import build_model
 from models.recursive import DataShape
+from training import loop
 from training.state import load_init_weights
 from utils import checkpoint as ckpt
 from utils.distributed import DistEnv
@@ -38,7 +39,7 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
     data = build_tiny_dataset(tmp, num_aug=0, canvas=3, side=2)
     root = tmp / "run"
-    pretrain.train(compose_config(tiny_overrides(data, root, *RUN)), CPU)
+    loop.train(compose_config(tiny_overrides(data, root, *RUN)), CPU)
     assert [s for s, _ in ckpt.list_checkpoints(str(root))] == [2, 4]
     return data, root
 
@@ -85,7 +86,7 @@ def test_resume_skips_a_truncated_newest_checkpoint(trained, tmp_path, caplog):
     assert (step_dir(root, 4) / ckpt.MANIFEST).is_file()
     truncate(step_dir(root, 4) / "state.pt")
     with caplog.at_level(logging.INFO):
-        summary = pretrain.train(compose_config(tiny_overrides(data, root, *RUN[1:], "max_steps=5", "resume=auto")), CPU)
+        summary = loop.train(compose_config(tiny_overrides(data, root, *RUN[1:], "max_steps=5", "resume=auto")), CPU)
     assert summary["step"] == 5
     damaged = warnings_naming(caplog, step_dir(root, 4))
     assert damaged and "truncated" in damaged[0], caplog.text
@@ -170,7 +171,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_stops_the_run(trained, tm
 
     monkeypatch.setattr(torch, "save", save)
     with pytest.raises(ckpt.CheckpointWriteError) as e:
-        pretrain.train(compose_config(tiny_overrides(data, root, *RUN)), CPU)
+        loop.train(compose_config(tiny_overrides(data, root, *RUN)), CPU)
     message = str(e.value)
     assert "step_00000004" in message and "the disk is full" in message, message
     assert f"the newest intact checkpoint is {step_dir(root, 2)}" in message, message
@@ -253,9 +254,9 @@ def test_pretrain_refuses_a_run_folder_another_run_is_writing(trained, tmp_path)
     steps = ckpt.list_checkpoints(str(root))
     with ckpt.run_lock(str(root), CPU):  # another run in this folder (flock: a second open conflicts)
         with pytest.raises(ckpt.RunLockError, match="in use by another run"):
-            pretrain.train(compose_config(tiny_overrides(data, root, *RUN, "resume=auto", "max_steps=6")), CPU)
+            loop.train(compose_config(tiny_overrides(data, root, *RUN, "resume=auto", "max_steps=6")), CPU)
     assert ckpt.list_checkpoints(str(root)) == steps  # nothing written by the refused run
-    summary = pretrain.train(compose_config(tiny_overrides(data, root, *RUN, "resume=auto", "max_steps=6")), CPU)
+    summary = loop.train(compose_config(tiny_overrides(data, root, *RUN, "resume=auto", "max_steps=6")), CPU)
     assert summary["step"] == 6  # once the other run is gone, the folder is free
 
 
@@ -393,7 +394,7 @@ def test_exported_safetensors_evaluate_and_initialise_as_the_checkpoint(trained,
     model = build_model(config.arch, DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, 8))
     load_init_weights(model, str(export / "model.safetensors"), original.state["identifiers"], CPU)
     assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
-    summary = pretrain.train(
+    summary = loop.train(
         compose_config(
             tiny_overrides(
                 data, tmp_path / "init", "max_steps=1", "evaluate=false", f"init_from={export / 'model.safetensors'}"

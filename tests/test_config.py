@@ -24,10 +24,10 @@ from train_helpers import (
 import pipelines.diffusion
 import pipelines.iterative
 import pipelines.ttt  # noqa: F401  (the pipelines register their schemas on import)
-import pretrain
 from losses import LOSSES, build_loss
 from models import MODELS, build_model
 from models.recursive import ACTOutput, DataShape
+from training import loop
 from utils.config import SCHEMAS, ConfigError, TrainConfig, options_of_family, register_configs
 from utils.optimizers import OPTIMIZER_NAMES, build_optimizer
 
@@ -446,7 +446,7 @@ def runnable(tmp_path_factory):
     """A tiny dataset, its task source and a one-step checkpoint trained on it."""
     root = tmp_path_factory.mktemp("entry")
     data = build_tiny_dataset(root, num_aug=0, canvas=3, side=2)
-    pretrain.train(compose_config(tiny_overrides(data, root / "ck", "max_steps=1", "evaluate=false")), CPU)
+    loop.train(compose_config(tiny_overrides(data, root / "ck", "max_steps=1", "evaluate=false")), CPU)
     return {
         "data": data,
         "source": flip_tasks(root / "tasks", n_train=4, n_eval=1, side=2),

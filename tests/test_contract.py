@@ -242,7 +242,7 @@ def test_a_size_variant_is_one_yaml(variant_folder):
 
 
 def test_pretrain_trains_a_new_size_variant(variant_folder, tmp_path):
-    import pretrain
+    from training import loop
 
     data = build_tiny_dataset(tmp_path)
     overrides = [
@@ -251,5 +251,5 @@ def test_pretrain_trains_a_new_size_variant(variant_folder, tmp_path):
         if not o.startswith("arch=")
     ]
     config = compose_config([f"hydra.searchpath=[file://{variant_folder}]", "arch=trm_wide", *overrides])
-    summary = pretrain.train(config, DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
+    summary = loop.train(config, DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
     assert summary["step"] == 2 and math.isfinite(summary["train/lm_loss"])

@@ -11,7 +11,6 @@ import torch
 from conftest import learning_seed, use_test_threads, write_folder_source
 from train_helpers import build_tiny_dataset, compose_config, read_json, seeded, split_metrics, tiny_overrides, train_until
 
-import pretrain
 import run_full_pipeline
 from dataset.build_arc_dataset import main as build_main
 from dataset.common import COLOR_OFFSET, IGNORE_LABEL_ID, NUM_COLORS
@@ -22,6 +21,7 @@ from models import build_model
 from models.diffusion import alpha_bar, canvas_frame, corrupt, grid_extent, is_colour
 from models.recursive import DataShape
 from pipelines import diffusion as diffusion_pipeline
+from training import loop
 from utils import checkpoint as ckpt
 from utils.distributed import DistEnv
 
@@ -176,9 +176,9 @@ def test_interrupted_run_resumes_step_for_step(tmp_path):
         "arch.noise=absorbing",
         "log_interval=100",
     ]
-    pretrain.train(compose_config(tiny_overrides(data, tmp_path / "straight", *common, "max_steps=10")), CPU)
-    pretrain.train(compose_config(tiny_overrides(data, tmp_path / "cut", *common, "max_steps=4")), CPU)  # evaluates
-    pretrain.train(compose_config(tiny_overrides(data, tmp_path / "cut", *common, "max_steps=10", "resume=auto")), CPU)
+    loop.train(compose_config(tiny_overrides(data, tmp_path / "straight", *common, "max_steps=10")), CPU)
+    loop.train(compose_config(tiny_overrides(data, tmp_path / "cut", *common, "max_steps=4")), CPU)  # evaluates
+    loop.train(compose_config(tiny_overrides(data, tmp_path / "cut", *common, "max_steps=10", "resume=auto")), CPU)
     straight, resumed = (ckpt.load_shared(ckpt.list_checkpoints(str(tmp_path / run))[-1][1]) for run in ("straight", "cut"))
     assert straight["step"] == resumed["step"] == 10
     for key, value in straight["model"].items():

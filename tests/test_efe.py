@@ -7,7 +7,6 @@ import torch
 from conftest import learning_seed
 from train_helpers import build_tiny_dataset, compose_config, seeded, split_metrics, tiny_overrides, train_until
 
-import pretrain
 from dataset.common import IGNORE_LABEL_ID
 from dataset.puzzle_dataset import PuzzleDataset
 from losses import build_loss
@@ -26,6 +25,7 @@ from models import build_model
 from models.efe import PromptMemory, prediction_scores, refinement_reward
 from models.prompt_encoder import SYMBOLS, numeric_features, serialise_demos, symbol_token_ids
 from models.recursive import DataShape
+from training import loop
 from utils import checkpoint as ckpt
 from utils.distributed import DistEnv
 
@@ -510,7 +510,7 @@ def test_tiny_qwen_run_writes_a_submission(tiny_data, tiny_qwen, tmp_path):
             "arch.lm_trainable=true",
         )
     )
-    summary = pretrain.train(config, CPU)
+    summary = loop.train(config, CPU)
     assert summary["step"] == 4 and "train/grad_norm/lm" in summary and summary["train/grad_norm/lm"] > 0
     for step in (2, 4):
         assert (tmp_path / "ck" / f"evaluator_ARC_step_{step}" / "submission.json").is_file()

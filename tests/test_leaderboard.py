@@ -118,7 +118,7 @@ def test_every_entry_trains_two_steps_one_failure_is_retried_and_a_rerun_trains_
     out = tmp_path / "board"
     argv = ["--steps", "2", "--data", str(data), "--out", str(out), "--threads", "1", "global_batch_size=8"]
     entries = lb.discover()
-    train = lb.pretrain.train
+    train = lb.loop.train
 
     def trm_fails(config, env):
         if config.arch.name in entries["trm"]:
@@ -126,7 +126,7 @@ def test_every_entry_trains_two_steps_one_failure_is_retried_and_a_rerun_trains_
         return train(config, env)
 
     # --- first run: trm fails, every other entry is trained and the run exits 1 -----------------
-    monkeypatch.setattr(lb.pretrain, "train", trm_fails)
+    monkeypatch.setattr(lb.loop, "train", trm_fails)
     assert lb.main(argv) == 1
     board, md = read_board(out)
     failed = [r for r in board["entries"] if r["status"] != "ok"]
@@ -137,7 +137,7 @@ def test_every_entry_trains_two_steps_one_failure_is_retried_and_a_rerun_trains_
     assert len([k for k in before if k.endswith("result.json")]) == len(entries) - 1
 
     # --- rerun: only the failed entry trains -------------------------------------------------------
-    monkeypatch.setattr(lb.pretrain, "train", train)
+    monkeypatch.setattr(lb.loop, "train", train)
     assert lb.main(argv) == 0
     after = stamps(out)
     assert {k: v for k, v in after.items() if not k.startswith("trm/")} == before

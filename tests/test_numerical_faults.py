@@ -19,9 +19,9 @@ import torch.multiprocessing as mp
 from conftest import free_port
 from train_helpers import CPU, build_tiny_dataset, compose_config, tiny_overrides
 
-import pretrain
 import training.state
 from dataset.puzzle_dataset import PuzzleDataset
+from training import loop
 from training.state import TrainState, build_train_state
 from training.step import NonFiniteLossError, reduce_metrics, train_step
 from utils import checkpoint as ckpt
@@ -167,7 +167,7 @@ def test_bad_steps_in_a_row_stop_the_step_and_max_bad_steps_0_never_does(tiny_da
 
 
 def test_persistent_nan_stops_the_run_naming_the_steps_and_the_checkpoint(tiny_data, tmp_path, monkeypatch):
-    """Through pretrain.train: the loss turns NaN from step 5 on (checkpoints every 2 steps).
+    """Through training.loop.train: the loss turns NaN from step 5 on (checkpoints every 2 steps).
     The run stops after max_bad_steps=3, naming steps 5..7 and the newest checkpoint, step 6,
     saved during the bad steps: its weights are step 4's, bit for bit."""
     real_build = training.state.build_loss
@@ -197,7 +197,7 @@ def test_persistent_nan_stops_the_run_naming_the_steps_and_the_checkpoint(tiny_d
         )
     )
     with pytest.raises(NonFiniteLossError) as error:
-        pretrain.train(config, CPU)
+        loop.train(config, CPU)
     message = str(error.value)
     assert "non-finite loss/gradient at steps 5..7" in message
     saved = dict(ckpt.list_checkpoints(str(run)))

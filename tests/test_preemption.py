@@ -17,8 +17,7 @@ import torch
 from conftest import ROOT
 from train_helpers import CPU, build_tiny_dataset, compose_config, tiny_overrides
 
-import pretrain
-from training import preemption
+from training import loop, preemption
 from training.faults import FAULT_RANK, KILL_AT_STEP, KILL_IN_EVAL_AT_STEP, PREEMPT_AT_STEP
 from training.preemption import PREEMPTED_EXIT
 from utils import checkpoint as ckpt
@@ -159,8 +158,8 @@ def test_sigusr1_checkpoints_requeues_and_the_rerun_continues_bitwise(tiny_data,
     assert f"preempted (SIGUSR1) at step {stopped}" in (run / "train.log").read_text()
     assert record.read_text().split() == ["requeue", "4242"]
 
-    pretrain.train(compose_config(overrides(tiny_data, run)), CPU)  # "the job, requeued"
-    pretrain.train(compose_config(overrides(tiny_data, tmp_path / "straight")), CPU)
+    loop.train(compose_config(overrides(tiny_data, run)), CPU)  # "the job, requeued"
+    loop.train(compose_config(overrides(tiny_data, tmp_path / "straight")), CPU)
     assert_same_weights(run, tmp_path / "straight")
 
 

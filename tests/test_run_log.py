@@ -12,7 +12,7 @@ import yaml
 from conftest import ROOT
 from train_helpers import build_tiny_dataset, compose_config, error_lines, run_script, tiny_overrides
 
-import pretrain
+from training import loop
 from utils import checkpoint as ckpt
 from utils.distributed import DistEnv
 
@@ -32,7 +32,7 @@ def records(run):
 
 def test_run_folder_holds_log_metrics_curves_and_config(tiny_data, tmp_path):
     run = tmp_path / "run"
-    pretrain.train(compose_config(tiny_overrides(tiny_data, run, "epochs=4", "eval_interval=2", "log_interval=2")), CPU)
+    loop.train(compose_config(tiny_overrides(tiny_data, run, "epochs=4", "eval_interval=2", "log_interval=2")), CPU)
     logged = records(run)
     train = [r for r in logged if "train/lm_loss" in r]
     test = [r for r in logged if "all/lm_loss" in r]
@@ -58,11 +58,11 @@ def test_resume_keeps_each_logged_step_once(tiny_data, tmp_path):
         "checkpoint_interval_steps=2",
         "max_checkpoints=0",
     )
-    pretrain.train(compose_config(common + ["max_steps=5"]), CPU)
+    loop.train(compose_config(common + ["max_steps=5"]), CPU)
     for step, path in ckpt.list_checkpoints(str(run)):
         if step > 2:  # as if killed after logging step 5 but before any checkpoint past step 2
             ckpt.shutil.rmtree(path)
-    pretrain.train(compose_config(common + ["max_steps=6"]), CPU)
+    loop.train(compose_config(common + ["max_steps=6"]), CPU)
     assert [r["step"] for r in records(run)] == [1, 2, 3, 4, 5, 6]
 
 
@@ -134,7 +134,7 @@ def test_a_log_line_without_halted_examples_shows_no_accuracy(tiny_data, tmp_pat
         "arch.halt_exploration_prob=0",
     )
     with caplog.at_level("INFO", logger="training.run_log"):
-        pretrain.train(compose_config(overrides), DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
+        loop.train(compose_config(overrides), DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
     rows = [r for r in records(tmp_path / "ck") if "train/lm_loss" in r]
     assert [r["step"] for r in rows] == [2, 4]
     assert "train/accuracy" not in rows[0] and rows[0]["train/count"] == 0
@@ -170,7 +170,7 @@ def test_a_metrics_line_torn_by_a_file_size_limit_is_dropped_and_the_resume_cont
         "checkpoint_interval_steps=5",
         "max_checkpoints=0",
     )
-    pretrain.train(compose_config(common + ["max_steps=10"]), CPU)
+    loop.train(compose_config(common + ["max_steps=10"]), CPU)
     metrics = run / "metrics.jsonl"
     whole = metrics.stat().st_size
     limited = run_script(
@@ -186,6 +186,6 @@ def test_a_metrics_line_torn_by_a_file_size_limit_is_dropped_and_the_resume_cont
     torn = metrics.read_text()
     assert len(torn) == whole + 40 and not torn.endswith("\n"), torn[-300:]  # step 11's record, cut short
     with caplog.at_level("WARNING"):
-        summary = pretrain.train(compose_config(common + ["max_steps=12"]), CPU)
+        summary = loop.train(compose_config(common + ["max_steps=12"]), CPU)
     assert summary["step"] == 12 and "dropped a torn last line" in caplog.text
     assert [r["step"] for r in records(run)] == list(range(1, 13))

@@ -15,12 +15,13 @@ from conftest import ROOT
 from train_helpers import build_tiny_dataset, compose_config, error_lines, flip_tasks, run_script, tiny_overrides
 
 import evaluate
-import pretrain
 from dataset.build_arc_dataset import main as build_main
 from dataset.puzzle_dataset import PuzzleDataset
 from models import build_model
 from models.convert import PUZZLE_EMB_KEY, fit_weights, match_puzzle_rows
 from models.recursive import DataShape
+from training import loop
+from training.schedule import lr_factor
 from utils import checkpoint as ckpt
 from utils.config import ConfigError
 from utils.distributed import DistEnv
@@ -37,7 +38,7 @@ def tiny_data(tmp_path_factory):
 
 def run(overrides):
     config = compose_config(overrides)
-    return pretrain.train(config, CPU), config
+    return loop.train(config, CPU), config
 
 
 def newest(root):
@@ -121,7 +122,7 @@ def test_missing_dataset_names_the_command_that_builds_it(tmp_path):
     with pytest.raises(
         ConfigError, match="build it with: python -m dataset.build_arc_dataset .*--max-grid-size 6 --skip-oversized$"
     ):
-        pretrain.train(config, CPU)
+        loop.train(config, CPU)
 
 
 def test_misspelled_monitor_fails_before_the_first_step(tiny_data, tmp_path):
@@ -259,11 +260,11 @@ def test_first_step_already_moves_the_weights_as_trm(tiny_data, tmp_path):
             "optimizer.weight_decay=0",
         )
     )
-    assert pretrain.lr_factor(config, 1, 100) == pytest.approx(0.1)  # TRM's step 1 of a 10-step warm-up
+    assert lr_factor(config, 1, 100) == pytest.approx(0.1)  # TRM's step 1 of a 10-step warm-up
     meta = PuzzleDataset([str(tiny_data)], "train", 8).metadata
-    torch.manual_seed(config.seed)  # pretrain.train builds its model right after this seed
+    torch.manual_seed(config.seed)  # training.loop.train builds its model right after this seed
     initial = build_model(config.arch, DataShape(meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers, 8))
-    pretrain.train(config, CPU)
+    loop.train(config, CPU)
     moved = newest(tmp_path / "ck")["model"]["inner.lm_head.weight"] - initial.state_dict()["inner.lm_head.weight"]
     # AdamATan2's first step moves every element with a gradient by (lr/bc1) atan2(m, |g|) ~ 0.997 lr.
     assert moved.abs().max() == pytest.approx(0.997 * 1e-3 * 0.1, rel=0.01)

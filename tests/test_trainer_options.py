@@ -14,7 +14,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from train_helpers import CONF_DIR, build_tiny_dataset, compose_config, tiny_overrides
 
-import pretrain
+from training import loop
+from training.schedule import lr_factor
 from utils import checkpoint as ckpt
 from utils.config import register_configs
 from utils.distributed import DistEnv
@@ -50,15 +51,15 @@ def test_cosine_restarts_schedule_by_hand():
         100: floor + (1 - floor) * 0.5,
     }
     for step, value in expected.items():
-        assert pretrain.lr_factor(config, step, total) == pytest.approx(value), step
-    assert pretrain.lr_factor(config, 19, total) < 0.12  # the bottom of the first cycle
+        assert lr_factor(config, step, total) == pytest.approx(value), step
+    assert lr_factor(config, 19, total) < 0.12  # the bottom of the first cycle
 
 
 def test_warmup_then_cosine_is_trms_schedule():
     config = compose_config(["lr_warmup_steps=10", "lr_min_ratio=0.1"])
-    assert pretrain.lr_factor(config, 5, 110) == pytest.approx(0.5)
-    assert pretrain.lr_factor(config, 60, 110) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
-    assert pretrain.lr_factor(config, 110, 110) == pytest.approx(0.1)
+    assert lr_factor(config, 5, 110) == pytest.approx(0.5)
+    assert lr_factor(config, 60, 110) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
+    assert lr_factor(config, 110, 110) == pytest.approx(0.1)
 
 
 def _fake_checkpoints(root, scores):
@@ -83,7 +84,7 @@ def test_best_k_retention_max_mode_and_last_among_best(tmp_path):
 
 def test_early_stopping_triggers_on_a_flat_validation_loss(tiny_data, tmp_path):
     # lr 0: nothing learns, the validation loss is exactly flat -> stop after 1 + patience evals.
-    summary = pretrain.train(
+    summary = loop.train(
         compose_config(
             tiny_overrides(
                 tiny_data,
@@ -107,7 +108,7 @@ def test_early_stopping_triggers_on_a_flat_validation_loss(tiny_data, tmp_path):
 
 def test_unknown_monitor_is_an_error_naming_it(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="callbacks.monitor='all/nope'"):
-        pretrain.train(
+        loop.train(
             compose_config(
                 tiny_overrides(
                     tiny_data,
@@ -126,7 +127,7 @@ def test_unknown_monitor_is_an_error_naming_it(tiny_data, tmp_path):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_like_fp32(tiny_data, tmp_path, precision):
     def run(name, *extra):
-        pretrain.train(
+        loop.train(
             compose_config(
                 tiny_overrides(
                     tiny_data,

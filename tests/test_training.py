@@ -17,13 +17,13 @@ from train_helpers import (
     train_until,
 )
 
-import pretrain
 from dataset.puzzle_dataset import PuzzleDataset
 from evaluators.loop import evaluate_examples
 from evaluators.validate_submission import load_tasks, validate
 from losses import build_loss
 from models import build_model
 from models.recursive import DataShape
+from training import loop
 from utils import checkpoint as ckpt
 from utils.distributed import DistEnv
 from utils.io import read_jsonl
@@ -50,7 +50,7 @@ def memorised(tmp_path_factory):
 
 def run(overrides):
     config = compose_config(overrides)
-    return pretrain.train(config, CPU), config
+    return loop.train(config, CPU), config
 
 
 def latest_state(root):

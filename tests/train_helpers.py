@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from conftest import ROOT, learning_seed, use_test_threads, write_folder_source
 
-import pretrain
 from dataset.build_arc_dataset import main as build_main
 from dataset.demonstrations import Demonstrations
 from dataset.puzzle_dataset import PuzzleDataset
@@ -22,6 +21,7 @@ from evaluators.loop import evaluate_examples
 from losses import build_loss
 from models import build_model
 from models.recursive import DataShape
+from training import loop
 from utils import checkpoint as ckpt
 from utils.config import CONF_DIR, TrainConfig, compose_config  # noqa: F401  (re-exported for the tests)
 from utils.distributed import DistEnv
@@ -130,7 +130,7 @@ def train_until(
     while step < cap:
         step = min(step + chunk, cap)
         config = compose_config([*overrides, f"epochs={FOREVER_EPOCHS}", f"max_steps={step}", "resume=auto"])
-        summary = pretrain.train(config, env)
+        summary = loop.train(config, env)
         value = float(measure(summary, config))
         history.append((summary["step"], value))
         if (value >= target if mode == "max" else value <= target) or summary["step"] < step:

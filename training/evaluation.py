@@ -1,7 +1,9 @@
 """The trainer's periodic evaluation: the library evaluation (evaluators/loop.py, the same
 loop evaluate.py and the pipelines run) on the EMA weights when the run keeps them, its submission and
 metrics written to ``<run>/evaluator_ARC_step_<N>/``. On ``data.test_paths`` (another build) each
-puzzle row is matched by identifier, as every loader does (models/convert.py: fit_weights)."""
+puzzle row is matched by identifier, as every loader does (models/convert.py: fit_weights).
+It owns its cadence (``due``, ``owed``) and what follows an evaluation (``run``: the run log,
+the monitor, early stopping, a checkpoint when asked)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ from evaluators.loop import evaluate_examples
 from models import build_model
 from models.convert import fit_weights
 from models.recursive import DataShape
+from training.checkpointer import Checkpointer
+from training.faults import KILL_IN_EVAL_AT_STEP, kill_self, kill_step
+from training.run_log import RunLog
 from training.state import TrainState
 from utils.config import ConfigError
 from utils.distributed import DistEnv
@@ -29,6 +34,7 @@ class PeriodicEvaluation:
     def __init__(self, state: TrainState, env: DistEnv, root: str):
         config = state.config
         self.state, self.env, self.root = state, env, root
+        self.kill_at = kill_step(env, KILL_IN_EVAL_AT_STEP)  # None unless a test injects a fault
         self.paths = config.data.test_paths or config.data.paths
         self.data = PuzzleDataset(self.paths, "test", config.global_batch_size, env.rank, env.world_size, seed=config.seed)
         num_demos = state.model.num_demos
@@ -36,6 +42,40 @@ class PeriodicEvaluation:
         # Votes are per evaluation unless eval.pool_votes (TRM's default, which grows memory).
         self.pooled_voter = ARCVoter(self.paths[0]) if config.eval.pool_votes and len(self.paths) == 1 else None
         self.noted = False  # the puzzle-row note is logged once per run
+
+    def due(self, epoch: int, finished: bool) -> bool:
+        """Whether the schedule evaluates after ``epoch`` (``finished``: the run's last step)."""
+        config = self.state.config
+        return config.evaluate and (epoch % config.eval_interval == 0 or finished) and epoch >= config.min_eval_interval
+
+    def owed(self, epoch: int, finished: bool) -> bool:
+        """Whether a resumed run starts at an epoch boundary whose evaluation never happened
+        (preempted on the epoch's last step, or killed in the evaluation after it)."""
+        state = self.state
+        at_boundary = state.train_data.state_dict()["batch_in_epoch"] == 0 and state.step > 0
+        return at_boundary and state.evaluated_step != state.step and self.due(epoch, finished)
+
+    def run(self, epoch: int, run_log: RunLog, checkpointer: Checkpointer) -> dict[str, float]:
+        """Evaluate, log, feed the monitor, checkpoint when asked; the metrics."""
+        state, config = self.state, self.state.config
+        if state.step == self.kill_at:
+            kill_self()
+        metrics = self()
+        state.evaluated_step = state.step
+        run_log.evaluation(state.step, epoch, metrics)
+        score = metrics.get(config.callbacks.monitor)  # there when callbacks watch it (check_monitor)
+        if score is not None:
+            state.monitor.update(score)
+        if state.monitor.should_stop and self.env.is_main:
+            log.info(
+                "early stop: %s has not improved on %.4f for %d evaluations",
+                config.callbacks.monitor,
+                state.monitor.best,
+                config.callbacks.early_stopping_patience,
+            )
+        if config.checkpoint_every_eval or state.monitor.should_stop:
+            checkpointer.save(score)
+        return metrics
 
     def _voter(self) -> ARCVoter | None:
         return self.pooled_voter or (ARCVoter(self.paths[0]) if len(self.paths) == 1 else None)
