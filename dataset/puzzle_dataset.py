@@ -31,7 +31,7 @@ from dataset.common import (
     PuzzleDatasetMetadata,
     split_dir,
 )
-from utils.config import ConfigError
+from utils.errors import ConfigError
 
 # Metadata keys that must agree between merged paths: batches from all paths share them.
 _SHARED_KEYS = ("seq_len", "vocab_size", "pad_id", "ignore_label_id", "blank_identifier_id")

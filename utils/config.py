@@ -14,9 +14,8 @@ import dataclasses
 import difflib
 import os
 import re
-import sys
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -26,13 +25,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from losses import LOSS_SCHEMAS
 from models import ARCH_SCHEMAS
+from utils.errors import ConfigError, exit_with_error, report_error  # noqa: F401  (until the importers move)
 from utils.optimizers import OptimizerConfig
 from utils.schema import check_ranges, key_doc, key_range, setting
-
-
-class ConfigError(ValueError):
-    """A run that must not start as configured; the message is one line naming the key."""
-
 
 # How the voter (evaluators/arc.py: ARCVoter.ranked) orders the grids of a test input.
 RANKINGS = ("vote", "count", "noisy_or")
@@ -398,20 +393,6 @@ def load_config(cfg: DictConfig) -> TrainConfig:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return config
-
-
-CONFIG_ERROR_EXIT = 2  # every entry point's exit status for a config or data problem (nothing ran)
-
-
-def report_error(error: Exception | str) -> int:
-    """A config or data problem (a ConfigError; DatasetError is one) as one ``error:`` line on
-    stderr, before anything runs or is dumped; returns the entry point's exit status."""
-    print(f"error: {error}", file=sys.stderr)
-    return CONFIG_ERROR_EXIT
-
-
-def exit_with_error(error: Exception | str) -> NoReturn:
-    sys.exit(report_error(error))
 
 
 def check_command_line(argv: list[str], config_name: str = "config") -> None:
