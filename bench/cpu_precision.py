@@ -31,7 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import models.layers as layers  # noqa: E402
 from models import build_model  # noqa: E402
-from models.recursive import DataShape, RecursiveArchConfig  # noqa: E402
+from models.base import DataShape  # noqa: E402
+from models.recursive import RecursiveArchConfig
 
 CONFIGS = {
     "trm_tiny, canvas 7, batch 64": (

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.base import ARCModel
+from models.base import ARCModel, DataShape
 from models.diffusion import DiffusionArchConfig, DiffusionModel
 from models.efe import EFEAgent, EFEArchConfig
-from models.recursive import ACTModel, DataShape, RecursiveArchConfig
+from models.recursive import ACTModel, RecursiveArchConfig
 from models.sequence import SequenceArchConfig, SequenceModel
 
 MODELS: dict[str, type[ARCModel]] = {

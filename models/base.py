@@ -40,6 +40,18 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # forward_dtype names
+
+
+@dataclass
+class DataShape:
+    """What a model needs to know about the dataset (from its metadata)."""
+
+    seq_len: int
+    vocab_size: int
+    num_puzzle_identifiers: int
+    batch_size: int  # per-rank batch, for the sparse puzzle-embedding buffers
+
 
 @dataclass
 class StepCarry:

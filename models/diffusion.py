@@ -34,9 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataset.common import COLOR_OFFSET, EOS_ID, IGNORE_LABEL_ID, NUM_COLORS, PAD_ID
-from models.base import ARCModel, Predictions, StepCarry
+from models.base import DTYPES, ARCModel, DataShape, Predictions, StepCarry
 from models.layers import Attention, CastedEmbedding, CastedLinear, CosSin, RotaryEmbedding, SwiGLU, rms_norm
-from models.recursive import DTYPES, DataShape
 from models.sparse_embedding import PuzzleEmbedding
 from utils.schema import check_ranges, setting
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataset.common import COLOR_OFFSET, IGNORE_LABEL_ID, NUM_COLORS
-from models.base import ARCModel, Predictions, StepCarry
+from models.base import ARCModel, DataShape, Predictions, StepCarry
 from models.prompt_encoder import (
     LM_DTYPES,
     NUM_NUMERIC_FEATURES,
@@ -42,7 +42,6 @@ from models.prompt_encoder import (
     load_language_model,
     symbol_token_ids,
 )
-from models.recursive import DataShape
 from utils.schema import check_ranges, setting
 
 FUSIONS = ("mean", "concat")

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ARCModel, Predictions
+from models.base import DTYPES, ARCModel, DataShape, Predictions
 from models.layers import (
     Attention,
     CastedEmbedding,
@@ -30,8 +30,6 @@ from models.layers import (
 )
 from models.sparse_embedding import PuzzleEmbedding
 from utils.schema import check_ranges, setting
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -88,16 +86,6 @@ class RecursiveArchConfig:
             bad[bad.index(f"core={self.core!r}")] += f" (one of {', '.join(CORES)})"
         if bad:
             raise ValueError(f"arch {self.name}: invalid {', '.join(bad)}")
-
-
-@dataclass
-class DataShape:
-    """What a model needs to know about the dataset (from its metadata)."""
-
-    seq_len: int
-    vocab_size: int
-    num_puzzle_identifiers: int
-    batch_size: int  # per-rank batch, for the sparse puzzle-embedding buffers
 
 
 @dataclass

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataset.common import COLOR_OFFSET, EOS_ID, IGNORE_LABEL_ID, NUM_COLORS, PAD_ID
-from models.base import ARCModel, Predictions, StepCarry
+from models.base import DTYPES, ARCModel, DataShape, Predictions, StepCarry
 from models.layers import (
     _LOW_PRECISION,
     CPU_LOW_PRECISION_GEMM_IN_FP32,
@@ -49,7 +49,6 @@ from models.layers import (
     apply_rope,
     rms_norm,
 )
-from models.recursive import DTYPES, DataShape
 from utils.schema import check_ranges, setting
 
 # The sequence vocabulary keeps the dataset's tokens (PAD 0, EOS 1, colours 2-11) and adds:

@@ -57,19 +57,14 @@ from evaluators.checkpoint import load_checkpoint, load_eval_model
 from evaluators.loop import evaluate_examples
 from evaluators.submission import score_submission
 from losses import build_loss
-from models.recursive import DataShape
+from models.base import DataShape
 from training import loop
 from utils import checkpoint as ckpt
-from utils.config import (
-    CONF_DIR,
-    ConfigError,
-    TrainConfig,
-    check_command_line,
-    exit_with_error,
-    load_config,
-    register_configs,
-)
+from utils.config.compose import check_command_line, load_config
+from utils.config.groups import CONF_DIR, register_configs
+from utils.config.schema import TrainConfig
 from utils.distributed import DistEnv, cleanup_distributed, init_distributed
+from utils.errors import ConfigError, exit_with_error
 from utils.io import write_json_atomic
 from utils.logging import init_wandb
 from utils.monitor import Monitor

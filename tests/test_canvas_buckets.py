@@ -22,8 +22,8 @@ from evaluators.arc import ARCVoter
 from evaluators.submission import fallback_attempts
 from evaluators.validate_submission import validate
 from models import build_model
+from models.base import DataShape
 from models.layers import canvas_positions
-from models.recursive import DataShape
 from training.state import build_train_state
 from training.step import train_step
 from utils.optimizers import SparseSignSGD

@@ -21,7 +21,7 @@ import pretrain
 from dataset.puzzle_dataset import PuzzleDataset
 from evaluators.checkpoint import load_checkpoint
 from models import build_model
-from models.recursive import DataShape
+from models.base import DataShape
 from training import loop
 from training.state import load_init_weights
 from utils import checkpoint as ckpt

@@ -26,9 +26,12 @@ import pipelines.iterative
 import pipelines.ttt  # noqa: F401  (the pipelines register their schemas on import)
 from losses import LOSSES, build_loss
 from models import MODELS, build_model
-from models.recursive import ACTOutput, DataShape
+from models.base import DataShape
+from models.recursive import ACTOutput
 from training import loop
-from utils.config import SCHEMAS, ConfigError, TrainConfig, options_of_family, register_configs
+from utils.config.groups import SCHEMAS, options_of_family, register_configs
+from utils.config.schema import TrainConfig
+from utils.errors import ConfigError
 from utils.optimizers import OPTIMIZER_NAMES, build_optimizer
 
 GROUPS = {"arch": set(MODELS), "loss": set(LOSSES), "optimizer": set(OPTIMIZER_NAMES), "data": None}

@@ -21,10 +21,9 @@ from train_helpers import CONF_DIR, build_tiny_dataset, compose_config, tiny_ove
 from dataset.common import BLANK_IDENTIFIER, COLOR_OFFSET, EOS_ID, IGNORE_LABEL_ID, PAD_ID
 from losses import build_loss
 from models import ARCH_SCHEMAS, MODELS, build_model, puzzle_table_key
-from models.base import ARCModel
+from models.base import ARCModel, DataShape
 from models.convert import extend_puzzle_embeddings, fit_weights
-from models.recursive import DataShape
-from utils.config import option_family, options_of_family
+from utils.config.groups import option_family, options_of_family
 from utils.distributed import DistEnv
 from utils.optimizers import SparseSignSGD, build_optimizer
 

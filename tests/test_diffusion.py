@@ -18,8 +18,8 @@ from dataset.puzzle_dataset import PuzzleDataset
 from evaluators.loop import evaluate_examples
 from losses import build_loss
 from models import build_model
+from models.base import DataShape
 from models.diffusion import alpha_bar, canvas_frame, corrupt, grid_extent, is_colour
-from models.recursive import DataShape
 from pipelines import diffusion as diffusion_pipeline
 from training import loop
 from utils import checkpoint as ckpt

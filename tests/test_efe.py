@@ -22,9 +22,9 @@ from losses.efe import (
     z_anchor_term,
 )
 from models import build_model
+from models.base import DataShape
 from models.efe import PromptMemory, prediction_scores, refinement_reward
 from models.prompt_encoder import SYMBOLS, numeric_features, serialise_demos, symbol_token_ids
-from models.recursive import DataShape
 from training import loop
 from utils import checkpoint as ckpt
 from utils.distributed import DistEnv

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from models import build_model
-from models.recursive import DataShape, RecursiveArchConfig
+from models.base import DataShape
+from models.recursive import RecursiveArchConfig
 
 SHAPE = DataShape(seq_len=16, vocab_size=12, num_puzzle_identifiers=6, batch_size=4)
 

@@ -33,8 +33,9 @@ import pytest
 import torch
 
 from models import build_model
+from models.base import DataShape
 from models.convert import convert_state_dict
-from models.recursive import DataShape, RecursiveArchConfig
+from models.recursive import RecursiveArchConfig
 
 DATA = Path(__file__).resolve().parent / "data"
 

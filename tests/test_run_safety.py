@@ -18,13 +18,13 @@ import evaluate
 from dataset.build_arc_dataset import main as build_main
 from dataset.puzzle_dataset import PuzzleDataset
 from models import build_model
+from models.base import DataShape
 from models.convert import PUZZLE_EMB_KEY, fit_weights, match_puzzle_rows
-from models.recursive import DataShape
 from training import loop
 from training.schedule import lr_factor
 from utils import checkpoint as ckpt
-from utils.config import ConfigError
 from utils.distributed import DistEnv
+from utils.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -17,8 +17,8 @@ from dataset.puzzle_dataset import PuzzleDataset
 from evaluators.arc import ARCVoter
 from losses.sequence import SequenceCELoss, SequenceLossConfig
 from models import build_model
+from models.base import DataShape
 from models.layers import RotaryEmbedding, apply_rope
-from models.recursive import DataShape
 from models.sequence import (
     END,
     NEWLINE,

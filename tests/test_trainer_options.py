@@ -17,7 +17,7 @@ from train_helpers import CONF_DIR, build_tiny_dataset, compose_config, tiny_ove
 from training import loop
 from training.schedule import lr_factor
 from utils import checkpoint as ckpt
-from utils.config import register_configs
+from utils.config.groups import register_configs
 from utils.distributed import DistEnv
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -156,7 +156,7 @@ def test_mixed_precision_trains_like_fp32(tiny_data, tmp_path, precision):
 def fp32_initial_weights(data):
     from dataset.puzzle_dataset import PuzzleDataset
     from models import build_model
-    from models.recursive import DataShape
+    from models.base import DataShape
 
     config = compose_config(tiny_overrides(data, "unused"))
     meta = PuzzleDataset([str(data)], "train", 8).metadata

@@ -22,7 +22,7 @@ from evaluators.loop import evaluate_examples
 from evaluators.validate_submission import load_tasks, validate
 from losses import build_loss
 from models import build_model
-from models.recursive import DataShape
+from models.base import DataShape
 from training import loop
 from utils import checkpoint as ckpt
 from utils.distributed import DistEnv

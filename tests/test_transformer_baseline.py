@@ -10,7 +10,7 @@ import torch
 from train_helpers import compose_config
 
 from models import build_model
-from models.recursive import DataShape
+from models.base import DataShape
 
 SHAPE = DataShape(seq_len=16, vocab_size=12, num_puzzle_identifiers=6, batch_size=4)
 # The option as composed, shrunk to CPU size; everything else (puzzle tokens, halting) is the yaml's.

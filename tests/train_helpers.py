@@ -20,10 +20,12 @@ from dataset.puzzle_dataset import PuzzleDataset
 from evaluators.loop import evaluate_examples
 from losses import build_loss
 from models import build_model
-from models.recursive import DataShape
+from models.base import DataShape
 from training import loop
 from utils import checkpoint as ckpt
-from utils.config import CONF_DIR, TrainConfig, compose_config  # noqa: F401  (re-exported for the tests)
+from utils.config.compose import compose_config  # noqa: F401  (re-exported for the tests)
+from utils.config.groups import CONF_DIR  # noqa: F401
+from utils.config.schema import TrainConfig  # noqa: F401
 from utils.distributed import DistEnv
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

@@ -17,14 +17,14 @@ from dataset.puzzle_dataset import PuzzleDataset
 from evaluators.arc import ARCVoter, write_submission
 from evaluators.loop import evaluate_examples
 from models import build_model
+from models.base import DataShape
 from models.convert import fit_weights
-from models.recursive import DataShape
 from training.checkpointer import Checkpointer
 from training.faults import KILL_IN_EVAL_AT_STEP, kill_self, kill_step
 from training.run_log import RunLog
 from training.state import TrainState
-from utils.config import ConfigError
 from utils.distributed import DistEnv
+from utils.errors import ConfigError
 from utils.io import write_json_atomic
 
 log = logging.getLogger(__name__)

@@ -17,13 +17,14 @@ from torch.nn.parallel import DistributedDataParallel
 from dataset.puzzle_dataset import PuzzleDataset, canvas_sides
 from losses import build_loss
 from models import build_model, check_canvas_buckets
-from models.base import ARCModel
+from models.base import ARCModel, DataShape
 from models.convert import fit_weights
-from models.recursive import DataShape
 from utils import checkpoint as ckpt
-from utils.config import ConfigError, TrainConfig, resume_differences
+from utils.config.resume import resume_differences
+from utils.config.schema import TrainConfig
 from utils.distributed import DistEnv
 from utils.ema import EMA
+from utils.errors import ConfigError
 from utils.monitor import Monitor
 from utils.optimizers import SparseSignSGD, build_optimizer
 
