@@ -37,8 +37,11 @@ from evaluators.checkpoint import (
     load_checkpoint,
 )
 from utils.checkpoint import EXPORT_CONFIG, EXPORT_INFO, EXPORT_WEIGHTS, MANIFEST, CheckpointWriteError
-from utils.config import ConfigError, TrainConfig, config_help, parse_overrides, report_error, wants_help
+from utils.config.compose import parse_overrides, wants_help
+from utils.config.help import config_help
+from utils.config.schema import TrainConfig
 from utils.distributed import cleanup_distributed, init_distributed
+from utils.errors import ConfigError, report_error
 from utils.logging import console_logging
 
 EXPORT_KEYS = ("export", "export_dir")

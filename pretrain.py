@@ -30,16 +30,11 @@ from training.preemption import exit_preempted, stop_signals
 from training.state import checkpoint_root
 from training.step import NonFiniteLossError
 from utils import checkpoint as ckpt
-from utils.config import (
-    ConfigError,
-    check_command_line,
-    config_help,
-    exit_with_error,
-    load_config,
-    register_configs,
-    wants_help,
-)
+from utils.config.compose import check_command_line, load_config, wants_help
+from utils.config.groups import register_configs
+from utils.config.help import config_help
 from utils.distributed import cleanup_distributed, init_distributed
+from utils.errors import ConfigError, exit_with_error
 
 register_configs()
 log = logging.getLogger("pretrain")

@@ -20,7 +20,7 @@ import sys
 
 from pipelines.diffusion import BEST_MODEL, BEST_SIZE_HEAD, DiffusionOptions, configure, error_line, run
 from pipelines.diffusion_legacy import make_plan
-from utils.config import report_error
+from utils.errors import report_error
 from utils.logging import console_logging
 
 

@@ -45,7 +45,7 @@ from dataset.augment import invert_predictions, parse_variant_name
 from dataset.common import BLANK_IDENTIFIER, PUZZLE_ID_SEPARATOR
 from dataset.puzzle_dataset import DatasetError, load_metadata, read_json, read_npy
 from evaluators.submission import fallback_attempts, pass_at_k
-from utils.config import RANKINGS
+from utils.config.schema import RANKINGS
 from utils.io import write_json_atomic
 
 DEFAULT_PASS_KS = (1, 2, 5, 10, 100, 1000)

@@ -52,16 +52,11 @@ from evaluators.checkpoint import Checkpoint, evaluate_checkpoint, load_checkpoi
 from evaluators.submission import score_submission
 from training import loop
 from utils import checkpoint as ckpt
-from utils.config import (
-    ConfigError,
-    TrainConfig,
-    as_train_config,
-    compose_config,
-    config_help,
-    parse_overrides,
-    wants_help,
-)
+from utils.config.compose import compose_config, parse_overrides, wants_help
+from utils.config.help import config_help
+from utils.config.schema import TrainConfig, as_train_config
 from utils.distributed import DistEnv, barrier, cleanup_distributed, init_distributed
+from utils.errors import ConfigError
 from utils.io import write_json_atomic
 from utils.logging import console_logging
 from utils.monitor import best_first

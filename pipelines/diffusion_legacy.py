@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.diffusion import PipelineError
-from utils.config import CONF_DIR
+from utils.config.groups import CONF_DIR
 
 
 @dataclass

@@ -64,15 +64,11 @@ from models import puzzle_table_key
 from models.convert import NEW_ROW_INITS, extend_puzzle_embeddings
 from training import loop
 from utils import checkpoint as ckpt
-from utils.config import (
-    ConfigError,
-    TrainConfig,
-    as_train_config,
-    config_help,
-    parse_overrides,
-    wants_help,
-)
+from utils.config.compose import parse_overrides, wants_help
+from utils.config.help import config_help
+from utils.config.schema import TrainConfig, as_train_config
 from utils.distributed import DistEnv
+from utils.errors import ConfigError
 from utils.io import write_json_atomic
 from utils.logging import console_logging
 from utils.schema import check_ranges, setting

@@ -19,7 +19,7 @@ from train_helpers import build_tiny_dataset, tiny_overrides
 
 from dataset.puzzle_dataset import DatasetError, PuzzleDataset
 from evaluators.arc import ARCVoter
-from utils.config import ConfigError
+from utils.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -22,3 +22,8 @@ def loaded_modules(*modules: str) -> list[str]:
 def test_the_dataset_loader_and_the_error_types_load_no_config_model_or_loss():
     """The loader's ConfigError came from utils/config.py, which imports every model and loss."""
     assert loaded_modules("utils.errors", "utils.schema", "dataset.puzzle_dataset") == []
+
+
+def test_the_run_schema_loads_no_model_or_loss():
+    """Only utils.config.groups imports the model and loss packages (their family schemas)."""
+    assert [m for m in loaded_modules("utils.config.schema") if not m.startswith("utils.config")] == []

@@ -28,8 +28,9 @@ from training.run_log import RunLog
 from training.state import build_train_state, checkpoint_root, resume
 from training.step import add_metrics, reduce_metrics, train_step
 from utils import checkpoint as ckpt
-from utils.config import ConfigError, TrainConfig
+from utils.config.schema import TrainConfig
 from utils.distributed import DistEnv
+from utils.errors import ConfigError
 
 
 def train(config: TrainConfig, env: DistEnv) -> dict[str, Any]:

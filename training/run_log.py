@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from training.state import TrainState
 from utils.checkpoint import METRICS_FILE, write_failure
-from utils.config import TrainConfig
+from utils.config.schema import TrainConfig
 from utils.distributed import DistEnv
 from utils.io import read_jsonl, write_text_atomic
 from utils.logging import init_wandb

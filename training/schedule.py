@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from utils.config import TrainConfig
+from utils.config.schema import TrainConfig
 
 
 def lr_factor(config: TrainConfig, step: int, total_steps: int) -> float:

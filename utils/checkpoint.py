@@ -92,8 +92,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.config import ConfigError
 from utils.distributed import DistEnv, all_reduce_sum, barrier
+from utils.errors import ConfigError
 from utils.io import fsync_dir, write_json_atomic
 from utils.monitor import best_first
 

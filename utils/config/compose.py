@@ -1,0 +1,205 @@
+"""``conf/`` plus a command line -> a checked ``TrainConfig``. Every key outside the schemas is
+an error, ``+key`` included; ``load_config`` turns the composed DictConfig into dataclasses
+and checks the values. Any of these problems raises ``ConfigError``, whose message is one line
+naming the key (and, for TinyRecursiveModels' names, the key it is here): Hydra's and
+OmegaConf's errors are translated here. Also the command line's pre-check
+(``check_command_line``) and the override grammar of the entry points that compose through
+the compose API.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from utils.config.groups import CONF_DIR, check_arch_loss_pair, register_configs
+from utils.config.schema import TrainConfig
+from utils.errors import ConfigError
+
+# TinyRecursiveModels' cfg_pretrain.yaml names that are spelled otherwise here.
+TRM_NAMES = {
+    "lr": "optimizer.lr",
+    "beta1": "optimizer.betas=[BETA1,BETA2]",
+    "beta2": "optimizer.betas=[BETA1,BETA2]",
+    "weight_decay": "optimizer.weight_decay",
+    "data_paths": "data.paths",
+    "data_paths_test": "data.test_paths",
+    "load_checkpoint": "init_from (weights) or resume (a whole run)",
+    "evaluators": "eval.* (ARC voting is built in)",
+    "eval_save_outputs": "nothing: every evaluation writes submission.json and metrics.json",
+    "arch.loss": "the loss group (loss=stablemax or loss=softmax)",
+    "arch.loss.loss_type": "loss=stablemax or loss=softmax",
+}
+
+
+def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            keys.append(f"{prefix}{key}")
+            keys += _dotted_keys(node._get_node(key), f"{prefix}{key}.")
+    return keys
+
+
+def _unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Keys of ``node`` (recursively) that its dataclass schema does not declare: what a
+    ``+key=value`` adds, which ``OmegaConf.to_object`` would silently drop."""
+    schema = OmegaConf.get_type(node)
+    fields = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    unknown = []
+    for key in node.keys():
+        if fields is not None and key not in fields:
+            unknown.append(f"{prefix}{key}")
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            unknown += _unknown_keys(child, f"{prefix}{key}.")
+    return unknown
+
+
+def describe_unknown_key(key: str, known: list[str]) -> str:
+    """One line for a key that is not in the config: TRM's name mapped, or the nearest key."""
+    key = key.lstrip("+~")
+    if key in TRM_NAMES:
+        return f"{key} is not a config key: TinyRecursiveModels' {key} is {TRM_NAMES[key]} here"
+    close = difflib.get_close_matches(key, [k for k in known if k != key], n=1, cutoff=0.6)
+    return f"{key} is not a config key" + (f" (did you mean {close[0]}?)" if close else "") + "; docs/training.md lists them"
+
+
+def config_error_message(error: BaseException, known: list[str] | None = None) -> str:
+    """Hydra's and OmegaConf's composition errors as one line naming the key or option."""
+    text = str(error).strip()
+    cause = error.__cause__ or error.__context__
+    full = f"{text}\n{cause}" if cause is not None else text
+    if m := re.search(r"Could not append to config\. An item is already at '([^']+)'", full):
+        return f"{m.group(1)} is a config key: write {m.group(1)}=VALUE, without the '+'"
+    if m := re.search(r"Could not override '([^']+)'", full) or re.search(r"Key '([^']+)' not in '[^']*'", full):
+        key = m.group(1)
+        if m2 := re.search(r"full_key: (\S+)", full):
+            key = m2.group(1)
+        return describe_unknown_key(key, known or [])
+    if m := re.search(r"Could not find '([^'/]+)/([^']+)'", full):
+        group, option = m.groups()
+        offered = re.findall(r"^\t(\S+)$", full, flags=re.MULTILINE)
+        return f"{group}={option} is not an option of {group}: choose from {', '.join(offered)}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(error).__name__]
+    if cause is not None and str(cause).strip():
+        lines[0] += ": " + str(cause).strip().splitlines()[0]
+    return lines[0]
+
+
+def compose_config(overrides: list[str], config_name: str = "config") -> TrainConfig:
+    """The config ``conf/<config_name>.yaml`` runs with these command-line overrides (what
+    pretrain.py runs, for tests, benchmarks, notebooks and the other entry points). Any
+    problem is a ConfigError."""
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException, OSError) as e:
+        raise ConfigError(config_error_message(e, _known_keys(config_name))) from None
+    return load_config(cfg)
+
+
+def _known_keys(config_name: str) -> list[str]:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return _dotted_keys(compose(config_name=config_name))
+
+
+def load_config(cfg: DictConfig) -> TrainConfig:
+    """The typed run config; every key outside the schemas, and every bad value, is a
+    ConfigError naming the key."""
+    unknown = _unknown_keys(cfg)
+    if unknown:
+        known = [k for k in _dotted_keys(cfg) if k not in unknown]
+        raise ConfigError("; ".join(describe_unknown_key(k, known) for k in unknown))
+    try:
+        config = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(config_error_message(e, _dotted_keys(cfg))) from None
+    assert isinstance(config, TrainConfig)
+    try:
+        config.validate()
+        check_arch_loss_pair(config.arch, config.loss)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return config
+
+
+def check_command_line(argv: list[str], config_name: str = "config") -> None:
+    """Compose the config that ``python pretrain.py ARGV`` (or another ``config_name``) would run (a sweep's first value
+    for each swept key) so a typo fails before Hydra starts, as one ConfigError line.
+    Hydra's own flags (``--cfg``, ``--help``, ...) and ``hydra.*`` overrides are left to it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
+
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
+        return
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in argv if a not in ("-m", "--multirun")])
+    except HydraException as e:
+        raise ConfigError(config_error_message(e)) from None
+    overrides = []
+    for override in parsed:
+        if override.key_or_group == "hydra.searchpath":
+            overrides.append(override.input_line)  # more config folders: options there (a yaml variant) compose
+            continue
+        if override.key_or_group.startswith("hydra") or "${hydra" in override.input_line:
+            continue  # Hydra's own settings, and values only a running Hydra job resolves
+        if override.is_sweep_override():
+            value = override.value()
+            if isinstance(value, IntervalSweep):  # an Optuna range: its lower end stands for it
+                overrides.append(f"{override.get_key_element()}={value.start}")
+                continue
+            first = next(iter(override.sweep_string_iterator()), None)
+            if first is None:
+                raise ConfigError(f"{override.input_line}: the sweep has no values")
+            overrides.append(f"{override.get_key_element()}={first}")
+        else:
+            overrides.append(override.input_line)
+    compose_config(overrides, config_name)
+
+
+# --- entry points that compose through the compose API ----------------------------------
+# evaluate.py, ttt.py and the diffusion pipeline start from a saved config or compose two
+# runs, which a @hydra.main app cannot; they read the same override grammar, refuse the same
+# keys, answer --help alike and end a config error with one line, exit status 2.
+
+HELP_FLAGS = ("-h", "--help")
+
+
+def wants_help(argv: list[str]) -> bool:
+    return any(a in HELP_FLAGS for a in argv)
+
+
+def parse_overrides(argv: list[str]) -> list[Any]:
+    """The command line as Hydra overrides (``hydra.core.override_parser.types.Override``:
+    ``key_or_group``, ``value()``, ``input_line``); a flag or bad syntax is a ConfigError."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    flags = [a for a in argv if a.startswith("-")]
+    if flags:
+        raise ConfigError(f"{flags[0]}: not an option here (key=value overrides; --help lists the keys)")
+    try:
+        return OverridesParser.create().parse_overrides(list(argv))
+    except HydraException as e:
+        raise ConfigError(config_error_message(e)) from None
+
+
+def override_value(value: Any) -> str:
+    """A config value as a Hydra override value."""
+    if isinstance(value, str):
+        return json.dumps(value)  # quoted: paths and names may hold Hydra's special characters
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else repr(value)

@@ -1,0 +1,100 @@
+"""Resuming a run: the overrides that recreate a checkpoint's saved config, and which keys a
+resume may change (``resume_differences``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from utils.config.compose import override_value
+from utils.config.groups import CONF_DIR, SCHEMAS, options_of_family
+
+
+def saved_overrides(saved: dict, chosen: set[str]) -> list[str]:
+    """Overrides that recreate a checkpoint's saved config (what the command line composes
+    first, then its own overrides); groups the command line re-chooses (``chosen``: its keys,
+    e.g. ``data`` for ``data=arc2``) are left out."""
+    out = []
+    for group in SCHEMAS:
+        if group in chosen:
+            continue
+        family = saved[group].get("family")
+        same_family = options_of_family(group, family) if family is not None else []
+        if os.path.isfile(os.path.join(CONF_DIR, group, f"{saved[group]['name']}.yaml")):
+            out.append(f"{group}={saved[group]['name']}")
+        elif same_family:  # a name that is no option here (a yaml from another folder): one of its family
+            out.append(f"{group}={same_family[0]}")  # else: the default option; either way every field overridden
+        out += [f"{group}.{k}={override_value(v)}" for k, v in saved[group].items()]
+    for key in ("global_batch_size", "seed"):
+        out.append(f"{key}={override_value(saved[key])}")
+    return out
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a.b': value} for a nested dict (a saved config)."""
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}{key}."))
+    return out
+
+
+# What a resumed run may change freely: how long it runs, where and how it reports, and what
+# the evaluation measures. Every other key changes what is trained.
+RESUME_FREE = (
+    "resume",
+    "epochs",
+    "max_steps",
+    "max_minutes",
+    "device",
+    "compile",
+    "log_interval",
+    "progress_bar",
+    "wandb.",
+    "eval.",
+    "evaluate",
+    "eval_interval",
+    "min_eval_interval",
+    "checkpoint_every_eval",
+    "checkpoint_interval_steps",
+    "max_checkpoints",
+    "requeue_on_preempt",
+    "callbacks.",
+    "run_name",
+    "project_name",
+    "checkpoint_path",
+    "grad_accum_steps",
+    "init_from",
+    "force_identifiers",
+    "max_bad_steps",
+    # the identifiers check guards the data itself
+    "allow_config_change",
+    "data.name",
+    "data.paths",
+    "data.test_paths",
+    "data.build",
+)
+# What no resume may change: the saved weights and data position would not fit.
+RESUME_FIXED = ("arch.", "global_batch_size", "seed")
+# Keys newer than some checkpoints: a saved config without them meant what its arch / loss
+# option (arch.name, loss.name) sets, so their absence there is no difference.
+ADDED_KEYS = ("arch.family", "arch.core", "arch.variant", "loss.family", "loss.token_loss")
+
+
+def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes)
+
+
+def resume_differences(saved: dict, current: dict) -> tuple[list[str], list[str], list[str]]:
+    """(fixed, training, free): ``key old -> new`` for each key whose value differs between a
+    checkpoint's saved config and the current one, by what a resume may do with it."""
+    old, new = flatten(saved), flatten(current)
+    fixed, training, free = [], [], []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if a == b or (key not in old and key in ADDED_KEYS):
+            continue
+        line = f"{key} {a} -> {b}"
+        (fixed if _matches(key, RESUME_FIXED) else free if _matches(key, RESUME_FREE) else training).append(line)
+    return fixed, training, free

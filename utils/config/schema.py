@@ -1,0 +1,200 @@
+"""The run keys' schemas: ``TrainConfig`` (TinyRecursiveModels' cfg_pretrain.yaml names) with
+its sections, and ``DataConfig``, the data group's. Each key declares its default, its
+one-line description and its range where it is declared (``setting``); these dataclasses are
+the only place a run key's default is written. Whether the loss scores the arch is checked
+where the groups are known (``groups.check_arch_loss_pair``, run by ``compose.load_config``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from utils.errors import ConfigError
+from utils.schema import check_ranges, setting
+
+# How the voter (evaluators/arc.py: ARCVoter.ranked) orders the grids of a test input.
+RANKINGS = ("vote", "count", "noisy_or")
+
+
+@dataclass
+class DataConfig:
+    """Schema of the ``data`` options: dataset folders written by dataset.build_arc_dataset."""
+
+    name: str = MISSING
+    paths: list[str] = MISSING
+    test_paths: list[str] = field(default_factory=list)  # default: evaluate on ``paths``' test split
+    build: str | None = None  # the command that builds ``paths`` (named when a folder is missing)
+
+    def validate(self) -> None:
+        if not self.paths:
+            raise ValueError("data.paths: name at least one dataset folder")
+
+    def check_exists(self) -> None:
+        """Every dataset folder is there; else a ConfigError naming the folder and its build command."""
+        for key, paths in (("data.paths", self.paths), ("data.test_paths", self.test_paths)):
+            for path in paths:
+                if not os.path.isfile(os.path.join(path, "identifiers.json")):
+                    how = (
+                        f"; build it with: {self.build}"
+                        if self.build and key == "data.paths"
+                        else "; build it with python -m dataset.build_arc_dataset (docs/data.md)"
+                    )
+                    raise ConfigError(f"{key}: no dataset at {path} (no identifiers.json){how}")
+
+
+@dataclass
+class WandbConfig:
+    mode: str = setting("offline", doc="offline | online | disabled; the WANDB_MODE variable wins when set")
+    project: str | None = setting(None, doc="the wandb project (default: project_name)")
+    entity: str | None = setting(None, doc="the wandb entity (team or user)")
+
+
+@dataclass
+class EvalConfig:
+    """Scoring (pretrain.py's periodic evaluation and evaluate.py)."""
+
+    pass_ks: list[int] = setting(
+        factory=lambda: [1, 2, 5, 10, 100, 1000], ge=1, doc="the k of each pass@k reported (attempts per test input)"
+    )
+    ranking: str = setting("vote", doc="vote (count, then mean halt confidence; TRM) | count | noisy_or")
+    pool_votes: bool = setting(False, doc="pool votes over all of a run's evaluations (TRM's default)")
+    checkpoint: str | None = setting(None, doc="evaluate.py: a checkpoint folder, or a TRM checkpoint file")
+    limit: int | None = setting(None, ge=1, doc="evaluate.py: the first N test tasks only")
+    output_dir: str | None = setting(None, doc="evaluate.py: default <checkpoint folder>/evaluate/<dataset folder>")
+    report_tasks: int = setting(16, ge=1, doc="tasks drawn in report.png")
+
+    def validate(self) -> None:
+        check_ranges(self, "eval.")
+        bad = []
+        if self.ranking not in RANKINGS:
+            bad.append(f"eval.ranking={self.ranking!r} (one of {', '.join(RANKINGS)})")
+        if not self.pass_ks:
+            bad.append("eval.pass_ks=[] (at least one k)")
+        if bad:
+            raise ValueError(f"invalid config values: {', '.join(bad)}")
+
+
+@dataclass
+class RestartsConfig:
+    """``lr_schedule=cosine_restarts`` (CosineAnnealingWarmRestarts, counted in epochs)."""
+
+    T_0: float = setting(10.0, gt=0, doc="epochs in the first cycle")
+    T_mult: int = setting(1, ge=1, doc="each cycle this many times longer than the last")
+    eta_min_ratio: float = setting(
+        0.0, ge=0, le=1, doc="the lr at the bottom of a cycle, as a fraction of each optimizer's lr"
+    )
+
+
+@dataclass
+class CallbacksConfig:
+    """Decisions taken at each evaluation, from one evaluation metric."""
+
+    monitor: str = setting("all/lm_loss", doc="the evaluation metric the callbacks watch (all/* or ARC/*)")
+    mode: str = setting("min", doc="min | max: which direction of the monitor is better")
+    keep_best: int = setting(0, ge=0, doc="also keep the k checkpoints with the best monitor value (besides the newest)")
+    early_stopping_patience: int = setting(0, ge=0, doc="stop after this many evaluations without improvement (0: never)")
+    min_delta: float = setting(0.0, ge=0, doc="an improvement must beat the best by more than this")
+
+    def validate(self) -> None:
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"invalid config values: callbacks.mode={self.mode!r} (min or max)")
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+LR_SCHEDULES = ("cosine", "cosine_restarts")
+
+
+@dataclass
+class TrainConfig:
+    """The run keys (TinyRecursiveModels' cfg_pretrain.yaml names) and the four groups."""
+
+    arch: Any = MISSING
+    data: Any = MISSING
+    loss: Any = MISSING
+    optimizer: Any = MISSING
+
+    global_batch_size: int = setting(768, ge=1, doc="examples per step, over all ranks")
+    grad_accum_steps: int = setting(
+        1, ge=1, doc="micro-batches per optimizer step (each global_batch_size / k examples); must divide global_batch_size"
+    )
+    epochs: int = setting(100000, ge=1, doc="an epoch visits every task once, through one random variant")
+    eval_interval: int = setting(10000, ge=1, doc="epochs between evaluations (and checkpoints)")
+    evaluate: bool = setting(
+        True, doc="false: no evaluation during or after training (a caller evaluates); one final checkpoint"
+    )
+    min_eval_interval: int = setting(0, ge=0, doc="no evaluation before this epoch")
+    checkpoint_every_eval: bool = setting(True, doc="checkpoint at each evaluation")
+    checkpoint_interval_steps: int = setting(0, ge=0, doc="also checkpoint every N steps (0: only at evaluations)")
+    max_checkpoints: int = setting(2, ge=0, doc="keep the newest N checkpoints (0: keep all)")
+
+    lr_schedule: str = setting("cosine", doc="cosine (warm-up, then cosine to lr_min_ratio; TRM) | cosine_restarts")
+    lr_warmup_steps: int = setting(2000, ge=0, doc="steps of linear lr warm-up")
+    lr_min_ratio: float = setting(1.0, ge=0, le=1, doc="the cosine ends at this fraction of the lr (1.0: constant)")
+    restarts: RestartsConfig = setting(factory=RestartsConfig)
+    grad_clip_norm: float | None = setting(None, gt=0, doc="clip the dense gradients' global norm (null: no clipping)")
+    max_bad_steps: int = setting(
+        20, ge=0, doc="stop after this many steps in a row with a non-finite loss or gradient (each skipped); 0: never"
+    )
+    precision: str = setting("fp32", doc="fp32 | bf16 | fp16: autocast (fp16 with a GradScaler)")
+    puzzle_emb_lr: float = setting(1e-2, ge=0, doc="lr of the puzzle embeddings (sign-SGD)")
+    puzzle_emb_weight_decay: float = setting(0.1, ge=0, doc="weight decay of the puzzle embeddings")
+    freeze_weights: bool = setting(False, doc="train the puzzle embeddings only")
+
+    ema: bool = setting(False, doc="evaluate (and save) an exponential moving average of the weights")
+    ema_rate: float = setting(0.999, ge=0, lt=1, doc="the EMA's decay per step")
+    seed: int = setting(0, ge=0, doc="the seed of the weights and of the batch order")
+
+    project_name: str = setting("arcforge", doc="checkpoints/<project_name>/<run_name> (and the wandb project)")
+    run_name: str | None = setting(
+        None,
+        doc="default: <arch>-<data>-<time>; name it to resume with resume=auto "
+        "(under -m each job's gains its swept overrides)",
+    )
+    checkpoint_path: str | None = setting(None, doc="the run folder (default: checkpoints/<project_name>/<run_name>)")
+    resume: str = setting("none", doc="none | auto (the newest checkpoint in checkpoint_path) | a checkpoint folder")
+    init_from: str | None = setting(None, doc="weights only (ours or a TinyRecursiveModels checkpoint)")
+    force_identifiers: bool = setting(False, doc="resume although the dataset's identifiers.json differs")
+    allow_config_change: bool = setting(False, doc="resume although training keys (lr, schedule, ...) changed")
+    max_steps: int | None = setting(None, ge=1, doc="stop early (the lr schedule keeps its full length)")
+    max_minutes: float | None = setting(None, gt=0, doc="stop (and checkpoint) after this much training time")
+    requeue_on_preempt: bool = setting(True, doc="under SLURM, a run stopped by SIGTERM/SIGUSR1 requeues its job (scontrol)")
+
+    device: str = setting("auto", doc="auto | cpu | cuda")
+    compile: bool = setting(False, doc="torch.compile the model")
+    log_interval: int = setting(10, ge=1, doc="steps between log lines")
+    progress_bar: bool = setting(True, doc="a tqdm progress bar (rank 0)")
+    wandb: WandbConfig = setting(factory=WandbConfig)
+    eval: EvalConfig = setting(factory=EvalConfig)
+    callbacks: CallbacksConfig = setting(factory=CallbacksConfig)
+
+    def validate(self) -> None:
+        check_ranges(self)  # every numeric key of the tree, the groups' included, in one line
+        bad = []
+        if self.resume not in ("none", "auto") and not self.resume:
+            bad.append("resume=''")
+        if self.device not in ("auto", "cpu", "cuda"):
+            bad.append(f"device={self.device!r}")
+        if self.wandb.mode not in ("offline", "online", "disabled"):
+            bad.append(f"wandb.mode={self.wandb.mode!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            bad.append(f"lr_schedule={self.lr_schedule!r} (one of {', '.join(LR_SCHEDULES)})")
+        if self.global_batch_size % self.grad_accum_steps:
+            bad.append(f"grad_accum_steps={self.grad_accum_steps} (must divide global_batch_size {self.global_batch_size})")
+        if self.precision not in PRECISIONS:
+            bad.append(f"precision={self.precision!r} (one of {', '.join(PRECISIONS)})")
+        if bad:
+            raise ValueError(f"invalid config values: {', '.join(bad)}")
+        for group in (self.arch, self.data, self.loss, self.optimizer, self.eval, self.callbacks):
+            group.validate()
+
+
+def as_train_config(config: TrainConfig) -> TrainConfig:
+    """A copy of a run config as a plain TrainConfig: what training.loop.train runs and saves, without
+    the keys a pipeline's schema adds (``ttt``, ``pipeline``, ``iterative``)."""
+    return TrainConfig(**{f.name: copy.deepcopy(getattr(config, f.name)) for f in dataclasses.fields(TrainConfig)})
