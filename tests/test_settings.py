@@ -1,10 +1,18 @@
 """Each concern in one home, each setting in one place (issue 23): the layers under the config
 package import nothing above them."""
 
+import dataclasses
+import json
 import subprocess
 import sys
 
+import pytest
+import torch
 from conftest import ROOT
+from train_helpers import compose_config
+
+from utils.errors import ConfigError
+from utils.schema import Choice, plain_dict
 
 # Packages above the bottom layer (utils.errors, utils.schema) and the dataset loader.
 ABOVE_THE_LOADER = ("models", "losses", "training", "evaluators", "pipelines", "pretrain", "utils.config")
@@ -27,3 +35,48 @@ def test_the_dataset_loader_and_the_error_types_load_no_config_model_or_loss():
 def test_the_run_schema_loads_no_model_or_loss():
     """Only utils.config.groups imports the model and loss packages (their family schemas)."""
     assert [m for m in loaded_modules("utils.config.schema") if not m.startswith("utils.config")] == []
+
+
+# --- string choices: typed, checked by one mechanism ---------------------------------------
+
+CHOICES = {
+    "precision": "fp32, bf16, fp16",
+    "lr_schedule": "cosine, cosine_restarts",
+    "device": "auto, cpu, cuda",
+    "wandb.mode": "offline, online, disabled",
+    "eval.ranking": "vote, count, noisy_or",
+    "callbacks.mode": "min, max",
+}
+
+
+@pytest.mark.parametrize("key", CHOICES)
+def test_a_string_choice_outside_its_values_is_one_line_naming_the_key_and_the_values(key):
+    expected = f"invalid config values: {key}='bogus' (one of {CHOICES[key]})"
+    with pytest.raises(ConfigError) as composed:
+        compose_config([f"{key}=bogus"])
+    assert str(composed.value) == expected
+    config = compose_config([])  # a value set in code, as the pipelines derive their runs, is refused alike
+    section, _, name = key.rpartition(".")
+    setattr(getattr(config, section) if section else config, name, "bogus")
+    with pytest.raises(ValueError) as validated:
+        config.validate()
+    assert str(validated.value) == expected
+
+
+def test_a_choice_is_its_string_everywhere_a_config_goes(tmp_path):
+    """Compared, formatted and serialized as its value; a checkpoint's config holds plain strings
+    (torch.load with weights_only refuses any class of ours)."""
+    config = compose_config(["precision=bf16", "eval.ranking=noisy_or"])
+    assert config.precision == "bf16" and f"{config.precision}" == "bf16" and {"bf16": 1}[config.precision] == 1
+    assert json.loads(json.dumps(dataclasses.asdict(config)))["eval"]["ranking"] == "noisy_or"
+    torch.save({"config": plain_dict(config)}, tmp_path / "state.pt")
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)["config"]
+    assert type(saved["precision"]) is str and saved["eval"]["ranking"] == "noisy_or"
+
+
+def test_every_choice_is_named_by_its_value():
+    """OmegaConf reads an override by the member's name, everything else by its value."""
+    choices = Choice.__subclasses__()
+    assert len(choices) >= 6
+    for choice in choices:
+        assert [m.name for m in choice] == list(choice.values()), choice

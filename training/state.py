@@ -27,6 +27,7 @@ from utils.ema import EMA
 from utils.errors import ConfigError
 from utils.monitor import Monitor
 from utils.optimizers import SparseSignSGD, build_optimizer
+from utils.schema import plain_dict
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class TrainState:
             "ema": self.ema.state_dict() if self.ema else None,
             "step": self.step,
             "data_position": self.train_data.state_dict(),
-            "config": dataclasses.asdict(self.config),
+            "config": plain_dict(self.config),  # plain strings for its choices: the file loads with weights_only
             "identifiers_sha256": self.identifiers_sha256,
             "identifiers": self.identifiers,
             "monitor": self.monitor.state_dict(),

@@ -86,6 +86,12 @@ def config_error_message(error: BaseException, known: list[str] | None = None) -
         if m2 := re.search(r"full_key: (\S+)", full):
             key = m2.group(1)
         return describe_unknown_key(key, known or [])
+    if (m := re.search(r"Invalid value '(.*)', expected one of \[(.*)\]", full)) and (
+        k := re.search(r"full_key: (\S+)", full)
+    ):
+        return (
+            f"invalid config values: {k.group(1)}={m.group(1)!r} (one of {m.group(2)})"  # a Choice, as check_ranges says it
+        )
     if m := re.search(r"Could not find '([^'/]+)/([^']+)'", full):
         group, option = m.groups()
         offered = re.findall(r"^\t(\S+)$", full, flags=re.MULTILINE)

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf, open_dict
 
 from utils.config.compose import override_value
 from utils.config.groups import CONF_DIR, SCHEMAS, register_configs
-from utils.schema import key_doc, key_range
+from utils.schema import key_allowed, key_doc
 
 
 def config_help(usage: str, config_name: str = "config") -> str:
@@ -39,7 +39,7 @@ def config_help(usage: str, config_name: str = "config") -> str:
 
 
 def _help_lines(config: Any, prefix: str = "") -> list[str]:
-    """``key=default  description (range)`` for each key of ``config`` outside the groups."""
+    """``key=default  description (range or choices)`` for each key of ``config`` outside the groups."""
     lines = []
     for schema_field in dataclasses.fields(config):
         value = getattr(config, schema_field.name)
@@ -48,7 +48,7 @@ def _help_lines(config: Any, prefix: str = "") -> list[str]:
         if dataclasses.is_dataclass(value):
             lines += _help_lines(value, f"{prefix}{schema_field.name}.")
             continue
-        allowed = key_range(schema_field)
+        allowed = key_allowed(type(config), schema_field)
         about = key_doc(schema_field) + (f" ({allowed})" if allowed else "")
         shown = value if isinstance(value, str) else override_value(value)  # as typed: lr_schedule=cosine
         lines.append((f"  {prefix}{schema_field.name}={shown}".ljust(40) + f" {about}").rstrip())

@@ -16,10 +16,46 @@ from typing import Any
 from omegaconf import MISSING
 
 from utils.errors import ConfigError
-from utils.schema import check_ranges, setting
+from utils.schema import Choice, check_ranges, setting
 
-# How the voter (evaluators/arc.py: ARCVoter.ranked) orders the grids of a test input.
-RANKINGS = ("vote", "count", "noisy_or")
+
+class Ranking(Choice):
+    """How the voter (evaluators/arc.py: ARCVoter.ranked) orders the grids of a test input."""
+
+    vote = "vote"
+    count = "count"
+    noisy_or = "noisy_or"
+
+
+RANKINGS = Ranking.values()
+
+
+class WandbMode(Choice):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+class MonitorMode(Choice):
+    min = "min"
+    max = "max"
+
+
+class LRSchedule(Choice):
+    cosine = "cosine"
+    cosine_restarts = "cosine_restarts"
+
+
+class Precision(Choice):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Device(Choice):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 @dataclass
@@ -50,7 +86,7 @@ class DataConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = setting("offline", doc="offline | online | disabled; the WANDB_MODE variable wins when set")
+    mode: WandbMode = setting(WandbMode.offline, doc="the WANDB_MODE variable wins when set")
     project: str | None = setting(None, doc="the wandb project (default: project_name)")
     entity: str | None = setting(None, doc="the wandb entity (team or user)")
 
@@ -62,7 +98,7 @@ class EvalConfig:
     pass_ks: list[int] = setting(
         factory=lambda: [1, 2, 5, 10, 100, 1000], ge=1, doc="the k of each pass@k reported (attempts per test input)"
     )
-    ranking: str = setting("vote", doc="vote (count, then mean halt confidence; TRM) | count | noisy_or")
+    ranking: Ranking = setting(Ranking.vote, doc="vote: count, then mean halt confidence (TRM); count; noisy_or")
     pool_votes: bool = setting(False, doc="pool votes over all of a run's evaluations (TRM's default)")
     checkpoint: str | None = setting(None, doc="evaluate.py: a checkpoint folder, or a TRM checkpoint file")
     limit: int | None = setting(None, ge=1, doc="evaluate.py: the first N test tasks only")
@@ -71,13 +107,8 @@ class EvalConfig:
 
     def validate(self) -> None:
         check_ranges(self, "eval.")
-        bad = []
-        if self.ranking not in RANKINGS:
-            bad.append(f"eval.ranking={self.ranking!r} (one of {', '.join(RANKINGS)})")
         if not self.pass_ks:
-            bad.append("eval.pass_ks=[] (at least one k)")
-        if bad:
-            raise ValueError(f"invalid config values: {', '.join(bad)}")
+            raise ValueError("invalid config values: eval.pass_ks=[] (at least one k)")
 
 
 @dataclass
@@ -96,18 +127,10 @@ class CallbacksConfig:
     """Decisions taken at each evaluation, from one evaluation metric."""
 
     monitor: str = setting("all/lm_loss", doc="the evaluation metric the callbacks watch (all/* or ARC/*)")
-    mode: str = setting("min", doc="min | max: which direction of the monitor is better")
+    mode: MonitorMode = setting(MonitorMode.min, doc="which direction of the monitor is better")
     keep_best: int = setting(0, ge=0, doc="also keep the k checkpoints with the best monitor value (besides the newest)")
     early_stopping_patience: int = setting(0, ge=0, doc="stop after this many evaluations without improvement (0: never)")
     min_delta: float = setting(0.0, ge=0, doc="an improvement must beat the best by more than this")
-
-    def validate(self) -> None:
-        if self.mode not in ("min", "max"):
-            raise ValueError(f"invalid config values: callbacks.mode={self.mode!r} (min or max)")
-
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-LR_SCHEDULES = ("cosine", "cosine_restarts")
 
 
 @dataclass
@@ -133,7 +156,10 @@ class TrainConfig:
     checkpoint_interval_steps: int = setting(0, ge=0, doc="also checkpoint every N steps (0: only at evaluations)")
     max_checkpoints: int = setting(2, ge=0, doc="keep the newest N checkpoints (0: keep all)")
 
-    lr_schedule: str = setting("cosine", doc="cosine (warm-up, then cosine to lr_min_ratio; TRM) | cosine_restarts")
+    lr_schedule: LRSchedule = setting(
+        LRSchedule.cosine,
+        doc="cosine: warm-up, then cosine to lr_min_ratio (TRM); cosine_restarts: warm-up, then restarts.*",
+    )
     lr_warmup_steps: int = setting(2000, ge=0, doc="steps of linear lr warm-up")
     lr_min_ratio: float = setting(1.0, ge=0, le=1, doc="the cosine ends at this fraction of the lr (1.0: constant)")
     restarts: RestartsConfig = setting(factory=RestartsConfig)
@@ -141,7 +167,7 @@ class TrainConfig:
     max_bad_steps: int = setting(
         20, ge=0, doc="stop after this many steps in a row with a non-finite loss or gradient (each skipped); 0: never"
     )
-    precision: str = setting("fp32", doc="fp32 | bf16 | fp16: autocast (fp16 with a GradScaler)")
+    precision: Precision = setting(Precision.fp32, doc="bf16, fp16: autocast (fp16 with a GradScaler)")
     puzzle_emb_lr: float = setting(1e-2, ge=0, doc="lr of the puzzle embeddings (sign-SGD)")
     puzzle_emb_weight_decay: float = setting(0.1, ge=0, doc="weight decay of the puzzle embeddings")
     freeze_weights: bool = setting(False, doc="train the puzzle embeddings only")
@@ -165,7 +191,7 @@ class TrainConfig:
     max_minutes: float | None = setting(None, gt=0, doc="stop (and checkpoint) after this much training time")
     requeue_on_preempt: bool = setting(True, doc="under SLURM, a run stopped by SIGTERM/SIGUSR1 requeues its job (scontrol)")
 
-    device: str = setting("auto", doc="auto | cpu | cuda")
+    device: Device = setting(Device.auto, doc="auto: cuda when there is one")
     compile: bool = setting(False, doc="torch.compile the model")
     log_interval: int = setting(10, ge=1, doc="steps between log lines")
     progress_bar: bool = setting(True, doc="a tqdm progress bar (rank 0)")
@@ -174,23 +200,15 @@ class TrainConfig:
     callbacks: CallbacksConfig = setting(factory=CallbacksConfig)
 
     def validate(self) -> None:
-        check_ranges(self)  # every numeric key of the tree, the groups' included, in one line
+        check_ranges(self)  # every numeric key and string choice of the tree, the groups' included, in one line
         bad = []
         if self.resume not in ("none", "auto") and not self.resume:
             bad.append("resume=''")
-        if self.device not in ("auto", "cpu", "cuda"):
-            bad.append(f"device={self.device!r}")
-        if self.wandb.mode not in ("offline", "online", "disabled"):
-            bad.append(f"wandb.mode={self.wandb.mode!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            bad.append(f"lr_schedule={self.lr_schedule!r} (one of {', '.join(LR_SCHEDULES)})")
         if self.global_batch_size % self.grad_accum_steps:
             bad.append(f"grad_accum_steps={self.grad_accum_steps} (must divide global_batch_size {self.global_batch_size})")
-        if self.precision not in PRECISIONS:
-            bad.append(f"precision={self.precision!r} (one of {', '.join(PRECISIONS)})")
         if bad:
             raise ValueError(f"invalid config values: {', '.join(bad)}")
-        for group in (self.arch, self.data, self.loss, self.optimizer, self.eval, self.callbacks):
+        for group in (self.arch, self.data, self.loss, self.optimizer, self.eval):
             group.validate()
 
 
