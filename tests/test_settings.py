@@ -9,8 +9,16 @@ import sys
 import pytest
 import torch
 from conftest import ROOT
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 from train_helpers import compose_config
 
+import pipelines.diffusion
+import pipelines.iterative
+import pipelines.ttt  # noqa: F401  (the pipelines register their schemas on import)
+from utils.config.groups import register_configs
+from utils.config.help import DOCS_KEY_TABLE, docs_with_key_table
+from utils.config.resume import flatten
 from utils.errors import ConfigError
 from utils.schema import Choice, plain_dict
 
@@ -80,3 +88,24 @@ def test_every_choice_is_named_by_its_value():
     assert len(choices) >= 6
     for choice in choices:
         assert [m.name for m in choice] == list(choice.values()), choice
+
+
+# --- defaults: written once, in the dataclasses -------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "conf").glob("*.yaml")))
+def test_no_primary_config_repeats_a_default_of_its_schema(name):
+    """conf/<name>.yaml chooses the groups and sets what differs from its schema's defaults; a
+    value equal to the default is a second copy of it (conf/config.yaml held all 26 of TrainConfig's)."""
+    register_configs()
+    raw = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / f"{name}.yaml"))
+    schema = OmegaConf.get_type(ConfigStore.instance().load(f"{raw.pop('defaults')[0]}.yaml").node)
+    defaults = flatten(dataclasses.asdict(schema()))
+    repeated = [key for key, value in flatten(raw).items() if key in defaults and defaults[key] == value]
+    assert not repeated, f"conf/{name}.yaml repeats its schema's defaults: {repeated}"
+
+
+def test_the_key_table_of_docs_training_md_is_generated_from_the_schema():
+    """Regenerate with python -m utils.config.help (it rewrites the table in place)."""
+    text = DOCS_KEY_TABLE.read_text()
+    assert docs_with_key_table(text) == text, "docs/training.md's key table is stale: run python -m utils.config.help"

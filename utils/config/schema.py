@@ -86,7 +86,7 @@ class DataConfig:
 
 @dataclass
 class WandbConfig:
-    mode: WandbMode = setting(WandbMode.offline, doc="the WANDB_MODE variable wins when set")
+    mode: WandbMode = setting(WandbMode.offline, doc="online to sync; the WANDB_MODE variable wins when set")
     project: str | None = setting(None, doc="the wandb project (default: project_name)")
     entity: str | None = setting(None, doc="the wandb entity (team or user)")
 
@@ -118,7 +118,10 @@ class RestartsConfig:
     T_0: float = setting(10.0, gt=0, doc="epochs in the first cycle")
     T_mult: int = setting(1, ge=1, doc="each cycle this many times longer than the last")
     eta_min_ratio: float = setting(
-        0.0, ge=0, le=1, doc="the lr at the bottom of a cycle, as a fraction of each optimizer's lr"
+        0.0,
+        ge=0,
+        le=1,
+        doc="the lr at the bottom of a cycle, as a fraction of each optimizer's lr (dense and puzzle embedding alike)",
     )
 
 
@@ -126,9 +129,16 @@ class RestartsConfig:
 class CallbacksConfig:
     """Decisions taken at each evaluation, from one evaluation metric."""
 
-    monitor: str = setting("all/lm_loss", doc="the evaluation metric the callbacks watch (all/* or ARC/*)")
+    monitor: str = setting(
+        "all/lm_loss",
+        doc="the evaluation metric the callbacks watch (all/* or ARC/*; an Optuna sweep optimises its best value)",
+    )
     mode: MonitorMode = setting(MonitorMode.min, doc="which direction of the monitor is better")
-    keep_best: int = setting(0, ge=0, doc="also keep the k checkpoints with the best monitor value (besides the newest)")
+    keep_best: int = setting(
+        0,
+        ge=0,
+        doc="also keep the k checkpoints with the best monitor value (with max_checkpoints=1: exactly k best + the newest)",
+    )
     early_stopping_patience: int = setting(0, ge=0, doc="stop after this many evaluations without improvement (0: never)")
     min_delta: float = setting(0.0, ge=0, doc="an improvement must beat the best by more than this")
 
@@ -144,12 +154,17 @@ class TrainConfig:
 
     global_batch_size: int = setting(768, ge=1, doc="examples per step, over all ranks")
     grad_accum_steps: int = setting(
-        1, ge=1, doc="micro-batches per optimizer step (each global_batch_size / k examples); must divide global_batch_size"
+        1,
+        ge=1,
+        doc="micro-batches per optimizer step: each rank runs its share of the batch in k slices (each with its own "
+        "ACT carry) and steps once, the whole batch's update; must divide global_batch_size",
     )
     epochs: int = setting(100000, ge=1, doc="an epoch visits every task once, through one random variant")
-    eval_interval: int = setting(10000, ge=1, doc="epochs between evaluations (and checkpoints)")
+    eval_interval: int = setting(10000, ge=1, doc="epochs between evaluations (and checkpoints, with checkpoint_every_eval)")
     evaluate: bool = setting(
-        True, doc="false: no evaluation during or after training (a caller evaluates); one final checkpoint"
+        True,
+        doc="false: no evaluation during or after training, one checkpoint at the end "
+        "(run_iterative_training.py and ttt.py evaluate themselves)",
     )
     min_eval_interval: int = setting(0, ge=0, doc="no evaluation before this epoch")
     checkpoint_every_eval: bool = setting(True, doc="checkpoint at each evaluation")
@@ -158,16 +173,25 @@ class TrainConfig:
 
     lr_schedule: LRSchedule = setting(
         LRSchedule.cosine,
-        doc="cosine: warm-up, then cosine to lr_min_ratio (TRM); cosine_restarts: warm-up, then restarts.*",
+        doc="cosine: TRM's warm-up, then cosine to lr_min_ratio x lr; cosine_restarts: warm-up, then cycles of "
+        "restarts.T_0 epochs (x restarts.T_mult each) down to restarts.eta_min_ratio x lr",
     )
     lr_warmup_steps: int = setting(2000, ge=0, doc="steps of linear lr warm-up")
     lr_min_ratio: float = setting(1.0, ge=0, le=1, doc="the cosine ends at this fraction of the lr (1.0: constant)")
     restarts: RestartsConfig = setting(factory=RestartsConfig)
-    grad_clip_norm: float | None = setting(None, gt=0, doc="clip the dense gradients' global norm (null: no clipping)")
-    max_bad_steps: int = setting(
-        20, ge=0, doc="stop after this many steps in a row with a non-finite loss or gradient (each skipped); 0: never"
+    grad_clip_norm: float | None = setting(
+        None, gt=0, doc="clip the dense gradients' global norm, after fp16 unscaling (null: no clipping)"
     )
-    precision: Precision = setting(Precision.fp32, doc="bf16, fp16: autocast (fp16 with a GradScaler)")
+    max_bad_steps: int = setting(
+        20,
+        ge=0,
+        doc="stop after this many steps in a row with a non-finite loss or gradient (any micro-batch, any rank), "
+        "naming the checkpoint to resume from; each is skipped (no update, ACT carries restart) but counts as a step "
+        "and in train/skipped_steps; fp16 overflows are the GradScaler's, not counted; 0: never stop",
+    )
+    precision: Precision = setting(
+        Precision.fp32, doc="bf16 / fp16: autocast around forward + loss; fp16 adds a GradScaler (checkpointed)"
+    )
     puzzle_emb_lr: float = setting(1e-2, ge=0, doc="lr of the puzzle embeddings (sign-SGD)")
     puzzle_emb_weight_decay: float = setting(0.1, ge=0, doc="weight decay of the puzzle embeddings")
     freeze_weights: bool = setting(False, doc="train the puzzle embeddings only")
@@ -180,16 +204,24 @@ class TrainConfig:
     run_name: str | None = setting(
         None,
         doc="default: <arch>-<data>-<time>; name it to resume with resume=auto "
-        "(under -m each job's gains its swept overrides)",
+        "(under -m each job's name gains its swept values)",
     )
     checkpoint_path: str | None = setting(None, doc="the run folder (default: checkpoints/<project_name>/<run_name>)")
     resume: str = setting("none", doc="none | auto (the newest checkpoint in checkpoint_path) | a checkpoint folder")
-    init_from: str | None = setting(None, doc="weights only (ours or a TinyRecursiveModels checkpoint)")
+    init_from: str | None = setting(None, doc="weights only, from ours or a TinyRecursiveModels/HRM checkpoint")
     force_identifiers: bool = setting(False, doc="resume although the dataset's identifiers.json differs")
-    allow_config_change: bool = setting(False, doc="resume although training keys (lr, schedule, ...) changed")
+    allow_config_change: bool = setting(
+        False, doc="resume although training keys (lr, schedule, loss, ...) differ from the checkpoint's"
+    )
     max_steps: int | None = setting(None, ge=1, doc="stop early (the lr schedule keeps its full length)")
-    max_minutes: float | None = setting(None, gt=0, doc="stop (and checkpoint) after this much training time")
-    requeue_on_preempt: bool = setting(True, doc="under SLURM, a run stopped by SIGTERM/SIGUSR1 requeues its job (scontrol)")
+    max_minutes: float | None = setting(
+        None, gt=0, doc="stop (evaluate and checkpoint) after this much training time; rank 0's clock decides"
+    )
+    requeue_on_preempt: bool = setting(
+        True,
+        doc="under SLURM (SLURM_JOB_ID set), a run stopped by SIGTERM/SIGUSR1 has rank 0 run scontrol requeue "
+        "after its checkpoint (Preemption and SLURM)",
+    )
 
     device: Device = setting(Device.auto, doc="auto: cuda when there is one")
     compile: bool = setting(False, doc="torch.compile the model")
