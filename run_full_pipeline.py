@@ -6,7 +6,9 @@
     python run_full_pipeline.py diffusion_cpu --size-head-override epochs=3   # a key for the size-head stage only
 
 CONFIG and the flags become the pipeline's typed config (pipelines/diffusion.py, whose
-docstring lists the steps; the JSON keys are in docs/diffusion.md). The output directory:
+docstring lists the steps; the JSON keys are in docs/diffusion.md). Each flag is one of the
+pipeline's keys (``DiffusionOptions``, which holds its default and description): ``--eval-limit N``
+is ``pipeline.eval_limit``; ``--size-head-override`` appends to ``pipeline.size_head_overrides``. The output directory:
 ``--output-dir``, else the JSON's ``output.output_dir``, else ``checkpoint_path``, else
 ``checkpoints/<project_name>/<run_name>`` (``run_name`` defaulting to the experiment's name).
 Exit status: 0, 1 when a step failed, 2 for a configuration error.
@@ -15,13 +17,16 @@ Exit status: 0, 1 when a step failed, 2 for a configuration error.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+import typing
 
-from pipelines.diffusion import BEST_MODEL, BEST_SIZE_HEAD, DiffusionOptions, configure, error_line, run
+from pipelines.diffusion import DiffusionOptions, configure, error_line, run
 from pipelines.diffusion_legacy import make_plan
 from utils.errors import report_error
 from utils.logging import console_logging
+from utils.schema import key_doc
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -34,38 +39,45 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         nargs="*",
         help="Hydra overrides (key=value) for every step; python -m pipelines.diffusion --help lists the keys",
     )
-    parser.add_argument("--skip-training", action="store_true", help=f"use the existing {BEST_MODEL}")
-    parser.add_argument("--skip-size-head", action="store_true", help=f"use the existing {BEST_SIZE_HEAD}")
-    parser.add_argument("--skip-evaluation", action="store_true")
-    parser.add_argument("--eval-limit", type=int, default=5, help="evaluate the first N test tasks (default 5)")
-    parser.add_argument("--output-dir", help="default: the JSON's output.output_dir, else the run's checkpoint folder")
-    parser.add_argument(
-        "--size-head-override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a Hydra override for the size-head run only (repeatable)",
-    )
-    args = parser.parse_intermixed_args(argv)
-    if args.eval_limit < 1:
-        parser.error(f"--eval-limit must be >= 1, got {args.eval_limit}")
-    return args
+    add_option_flags(parser)
+    return parser.parse_intermixed_args(argv)
+
+
+def add_option_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag per pipeline key: type, default and description from DiffusionOptions. A flag left
+    out is absent from the parsed arguments (CONFIG's value, else the default, stands)."""
+    hints = typing.get_type_hints(DiffusionOptions)
+    for option in dataclasses.fields(DiffusionOptions):
+        kind = hints[option.name]
+        if type(None) in typing.get_args(kind):
+            kind = next(t for t in typing.get_args(kind) if t is not type(None))
+        default = option.default_factory() if option.default is dataclasses.MISSING else option.default
+        about = key_doc(option) + (f" (default {default})" if default not in (None, False, []) else "")
+        flag = "--" + option.name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=about)
+        elif typing.get_origin(kind) is list:  # one value a flag, repeatable: --size-head-override KEY=VALUE
+            flag = flag.removesuffix("s")
+            parser.add_argument(
+                flag,
+                dest=option.name,
+                action="append",
+                default=argparse.SUPPRESS,
+                metavar="KEY=VALUE",
+                help=f"{about} (repeatable)",
+            )
+        else:
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=about)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(DiffusionOptions) if hasattr(args, f.name)}
     with console_logging():
         try:
-            plan = make_plan(args.config, args.overrides, args.size_head_override)
-            options = DiffusionOptions(
-                output_dir=args.output_dir or plan.output_dir,
-                eval_limit=args.eval_limit,
-                skip_training=args.skip_training,
-                skip_size_head=args.skip_size_head,
-                skip_evaluation=args.skip_evaluation,
-                size_head_overrides=plan.size_head_overrides,
-                expect_canvas=plan.expect_canvas,
-            )
+            plan = make_plan(args.config, args.overrides)
+            size_head_overrides = [*plan.options.size_head_overrides, *flags.pop("size_head_overrides", [])]
+            options = dataclasses.replace(plan.options, **flags, size_head_overrides=size_head_overrides)
             config = configure(plan.overrides, options, plan.source, name=os.path.splitext(os.path.basename(args.config))[0])
         except Exception as e:  # noqa: BLE001 - config errors (Hydra's, ours, a missing dataset) end the run here
             return report_error(error_line(e))

@@ -86,16 +86,21 @@ class PipelineError(Exception):
 
 @dataclass
 class DiffusionOptions:
-    """The pipeline's own keys (``pipeline.<key>``)."""
+    """The pipeline's own keys (``pipeline.<key>``), written here only: run_full_pipeline.py's
+    flags are derived from them (``--eval-limit N`` is ``eval_limit``) and its old JSON configs
+    are read onto them (pipelines/diffusion_legacy.py)."""
 
-    output_dir: str | None = None  # default: checkpoint_path, else checkpoints/<project_name>/<run_name or experiment>
-    eval_limit: int = setting(5, ge=1)  # evaluate the first N test tasks
-    skip_training: bool = False  # use the existing best_model.pt
-    skip_size_head: bool = False  # use the existing best_size_head.pt
-    skip_evaluation: bool = False
-    size_head_overrides: list[str] = field(default_factory=list)  # Hydra overrides of the size-head run only
-    # the dataset's canvas side must be this (old JSON: model.max_size)
-    expect_canvas: int | None = setting(None, ge=1)
+    output_dir: str | None = setting(
+        None,
+        doc="default: the JSON config's output.output_dir, else checkpoint_path, "
+        "else checkpoints/<project_name>/<run_name or experiment>",
+    )
+    eval_limit: int = setting(5, ge=1, doc="evaluate the first N test tasks")
+    skip_training: bool = setting(False, doc=f"use the existing {BEST_MODEL}")
+    skip_size_head: bool = setting(False, doc=f"use the existing {BEST_SIZE_HEAD}")
+    skip_evaluation: bool = setting(False, doc="no evaluation")
+    size_head_overrides: list[str] = setting(factory=list, doc="Hydra overrides of the size-head run only")
+    expect_canvas: int | None = setting(None, ge=1, doc="the dataset's canvas side must be this (old JSON: model.max_size)")
 
     def validate(self) -> None:
         check_ranges(self, "pipeline.")
@@ -118,18 +123,18 @@ ConfigStore.instance().store(name="diffusion_pipeline_schema", node=DiffusionRun
 
 @dataclass
 class DiffusionPipelineConfig:
-    """What ``run`` takes: both runs composed, the output directory resolved."""
+    """What ``run`` takes: both runs composed, the pipeline's keys with the output directory resolved."""
 
     backbone: TrainConfig  # the backbone run (its checkpoint_path is set to <output_dir>/backbone)
     size_head: TrainConfig  # the size-head run before the pipeline sets train_part, init_from and its folder
-    output_dir: str
-    eval_limit: int = 5
-    skip_training: bool = False
-    skip_size_head: bool = False
-    skip_evaluation: bool = False
+    options: DiffusionOptions  # output_dir set
     source: str = "command line"  # what the config came from (logged, and kept in the evaluation JSON)
     overrides: list[str] = field(default_factory=list)  # the command line's overrides (kept in the evaluation JSON)
-    size_head_overrides: list[str] = field(default_factory=list)  # (logged)
+
+    @property
+    def output_dir(self) -> str:
+        assert self.options.output_dir is not None
+        return self.options.output_dir
 
 
 def configure(
@@ -171,18 +176,7 @@ def configure(
         or backbone.checkpoint_path
         or os.path.join("checkpoints", backbone.project_name, backbone.run_name or name)
     )
-    return DiffusionPipelineConfig(
-        backbone,
-        size_head,
-        out,
-        options.eval_limit,
-        options.skip_training,
-        options.skip_size_head,
-        options.skip_evaluation,
-        source,
-        list(overrides),
-        list(options.size_head_overrides),
-    )
+    return DiffusionPipelineConfig(backbone, size_head, replace(options, output_dir=out), source, list(overrides))
 
 
 def dataset_canvas(config: TrainConfig) -> int:
@@ -448,7 +442,9 @@ def step_evaluation(config: DiffusionPipelineConfig, env: DistEnv) -> str:
     while os.path.exists(os.path.join(config.output_dir, name + ".json")):
         name, n = f"evaluation_{stamp}-{n}", n + 1
     folder = os.path.join(config.output_dir, name)
-    eval_config = replace(config.backbone, eval=replace(config.backbone.eval, limit=config.eval_limit, output_dir=folder))
+    eval_config = replace(
+        config.backbone, eval=replace(config.backbone.eval, limit=config.options.eval_limit, output_dir=folder)
+    )
     model_path = os.path.join(config.output_dir, BEST_MODEL)
     result = evaluate_checkpoint(eval_config, Checkpoint(model_path, weights), env)
     if not env.is_main:
@@ -467,7 +463,7 @@ def step_evaluation(config: DiffusionPipelineConfig, env: DistEnv) -> str:
         "size_head": head_note,
         "dataset": test_path,
         "split": "test",
-        "task_limit": config.eval_limit,
+        "task_limit": config.options.eval_limit,
         "scoring": SCORING,
         "ranking": eval_config.eval.ranking,
         "views_per_input": metrics.get("ARC/views_per_input"),
@@ -506,8 +502,8 @@ def run(config: DiffusionPipelineConfig, env: DistEnv | None = None) -> int:
     """Runs the steps in order; returns the number that failed or could not run."""
     out = config.output_dir
     log.info("pipeline: %s\noutput directory: %s\noverrides: %s", config.source, out, " ".join(config.overrides))
-    if config.size_head_overrides:
-        log.info("size-head overrides: %s", " ".join(config.size_head_overrides))
+    if config.options.size_head_overrides:
+        log.info("size-head overrides: %s", " ".join(config.options.size_head_overrides))
     os.makedirs(out, exist_ok=True)
     own_env = env is None
     env = env or init_distributed(config.backbone.device)
@@ -519,7 +515,8 @@ def run(config: DiffusionPipelineConfig, env: DistEnv | None = None) -> int:
 
 
 def run_steps(config: DiffusionPipelineConfig, env: DistEnv) -> int:
-    skip = {"training": config.skip_training, "size_head": config.skip_size_head, "evaluation": config.skip_evaluation}
+    options = config.options
+    skip = {"training": options.skip_training, "size_head": options.skip_size_head, "evaluation": options.skip_evaluation}
     out = config.output_dir
     failed: dict[str, str] = {}
     for i, (key, title, fn, artifact, needs) in enumerate(STEPS):

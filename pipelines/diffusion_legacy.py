@@ -1,7 +1,8 @@
 """The old diffusion pipeline's JSON config, translated once into the pipeline's typed config
 (docs/diffusion.md has the key table): ``make_plan`` reads run_full_pipeline.py's CONFIG (a
-Hydra experiment name or a JSON file) into Hydra overrides of the backbone run and of the
-size-head run, which ``pipelines.diffusion.configure`` composes."""
+Hydra experiment name or a JSON file) into Hydra overrides of the backbone run and the
+pipeline's keys (``DiffusionOptions``: the size-head run's overrides, the output directory,
+the expected canvas), which ``pipelines.diffusion.configure`` composes."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.diffusion import PipelineError
+from pipelines.diffusion import DiffusionOptions, PipelineError
 from utils.config.groups import CONF_DIR
 
 
@@ -19,9 +20,7 @@ from utils.config.groups import CONF_DIR
 class Plan:
     source: str  # what CONFIG was, for the log and the evaluation JSON
     overrides: list[str]  # the backbone run and the evaluation
-    size_head_overrides: list[str] = field(default_factory=list)  # the size-head run only (after the above)
-    output_dir: str | None = None
-    expect_canvas: int | None = None  # the JSON's model.max_size, checked against the dataset
+    options: DiffusionOptions = field(default_factory=DiffusionOptions)  # the JSON's output, size_head and max_size
 
 
 def _flag(value: Any) -> bool:
@@ -127,7 +126,7 @@ def plan_from_json(path: str, extra: list[str]) -> Plan:
             raise PipelineError(f"{path}: the section {section!r} is required (an object)")
     base = [f"experiment={raw['experiment']}"] if raw.get("experiment") else ["arch=diffusion", "loss=diffusion"]
     main_ov, head_ov = list(base), []
-    plan = Plan(source=f"JSON config {path}", overrides=main_ov, size_head_overrides=head_ov)
+    plan = Plan(source=f"JSON config {path}", overrides=main_ov, options=DiffusionOptions(size_head_overrides=head_ov))
     for section, table in JSON_KEYS.items():
         values = raw.get(section, {})
         if not isinstance(values, dict):
@@ -148,10 +147,10 @@ def plan_from_json(path: str, extra: list[str]) -> Plan:
         raise PipelineError(
             f"{path}: model.vocab_size={model['vocab_size']}: the vocabulary is the dataset's (accepted: {OLD_VOCAB_SIZES})"
         )
-    plan.expect_canvas = model.get("max_size")
+    plan.options.expect_canvas = model.get("max_size")
     if not output.get("output_dir"):
         raise PipelineError(f"{path}: output.output_dir is required")
-    plan.output_dir = str(output["output_dir"])
+    plan.options.output_dir = str(output["output_dir"])
     name = "-".join(str(raw[k]) for k in ("model_version", "tag") if raw.get(k))
     if name:
         main_ov.append(f"run_name={json.dumps(name)}")
@@ -163,14 +162,11 @@ def plan_from_json(path: str, extra: list[str]) -> Plan:
     return plan
 
 
-def make_plan(config: str, extra: list[str], size_head_extra: list[str]) -> Plan:
+def make_plan(config: str, extra: list[str]) -> Plan:
     if config.endswith(".json"):
-        plan = plan_from_json(config, extra)
-    else:
-        if not os.path.isfile(os.path.join(CONF_DIR, "experiment", f"{config}.yaml")):
-            raise PipelineError(
-                f"CONFIG={config!r} is neither a JSON file nor a Hydra experiment (conf/experiment/{config}.yaml)"
-            )
-        plan = Plan(source=f"experiment {config}", overrides=[f"experiment={config}", *extra])
-    plan.size_head_overrides.extend(size_head_extra)
-    return plan
+        return plan_from_json(config, extra)
+    if not os.path.isfile(os.path.join(CONF_DIR, "experiment", f"{config}.yaml")):
+        raise PipelineError(
+            f"CONFIG={config!r} is neither a JSON file nor a Hydra experiment (conf/experiment/{config}.yaml)"
+        )
+    return Plan(source=f"experiment {config}", overrides=[f"experiment={config}", *extra])

@@ -423,7 +423,7 @@ def test_json_config_maps_old_keys(pipeline, tmp_path, capsys):
     cfg["overrides"] = ["progress_bar=false", "arch.num_samples=2"]
     path = tmp_path / "old.json"
     path.write_text(json.dumps(cfg))
-    plan = run_full_pipeline.make_plan(str(path), [], [])
+    plan = run_full_pipeline.make_plan(str(path), [])
     assert {
         "arch.hidden_size=64",
         "optimizer.lr=0.003",
@@ -433,7 +433,7 @@ def test_json_config_maps_old_keys(pipeline, tmp_path, capsys):
         "global_batch_size=8",
         'wandb.mode="disabled"',
     } <= set(plan.overrides)
-    assert plan.size_head_overrides == ["epochs=5", "optimizer.lr=0.001"] and plan.output_dir == str(out)
+    assert plan.options.size_head_overrides == ["epochs=5", "optimizer.lr=0.001"] and plan.options.output_dir == str(out)
     # Evaluation only, on the artifacts the pipeline fixture trained with the same architecture.
     before = len(evaluations(out))
     assert run_full_pipeline.main([str(path), "--skip-training", "--skip-size-head", "--eval-limit", "1"]) == 0

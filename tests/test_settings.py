@@ -109,3 +109,36 @@ def test_the_key_table_of_docs_training_md_is_generated_from_the_schema():
     """Regenerate with python -m utils.config.help (it rewrites the table in place)."""
     text = DOCS_KEY_TABLE.read_text()
     assert docs_with_key_table(text) == text, "docs/training.md's key table is stale: run python -m utils.config.help"
+
+
+# --- the diffusion pipeline's keys: one dataclass, the flags derived ------------------------
+
+
+def test_run_full_pipeline_has_a_flag_per_pipeline_key_with_the_dataclass_default_and_description():
+    import run_full_pipeline
+    from pipelines.diffusion import DiffusionOptions
+    from utils.schema import key_doc
+
+    result = subprocess.run(
+        [sys.executable, "run_full_pipeline.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    parsed = run_full_pipeline.parse_args(["diffusion_cpu"])
+    for option in dataclasses.fields(DiffusionOptions):
+        assert not hasattr(parsed, option.name)  # left out: the CONFIG's value, else the dataclass default, stands
+        flag = "--" + option.name.replace("_", "-").removesuffix("s")
+        assert flag in text and key_doc(option) in text, f"no {flag} with its description in --help"
+    assert "evaluate the first N test tasks (default 5)" in text
+
+
+def test_a_pipeline_value_out_of_range_is_one_line_naming_the_key(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run_full_pipeline.py"), "diffusion_cpu", "--eval-limit", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr == "error: invalid config values: pipeline.eval_limit=0 (must be >= 1)\n"
