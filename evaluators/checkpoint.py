@@ -2,7 +2,7 @@
 
 - ``load_checkpoint``: a checkpoint folder, a run folder (its newest complete checkpoint), an
   export (``export_safetensors``: a folder or its ``model.safetensors``) or a
-  TinyRecursiveModels/HRM state-dict file, never running code from it (utils/checkpoint.py);
+  TinyRecursiveModels/HRM state-dict file, never running code from it (utils/checkpoint/load.py);
 - ``export_safetensors``: the evaluation weights (EMA applied) as ``model.safetensors`` with
   the resolved config, which every loader takes back;
 - ``checkpoint_config``: a folder's saved config with the command line's overrides on top;
@@ -68,7 +68,7 @@ def load_checkpoint(path: str) -> Checkpoint:
     folder (its newest complete checkpoint: damaged ones are skipped with a warning), an
     export (a folder with ``model.safetensors``, or that file) or a TinyRecursiveModels/HRM
     file; FileNotFoundError naming ``path`` when it is none of them. Nothing in the files is
-    run (utils/checkpoint.py: load_file)."""
+    run (utils/checkpoint/load.py: load_file)."""
     path = os.fspath(path)
     if os.path.isdir(path) and not any(
         os.path.isfile(os.path.join(path, f)) for f in (ckpt.STATE_FILE, ckpt.EXPORT_WEIGHTS)

@@ -4,6 +4,7 @@ folder is refused (a killed one does not block), loading never runs code, and th
 safetensors export loads everywhere with the same predictions."""
 
 import errno
+import fcntl
 import logging
 import os
 import shutil
@@ -25,6 +26,7 @@ from models.base import DataShape
 from training import loop
 from training.state import load_init_weights
 from utils import checkpoint as ckpt
+from utils.checkpoint import write as checkpoint_write
 from utils.distributed import DistEnv
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -190,13 +192,13 @@ def test_a_failed_write_anywhere_leaves_nothing_half_written(tmp_path, monkeypat
         def full(*args, **kwargs):
             raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
 
-        monkeypatch.setattr(ckpt, "write_manifest", full)
+        monkeypatch.setattr(checkpoint_write, "write_manifest", full)  # where save_checkpoint looks it up
     else:  # NFS reports a full server at fsync/close
 
         def fsync(fd):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-        monkeypatch.setattr(ckpt.os, "fsync", fsync)
+        monkeypatch.setattr(os, "fsync", fsync)
     with pytest.raises(
         ckpt.CheckpointWriteError, match=f"disk is full.*newest intact checkpoint is {step_dir(tmp_path, 1)}"
     ):
@@ -291,7 +293,7 @@ def test_without_flock_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
     def no_flock(fd, op):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
-    monkeypatch.setattr(ckpt.fcntl, "flock", no_flock)
+    monkeypatch.setattr(fcntl, "flock", no_flock)
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -3,6 +3,7 @@ metrics.jsonl (train and test), curves.png and config.yaml; a resume keeps each 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -61,7 +62,7 @@ def test_resume_keeps_each_logged_step_once(tiny_data, tmp_path):
     loop.train(compose_config(common + ["max_steps=5"]), CPU)
     for step, path in ckpt.list_checkpoints(str(run)):
         if step > 2:  # as if killed after logging step 5 but before any checkpoint past step 2
-            ckpt.shutil.rmtree(path)
+            shutil.rmtree(path)
     loop.train(compose_config(common + ["max_steps=6"]), CPU)
     assert [r["step"] for r in records(run)] == [1, 2, 3, 4, 5, 6]
 

@@ -1,6 +1,6 @@
 """When and where the trainer writes checkpoints: every ``checkpoint_interval_steps`` steps, at
 evaluations (``checkpoint_every_eval``, early stopping, the monitor's score for keep_best) and
-once at the end of every run, however it stopped. The files themselves: utils/checkpoint.py."""
+once at the end of every run, however it stopped. The files themselves: utils/checkpoint/."""
 
 from __future__ import annotations
 

@@ -123,7 +123,7 @@ class TrainState:
         ckpt.set_rng_state(own["rng"])
 
     def save(self, root: str, env: DistEnv, score: float | None = None) -> str:
-        """Write ``root/step_<N>/`` atomically and prune old checkpoints (utils/checkpoint.py)."""
+        """Write ``root/step_<N>/`` atomically and prune old checkpoints (utils/checkpoint/write.py)."""
         callbacks = self.config.callbacks
         return ckpt.save_checkpoint(
             root,
@@ -215,7 +215,7 @@ def load_init_weights(model: ARCModel, path: str, identifiers: list[str], env: D
     """``init_from``: weights only (ours, EMA applied, or a TRM/HRM file), puzzle rows
     matched to this dataset's identifiers (models/convert.py: fit_weights). ``path``: a
     checkpoint folder or its state.pt, an export (folder or ``.safetensors``) or a TRM/HRM
-    file, loaded without running code (utils/checkpoint.py: load_weights)."""
+    file, loaded without running code (utils/checkpoint/load.py: load_weights)."""
     source = ckpt.load_weights(path)
     weights, notes = fit_weights(
         source["model"],
