@@ -62,16 +62,25 @@ from training import loop
 from utils import checkpoint as ckpt
 from utils.config.compose import check_command_line, load_config
 from utils.config.groups import CONF_DIR, register_configs
-from utils.config.schema import TrainConfig
+from utils.config.schema import MonitorMode, TrainConfig
 from utils.distributed import DistEnv, cleanup_distributed, init_distributed
 from utils.errors import ConfigError, exit_with_error
 from utils.io import write_json_atomic
 from utils.logging import init_wandb
 from utils.monitor import Monitor
-from utils.schema import check_ranges, setting
+from utils.schema import Choice, check_ranges, setting
 
 log = logging.getLogger("pipelines.iterative")
-STRATEGIES = ("uniform", "accuracy_weighted", "loss_weighted")
+
+
+class SamplingStrategy(Choice):
+    """How a generation context is picked: every task alike, or unsolved / high-loss tasks more often."""
+
+    uniform = "uniform"
+    accuracy_weighted = "accuracy_weighted"
+    loss_weighted = "loss_weighted"
+
+
 OBJECTIVES = (
     "eval/mean_accuracy",
     "heldout/mean_accuracy",
@@ -94,9 +103,9 @@ class IterativeConfig:
     eval_subset: str = "evaluation"
     skip_eval_tasks: bool = False
     val_frac: float = setting(0.1, ge=0, lt=1)
-    sampling_strategy: str = "uniform"
+    sampling_strategy: SamplingStrategy = SamplingStrategy.uniform
     objective: str = "eval/mean_accuracy"
-    objective_type: str = "max"  # max | min
+    objective_type: MonitorMode = MonitorMode.max
     initial_dataset_size: int | None = setting(None, ge=1)  # a seeded sample of the initial tasks (debugging)
     num_aug: int = setting(8, ge=0)  # augmented variants per task in each episode's dataset
     max_grid_size: int = setting(30, ge=2, le=30)  # canvas side; larger tasks are left out, generated tasks fit inside
@@ -105,15 +114,10 @@ class IterativeConfig:
 
     def validate(self) -> None:
         check_ranges(self, "iterative.")
-        bad = []
-        if self.sampling_strategy not in STRATEGIES:
-            bad.append(f"iterative.sampling_strategy={self.sampling_strategy!r} (one of {', '.join(STRATEGIES)})")
-        if self.objective not in OBJECTIVES:
-            bad.append(f"iterative.objective={self.objective!r} (one of {', '.join(OBJECTIVES)})")
-        if self.objective_type not in ("max", "min"):
-            bad.append(f"iterative.objective_type={self.objective_type!r} (max or min)")
-        if bad:
-            raise ValueError(f"invalid config values: {', '.join(bad)}")
+        if self.objective not in OBJECTIVES:  # metric names, not identifiers: no Choice
+            raise ValueError(
+                f"invalid config values: iterative.objective={self.objective!r} (one of {', '.join(OBJECTIVES)})"
+            )
 
 
 @dataclass
@@ -169,7 +173,7 @@ def sampling_weights(strategy: str, task_ids: list[str], accuracy: dict[str, flo
     elif strategy == "loss_weighted":
         raw = {t: loss[t] for t in task_ids if t in loss}
     else:
-        raise ValueError(f"sampling_strategy={strategy!r}: one of {', '.join(STRATEGIES)}")
+        raise ValueError(f"sampling_strategy={strategy!r}: one of {', '.join(SamplingStrategy.values())}")
     mean = float(np.mean(list(raw.values()))) if raw else 1.0
     # A small floor keeps every task reachable (a fully solved pool would otherwise divide by 0).
     w = np.array([raw.get(t, mean) for t in task_ids], dtype=np.float64) + 1e-3

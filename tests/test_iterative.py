@@ -6,9 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-from train_helpers import CONF_DIR, flip_tasks
+from train_helpers import compose_config, flip_tasks
 
 from pipelines import iterative as it
 from utils.distributed import DistEnv
@@ -19,11 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny-model training:
 
 
 def compose_iterative(overrides: list[str]) -> it.IterativeRunConfig:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="iterative", overrides=overrides)
-    config = OmegaConf.to_object(cfg)
-    config.validate()
-    return config
+    """What run_iterative_training.py runs (its command line composes the same way)."""
+    return compose_config(overrides, "iterative")
 
 
 def test_sampling_weights_by_hand():

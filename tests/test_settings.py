@@ -55,6 +55,11 @@ CHOICES = {
     "eval.ranking": "vote, count, noisy_or",
     "callbacks.mode": "min, max",
 }
+PIPELINE_CHOICES = {
+    ("ttt", "ttt.mode"): "embeddings, embeddings_then_all, all",
+    ("iterative", "iterative.sampling_strategy"): "uniform, accuracy_weighted, loss_weighted",
+    ("iterative", "iterative.objective_type"): "min, max",
+}
 
 
 @pytest.mark.parametrize("key", CHOICES)
@@ -69,6 +74,13 @@ def test_a_string_choice_outside_its_values_is_one_line_naming_the_key_and_the_v
     with pytest.raises(ValueError) as validated:
         config.validate()
     assert str(validated.value) == expected
+
+
+@pytest.mark.parametrize("config_name,key", PIPELINE_CHOICES)
+def test_a_pipeline_choice_outside_its_values_is_the_same_line(config_name, key):
+    with pytest.raises(ConfigError) as composed:
+        compose_config([f"{key}=bogus"], config_name)
+    assert str(composed.value) == f"invalid config values: {key}='bogus' (one of {PIPELINE_CHOICES[config_name, key]})"
 
 
 def test_a_choice_is_its_string_everywhere_a_config_goes(tmp_path):
