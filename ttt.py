@@ -9,17 +9,17 @@ demonstration pairs, then answer its test inputs (the ARC Prize's Kaggle setting
     python ttt.py --help                    # every key, with its default
 
 ``checkpoint=``, ``tasks=`` (anything dataset.build_arc_dataset's --input-file-prefix accepts),
-``subset=`` and ``ttt.<key>=`` configure the adaptation (pipelines.ttt.TTTConfig); every other
+``subset=`` and ``ttt.<key>=`` configure the adaptation (pipelines.test_time_training.TTTConfig); every other
 ``key=value`` overrides the checkpoint's run config as for pretrain.py. Writes
 submission.json, metrics.json and report.png to ttt.output_dir. Under torchrun the ranks
 answer chunks in parallel and rank 0 merges. Malformed tasks, failed chunks and ranks that
 never report get the fallback answer and a listed reason. See docs/ttt.md; the pipeline is
-pipelines/ttt.py.
+pipelines/test_time_training.py.
 """
 
 import sys
 
-from pipelines.ttt import main
+from pipelines.test_time_training import main
 
 if __name__ == "__main__":
     sys.exit(main())

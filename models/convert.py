@@ -16,7 +16,7 @@ submodule names under ``inner.``:
 | inner.H_init, inner.L_init                            | same                               |
 
 ``extend_puzzle_embeddings`` grows the table for tasks the checkpoint never saw (test-time
-training, pipelines/ttt.py). ``fit_weights`` is the one rule every loader follows: a checkpoint's
+training, pipelines/test_time_training.py). ``fit_weights`` is the one rule every loader follows: a checkpoint's
 EMA applied, keys converted, and each puzzle-embedding row matched to its task by identifier.
 Both take the table's state-dict key from the model family (``ARCModel.puzzle_table_key``,
 or ``models.puzzle_table_key(arch_config)``), so every family with a table is resized alike.

@@ -2,7 +2,7 @@
 config (a dataclass registered in Hydra's ConfigStore, so an unknown key is an error), a
 ``run(config)`` and a command-line entry with one-line ``error:`` handling:
 
-- ``pipelines.ttt``: test-time training on unseen tasks (``ttt.py``; docs/ttt.md);
+- ``pipelines.test_time_training``: test-time training on unseen tasks (``ttt.py``; docs/ttt.md);
 - ``pipelines.diffusion``: diffusion backbone -> size head -> evaluation
   (``run_full_pipeline.py``; docs/diffusion.md);
 - ``pipelines.iterative``: train -> evaluate -> generate tasks -> retrain

@@ -53,7 +53,7 @@ from dataset.generator import generate_tasks
 from dataset.puzzle_dataset import PuzzleDataset
 from dataset.sources import TaskFormatError, load_subset
 from evaluators.arc import ARCVoter
-from evaluators.checkpoint import load_checkpoint, load_eval_model
+from evaluators.from_checkpoint import load_checkpoint, load_eval_model
 from evaluators.loop import evaluate_examples
 from evaluators.submission import score_submission
 from losses import build_loss

@@ -467,7 +467,7 @@ def test_evaluating_on_canvases_the_checkpoint_never_trained_on_is_warned(datase
     """A canvas-12 checkpoint on the bucketed build of the same tasks: buckets 4 and 8 show
     the model fewer PAD cells, so it computes another function (docs/data.md measures the
     cost). evaluate.py says so; on its own build it says nothing."""
-    from evaluators.checkpoint import evaluate_checkpoint, load_checkpoint
+    from evaluators.from_checkpoint import evaluate_checkpoint, load_checkpoint
     from training import loop
 
     canvas12, bucketed = datasets

@@ -20,7 +20,7 @@ from train_helpers import build_tiny_dataset, compose_config, error_lines, read_
 import evaluate
 import pretrain
 from dataset.puzzle_dataset import PuzzleDataset
-from evaluators.checkpoint import load_checkpoint
+from evaluators.from_checkpoint import load_checkpoint
 from models import build_model
 from models.base import DataShape
 from training import loop

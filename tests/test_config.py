@@ -23,7 +23,7 @@ from train_helpers import (
 
 import pipelines.diffusion
 import pipelines.iterative
-import pipelines.ttt  # noqa: F401  (the pipelines register their schemas on import)
+import pipelines.test_time_training  # noqa: F401  (the pipelines register their schemas on import)
 from losses import LOSSES, build_loss
 from models import MODELS, build_model
 from models.base import DataShape

@@ -15,7 +15,7 @@ from train_helpers import compose_config
 
 import pipelines.diffusion
 import pipelines.iterative
-import pipelines.ttt  # noqa: F401  (the pipelines register their schemas on import)
+import pipelines.test_time_training  # noqa: F401  (the pipelines register their schemas on import)
 from utils.config.groups import register_configs
 from utils.config.help import DOCS_KEY_TABLE, docs_with_key_table
 from utils.config.resume import flatten

@@ -15,7 +15,7 @@ import ttt
 from dataset.build_arc_dataset import main as build_main
 from evaluators.validate_submission import validate
 from models.convert import PUZZLE_EMB_KEY, extend_puzzle_embeddings
-from pipelines import ttt as adapt
+from pipelines import test_time_training as adapt
 from utils import checkpoint as ckpt
 
 COLOURS = (2, 4, 6, 8)

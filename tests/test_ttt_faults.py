@@ -25,7 +25,7 @@ from evaluators.submission import fallback_answer
 from evaluators.validate_submission import load_tasks as validator_tasks
 from evaluators.validate_submission import main as validate_main
 from evaluators.validate_submission import validate
-from pipelines import ttt as adapt
+from pipelines import test_time_training as adapt
 from utils.distributed import DistEnv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -437,7 +437,7 @@ def test_torchrun_ranks_answer_chunks_in_parallel(pretrained, tmp_path):
 
 CRASHING_RANK = """
 import os, sys, time
-from pipelines import ttt as adapt
+from pipelines import test_time_training as adapt
 
 real = adapt.adapt_chunk
 

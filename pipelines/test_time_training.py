@@ -13,7 +13,7 @@ new task needs new rows trained on its demonstration pairs. Per chunk of tasks:
    bitwise, new rows ``mean`` or ``zeros``;
 3. fine-tune with training.loop.train: the embeddings only (trunk frozen), then optionally all
    weights, within a budget of steps and/or minutes; no evaluation meanwhile;
-4. ``evaluators.checkpoint.evaluate_checkpoint``: vote over the augmented views and write the
+4. ``evaluators.from_checkpoint.evaluate_checkpoint``: vote over the augmented views and write the
    chunk's submission.
 
 Every chunk restarts from the original checkpoint, so chunks are independent: under
@@ -56,7 +56,7 @@ from dataset.build_arc_dataset import BuildConfig, build
 from dataset.common import ARC_MAX_GRID_SIZE, PuzzleDatasetMetadata
 from dataset.sources import BadTask, Task, load_subset
 from evaluators.arc import write_submission
-from evaluators.checkpoint import Checkpoint, checkpoint_config, evaluate_checkpoint, load_checkpoint
+from evaluators.from_checkpoint import Checkpoint, checkpoint_config, evaluate_checkpoint, load_checkpoint
 from evaluators.report import render_report
 from evaluators.submission import fallback_answer, score_submission
 from evaluators.validate_submission import validate
@@ -73,7 +73,7 @@ from utils.io import write_json_atomic
 from utils.logging import console_logging
 from utils.schema import Choice, check_ranges, setting
 
-log = logging.getLogger("pipelines.ttt")
+log = logging.getLogger("pipelines.test_time_training")
 
 CONFIG_NAME = "ttt"  # conf/ttt.yaml
 BARE_KEYS = ("checkpoint", "tasks", "subset")  # given without the ttt. prefix
