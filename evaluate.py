@@ -15,7 +15,7 @@ choosing another option of a group, e.g. ``data=arc2``, replaces that group). A 
 is read as a TinyRecursiveModels/HRM state dict; then the arch and data come from the
 command line. Outputs go to ``eval.output_dir``, default
 ``<checkpoint>/evaluate/<dataset folder name>/``. The evaluation itself lives in
-evaluators/from_checkpoint.py.
+pipelines/evaluate_checkpoint.py.
 
 ``export=safetensors`` evaluates nothing: it writes the checkpoint's evaluation weights (EMA
 applied) as ``model.safetensors`` with the resolved config (``config.json``), the puzzle
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import sys
 
-from evaluators.from_checkpoint import (
+from pipelines.evaluate_checkpoint import (
     Checkpoint,
     checkpoint_config,
     evaluate_checkpoint,

@@ -18,7 +18,7 @@ Rows (``id``: what it measures; GPU sizes, ``--cpu`` sizes in brackets):
   then the model's own ``Attention`` layer (models/layers.py) on its flash path against its
   SDPA path. FAIL when flash's error exceeds twice SDPA's plus 2^-8. SDPA against fp32 is
   always measured, so ``--cpu`` runs that part [batch 4, seq 116, 2 heads x 32].
-- ``adam_atan2``: the CUDA ``adam_atan2.AdamATan2`` against utils/optimizers.py's
+- ``adam_atan2``: the CUDA ``adam_atan2.AdamATan2`` against training/optimizers.py's
   ``AdamATan2``, 20 steps on the same fp32 parameters and gradients: max |param difference|;
   also ours against the update written out per element (always). FAIL above 1e-5 (lr 1e-3).
 - ``compile``: ``train_step`` eager against ``compile=true`` at the paper config: ms/step of
@@ -360,7 +360,7 @@ def model_attention_diff(device: torch.device) -> str:
 
 
 class FormulaAdamATan2(torch.optim.Optimizer):
-    """The Adam-atan2 update written out per tensor (utils/optimizers.py's docstring)."""
+    """The Adam-atan2 update written out per tensor (training/optimizers.py's docstring)."""
 
     def __init__(self, params, lr: float, betas: tuple[float, float], weight_decay: float):
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
@@ -393,7 +393,7 @@ def run_optimizer(make, params0: list[torch.Tensor], grads: list[list[torch.Tens
 
 
 def check_adam_atan2(ctx: Context) -> str:
-    from utils.optimizers import AdamATan2
+    from training.optimizers import AdamATan2
 
     device = ctx.profile.device
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -411,7 +411,7 @@ def check_adam_atan2(ctx: Context) -> str:
     moved = max((a - p).abs().max().item() for a, p in zip(ours, params0))
     text = f"ours vs the per-element formula {diff_formula:.1e}; params moved up to {moved:.1e} (20 steps, lr 1e-3)"
     if not diff_formula <= 1e-5:
-        raise AssertionError(f"utils/optimizers.py AdamATan2 departs from its formula: {text}")
+        raise AssertionError(f"training/optimizers.py AdamATan2 departs from its formula: {text}")
     if not ctx.cuda:
         raise Skipped(f"skipped (no CUDA): the adam_atan2 package is a CUDA kernel; {text}")
     try:
@@ -801,7 +801,7 @@ CHECKS: dict[str, Callable[[Context], str]] = {
 RUN_ORDER = ("attention", "adam_atan2", "canvas30", "buckets", "process_group", "torchrun", "efe_lm", "compile")
 TITLES: dict[str, Callable[[Context], str]] = {
     "attention": lambda c: "flash-attn vs SDPA, bf16 (B{}, seq {}, {} heads x {})".format(*c.profile.attention),
-    "adam_atan2": lambda c: "adam_atan2 (CUDA) vs utils/optimizers.py AdamATan2, 20 steps",
+    "adam_atan2": lambda c: "adam_atan2 (CUDA) vs training/optimizers.py AdamATan2, 20 steps",
     "compile": lambda c: f"train_step eager vs torch.compile ({' '.join(c.profile.arch)}, canvas {c.profile.canvas})",
     "canvas30": lambda c: f"throughput, canvas {c.profile.canvas} (seq {c.profile.canvas**2})",
     "buckets": lambda c: (

@@ -1,7 +1,7 @@
 """Evaluation, in one place: voting over augmented predictions and ARC metrics
 (``evaluators.arc``), the evaluation loop that pretrain.py's periodic evaluation, evaluate.py
 and every pipeline run (``evaluators.loop``), loading and evaluating a checkpoint
-(``evaluators.from_checkpoint``), submissions: the fallback answer and pass@k from a submission
+(``pipelines.evaluate_checkpoint``), submissions: the fallback answer and pass@k from a submission
 (``evaluators.submission``), the report image (``evaluators.report``) and the submission
 checker (``evaluators.validate_submission``, also a CLI).
 

@@ -3,7 +3,7 @@
 A table of ``num_puzzle_identifiers`` rows would make a dense optimizer touch (and keep
 Adam moments for) every row each step. As in TinyRecursiveModels, the table is a buffer
 (``weights``) and each training forward copies the batch's rows into ``local_weights``,
-the only tensor that receives a gradient; ``SparseSignSGD`` (utils/optimizers.py) then
+the only tensor that receives a gradient; ``SparseSignSGD`` (training/optimizers.py) then
 applies sign-SGD to the touched rows, summing duplicate ids across DDP ranks. Being
 buffers, none of this is synchronised by DDP's gradient all-reduce (DDP must run with
 ``broadcast_buffers=False`` so ranks keep their own local rows).

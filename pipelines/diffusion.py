@@ -15,7 +15,7 @@ do not run; ``run`` returns the number of failed steps, the command's exit statu
 2. Size head: ``training.loop.train`` with ``arch.train_part=size_head`` and ``init_from`` the
    backbone (only the head trains; checkpoints in ``<output>/size_head``, replaced each run)
    -> ``best_size_head.pt`` (the head's weights).
-3. Evaluation: ``evaluators.from_checkpoint.evaluate_checkpoint`` on the first ``eval_limit`` test
+3. Evaluation: ``pipelines.evaluate_checkpoint.evaluate_checkpoint`` on the first ``eval_limit`` test
    tasks -> ``evaluation_<timestamp>.json`` (pass@k with the split, scoring convention, views
    and per-task results) and ``evaluation_<timestamp>/`` (metrics.json, submission.json,
    report.png).
@@ -48,8 +48,8 @@ import torch
 from hydra.core.config_store import ConfigStore
 
 from dataset.common import IGNORE_LABEL_ID, PuzzleDatasetMetadata
-from evaluators.from_checkpoint import Checkpoint, evaluate_checkpoint, load_checkpoint
 from evaluators.submission import score_submission
+from pipelines.evaluate_checkpoint import Checkpoint, evaluate_checkpoint, load_checkpoint
 from training import loop
 from utils import checkpoint as ckpt
 from utils.config.compose import compose_config, parse_overrides, wants_help

@@ -53,11 +53,11 @@ from dataset.generator import generate_tasks
 from dataset.puzzle_dataset import PuzzleDataset
 from dataset.sources import TaskFormatError, load_subset
 from evaluators.arc import ARCVoter
-from evaluators.from_checkpoint import load_checkpoint, load_eval_model
 from evaluators.loop import evaluate_examples
 from evaluators.submission import score_submission
 from losses import build_loss
 from models.base import DataShape
+from pipelines.evaluate_checkpoint import load_checkpoint, load_eval_model
 from training import loop
 from utils import checkpoint as ckpt
 from utils.config.compose import check_command_line, load_config

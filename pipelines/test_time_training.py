@@ -13,7 +13,7 @@ new task needs new rows trained on its demonstration pairs. Per chunk of tasks:
    bitwise, new rows ``mean`` or ``zeros``;
 3. fine-tune with training.loop.train: the embeddings only (trunk frozen), then optionally all
    weights, within a budget of steps and/or minutes; no evaluation meanwhile;
-4. ``evaluators.from_checkpoint.evaluate_checkpoint``: vote over the augmented views and write the
+4. ``pipelines.evaluate_checkpoint.evaluate_checkpoint``: vote over the augmented views and write the
    chunk's submission.
 
 Every chunk restarts from the original checkpoint, so chunks are independent: under
@@ -56,12 +56,12 @@ from dataset.build_arc_dataset import BuildConfig, build
 from dataset.common import ARC_MAX_GRID_SIZE, PuzzleDatasetMetadata
 from dataset.sources import BadTask, Task, load_subset
 from evaluators.arc import write_submission
-from evaluators.from_checkpoint import Checkpoint, checkpoint_config, evaluate_checkpoint, load_checkpoint
 from evaluators.report import render_report
 from evaluators.submission import fallback_answer, score_submission
 from evaluators.validate_submission import validate
 from models import puzzle_table_key
 from models.convert import NEW_ROW_INITS, extend_puzzle_embeddings
+from pipelines.evaluate_checkpoint import Checkpoint, checkpoint_config, evaluate_checkpoint, load_checkpoint
 from training import loop
 from utils import checkpoint as ckpt
 from utils.config.compose import parse_overrides, wants_help

@@ -24,9 +24,9 @@ from evaluators.validate_submission import validate
 from models import build_model
 from models.base import DataShape
 from models.layers import canvas_positions
+from training.optimizers import SparseSignSGD
 from training.state import build_train_state
 from training.step import train_step
-from utils.optimizers import SparseSignSGD
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -467,7 +467,7 @@ def test_evaluating_on_canvases_the_checkpoint_never_trained_on_is_warned(datase
     """A canvas-12 checkpoint on the bucketed build of the same tasks: buckets 4 and 8 show
     the model fewer PAD cells, so it computes another function (docs/data.md measures the
     cost). evaluate.py says so; on its own build it says nothing."""
-    from evaluators.from_checkpoint import evaluate_checkpoint, load_checkpoint
+    from pipelines.evaluate_checkpoint import evaluate_checkpoint, load_checkpoint
     from training import loop
 
     canvas12, bucketed = datasets

@@ -20,9 +20,9 @@ from train_helpers import build_tiny_dataset, compose_config, error_lines, read_
 import evaluate
 import pretrain
 from dataset.puzzle_dataset import PuzzleDataset
-from evaluators.from_checkpoint import load_checkpoint
 from models import build_model
 from models.base import DataShape
+from pipelines.evaluate_checkpoint import load_checkpoint
 from training import loop
 from training.state import load_init_weights
 from utils import checkpoint as ckpt

@@ -29,10 +29,10 @@ from models import MODELS, build_model
 from models.base import DataShape
 from models.recursive import ACTOutput
 from training import loop
+from training.optimizers import OPTIMIZER_NAMES, build_optimizer
 from utils.config.groups import SCHEMAS, options_of_family, register_configs
 from utils.config.schema import TrainConfig
 from utils.errors import ConfigError
-from utils.optimizers import OPTIMIZER_NAMES, build_optimizer
 
 GROUPS = {"arch": set(MODELS), "loss": set(LOSSES), "optimizer": set(OPTIMIZER_NAMES), "data": None}
 

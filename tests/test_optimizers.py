@@ -10,9 +10,9 @@ import torch.multiprocessing as mp
 from conftest import free_port
 from omegaconf import OmegaConf
 
-import utils.optimizers as optimizers
+import training.optimizers as optimizers
 from models.sparse_embedding import PuzzleEmbedding
-from utils.optimizers import AdamATan2, OptimizerConfig, SparseSignSGD, adam_atan2, build_optimizer
+from training.optimizers import AdamATan2, OptimizerConfig, SparseSignSGD, adam_atan2, build_optimizer
 
 # ---------------------------------------------------------------------------------------
 # AdamATan2

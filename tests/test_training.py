@@ -135,7 +135,7 @@ def test_losses_and_act_continue_settings_train(tiny_data, tmp_path, loss, no_ac
 def test_ema_weights_are_evaluated_and_saved(tiny_data, tmp_path):
     """The periodic evaluation scores the EMA weights: its figures equal evaluate.py's on the
     saved checkpoint (EMA applied) and differ from those of the raw weights."""
-    from evaluators.from_checkpoint import evaluate_checkpoint, load_checkpoint
+    from pipelines.evaluate_checkpoint import evaluate_checkpoint, load_checkpoint
 
     summary, config = run(
         tiny_overrides(tiny_data, tmp_path / "ck", "epochs=3", "eval_interval=1", "ema=true", "ema_rate=0.9")
@@ -337,7 +337,7 @@ def test_periodic_eval_on_another_build_matches_puzzle_rows_by_identifier(tiny_d
     tr0-tr2 and ev0 with it). The periodic evaluation matches rows by identifier, so its
     figures equal evaluate.py's on the same checkpoint (force_identifiers: the same rule).
     Indexing the table by row number raised IndexError here."""
-    from evaluators.from_checkpoint import evaluate_checkpoint, load_checkpoint
+    from pipelines.evaluate_checkpoint import evaluate_checkpoint, load_checkpoint
 
     other = build_tiny_dataset(tmp_path, num_aug=0, canvas=3, side=2, n_eval=8)
     summary, config = run(

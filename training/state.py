@@ -19,6 +19,7 @@ from losses import build_loss
 from models import build_model, check_canvas_buckets
 from models.base import ARCModel, DataShape
 from models.convert import fit_weights
+from training.optimizers import SparseSignSGD, build_optimizer
 from utils import checkpoint as ckpt
 from utils.config.resume import resume_differences
 from utils.config.schema import TrainConfig
@@ -26,7 +27,6 @@ from utils.distributed import DistEnv
 from utils.ema import EMA
 from utils.errors import ConfigError
 from utils.monitor import Monitor
-from utils.optimizers import SparseSignSGD, build_optimizer
 from utils.schema import plain_dict
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from losses import LOSS_SCHEMAS
 from models import ARCH_SCHEMAS
+from training.optimizers import OptimizerConfig
 from utils.config.schema import DataConfig, TrainConfig
-from utils.optimizers import OptimizerConfig
 
 # conf/, beside the package folders.
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "conf")
