@@ -36,9 +36,9 @@ from pipelines.evaluate_checkpoint import (
     export_safetensors,
     load_checkpoint,
 )
+from runconfig.compose import parse_overrides, wants_help
+from runconfig.help import config_help
 from utils.checkpoint import EXPORT_CONFIG, EXPORT_INFO, EXPORT_WEIGHTS, MANIFEST, CheckpointWriteError
-from utils.config.compose import parse_overrides, wants_help
-from utils.config.help import config_help
 from utils.config.schema import TrainConfig
 from utils.distributed import cleanup_distributed, init_distributed
 from utils.errors import ConfigError, report_error

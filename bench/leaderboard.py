@@ -89,10 +89,10 @@ import learn  # noqa: E402  (bench/learn.py: the dataset, the protocol's overrid
 from dataset.puzzle_dataset import PuzzleDataset  # noqa: E402
 from models import ARCH_SCHEMAS, build_model  # noqa: E402
 from models.base import DataShape  # noqa: E402
+from runconfig.compose import compose_config  # noqa: E402
+from runconfig.groups import CONF_DIR, option_family, options_of_family  # noqa: E402
 from training import loop  # noqa: E402
 from utils.checkpoint import METRICS_FILE  # noqa: E402
-from utils.config.compose import compose_config  # noqa: E402
-from utils.config.groups import CONF_DIR, option_family, options_of_family  # noqa: E402
 from utils.distributed import DistEnv  # noqa: E402
 from utils.errors import ConfigError  # noqa: E402
 from utils.io import read_jsonl, write_json_atomic, write_text_atomic  # noqa: E402

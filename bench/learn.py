@@ -54,8 +54,8 @@ from dataset.build_arc_dataset import ARC_BUCKETS  # noqa: E402
 from dataset.build_arc_dataset import main as build_main  # noqa: E402
 from dataset.puzzle_dataset import PuzzleDataset  # noqa: E402
 from dataset.sources import load_subset  # noqa: E402
+from runconfig.compose import compose_config  # noqa: E402
 from training import loop  # noqa: E402
-from utils.config.compose import compose_config  # noqa: E402
 from utils.distributed import DistEnv  # noqa: E402
 from utils.io import write_json_atomic  # noqa: E402
 

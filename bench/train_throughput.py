@@ -57,9 +57,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset.common import PuzzleDatasetMetadata  # noqa: E402
+from runconfig.compose import compose_config  # noqa: E402
 from training.state import TrainState, build_train_state  # noqa: E402
 from training.step import train_step  # noqa: E402
-from utils.config.compose import compose_config  # noqa: E402
 from utils.config.schema import TrainConfig  # noqa: E402
 from utils.distributed import DistEnv  # noqa: E402
 

@@ -50,10 +50,10 @@ from hydra.core.config_store import ConfigStore
 from dataset.common import IGNORE_LABEL_ID, PuzzleDatasetMetadata
 from evaluators.submission import score_submission
 from pipelines.evaluate_checkpoint import Checkpoint, evaluate_checkpoint, load_checkpoint
+from runconfig.compose import compose_config, parse_overrides, wants_help
+from runconfig.help import config_help
 from training import loop
 from utils import checkpoint as ckpt
-from utils.config.compose import compose_config, parse_overrides, wants_help
-from utils.config.help import config_help
 from utils.config.schema import TrainConfig, as_train_config
 from utils.distributed import DistEnv, barrier, cleanup_distributed, init_distributed
 from utils.errors import ConfigError

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.diffusion import DiffusionOptions, PipelineError
-from utils.config.groups import CONF_DIR
+from runconfig.groups import CONF_DIR
 
 
 @dataclass

@@ -32,9 +32,8 @@ from losses import build_loss
 from models import build_model, check_canvas_buckets
 from models.base import ARCModel, DataShape
 from models.convert import apply_ema, fit_weights, strip_prefixes
+from runconfig.compose import compose_config, saved_overrides
 from utils import checkpoint as ckpt
-from utils.config.compose import compose_config
-from utils.config.resume import saved_overrides
 from utils.config.schema import TrainConfig
 from utils.distributed import DistEnv
 from utils.io import read_jsonl, write_json_atomic

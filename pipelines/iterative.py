@@ -58,10 +58,10 @@ from evaluators.submission import score_submission
 from losses import build_loss
 from models.base import DataShape
 from pipelines.evaluate_checkpoint import load_checkpoint, load_eval_model
+from runconfig.compose import check_command_line, load_config
+from runconfig.groups import CONF_DIR, register_configs
 from training import loop
 from utils import checkpoint as ckpt
-from utils.config.compose import check_command_line, load_config
-from utils.config.groups import CONF_DIR, register_configs
 from utils.config.schema import MonitorMode, TrainConfig
 from utils.distributed import DistEnv, cleanup_distributed, init_distributed
 from utils.errors import ConfigError, exit_with_error

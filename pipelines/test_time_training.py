@@ -62,10 +62,10 @@ from evaluators.validate_submission import validate
 from models import puzzle_table_key
 from models.convert import NEW_ROW_INITS, extend_puzzle_embeddings
 from pipelines.evaluate_checkpoint import Checkpoint, checkpoint_config, evaluate_checkpoint, load_checkpoint
+from runconfig.compose import parse_overrides, wants_help
+from runconfig.help import config_help
 from training import loop
 from utils import checkpoint as ckpt
-from utils.config.compose import parse_overrides, wants_help
-from utils.config.help import config_help
 from utils.config.schema import TrainConfig, as_train_config
 from utils.distributed import DistEnv
 from utils.errors import ConfigError

@@ -28,9 +28,9 @@ from losses import LOSSES, build_loss
 from models import MODELS, build_model
 from models.base import DataShape
 from models.recursive import ACTOutput
+from runconfig.groups import SCHEMAS, options_of_family, register_configs
 from training import loop
 from training.optimizers import OPTIMIZER_NAMES, build_optimizer
-from utils.config.groups import SCHEMAS, options_of_family, register_configs
 from utils.config.schema import TrainConfig
 from utils.errors import ConfigError
 

@@ -23,8 +23,8 @@ from losses import build_loss
 from models import ARCH_SCHEMAS, MODELS, build_model, puzzle_table_key
 from models.base import ARCModel, DataShape
 from models.convert import extend_puzzle_embeddings, fit_weights
+from runconfig.groups import option_family, options_of_family
 from training.optimizers import SparseSignSGD, build_optimizer
-from utils.config.groups import option_family, options_of_family
 from utils.distributed import DistEnv
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -16,8 +16,8 @@ from train_helpers import compose_config
 import pipelines.diffusion
 import pipelines.iterative
 import pipelines.test_time_training  # noqa: F401  (the pipelines register their schemas on import)
-from utils.config.groups import register_configs
-from utils.config.help import DOCS_KEY_TABLE, docs_with_key_table
+from runconfig.groups import register_configs
+from runconfig.help import DOCS_KEY_TABLE, docs_with_key_table
 from utils.config.resume import flatten
 from utils.errors import ConfigError
 from utils.schema import Choice, plain_dict
@@ -41,7 +41,7 @@ def test_the_dataset_loader_and_the_error_types_load_no_config_model_or_loss():
 
 
 def test_the_run_schema_loads_no_model_or_loss():
-    """Only utils.config.groups imports the model and loss packages (their family schemas)."""
+    """Only runconfig.groups imports the model and loss packages (their family schemas)."""
     assert [m for m in loaded_modules("utils.config.schema") if not m.startswith("utils.config")] == []
 
 
@@ -118,9 +118,9 @@ def test_no_primary_config_repeats_a_default_of_its_schema(name):
 
 
 def test_the_key_table_of_docs_training_md_is_generated_from_the_schema():
-    """Regenerate with python -m utils.config.help (it rewrites the table in place)."""
+    """Regenerate with python -m runconfig.help (it rewrites the table in place)."""
     text = DOCS_KEY_TABLE.read_text()
-    assert docs_with_key_table(text) == text, "docs/training.md's key table is stale: run python -m utils.config.help"
+    assert docs_with_key_table(text) == text, "docs/training.md's key table is stale: run python -m runconfig.help"
 
 
 # --- the diffusion pipeline's keys: one dataclass, the flags derived ------------------------

@@ -14,10 +14,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from train_helpers import CONF_DIR, build_tiny_dataset, compose_config, tiny_overrides
 
+from runconfig.groups import register_configs
 from training import loop
 from training.schedule import lr_factor
 from utils import checkpoint as ckpt
-from utils.config.groups import register_configs
 from utils.distributed import DistEnv
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

@@ -21,10 +21,10 @@ from evaluators.loop import evaluate_examples
 from losses import build_loss
 from models import build_model
 from models.base import DataShape
+from runconfig.compose import compose_config  # noqa: F401  (re-exported for the tests)
+from runconfig.groups import CONF_DIR  # noqa: F401
 from training import loop
 from utils import checkpoint as ckpt
-from utils.config.compose import compose_config  # noqa: F401  (re-exported for the tests)
-from utils.config.groups import CONF_DIR  # noqa: F401
 from utils.config.schema import TrainConfig  # noqa: F401
 from utils.distributed import DistEnv
 

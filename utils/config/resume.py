@@ -1,33 +1,9 @@
-"""Resuming a run: the overrides that recreate a checkpoint's saved config, and which keys a
-resume may change (``resume_differences``)."""
+"""Resuming a run: which keys a resume may change (``resume_differences``). The overrides
+that recreate a checkpoint's saved config are runconfig.compose's ``saved_overrides``."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
-
-from utils.config.compose import override_value
-from utils.config.groups import CONF_DIR, SCHEMAS, options_of_family
-
-
-def saved_overrides(saved: dict, chosen: set[str]) -> list[str]:
-    """Overrides that recreate a checkpoint's saved config (what the command line composes
-    first, then its own overrides); groups the command line re-chooses (``chosen``: its keys,
-    e.g. ``data`` for ``data=arc2``) are left out."""
-    out = []
-    for group in SCHEMAS:
-        if group in chosen:
-            continue
-        family = saved[group].get("family")
-        same_family = options_of_family(group, family) if family is not None else []
-        if os.path.isfile(os.path.join(CONF_DIR, group, f"{saved[group]['name']}.yaml")):
-            out.append(f"{group}={saved[group]['name']}")
-        elif same_family:  # a name that is no option here (a yaml from another folder): one of its family
-            out.append(f"{group}={same_family[0]}")  # else: the default option; either way every field overridden
-        out += [f"{group}.{k}={override_value(v)}" for k, v in saved[group].items()]
-    for key in ("global_batch_size", "seed"):
-        out.append(f"{key}={override_value(saved[key])}")
-    return out
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -20,7 +20,7 @@ from training.optimizers import OptimizerConfig
 from utils.config.schema import DataConfig, TrainConfig
 
 # conf/, beside the package folders.
-CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "conf")
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 # group -> {schema name in the ConfigStore: dataclass}; every option extends one of its group's.
 SCHEMAS: dict[str, dict[str, type]] = {

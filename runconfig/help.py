@@ -1,7 +1,7 @@
 """What the run keys are, generated from ``conf/`` and the schemas: ``--help`` of every entry
 point (the usage, each group's options with the default marked, every other key with its
 default, its description and its range or choices) and docs/training.md's key table, which
-``python -m utils.config.help`` rewrites in place."""
+``python -m runconfig.help`` rewrites in place."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from utils.config.compose import override_value
-from utils.config.groups import CONF_DIR, SCHEMAS, register_configs
+from runconfig.compose import override_value
+from runconfig.groups import CONF_DIR, SCHEMAS, register_configs
 from utils.config.schema import TrainConfig
 from utils.schema import key_allowed, key_doc
 
 DOCS_KEY_TABLE = Path(CONF_DIR).parent / "docs" / "training.md"
-TABLE_START = "<!-- the run keys: generated from utils/config/schema.py by python -m utils.config.help -->"
+TABLE_START = "<!-- the run keys: generated from utils/config/schema.py by python -m runconfig.help -->"
 TABLE_END = "<!-- end of the generated run keys -->"
 
 

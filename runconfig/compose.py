@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import re
 from typing import Any
 
@@ -20,7 +21,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from utils.config.groups import CONF_DIR, check_arch_loss_pair, register_configs
+from runconfig.groups import CONF_DIR, SCHEMAS, check_arch_loss_pair, options_of_family, register_configs
 from utils.config.schema import TrainConfig
 from utils.errors import ConfigError
 
@@ -209,3 +210,23 @@ def override_value(value: Any) -> str:
     if value is None:
         return "null"
     return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def saved_overrides(saved: dict, chosen: set[str]) -> list[str]:
+    """Overrides that recreate a checkpoint's saved config (what the command line composes
+    first, then its own overrides); groups the command line re-chooses (``chosen``: its keys,
+    e.g. ``data`` for ``data=arc2``) are left out."""
+    out = []
+    for group in SCHEMAS:
+        if group in chosen:
+            continue
+        family = saved[group].get("family")
+        same_family = options_of_family(group, family) if family is not None else []
+        if os.path.isfile(os.path.join(CONF_DIR, group, f"{saved[group]['name']}.yaml")):
+            out.append(f"{group}={saved[group]['name']}")
+        elif same_family:  # a name that is no option here (a yaml from another folder): one of its family
+            out.append(f"{group}={same_family[0]}")  # else: the default option; either way every field overridden
+        out += [f"{group}.{k}={override_value(v)}" for k, v in saved[group].items()]
+    for key in ("global_batch_size", "seed"):
+        out.append(f"{key}={override_value(saved[key])}")
+    return out
