@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 try:  # optional [gpu] extra
-    from flash_attn import flash_attn_func  # type: ignore[import-not-found]
+    from flash_attn import flash_attn_func
 except ImportError:  # pragma: no cover - depends on the machine
     flash_attn_func = None
 

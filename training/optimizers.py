@@ -29,7 +29,7 @@ from models.sparse_embedding import PuzzleEmbedding
 from utils.schema import check_ranges, setting
 
 try:  # optional [gpu] extra; its CUDA extension does not build on CPU-only machines
-    from adam_atan2 import AdamATan2 as _CudaAdamATan2  # type: ignore[import-not-found]
+    from adam_atan2 import AdamATan2 as _CudaAdamATan2
 except (ImportError, OSError):  # pragma: no cover - depends on the machine
     _CudaAdamATan2 = None
 
