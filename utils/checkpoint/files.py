@@ -71,7 +71,7 @@ def identifiers_hash(dataset_paths: list[str]) -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -105,10 +105,10 @@ def plain_types(obj: Any) -> Any:
         out.update(items)
         return out
     if isinstance(obj, (list, tuple)):
-        items = [plain_types(v) for v in obj]
-        if all(a is b for a, b in zip(items, obj)):
+        elements = [plain_types(v) for v in obj]
+        if all(a is b for a, b in zip(elements, obj)):
             return obj
         if hasattr(obj, "_fields"):  # a namedtuple
-            return type(obj)(*items)
-        return type(obj)(items)
+            return type(obj)(*elements)
+        return type(obj)(elements)
     return obj

@@ -58,7 +58,7 @@ def _numpy_safe_globals() -> list[Any]:
     try:
         from numpy._core.multiarray import scalar
     except ImportError:  # numpy 1
-        from numpy.core.multiarray import scalar
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]  # numpy 1's name of the same function
     dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")] if hasattr(np, "dtypes") else []
     return [scalar, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype, *dtypes]
 

@@ -118,8 +118,7 @@ def write_failure(
             f"why); nothing half-written is left and {kept}",
             newest,
         )
-    full = getattr(error, "errno", None) in DISK_FULL
-    if full:
+    if error.errno in DISK_FULL:
         try:
             free = f", {_size(shutil.disk_usage(root).free)} free"
         except OSError:
@@ -135,7 +134,9 @@ def write_failure(
     else:
         cause = f"{error.strerror or error} ({getattr(error, 'filename', None) or root})"
         todo = "fix that and run again with resume=auto"
-    return CheckpointWriteError(f"{what} could not be written to {root}: {cause}. {left}; {kept}: {todo}", newest, full)
+    return CheckpointWriteError(
+        f"{what} could not be written to {root}: {cause}. {left}; {kept}: {todo}", newest, error.errno in DISK_FULL
+    )
 
 
 def save_checkpoint(

@@ -66,7 +66,9 @@ def resume_differences(saved: dict, current: dict) -> tuple[list[str], list[str]
     """(fixed, training, free): ``key old -> new`` for each key whose value differs between a
     checkpoint's saved config and the current one, by what a resume may do with it."""
     old, new = flatten(saved), flatten(current)
-    fixed, training, free = [], [], []
+    fixed: list[str] = []
+    training: list[str] = []
+    free: list[str] = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
         if a == b or (key not in old and key in ADDED_KEYS):

@@ -23,7 +23,7 @@ class Ranking(Choice):
     """How the voter (evaluators/arc.py: ARCVoter.ranked) orders the grids of a test input."""
 
     vote = "vote"
-    count = "count"
+    count = "count"  # type: ignore[assignment]  # shadows str.count: OmegaConf reads a value by its member name
     noisy_or = "noisy_or"
 
 
