@@ -84,7 +84,7 @@ def random_interval(key, pos, max_value: int) -> int:
     while True:
         v = np.int64(mt_next_uint32(key, pos)) & mask
         if v <= max_value:
-            return v
+            return int(v)
 
 
 @njit(cache=True)
@@ -395,7 +395,8 @@ def limit_parallel_threads() -> int:
 
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     share = max(1, usable // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1))
-    numba.set_num_threads(min(share, numba.config.NUMBA_NUM_THREADS))
+    # numba.config sets its options at import (setattr from the environment): mypy does not see them
+    numba.set_num_threads(min(share, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     return share
 
 

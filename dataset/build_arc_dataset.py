@@ -22,6 +22,7 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -432,6 +433,7 @@ def layout_split(
         pairs = p.train_pairs if split == "train" else p.test_pairs
         if p.unseen != unseen or (split == "test" and not unseen and not p.is_test):
             continue
+        assert p.trans_ids is not None and p.mappings is not None  # set by planning
         n_var = len(p.trans_ids)
         ex_in.append(np.tile(p.pair_inputs[pairs], n_var))
         ex_lab.append(np.tile(p.pair_labels[pairs], n_var))
@@ -465,6 +467,7 @@ def identifier_names(planned: list[PlannedTask], start: int) -> tuple[list[str],
     names = [BLANK_IDENTIFIER] * start
     first: dict[str, int] = {}
     for p in planned:
+        assert p.trans_ids is not None and p.mappings is not None  # set by planning
         first[p.task.task_id] = len(names)
         names.append(p.task.task_id)
         names.extend(augmented_names(p.task.task_id, p.trans_ids[1:], p.mappings[1:]))
@@ -725,7 +728,7 @@ def build(config: BuildConfig) -> dict:
             }
             with open(os.path.join(tmp_dir, "unseen", "build_info.json"), "w") as f:
                 json.dump(unseen_info, f, indent=1)
-        info = {
+        info: dict[str, Any] = {
             "config": asdict(config),
             "train_examples": _examples(train),
             "test_examples": _examples(test),

@@ -662,8 +662,8 @@ def _sample_primitive(op: str, rng: np.random.Generator, style: TaskStyle, max_s
     if op == "crop":
         return Crop(str(rng.choice(["content", "largest"])), bg)
     if op == "fill_enclosed":
-        colour = _colours(rng, 1, {bg, *style.palette}) or _colours(rng, 1, {bg})
-        return FillEnclosed(colour[0], bg) if colour else None
+        colours = _colours(rng, 1, {bg, *style.palette}) or _colours(rng, 1, {bg})
+        return FillEnclosed(colours[0], bg) if colours else None
     raise ValueError(f"unknown primitive {op!r}")
 
 
@@ -1003,8 +1003,12 @@ def _run_generator(
     for kind, _, inp, grid_out in task.pairs:
         assert grid_out is not None
         norm[kind].append({"input": inp.tolist(), "output": grid_out.tolist()})
-    meta = out.get("meta") if isinstance(out.get("meta"), dict) else {}
-    norm["meta"] = {**meta, "context": cid, "generator": getattr(generator, "name", type(generator).__name__)}
+    meta = out.get("meta")
+    norm["meta"] = {
+        **(meta if isinstance(meta, dict) else {}),
+        "context": cid,
+        "generator": getattr(generator, "name", type(generator).__name__),
+    }
     return "", norm
 
 

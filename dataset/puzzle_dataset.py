@@ -388,15 +388,17 @@ class PuzzleDataset(IterableDataset):
             n_rows += inputs.shape[0]
             n_puzzles += pid.size
             row_offsets.append(n_rows)
-        arrays = {
-            "row_offsets": np.asarray(row_offsets, dtype=np.int64),
-            "puzzle_identifiers": np.concatenate(ids),
-            "puzzle_indices": np.concatenate([*puzzle_idx, [n_rows]]).astype(np.int64),
-            "group_indices": np.concatenate([*group_idx, [n_puzzles]]).astype(np.int64),
-        }
-        for arr in arrays.values():
+        data = _SetData(
+            sources=sources,
+            seq_len=seq_len,
+            row_offsets=np.asarray(row_offsets, dtype=np.int64),
+            puzzle_identifiers=np.concatenate(ids),
+            puzzle_indices=np.concatenate([*puzzle_idx, [n_rows]]).astype(np.int64),
+            group_indices=np.concatenate([*group_idx, [n_puzzles]]).astype(np.int64),
+        )
+        for arr in (data.row_offsets, data.puzzle_identifiers, data.puzzle_indices, data.group_indices):
             arr.setflags(write=False)
-        return _SetData(sources=sources, seq_len=seq_len, **arrays)
+        return data
 
     def _check_can_fill_a_batch(self) -> None:
         """Fail loudly instead of silently yielding nothing forever when no epoch can fill a batch."""

@@ -254,6 +254,13 @@ def _end_of_value(text: str, start: int) -> int:
     raise json.JSONDecodeError("unclosed array or object", text, start)
 
 
+def _past_space(text: str, i: int = 0) -> int:
+    """The index of the first character at or after ``i`` that is not JSON whitespace."""
+    m = _SPACE.match(text, i)
+    assert m is not None  # `*` matches the empty string
+    return m.end()
+
+
 def load_task_map(path: str) -> tuple[dict[str, Any], dict[str, str]]:
     """A Kaggle file (``{task id: value}``: challenges or solutions), read one task at a time:
     (every task id in the file's order -> its value, None where unreadable; task id -> why,
@@ -263,35 +270,35 @@ def load_task_map(path: str) -> tuple[dict[str, Any], dict[str, str]]:
     decoder = json.JSONDecoder()
     values: dict[str, Any] = {}
     unreadable: dict[str, str] = {}
-    i = _SPACE.match(text).end()
+    i = _past_space(text)
     if not text.startswith("{", i):
         value = load_json(path)  # malformed JSON, or JSON that is no object: said by name
         raise TaskFormatError(f"{path}: expected an object mapping task id -> task, got a {type(value).__name__}")
     try:
-        i = _SPACE.match(text, i + 1).end()
+        i = _past_space(text, i + 1)
         more = not text.startswith("}", i)
         if not more:  # {}: past its '}'
-            i = _SPACE.match(text, i + 1).end()
+            i = _past_space(text, i + 1)
         while more:
             if not text.startswith('"', i):
                 raise json.JSONDecodeError("Expecting a task id in double quotes", text, i)
-            task_id, i = json.decoder.scanstring(text, i + 1)
+            task_id, i = decoder.raw_decode(text, i)  # a JSON string: its quote is at i
             if task_id in values:
                 raise TaskFormatError(f"{path}: task id {task_id} appears twice (JSON would keep the last copy)")
-            i = _SPACE.match(text, i).end()
+            i = _past_space(text, i)
             if not text.startswith(":", i):
                 raise json.JSONDecodeError("Expecting ':' delimiter", text, i)
-            i = _SPACE.match(text, i + 1).end()
+            i = _past_space(text, i + 1)
             try:
                 values[task_id], i = decoder.raw_decode(text, i)
             except RecursionError as e:
                 values[task_id], unreadable[task_id] = None, f"{path}: task {task_id}: {_too_deep(e)}"
                 i = _end_of_value(text, i)
-            i = _SPACE.match(text, i).end()
+            i = _past_space(text, i)
             more = text.startswith(",", i)
             if not more and not text.startswith("}", i):
                 raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
-            i = _SPACE.match(text, i + 1).end()
+            i = _past_space(text, i + 1)
         if i != len(text):
             raise json.JSONDecodeError("Extra data", text, i)
     except json.JSONDecodeError as e:
