@@ -345,11 +345,13 @@ class DiffusionModel(ARCModel):
         size_score = size_logp.gather(-1, (size - 1).unsqueeze(-1)).sum((-1, -2))
         frame, region = canvas_frame(origin, size, self.canvas)
 
-        def rep(x: torch.Tensor | None) -> torch.Tensor | None:
-            return None if x is None else x.repeat_interleave(n, 0)
+        def rep(x: torch.Tensor) -> torch.Tensor:
+            return x.repeat_interleave(n, 0)
 
         generator = self.prediction_generator(batch["puzzle_identifiers"])
-        tokens, cell_score = self.sample(rep(inputs), rep(frame), rep(region), rep(puzzle), generator)
+        tokens, cell_score = self.sample(
+            rep(inputs), rep(frame), rep(region), None if puzzle is None else rep(puzzle), generator
+        )
         tokens = tokens.view(b, n, -1)
         scores = cell_score.view(b, n) + size_score.unsqueeze(-1)
 
@@ -514,6 +516,7 @@ class DiffusionModel(ARCModel):
                 self_cond = self.x0_probs(logits, region)
             x0 = _gumbel_argmax(logp, c.sampling_temperature, generator) + COLOR_OFFSET
             x = torch.where(region, self.reverse_step(x, x0, t, s, generator), frame)  # s = 0: x0 where still noisy
+        assert logp is not None  # sampling_steps >= 1: the loop ran
         picked = logp.gather(-1, (x - COLOR_OFFSET).clamp(0, NUM_COLORS - 1).unsqueeze(-1)).squeeze(-1)
         score = (picked * region).sum(-1) / region.sum(-1).clamp_min(1)
         return x, score

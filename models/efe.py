@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,9 @@ from models.prompt_encoder import (
     symbol_token_ids,
 )
 from utils.schema import check_ranges, setting
+
+if TYPE_CHECKING:  # the optional [lm] extra, imported lazily where it runs
+    from transformers import PreTrainedModel
 
 FUSIONS = ("mean", "concat")
 REWARD_KEYS = ("accuracy", "size", "histogram", "reversibility")
@@ -179,7 +182,8 @@ def refinement_reward(
     before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], weights: dict[str, float]
 ) -> torch.Tensor:
     """Weighted change of the scores from the unrefined to the refined prediction [B]."""
-    return sum(weights[k] * (after[k] - before[k]) for k in REWARD_KEYS)
+    terms = [weights[k] * (after[k] - before[k]) for k in REWARD_KEYS]
+    return sum(terms[1:], terms[0])
 
 
 # ----------------------------------------------------------------------------------------
@@ -206,7 +210,7 @@ class GridEncoder(nn.Module):
         self.net = nn.Sequential(*convs)
 
     def forward(self, tokens: torch.Tensor, side: int) -> torch.Tensor:
-        dtype = self.net[0].weight.dtype
+        dtype = next(self.net.parameters()).dtype
         x = F.one_hot(tokens.long(), self.vocab_size).to(dtype).view(-1, side, side, self.vocab_size).permute(0, 3, 1, 2)
         return self.net(torch.cat([x, self.coords.to(dtype).expand(x.shape[0], -1, -1, -1)], dim=1))
 
@@ -241,6 +245,7 @@ class BeliefDecoder(nn.Module):
         super().__init__()
         self.latent = nn.Conv2d(hidden, 2 * latent, 1)
         self.obs = nn.Conv2d(latent, vocab_size, 1)
+        assert self.latent.bias is not None  # a Conv2d has a bias unless told not to
         with torch.no_grad():  # a small initial posterior variance (sigma ~ 0.14)
             self.latent.bias[latent:].fill_(-4.0)
 
@@ -294,9 +299,10 @@ class RefinementPolicy(nn.Module):
 
     def __init__(self, dim: int, init_std: float):
         super().__init__()
-        self.mean = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
-        nn.init.zeros_(self.mean[2].weight)
-        nn.init.zeros_(self.mean[2].bias)
+        hidden, out = nn.Linear(dim, dim), nn.Linear(dim, dim)  # built in this order: the same initial weights
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+        self.mean = nn.Sequential(hidden, nn.GELU(), out)
         self.log_std = nn.Parameter(torch.full((dim,), math.log(init_std)))
 
     def forward(self, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -318,7 +324,7 @@ class EFEAgent(ARCModel):
         self.num_demos = config.num_demos
         d, p = config.hidden_size, config.prompt_dim
 
-        self.lm: nn.Module | None = None
+        self.lm: PreTrainedModel | None = None
         lm_hidden, symbol_ids = None, None
         if config.lm_path is not None:
             self.lm = load_language_model(config.lm_path, config.lm_dtype)
@@ -349,7 +355,7 @@ class EFEAgent(ARCModel):
         self.decoder = BeliefDecoder(d, config.latent_dim, shape.vocab_size)
         self.anchor = nn.Linear(p, config.latent_dim)
         self.preferences = nn.Linear(p, NUM_COLORS)
-        self.train_steps = nn.Buffer(torch.zeros((), dtype=torch.long))
+        self.train_steps: torch.Tensor = nn.Buffer(torch.zeros((), dtype=torch.long))
         self.reward_baseline = nn.Buffer(torch.zeros(()))
 
     def train(self, mode: bool = True) -> EFEAgent:
@@ -360,7 +366,7 @@ class EFEAgent(ARCModel):
 
     def param_groups(self) -> list[dict]:
         lm_params = {id(q) for q in self.lm.parameters()} if self.lm is not None else set()
-        groups = [{"params": [q for q in self.parameters() if q.requires_grad and id(q) not in lm_params]}]
+        groups: list[dict] = [{"params": [q for q in self.parameters() if q.requires_grad and id(q) not in lm_params]}]
         if self.lm is not None and self.config.lm_trainable:
             groups.append(
                 {"params": [q for q in self.lm.parameters() if q.requires_grad], "lr_scale": self.config.lm_lr_scale}
@@ -386,9 +392,10 @@ class EFEAgent(ARCModel):
             logvars.append(cells(logvar))
         back_logits = []
         hb = h
-        for t in range(t_max - 2, -1, -1):  # back from the final state to step t + 1
-            hb = self.backward_planner(hb, prompt, t)
-            back_logits.append(cells(self.decoder(hb, None)[0]))
+        if self.backward_planner is not None:  # max_steps > 1
+            for t in range(t_max - 2, -1, -1):  # back from the final state to step t + 1
+                hb = self.backward_planner(hb, prompt, t)
+                back_logits.append(cells(self.decoder(hb, None)[0]))
         back = torch.stack(back_logits[::-1], 1) if back_logits else step_logits[0].new_zeros(b, 0, s * s, self.vocab_size)
         return {
             "step_logits": torch.stack(step_logits, 1),
@@ -405,11 +412,12 @@ class EFEAgent(ARCModel):
         mixed, hits = prompt, torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
         if self.memory is not None:
             mixed, hits = self.memory.read(prompt, adapt=self.training)
-        refined, action, mean, log_std = mixed, None, None, None
+        refined, sampled = mixed, None
         if self.policy is not None:
             mean, log_std = self.policy(mixed.detach())
             action = mean + torch.exp(log_std) * torch.randn_like(mean) if self.training else mean
             refined = mixed + action.detach().to(mixed.dtype)
+            sampled = (action, mean, log_std)
         noise = None
         if self.training:
             shape = (prompt.shape[0], cfg.latent_dim, self.side, self.side)
@@ -436,10 +444,8 @@ class EFEAgent(ARCModel):
             solved = ((tokens == labels) | ~valid).all(-1) & valid.any(-1)
             if self.memory is not None:
                 self.memory.write(prompt, solved)
-        if self.policy is not None:
-            out.rl_loss, out.rl_stats = self.refinement_objective(
-                batch["inputs"], labels, mixed, plan, action, mean, log_std, noise
-            )
+        if sampled is not None:  # the policy's
+            out.rl_loss, out.rl_stats = self.refinement_objective(batch["inputs"], labels, mixed, plan, *sampled, noise)
         return out
 
     def refinement_objective(
@@ -457,6 +463,7 @@ class EFEAgent(ARCModel):
         ``rl_weight * (-(R - b) log pi(a) - entropy_weight H(pi) + icm_error)``, where
         ``R = sum_k w_k (score_k(refined) - score_k(unrefined)) + curiosity_weight icm_error``."""
         cfg = self.config
+        assert self.curiosity is not None  # built with the policy (rl_weight > 0)
         with torch.no_grad():
             base = self.plan(inputs, mixed, noise)  # the same latent noise: only the prompt differs
             scores = [

@@ -20,10 +20,14 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:  # the optional [lm] extra, imported lazily where it runs
+    from transformers import PreTrainedModel
 
 from dataset.common import COLOR_OFFSET, NUM_COLORS
 
@@ -159,7 +163,7 @@ def _has_tokenizer(lm_path: str) -> bool:
     return any(isinstance(try_to_load_from_cache(lm_path, f), str) for f in TOKENIZER_FILES)
 
 
-def load_language_model(lm_path: str, dtype: str) -> nn.Module:
+def load_language_model(lm_path: str, dtype: str) -> PreTrainedModel:
     """The LM's backbone (hidden states, no LM head) from a local folder or a model id in the
     local Hugging Face cache; never downloads. transformers is imported here, lazily."""
     try:
@@ -200,7 +204,9 @@ class PromptEncoder(nn.Module):
         self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor, lm: nn.Module | None = None
     ) -> torch.Tensor:
         weight = demo_mask.unsqueeze(-1).float()
-        per_pair = self.numeric(numeric_features(demo_inputs, demo_labels, self.side).to(self.numeric[0].weight.dtype))
+        per_pair = self.numeric(
+            numeric_features(demo_inputs, demo_labels, self.side).to(next(self.numeric.parameters()).dtype)
+        )
         numeric = (per_pair * weight).sum(1) / weight.sum(1).clamp_min(1)
         if lm is None or self.lm_proj is None:
             return numeric

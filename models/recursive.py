@@ -194,6 +194,7 @@ class RecursiveCore(nn.Module):
         if self.uses_z_L:
             self.L_init = nn.Buffer(trunc_normal_init_(torch.empty(d, dtype=self.forward_dtype), std=1))
         # Halting starts almost never (sigmoid(-5)), so early training is plain deep supervision.
+        assert self.q_head.bias is not None  # built with bias=True
         with torch.no_grad():
             self.q_head.weight.zero_()
             self.q_head.bias.fill_(-5)
@@ -229,7 +230,7 @@ class RecursiveCore(nn.Module):
 
     def reset_carry(self, reset: torch.Tensor, carry: InnerCarry) -> InnerCarry:
         flag = reset.view(-1, 1, 1)
-        z_L = torch.where(flag, self.L_init, carry.z_L) if self.uses_z_L else None
+        z_L = torch.where(flag, self.L_init, carry.z_L) if carry.z_L is not None else None  # present iff uses_z_L
         return InnerCarry(torch.where(flag, self.H_init, carry.z_H), z_L)
 
     def reason(self, carry: InnerCarry, x: torch.Tensor, cos_sin: CosSin | None) -> InnerCarry:
@@ -382,11 +383,11 @@ class ACTModel(ARCModel):
         if state is None:
             return None
 
-        def to(t: torch.Tensor | None) -> torch.Tensor | None:
-            return t.to(device) if t is not None else None
+        def to(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device)
 
         return ACTCarry(
-            InnerCarry(to(state["z_H"]), to(state["z_L"])),
+            InnerCarry(to(state["z_H"]), to(state["z_L"]) if state["z_L"] is not None else None),
             to(state["steps"]),
             to(state["halted"]),
             {k: to(v) for k, v in state["current_data"].items()},

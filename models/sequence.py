@@ -205,7 +205,7 @@ def pack(parts: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> tuple[dic
     """Concatenate per-example sequences: each part is (features {name: [B, L_i]}, lengths
     [B]); every part has the same feature names. Returns (features [B, L], lengths),
     right-padded with 0."""
-    lengths = sum(n for _, n in parts)
+    lengths = sum((n for _, n in parts), torch.zeros_like(parts[0][1]))
     total = int(lengths.max())
     p = torch.arange(total, device=lengths.device)[None]
     start = torch.zeros_like(lengths)[:, None]
@@ -235,7 +235,7 @@ class KVCache:
         self.memory: tuple[torch.Tensor, torch.Tensor] | None = None  # cross-attention: computed once
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.k is None:
+        if self.k is None or self.v is None:  # both, on the first call
             shape = (k.shape[0], self.capacity, *k.shape[2:])
             self.k, self.v = k.new_empty(shape), v.new_empty(shape)
         end = self.n + k.shape[1]
