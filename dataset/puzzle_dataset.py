@@ -19,6 +19,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,7 +69,7 @@ def read_npy(path: str, mmap: bool = False) -> np.ndarray:
     return arr
 
 
-def read_json(path: str) -> object:
+def read_json(path: str) -> Any:
     """A JSON file of a dataset folder; DatasetError naming it when missing or cut short."""
     _require_file(path)
     try:

@@ -158,10 +158,10 @@ class ARCVoter:
         labeled = self.puzzle_task >= 0
         bad = np.flatnonzero(labeled & (n_ex != self.num_inputs[np.maximum(self.puzzle_task, 0)]))
         if bad.size:
-            p = int(bad[0])
+            first = int(bad[0])
             raise ValueError(
-                f"{dataset_path}: puzzle {names[p]!r} has {n_ex[p]} test examples, its task has "
-                f"{self.num_inputs[self.puzzle_task[p]]} test inputs"
+                f"{dataset_path}: puzzle {names[first]!r} has {n_ex[first]} test examples, its task has "
+                f"{self.num_inputs[self.puzzle_task[first]]} test inputs"
             )
         self.variants_per_task = np.bincount(self.puzzle_task[self.puzzle_task >= 0], minlength=len(self.task_ids))
         # Test outputs larger than their task's canvas (--canvas-buckets): unsolvable, counted in the metrics.

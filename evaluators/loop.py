@@ -12,7 +12,7 @@ tasks), with ``ARC/kaggle_pass@k`` (per test input) and ``ARC/strict_pass@k`` be
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ def first_tasks_rows(dataset: PuzzleDataset, num_tasks: int) -> int:
 def evaluate_examples(
     model: ARCModel,
     loss_fn,
-    loader: Iterable,
+    loader: PuzzleDataset,
     env: DistEnv,
     voter: ARCVoter | None = None,
     pass_ks=DEFAULT_PASS_KS,
@@ -71,7 +71,7 @@ def evaluate_examples(
         batch = {k: v.to(env.device) for k, v in batch.items()}
         output, data, predictions = model.predict(batch)
         _, metrics = loss_fn(output, data)
-        if keys is None:
+        if keys is None or totals is None:  # the first batch sets both
             keys = sorted(metrics)
             totals = torch.zeros(len(keys), dtype=torch.float64, device=env.device)
         totals += torch.stack([metrics[k].to(torch.float64) for k in keys])
@@ -85,15 +85,15 @@ def evaluate_examples(
     bar.close()
     model.train(was_training)
     result: dict[str, float] = {}
-    if keys is not None:
+    if keys is not None and totals is not None:
         totals = all_reduce_sum(totals, env)
         count = max(float(totals[keys.index("count")]), 1.0)
         result = {f"all/{k}": float(v) / (count if k != "count" else 1.0) for k, v in zip(keys, totals.tolist())}
     if voter is None:
         return result, None
     if env.distributed:
-        states = [None] * env.world_size if env.is_main else None
-        dist.gather_object(voter.state(), states, dst=0)
+        states: list[Any] = [None] * env.world_size  # filled on rank 0 only
+        dist.gather_object(voter.state(), states if env.is_main else None, dst=0)
         if not env.is_main:
             voter.reset()  # its votes now live on rank 0
             return result, None

@@ -97,13 +97,13 @@ def score_submission(
             "test_inputs": len(tests) if tests is not None else None,
             "labeled": tests is not None and all(isinstance(pair, dict) and "output" in pair for pair in tests),
         }
-        if record["labeled"]:
+        if tests is not None and record["labeled"]:
             solved = np.array(
                 [
                     [pair["output"] in [entry.get(a) for a in ATTEMPTS[:k]] for k in ks]
                     for entry, pair in zip(entries, tests)
                 ],
-                dtype=bool,
+                dtype=np.bool_,
             ).reshape(-1, len(ks))
             task_scores.append(solved)
             inputs_scored += len(solved)

@@ -40,13 +40,11 @@ def grid_problem(grid) -> str | None:
         return "not a non-empty list of rows"
     if len(grid) > MAX_SIDE:
         return f"{len(grid)} rows (max {MAX_SIDE})"
-    width = None
+    width = len(grid[0]) if isinstance(grid[0], list) else 0  # row 0 is checked first
     for r, row in enumerate(grid):
         if not isinstance(row, list) or not row:
             return f"row {r} is not a non-empty list"
-        if width is None:
-            width = len(row)
-        elif len(row) != width:
+        if len(row) != width:
             return f"ragged: row {r} has {len(row)} cells, row 0 has {width}"
         for c, x in enumerate(row):
             if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= 9:
