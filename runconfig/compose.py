@@ -45,8 +45,8 @@ def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
     keys = []
     if isinstance(node, DictConfig):
         for key in node.keys():
-            keys.append(f"{prefix}{key}")
-            keys += _dotted_keys(node._get_node(key), f"{prefix}{key}.")
+            keys.append(f"{prefix}{key!s}")
+            keys += _dotted_keys(node._get_node(key), f"{prefix}{key!s}.")
     return keys
 
 
@@ -58,11 +58,11 @@ def _unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
     unknown = []
     for key in node.keys():
         if fields is not None and key not in fields:
-            unknown.append(f"{prefix}{key}")
+            unknown.append(f"{prefix}{key!s}")
             continue
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
-            unknown += _unknown_keys(child, f"{prefix}{key}.")
+            unknown += _unknown_keys(child, f"{prefix}{key!s}.")
     return unknown
 
 
@@ -150,16 +150,17 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
 
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
         return
+    lines = [a for a in argv if a not in ("-m", "--multirun")]
     try:
-        parsed = OverridesParser.create().parse_overrides([a for a in argv if a not in ("-m", "--multirun")])
+        parsed = OverridesParser.create().parse_overrides(lines)
     except HydraException as e:
         raise ConfigError(config_error_message(e)) from None
     overrides = []
-    for override in parsed:
+    for line, override in zip(lines, parsed):  # one override per line, in order
         if override.key_or_group == "hydra.searchpath":
-            overrides.append(override.input_line)  # more config folders: options there (a yaml variant) compose
+            overrides.append(line)  # more config folders: options there (a yaml variant) compose
             continue
-        if override.key_or_group.startswith("hydra") or "${hydra" in override.input_line:
+        if override.key_or_group.startswith("hydra") or "${hydra" in line:
             continue  # Hydra's own settings, and values only a running Hydra job resolves
         if override.is_sweep_override():
             value = override.value()
@@ -168,10 +169,10 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
                 continue
             first = next(iter(override.sweep_string_iterator()), None)
             if first is None:
-                raise ConfigError(f"{override.input_line}: the sweep has no values")
+                raise ConfigError(f"{line}: the sweep has no values")
             overrides.append(f"{override.get_key_element()}={first}")
         else:
-            overrides.append(override.input_line)
+            overrides.append(line)
     compose_config(overrides, config_name)
 
 

@@ -50,6 +50,7 @@ def _option_keys(group: str, option: str, seen: tuple[str, ...] = ()) -> dict[st
     if option in seen or not os.path.isfile(path):
         return {}
     node = OmegaConf.load(path)
+    assert isinstance(node, DictConfig)  # an option of conf/ is a mapping
     keys: dict[str, Any] = {}
     for entry in node.get("defaults", []):
         if isinstance(entry, str):
@@ -63,7 +64,7 @@ def _option_keys(group: str, option: str, seen: tuple[str, ...] = ()) -> dict[st
                     keys.update(
                         {f.name: f.default for f in dataclasses.fields(schema) if f.default is not dataclasses.MISSING}
                     )
-    keys.update({k: v for k, v in node.items() if k != "defaults"})
+    keys.update({str(k): v for k, v in node.items() if k != "defaults"})
     return keys
 
 
@@ -75,14 +76,9 @@ def option_family(group: str, option: str) -> str | None:
 def options_of_family(group: str, family: str) -> list[str]:
     """The options of ``group`` (conf/<group>/*.yaml) whose ``family`` is ``family``, the
     group's default option first (conf/config.yaml), then by name."""
-    default = next(
-        (
-            e[group]
-            for e in OmegaConf.load(os.path.join(CONF_DIR, "config.yaml")).get("defaults", [])
-            if isinstance(e, DictConfig) and group in e
-        ),
-        None,
-    )
+    root = OmegaConf.load(os.path.join(CONF_DIR, "config.yaml"))
+    assert isinstance(root, DictConfig)  # conf/config.yaml is a mapping
+    default = next((e[group] for e in root.get("defaults", []) if isinstance(e, DictConfig) and group in e), None)
     folder = os.path.join(CONF_DIR, group)
     names = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
     found = [o for o in names if option_family(group, o) == family]
