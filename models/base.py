@@ -40,6 +40,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from models.sparse_embedding import PuzzleEmbedding
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # forward_dtype names
 
 
@@ -82,7 +84,7 @@ class ARCModel(nn.Module):
         return cls(config, shape)
 
     @property
-    def puzzle_emb(self) -> nn.Module | None:
+    def puzzle_emb(self) -> PuzzleEmbedding | None:
         """The sparse per-puzzle table (models/sparse_embedding.py), trained by SparseSignSGD."""
         return None
 

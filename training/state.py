@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dataset.puzzle_dataset import PuzzleDataset, canvas_sides
@@ -43,7 +42,7 @@ class TrainState:
     config: TrainConfig
     model: ARCModel
     shape: DataShape  # what the model was built for (this rank's batch)
-    forward: nn.Module  # what a step calls: the model, wrapped in DDP and/or compiled
+    forward: Callable[..., Any]  # what a step calls: the model, wrapped in DDP and/or compiled
     loss_fn: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
     optimizers: list[torch.optim.Optimizer]
     base_lrs: list[float]  # each optimizer's configured lr; the schedule scales it
@@ -165,7 +164,7 @@ def build_train_state(
     # The puzzle-embedding table is made of buffers: DDP must neither sync them (each rank
     # holds its own batch rows) nor reduce their gradients (SparseSignSGD all-gathers them).
     # With frozen weights nothing is left for DDP to reduce.
-    forward: nn.Module = model
+    forward: Callable[..., Any] = model  # torch.compile's result is typed a callable
     if env.distributed and not config.freeze_weights:
         forward = DistributedDataParallel(model, broadcast_buffers=False)
     if config.compile:
@@ -285,4 +284,7 @@ def check_resumable(path: str, saved: dict[str, Any], config: TrainConfig, env: 
 
 def checkpoint_root(config: TrainConfig) -> str:
     """The run folder: checkpoints, log, metrics.jsonl, curves.png and the resolved config."""
-    return config.checkpoint_path or os.path.join("checkpoints", config.project_name, config.run_name)
+    if config.checkpoint_path:
+        return config.checkpoint_path
+    assert config.run_name is not None  # the entry point names the run first (shared_run_name)
+    return os.path.join("checkpoints", config.project_name, config.run_name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -176,7 +178,7 @@ def _forward_backward(
     return metrics, loss
 
 
-def _maybe_no_sync(forward: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+def _maybe_no_sync(forward: Callable[..., Any], sync: bool) -> contextlib.AbstractContextManager:
     """DDP's ``no_sync`` on all but the last micro-batch: gradients are all-reduced once."""
     ddp = getattr(forward, "_orig_mod", forward)  # torch.compile wraps the DDP module
     if sync or not isinstance(ddp, DistributedDataParallel):
