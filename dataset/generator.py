@@ -933,7 +933,7 @@ def generate_tasks(
     contexts: Sequence[tuple[str, Task | dict]],
     n: int,
     seed: int,
-    weights: Sequence[float] | None = None,
+    weights: Sequence[float] | np.ndarray | None = None,
     generator: TaskGenerator | None = None,
     *,
     max_side: int = ARC_MAX_SIDE,

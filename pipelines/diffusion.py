@@ -345,6 +345,7 @@ def step_backbone(config: DiffusionPipelineConfig, env: DistEnv) -> str:
     log.info("checkpoints: %s (resume=%s)", root, run_config.resume)
     summary = loop.train(run_config, env)
     chosen = load_checkpoint(chosen_checkpoint(root, run_config))
+    assert chosen.state is not None  # a checkpoint of this run folder carries its state
     path = os.path.join(config.output_dir, BEST_MODEL)
     if env.is_main:
         save_atomic(
@@ -395,6 +396,7 @@ def step_size_head(config: DiffusionPipelineConfig, env: DistEnv) -> str:
     run_config = size_head_run(config, backbone, root)
     summary = loop.train(run_config, env)
     chosen = load_checkpoint(chosen_checkpoint(root, run_config))
+    assert chosen.state is not None  # a checkpoint of this run folder carries its state
     weights = chosen.eval_weights()
     head = {k[len(SIZE_HEAD_PREFIX) :]: v for k, v in weights.items() if k.startswith(SIZE_HEAD_PREFIX)}
     path = os.path.join(config.output_dir, BEST_SIZE_HEAD)
@@ -449,6 +451,7 @@ def step_evaluation(config: DiffusionPipelineConfig, env: DistEnv) -> str:
     result = evaluate_checkpoint(eval_config, Checkpoint(model_path, weights), env)
     if not env.is_main:
         return "evaluated (rank > 0)"
+    assert result.submission is not None  # rank 0's
     for line in result.summary:
         log.info(line)
     test_path = (eval_config.data.test_paths or eval_config.data.paths)[0]

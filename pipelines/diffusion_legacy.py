@@ -125,7 +125,8 @@ def plan_from_json(path: str, extra: list[str]) -> Plan:
         if not isinstance(raw.get(section), dict):
             raise PipelineError(f"{path}: the section {section!r} is required (an object)")
     base = [f"experiment={raw['experiment']}"] if raw.get("experiment") else ["arch=diffusion", "loss=diffusion"]
-    main_ov, head_ov = list(base), []
+    main_ov = list(base)
+    head_ov: list[str] = []
     plan = Plan(source=f"JSON config {path}", overrides=main_ov, options=DiffusionOptions(size_head_overrides=head_ov))
     for section, table in JSON_KEYS.items():
         values = raw.get(section, {})

@@ -77,7 +77,9 @@ def load_checkpoint(path: str) -> Checkpoint:
                 f"checkpoint={path}: neither a checkpoint (state.pt), an export "
                 f"({ckpt.EXPORT_WEIGHTS}) nor a run folder (step_*)"
             )
-        path = ckpt.newest_checkpoint(path, purpose=f"checkpoint={path}")
+        newest = ckpt.newest_checkpoint(path, purpose=f"checkpoint={path}")
+        assert newest is not None  # step_* folders are there: it takes one or raises
+        path = newest
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint={path}: no such file or folder")
     source = ckpt.load_weights(path)
@@ -241,6 +243,7 @@ def evaluate_checkpoint(config: TrainConfig, checkpoint: Checkpoint, env: DistEn
     )
     if not env.is_main:
         return EvalResult()
+    assert submission is not None  # rank 0, with a voter
     out_dir = config.eval.output_dir or default_output_dir(checkpoint.path, test_path)
     os.makedirs(out_dir, exist_ok=True)
     views = metrics.get("ARC/views_per_input", 0)

@@ -142,7 +142,7 @@ def load_tasks(source: str, subset: str, max_side: int, key: str) -> dict[str, d
         loaded = load_subset(source, subset)
     except (FileNotFoundError, TaskFormatError) as e:
         raise ConfigError(f"{key}={source}: {e}") from None
-    tasks = {}
+    tasks: dict[str, dict] = {}
     for task_id, task in sorted(loaded.items()):
         if task.max_side() <= max_side:
             tasks[task_id] = {"train": [], "test": []}
@@ -423,6 +423,7 @@ def run_episode(
     train_config.resume = "auto"  # an interrupted episode continues its own training
     if cfg.warm_start and previous_model and not config.init_from:
         newest = ckpt.newest_checkpoint(previous_model, purpose="warm start")
+        assert newest is not None  # the previous episode trained there
         train_config.init_from = os.path.join(newest, "state.pt")  # puzzle rows matched by identifier
     started = time.perf_counter()
     loop.train(train_config, env)

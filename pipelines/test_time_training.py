@@ -216,14 +216,16 @@ def load_tasks(config: TTTConfig) -> tuple[list[str], dict[str, Task], dict[str,
     their reasons). A problem with the source itself (no file, a Kaggle file that is not
     JSON) is an error; a bad task is not: it gets the fallback answer. Every task is checked
     as the builder checks a test set's (``test_set``), so no chunk holds a task it refuses."""
+    assert config.tasks is not None  # validate() requires it
     try:
         loaded = load_subset(config.tasks, config.subset, on_bad_task="skip", test_set=True)
     except (FileNotFoundError, ValueError) as e:
         raise type(e)(f"tasks={config.tasks} subset={config.subset}: {e}") from None
     order = list(loaded)[: config.limit]
-    tasks = {t: loaded[t] for t in order if isinstance(loaded[t], Task)}
-    bad = {t: loaded[t] for t in order if isinstance(loaded[t], BadTask)}
-    return order, tasks, bad  # type: ignore[return-value]
+    kept = {t: loaded[t] for t in order}
+    tasks = {t: task for t, task in kept.items() if isinstance(task, Task)}
+    bad = {t: task for t, task in kept.items() if isinstance(task, BadTask)}
+    return order, tasks, bad
 
 
 # ----------------------------------------------------------------------------------------
@@ -365,6 +367,7 @@ def adapt_chunk(setup: Setup, tasks: dict[str, Task], chunk_dir: str, minutes: f
             summary = loop.train(stage, env)
             steps_done.append(summary["step"])
             final = ckpt.newest_checkpoint(stage_dir, purpose="the next ttt stage")
+            assert final is not None  # the stage just trained there
             weights_file = os.path.join(final, "state.pt")
     timings["train_seconds"] = time.perf_counter() - started - timings["build_seconds"]
 
@@ -724,7 +727,10 @@ def run(config: TTTRunConfig, env: DistEnv | None = None, checkpoint: Checkpoint
     if env.distributed and not cfg.output_dir:
         raise ValueError("ttt.output_dir=PATH is required under torchrun (the ranks meet there)")
     with interruptible() as stop:
-        setup = load_setup(config, checkpoint or load_checkpoint(cfg.checkpoint))
+        if checkpoint is None:
+            assert cfg.checkpoint is not None  # validate() requires it
+            checkpoint = load_checkpoint(cfg.checkpoint)
+        setup = load_setup(config, checkpoint)
         order, tasks, bad = load_tasks(cfg)
         out = os.path.abspath(cfg.output_dir or os.path.join("outputs", "ttt", time.strftime("%Y%m%d-%H%M%S")))
         fits = [t for t, task in tasks.items() if task.max_side() <= setup.canvas]
