@@ -30,7 +30,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -129,6 +129,7 @@ class Primitive(abc.ABC):
     """A deterministic grid transformation whose parameters are its dataclass fields."""
 
     op: ClassVar[str]
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # declared only: each concrete primitive is a dataclass
 
     @abc.abstractmethod
     def __call__(self, grid: Grid) -> Grid: ...
@@ -156,7 +157,7 @@ class Primitive(abc.ABC):
         return False
 
     def to_spec(self) -> dict[str, Any]:
-        return {"op": self.op, **{f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}}  # type: ignore
+        return {"op": self.op, **{f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}}
 
 
 def _jsonable(value: Any) -> Any:

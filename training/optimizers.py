@@ -20,7 +20,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import torch
 import torch.distributed as dist
@@ -92,8 +92,13 @@ class AdamATan2(torch.optim.Optimizer):
                 raise ValueError(f"Invalid beta{i + 1}: {beta} (must be in [0, 1))")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
 
+    @overload  # Optimizer.step's two signatures: the loss with a closure, None without
+    def step(self, closure: None = None) -> None: ...
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = _evaluate_closure(closure)
 
         for group in self.param_groups:
@@ -283,8 +288,13 @@ class SparseSignSGD(torch.optim.Optimizer):
             return 1
         return dist.get_world_size(self.process_group)
 
+    @overload  # Optimizer.step's two signatures: the loss with a closure, None without
+    def step(self, closure: None = None) -> None: ...
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = _evaluate_closure(closure)
 
         for group in self.param_groups:
