@@ -283,7 +283,10 @@ def evaluations(run: Path) -> dict[int, dict[str, float]]:
     }
 
 
-@pytest.mark.parametrize("fault, status", [(PREEMPT_AT_STEP, PREEMPTED_EXIT), (KILL_IN_EVAL_AT_STEP, -signal.SIGKILL)])
+@pytest.mark.parametrize(
+    "fault, status",
+    [(PREEMPT_AT_STEP, PREEMPTED_EXIT), pytest.param(KILL_IN_EVAL_AT_STEP, -signal.SIGKILL, marks=pytest.mark.slow)],
+)
 def test_an_evaluation_missed_at_an_epoch_end_is_owed_by_the_resumed_run(tiny_data, tmp_path, fault, status):
     """Preempted on an epoch's last step (no evaluation: the grace period is for the
     checkpoint), or killed in the evaluation after it (that step checkpointed): the rerun

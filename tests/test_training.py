@@ -206,7 +206,7 @@ def _env():
     return {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
-@pytest.mark.parametrize("accum", [1, 2])
+@pytest.mark.parametrize("accum", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_torchrun_two_ranks_match_one_process(tiny_data, tmp_path, accum):
     """2 ranks x batch 4 (with accum 2: 2 micro-batches of 2 each, gradients all-reduced
     once) give the same updates as 1 rank x batch 8 (exploration off, so halting is
