@@ -29,7 +29,8 @@ PRESETS = {
 
 CHILD = """
 import json, resource, sys, time
-from dataset.build_arc_dataset import BuildConfig, build
+from dataset.build_arc_dataset import build
+from dataset.build_config import BuildConfig
 cfg = BuildConfig(**json.loads(sys.argv[1]))
 t = time.perf_counter()
 info = build(cfg)

@@ -50,8 +50,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataset.build_arc_dataset import ARC_BUCKETS  # noqa: E402
 from dataset.build_arc_dataset import main as build_main  # noqa: E402
+from dataset.build_config import ARC_BUCKETS  # noqa: E402
 from dataset.puzzle_dataset import PuzzleDataset  # noqa: E402
 from dataset.sources import load_subset  # noqa: E402
 from runconfig.compose import compose_config  # noqa: E402

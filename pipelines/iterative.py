@@ -48,7 +48,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from dataset.augment import parse_variant_name
-from dataset.build_arc_dataset import BuildConfig, build
+from dataset.build_arc_dataset import build
+from dataset.build_config import BuildConfig
 from dataset.generator import generate_tasks
 from dataset.puzzle_dataset import PuzzleDataset
 from dataset.sources import TaskFormatError, load_subset

@@ -52,7 +52,8 @@ import numpy as np
 import torch
 from hydra.core.config_store import ConfigStore
 
-from dataset.build_arc_dataset import BuildConfig, build
+from dataset.build_arc_dataset import build
+from dataset.build_config import BuildConfig
 from dataset.common import ARC_MAX_GRID_SIZE, PuzzleDatasetMetadata
 from dataset.sources import BadTask, Task, load_subset
 from evaluators.arc import write_submission
