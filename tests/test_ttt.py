@@ -15,7 +15,8 @@ import ttt
 from dataset.build_arc_dataset import main as build_main
 from evaluators.validate_submission import validate
 from models.convert import PUZZLE_EMB_KEY, extend_puzzle_embeddings
-from pipelines import test_time_training as adapt
+from pipelines import ttt_ranks
+from pipelines.ttt_config import TTTConfig
 from utils import checkpoint as ckpt
 
 COLOURS = (2, 4, 6, 8)
@@ -230,13 +231,13 @@ def test_chunked_run_merges_one_valid_submission(pretrained, tmp_path, capsys, m
 
 
 def test_time_budget_is_shared_over_the_chunks_left():
-    config = adapt.TTTConfig(checkpoint="x", tasks="y", total_minutes=10.0)
-    assert adapt.chunk_minutes(config, 0.0, 4, []) == pytest.approx(10 / 4 * 0.75)  # a quarter kept for build + eval
+    config = TTTConfig(checkpoint="x", tasks="y", total_minutes=10.0)
+    assert ttt_ranks.chunk_minutes(config, 0.0, 4, []) == pytest.approx(10 / 4 * 0.75)  # a quarter kept for build + eval
     done = [{"seconds": 50.0, "train_seconds": 20.0}]  # 30 s of overhead measured
-    assert adapt.chunk_minutes(config, 150.0, 3, done) == pytest.approx(((600 - 150) / 3 - 30) / 60)
+    assert ttt_ranks.chunk_minutes(config, 150.0, 3, done) == pytest.approx(((600 - 150) / 3 - 30) / 60)
     config.minutes = 0.5
-    assert adapt.chunk_minutes(config, 150.0, 3, done) == 0.5
-    assert adapt.chunk_minutes(adapt.TTTConfig(checkpoint="x", tasks="y", minutes=2.0), 1e6, 1, []) == 2.0
+    assert ttt_ranks.chunk_minutes(config, 150.0, 3, done) == 0.5
+    assert ttt_ranks.chunk_minutes(TTTConfig(checkpoint="x", tasks="y", minutes=2.0), 1e6, 1, []) == 2.0
 
 
 def test_out_of_time_answers_every_task_with_the_fallback(pretrained, new_tasks, tmp_path, capsys):

@@ -26,6 +26,7 @@ from evaluators.validate_submission import load_tasks as validator_tasks
 from evaluators.validate_submission import main as validate_main
 from evaluators.validate_submission import validate
 from pipelines import test_time_training as adapt
+from pipelines import ttt_ranks
 from utils.distributed import DistEnv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -314,14 +315,14 @@ def config_for(pretrained: Path, src: Path, out: Path, *extra: str):
 
 def test_a_failed_chunk_gets_the_fallback_and_the_run_goes_on(pretrained, tmp_path, monkeypatch, caplog):
     src, tasks = three_tasks(tmp_path)
-    real = adapt.adapt_chunk
+    real = ttt_ranks.adapt_chunk
 
     def failing(setup, chunk_tasks, chunk_dir, minutes, env):
         if "a" in chunk_tasks:
             raise RuntimeError("out of memory (simulated)")
         return real(setup, chunk_tasks, chunk_dir, minutes, env)
 
-    monkeypatch.setattr(adapt, "adapt_chunk", failing)
+    monkeypatch.setattr(ttt_ranks, "adapt_chunk", failing)
     config, checkpoint = config_for(pretrained, src, tmp_path / "out")
     report = adapt.run(config, checkpoint=checkpoint)
     submission = read_json(tmp_path / "out" / "submission.json")
@@ -376,14 +377,14 @@ def test_a_rank_that_never_reports_does_not_hang_rank_0(pretrained, tmp_path):
 
 def test_sigterm_ends_the_chunks_and_still_writes_the_submission(pretrained, tmp_path, monkeypatch):
     src, tasks = three_tasks(tmp_path)
-    real = adapt.adapt_chunk
+    real = ttt_ranks.adapt_chunk
 
     def terminated(setup, chunk_tasks, chunk_dir, minutes, env):
         if "c" in chunk_tasks:  # a cluster's time limit, or torchrun stopping the ranks, mid-chunk
             os.kill(os.getpid(), signal.SIGTERM)
         return real(setup, chunk_tasks, chunk_dir, minutes, env)
 
-    monkeypatch.setattr(adapt, "adapt_chunk", terminated)
+    monkeypatch.setattr(ttt_ranks, "adapt_chunk", terminated)
     handler = signal.getsignal(signal.SIGTERM)
     config, checkpoint = config_for(pretrained, src, tmp_path / "out", "ttt.chunk_size=1")
     report = adapt.run(config, checkpoint=checkpoint)
@@ -437,9 +438,9 @@ def test_torchrun_ranks_answer_chunks_in_parallel(pretrained, tmp_path):
 
 CRASHING_RANK = """
 import os, sys, time
-from pipelines import test_time_training as adapt
+from pipelines import test_time_training as adapt, ttt_ranks
 
-real = adapt.adapt_chunk
+real = ttt_ranks.adapt_chunk
 
 
 def adapt_chunk(setup, tasks, chunk_dir, minutes, env):
@@ -451,7 +452,7 @@ def adapt_chunk(setup, tasks, chunk_dir, minutes, env):
     return real(setup, tasks, chunk_dir, minutes, env)
 
 
-adapt.adapt_chunk = adapt_chunk
+ttt_ranks.adapt_chunk = adapt_chunk  # where run_rank_chunks looks it up
 sys.exit(adapt.main())
 """
 
