@@ -7,29 +7,24 @@ import pytest
 from conftest import write_folder_source
 
 from dataset import generator as gen
-from dataset.generator import (
+from dataset.gen_primitives import (
     ColourMap,
     Compose,
     Crop,
-    DSLGenerator,
     FillEnclosed,
     Flip,
-    GeneratedTask,
-    GenerationError,
-    GenerationFailure,
     Gravity,
     MoveObjects,
     RecolourBySize,
     Rotate,
     Scale,
-    TaskGenerator,
-    TaskStyle,
     Tile,
-    generate_task,
-    generate_tasks,
     program_from_spec,
-    validate_task,
 )
+from dataset.gen_sampling import _sample_primitive
+from dataset.gen_style import TaskStyle, draw_input
+from dataset.gen_task import GeneratedTask, GenerationFailure, generate_task, validate_task
+from dataset.generator import DSLGenerator, GenerationError, TaskGenerator, generate_tasks
 from dataset.sources import load_subset, parse_task
 
 # Contexts of different kinds: fixed/varying sizes, backgrounds other than 0, one or many colours.
@@ -201,7 +196,7 @@ def test_style_of_a_context_and_inputs_drawn_in_it():
     assert style.objects == (0, 2)
     rng = np.random.default_rng(0)
     for _ in range(20):
-        grid = gen.draw_input(style, rng, (3, 4), min_objects=1)
+        grid = draw_input(style, rng, (3, 4), min_objects=1)
         assert grid.shape == (3, 4) and set(np.unique(grid)) <= {5, 1, 2} and (grid != 5).any()
 
 
@@ -270,7 +265,7 @@ def test_single_colour_palette_recolours_to_another_colour():
     style = TaskStyle((5, 5), (5, 5), True, 0, (3,), (1, 3), 0.3)
     rng = np.random.default_rng(0)
     for _ in range(30):
-        program = gen._sample_primitive("recolour_by_size", rng, style, 30)
+        program = _sample_primitive("recolour_by_size", rng, style, 30)
         assert program is not None and 3 not in program.colours and 0 not in program.colours
 
 
