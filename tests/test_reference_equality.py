@@ -39,12 +39,12 @@ from models.recursive import RecursiveArchConfig
 
 DATA = Path(__file__).resolve().parent / "data"
 
-# Same ops in the same order in float32 on CPU: the observed differences are 0 (bitwise
-# equal). The tolerance only leaves room for a different BLAS / SDPA kernel choice on
-# another machine or torch version (float32 rounding after ~10 chained blocks of
-# attention + SwiGLU + RMSNorm is ~1e-6 relative); a real discrepancy (a wrong op order,
-# a missing norm, a swapped q/k/v split, a wrong RoPE) moves outputs by >1e-2.
-TOL = {"atol": 1e-6, "rtol": 1e-5}
+# Same ops in the same order in float32 on CPU. On an AMD EPYC (AVX2) the outputs are bitwise
+# equal; on an Intel Xeon with AVX-512 and AMX the GEMM kernels block the sums differently and
+# logits move by up to 1.05e-5 (2026-12-07, torch 2.13.0+cpu). The tolerance leaves 10x room
+# over that; a real discrepancy (a wrong op order, a missing norm, a swapped q/k/v split, a
+# wrong RoPE) moves outputs by >1e-2.
+TOL = {"atol": 1e-4, "rtol": 1e-4}
 
 # ARCForge arch name and the fields that differ from / are absent in the reference config.
 CASES = {
@@ -52,7 +52,7 @@ CASES = {
     "trm_mlp_tiny": ("trm_mlp", {}),
     # The reference HRM always uses ceil(ndim / hidden) puzzle tokens and Q-learning with
     # the continue logit; ARCForge spells those puzzle_emb_len=0 and no_ACT_continue=False.
-    "hrm_tiny": ("hrm", {"puzzle_emb_len": 0, "no_ACT_continue": False}),
+    "hrm_tiny": ("hrm", {"core": "hrm", "puzzle_emb_len": 0, "no_ACT_continue": False}),
 }
 
 ARCH_FIELDS = (
