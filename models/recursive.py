@@ -41,9 +41,7 @@ class RecursiveArchConfig:
 
     name: str = "trm"  # a free label (run names, messages)
     family: str = "recursive"
-    # trm | hrm | transformer (CORES). None: read from the layers, as configs written before
-    # this key: L_layers 0 -> transformer, H_layers 0 -> trm, both -> hrm.
-    core: str | None = None
+    core: str = "trm"  # trm | hrm | transformer (CORES): the recursion
     hidden_size: int = setting(512, ge=1)
     num_heads: int = setting(8, ge=1)
     expansion: float = setting(4.0, gt=0)
@@ -65,10 +63,6 @@ class RecursiveArchConfig:
     # (TRM's transformers_baseline, whose loss never asks for it). Ignored with True.
     q_continue_target: bool = True
     forward_dtype: str = "bfloat16"
-
-    def __post_init__(self) -> None:
-        if self.core is None:
-            self.core = "transformer" if self.L_layers == 0 else "trm" if self.H_layers == 0 else "hrm"
 
     def validate(self) -> None:
         check_ranges(self, "arch.")

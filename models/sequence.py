@@ -70,9 +70,8 @@ class SequenceArchConfig:
     name: str = "encoder_decoder"  # a free label (run names, messages)
     family: str = "sequence"
     # decoder_only | encoder_decoder (the champion is an encoder_decoder with demonstrations and
-    # 2-D positions). None: read from the layers, as configs written before this key:
-    # encoder_layers 0 -> decoder_only, else encoder_decoder.
-    variant: str | None = None
+    # 2-D positions)
+    variant: str = "encoder_decoder"
     hidden_size: int = setting(256, ge=1)
     num_heads: int = setting(8, ge=1)
     expansion: float = setting(4.0, gt=0)
@@ -89,10 +88,6 @@ class SequenceArchConfig:
     temperature: float = setting(1.0, gt=0)
     # sampling draws from its own generator: evaluation leaves the global RNG alone
     sample_seed: int = setting(0, ge=0)
-
-    def __post_init__(self) -> None:
-        if self.variant is None:
-            self.variant = "decoder_only" if self.encoder_layers == 0 else "encoder_decoder"
 
     def validate(self) -> None:
         check_ranges(self, "arch.")

@@ -182,7 +182,7 @@ def canvas_change_note(state: dict | None, sides: list[int], test_path: str) -> 
     sees another number of PAD cells there, so the model computes another function
     (docs/data.md, "Canvas buckets", has what that cost a trained checkpoint)."""
     trained = (state or {}).get("canvas_sides")
-    if trained is None:  # TRM/HRM files and older checkpoints: a single canvas is all we can assume
+    if trained is None:  # weights files and exports do not say: a single canvas is all we can assume
         return (
             f"{test_path} sits on canvases {sides}; the checkpoint does not say which canvases it trained on "
             "(a canvas other than its own changes its outputs: docs/data.md, Canvas buckets)"

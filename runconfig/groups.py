@@ -41,7 +41,7 @@ def check_arch_loss_pair(arch: Any, loss: Any) -> None:
         raise ValueError(f"loss={loss.name} does not score arch={arch.name}: use {use}")
 
 
-def _option_keys(group: str, option: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+def option_keys(group: str, option: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     """The top-level keys an option sets, read from its yaml and the options it extends (a
     same-group default, e.g. trm_tiny's ``- trm``), with the defaults of the schema it extends
     beneath; no composition (this runs inside a Hydra app too). Only plain values are reliable
@@ -56,7 +56,7 @@ def _option_keys(group: str, option: str, seen: tuple[str, ...] = ()) -> dict[st
         if isinstance(entry, str):
             base = entry.removeprefix(f"/{group}/").split("@")[0]
             if base != "_self_" and "/" not in base:
-                keys.update(_option_keys(group, base, (*seen, option)))
+                keys.update(option_keys(group, base, (*seen, option)))
         elif isinstance(entry, DictConfig):
             for key, value in entry.items():
                 if str(key).split("@")[0] == f"/schema/{group}" and value in SCHEMAS.get(group, {}):
@@ -70,7 +70,7 @@ def _option_keys(group: str, option: str, seen: tuple[str, ...] = ()) -> dict[st
 
 def option_family(group: str, option: str) -> str | None:
     """The ``family`` an option of ``group`` names (or inherits; None: the group has none)."""
-    return _option_keys(group, option).get("family")
+    return option_keys(group, option).get("family")
 
 
 def options_of_family(group: str, family: str) -> list[str]:

@@ -27,6 +27,7 @@ from training import loop
 from training.state import load_init_weights
 from utils import checkpoint as ckpt
 from utils.checkpoint import write as checkpoint_write
+from utils.checkpoint.manifest import write_manifest
 from utils.distributed import DistEnv
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -72,8 +73,8 @@ def flip_bytes(file):
 
 def fake_checkpoint(root, step, **extra):
     """A small checkpoint written by save_checkpoint (manifest and all)."""
-    shared = {"model": {"w": torch.full((4,), float(step))}, "step": step, **extra}
-    return ckpt.save_checkpoint(str(root), step, shared, {"carry": None, "rng": ckpt.rng_state()}, CPU)
+    shared = {"format": ckpt.CHECKPOINT_FORMAT, "model": {"w": torch.full((4,), float(step))}, "step": step, **extra}
+    return ckpt.save_checkpoint(str(root), step, shared, {"carries": {}, "rng": ckpt.rng_state()}, CPU)
 
 
 def warnings_naming(caplog, folder):
@@ -115,20 +116,19 @@ def test_evaluate_on_a_run_folder_takes_the_newest_complete_checkpoint(trained, 
     assert any("rank0.pt is missing" in m for m in warnings_naming(caplog, step_dir(root, 4)))
 
 
-def test_legacy_checkpoints_without_a_manifest(tmp_path, caplog):
+def test_a_checkpoint_without_a_manifest_is_skipped_and_refused_by_name(tmp_path, caplog):
     for step in (1, 2, 3):
         fake_checkpoint(tmp_path, step)
-    (step_dir(tmp_path, 3) / ckpt.MANIFEST).unlink()  # a manifest-less folder newer than a complete one
+    (step_dir(tmp_path, 3) / ckpt.MANIFEST).unlink()  # damaged, or written before manifests
     with caplog.at_level(logging.WARNING):
         assert ckpt.resolve_resume("auto", str(tmp_path)) == str(step_dir(tmp_path, 2))
-    assert any("no manifest.json" in m for m in warnings_naming(caplog, step_dir(tmp_path, 3)))
-    assert ckpt.resolve_resume(str(step_dir(tmp_path, 3)), str(tmp_path)) == str(step_dir(tmp_path, 3))  # named
+    assert any("no manifest.json" in m and "upgrade_checkpoint" in m for m in warnings_naming(caplog, step_dir(tmp_path, 3)))
+    with pytest.raises(ckpt.CheckpointCorruptError, match="no manifest.json"):
+        ckpt.resolve_resume(str(step_dir(tmp_path, 3)), str(tmp_path))
     for step in (1, 2):
         (step_dir(tmp_path, step) / ckpt.MANIFEST).unlink()
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):  # a run older than manifests: its newest, unverified
-        assert ckpt.resolve_resume("auto", str(tmp_path)) == str(step_dir(tmp_path, 3))
-    assert any("unverified" in m for m in warnings_naming(caplog, step_dir(tmp_path, 3)))
+    with pytest.raises(ckpt.CheckpointCorruptError, match="none of the 3 checkpoints"):
+        ckpt.resolve_resume("auto", str(tmp_path))
 
 
 def test_resume_auto_with_no_usable_checkpoint_refuses(tmp_path):
@@ -329,11 +329,12 @@ class RunsCode:
 @pytest.mark.parametrize("entry", ["evaluate", "init_from", "resume", "rank file"])
 def test_a_pickled_object_that_runs_code_is_refused_naming_the_file(tmp_path, entry, call, capsys):
     marker = tmp_path / "code-ran"
-    folder = tmp_path / "run" / "step_00000001"  # a checkpoint as written before manifests
+    folder = tmp_path / "run" / "step_00000001"
     folder.mkdir(parents=True)
     evil = {"model": {"w": torch.zeros(2)}, "step": 1, "payload": RunsCode(marker, call)}
     torch.save(evil if entry != "rank file" else {"model": {}, "step": 1}, folder / "state.pt")
-    torch.save({"carry": RunsCode(marker, call)}, folder / "rank0.pt")
+    torch.save({"carries": RunsCode(marker, call)}, folder / "rank0.pt")
+    write_manifest(str(folder))  # a manifest is no protection: whoever wrote the file can write one
     named = folder / ("rank0.pt" if entry == "rank file" else "state.pt")
     if entry == "evaluate":
         assert evaluate.main([f"checkpoint={folder}", "arch=trm_tiny"]) == 2

@@ -55,7 +55,7 @@ def canvas(grid, side: int = SIDE, r0: int = 0, c0: int = 0) -> torch.Tensor:
 def tiny_config(name: str, **kw) -> SequenceArchConfig:
     base = dict(name=name, hidden_size=32, num_heads=2, expansion=2, encoder_layers=1, decoder_layers=2, context_layers=1)
     if name == "decoder_only":
-        base.update(encoder_layers=0, context_layers=0)
+        base.update(variant="decoder_only", encoder_layers=0, context_layers=0)
     if name == "champion":
         base.update(num_demos=2, pos_2d=True)
     return SequenceArchConfig(**{**base, **kw})

@@ -73,6 +73,7 @@ class TrainState:
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            "format": ckpt.CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers],
             "ema": self.ema.state_dict() if self.ema else None,
@@ -95,29 +96,25 @@ class TrainState:
         self.model.load_state_dict(shared["model"])
         for opt, state in zip(self.optimizers, shared["optimizers"], strict=True):
             opt.load_state_dict(state)
-        if self.ema is not None and shared.get("ema") is not None:
+        if self.ema is not None and shared["ema"] is not None:
             self.ema.load_state_dict(shared["ema"])
         self.train_data.load_state_dict(shared["data_position"])
         self.step = shared["step"]
-        if shared.get("monitor"):
+        if shared["monitor"]:
             self.monitor.load_state_dict(shared["monitor"])
-        self.wandb_id = shared.get("wandb_id")
-        if shared.get("scaler"):
+        self.wandb_id = shared["wandb_id"]
+        if shared["scaler"]:
             self.scaler.load_state_dict(shared["scaler"])
-        self.skipped_steps = shared.get("skipped_steps", 0)  # absent in checkpoints older than the count
-        self.bad_steps_in_a_row = shared.get("bad_steps_in_a_row", 0)
-        # Checkpoints older than the field cannot tell whether their step was evaluated: assume it was.
-        self.evaluated_step = shared.get("evaluated_step", self.step)
+        self.skipped_steps = shared["skipped_steps"]
+        self.bad_steps_in_a_row = shared["bad_steps_in_a_row"]
+        self.evaluated_step = shared["evaluated_step"]
 
     def rank_state(self) -> dict[str, Any]:
         carries = {key: self.model.carry_state(carry) for key, carry in self.carries.items()}
         return {"carries": {key: c for key, c in carries.items() if c is not None}, "rng": ckpt.rng_state()}
 
     def load_rank_state(self, own: dict[str, Any], device: torch.device) -> None:
-        saved = own.get("carries")
-        if saved is None and own.get("carry") is not None:  # written before canvas buckets: one carry
-            saved = {carry_key(0, own["carry"]["current_data"]["inputs"].shape[1]): own["carry"]}
-        carries = {key: self.model.carry_from_state(c, device) for key, c in (saved or {}).items()}
+        carries = {key: self.model.carry_from_state(c, device) for key, c in own["carries"].items()}
         self.carries = {key: c for key, c in carries.items() if c is not None}
         ckpt.set_rng_state(own["rng"])
 

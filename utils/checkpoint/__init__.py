@@ -26,12 +26,12 @@ from utils.checkpoint.errors import (
 )
 from utils.checkpoint.export import write_export
 from utils.checkpoint.files import (
+    CHECKPOINT_FORMAT,
     COMPLETE,
     EXPORT_CONFIG,
     EXPORT_INFO,
     EXPORT_WEIGHTS,
     INCOMPLETE,
-    LEGACY,
     LOCK_FILE,
     MANIFEST,
     METRICS_FILE,
@@ -48,6 +48,7 @@ from utils.checkpoint.manifest import checkpoint_status, newest_checkpoint
 from utils.checkpoint.write import checkpoint_score, prune_checkpoints, save_checkpoint, write_failure
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
     "COMPLETE",
     "CheckpointCorruptError",
     "CheckpointError",
@@ -56,7 +57,6 @@ __all__ = [
     "EXPORT_INFO",
     "EXPORT_WEIGHTS",
     "INCOMPLETE",
-    "LEGACY",
     "LOCK_FILE",
     "MANIFEST",
     "METRICS_FILE",

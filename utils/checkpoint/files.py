@@ -26,6 +26,14 @@ METRICS_FILE = "metrics.jsonl"  # in the run folder: every logged record of the 
 MANIFEST = "manifest.json"
 
 
+# What state.pt holds (training/state.py TrainState.state_dict). 2: every field it writes
+# today; older files are refused at load and upgraded by `python -m pipelines.upgrade_checkpoint`.
+CHECKPOINT_FORMAT = 2
+
+
+UPGRADE_COMMAND = "python -m pipelines.upgrade_checkpoint"
+
+
 STATE_FILE = "state.pt"
 
 
@@ -54,7 +62,7 @@ EXPORT_INFO = "checkpoint.json"
 EXPORT_FORMAT = "arcforge-export"
 
 
-COMPLETE, LEGACY, INCOMPLETE = "complete", "legacy", "incomplete"
+COMPLETE, INCOMPLETE = "complete", "incomplete"
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)

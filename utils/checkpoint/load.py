@@ -18,7 +18,16 @@ import numpy as np
 import torch
 
 from utils.checkpoint.errors import CheckpointCorruptError, CheckpointError, UnsafeCheckpointError
-from utils.checkpoint.files import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_INFO, EXPORT_WEIGHTS, MANIFEST, STATE_FILE
+from utils.checkpoint.files import (
+    CHECKPOINT_FORMAT,
+    EXPORT_CONFIG,
+    EXPORT_FORMAT,
+    EXPORT_INFO,
+    EXPORT_WEIGHTS,
+    MANIFEST,
+    STATE_FILE,
+    UPGRADE_COMMAND,
+)
 from utils.checkpoint.manifest import check_named, manifest_problem, newest_checkpoint
 from utils.distributed import DistEnv
 
@@ -27,7 +36,7 @@ log = logging.getLogger(__name__)
 
 def resolve_resume(resume: str, checkpoint_root: str, verify: str | None = None, env: DistEnv | None = None) -> str | None:
     """The checkpoint folder to resume from: none, the newest complete one (auto; see the
-    module docstring for damaged and legacy ones), or a given folder (refused when damaged).
+    module docstring for damaged ones), or a given folder (refused when damaged).
     With a distributed ``env`` rank 0 decides (and logs) and every rank gets its answer."""
     if env is not None and env.distributed:
         import torch.distributed as dist
@@ -119,7 +128,20 @@ def load_file(path: str) -> Any:
 
 
 def load_shared(path: str) -> dict[str, Any]:
-    return load_file(os.path.join(path, STATE_FILE))
+    """A checkpoint folder's state.pt; CheckpointError when it was written in an older format."""
+    state = load_file(os.path.join(path, STATE_FILE))
+    check_format(state, path)
+    return state
+
+
+def check_format(state: Any, path: str) -> None:
+    """Refuse an ARCForge state written before today's format (CHECKPOINT_FORMAT)."""
+    found = state.get("format") if isinstance(state, dict) else None
+    if found != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} was written in checkpoint format {found or 1}; this version reads format "
+            f"{CHECKPOINT_FORMAT}: upgrade it with `{UPGRADE_COMMAND} {path}`"
+        )
 
 
 def load_rank(path: str, rank: int) -> dict[str, Any] | None:
@@ -151,6 +173,8 @@ def load_weights(path: str, verify: str | None = None) -> dict[str, Any]:
     if os.path.basename(path) == STATE_FILE and os.path.isfile(os.path.join(folder, MANIFEST)):
         check_named(folder, verify)
     source = load_file(path)
+    if os.path.basename(path) == STATE_FILE:
+        check_format(source, path)
     if not isinstance(source, dict):
         raise CheckpointCorruptError(f"{path} holds a {type(source).__name__}, not a state dict")
     return source if "model" in source else {"model": source}

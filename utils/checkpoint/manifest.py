@@ -7,16 +7,9 @@ not changed bytes) for runs whose checkpoints are many GB.
 
 **Choosing one** (``newest_checkpoint``): resume=auto, ``checkpoint=<run folder>`` (evaluate,
 ttt) and pruning take the newest complete checkpoint; each newer one passed over is logged as
-a WARNING naming its folder and why (truncated, changed bytes, no manifest). Checkpoints
-written before manifests existed (``step_*`` with ``state.pt`` and no ``manifest.json``:
-*legacy*) are
-
-- loaded as before when named explicitly (``resume=<folder>``, ``checkpoint=<folder>``,
-  ``init_from``);
-- taken by resume=auto only when the run folder holds no complete manifest-bearing
-  checkpoint: then the newest legacy one, with a WARNING that it is unverified. (Since a
-  new save writes its manifest before its folder appears, a manifest-less ``step_*`` is
-  legacy or damaged by hand, never a save cut short.)
+a WARNING naming its folder and why (truncated, changed bytes, no manifest). A new save writes
+its manifest before its folder appears, so a ``step_*`` folder without one was damaged by hand
+or written before manifests existed (``python -m pipelines.upgrade_checkpoint`` upgrades those).
 
 When no checkpoint of a run folder is usable, resume=auto raises ``CheckpointCorruptError``
 listing them (rather than starting afresh over them); a named folder whose manifest does not
@@ -35,9 +28,9 @@ from utils.checkpoint.errors import CheckpointCorruptError
 from utils.checkpoint.files import (
     COMPLETE,
     INCOMPLETE,
-    LEGACY,
     MANIFEST,
     STATE_FILE,
+    UPGRADE_COMMAND,
     VERIFY_ENV,
     VERIFY_MODES,
     list_checkpoints,
@@ -108,64 +101,45 @@ def manifest_problem(folder: str, verify: str | None = None, required: tuple[str
 
 
 def checkpoint_status(path: str, verify: str | None = None) -> tuple[str, str | None]:
-    """(COMPLETE, None), (LEGACY, why) for a checkpoint written before manifests, or
-    (INCOMPLETE, why)."""
+    """(COMPLETE, None) or (INCOMPLETE, why)."""
     try:
         problem = manifest_problem(path, verify)
     except FileNotFoundError:
         if os.path.isfile(os.path.join(path, STATE_FILE)):
-            return LEGACY, f"no {MANIFEST} (written before manifests: unverified)"
+            return INCOMPLETE, f"no {MANIFEST} (damaged, or written before manifests: `{UPGRADE_COMMAND} {path}`)"
         return INCOMPLETE, f"no {MANIFEST} and no {STATE_FILE}"
     return (COMPLETE, None) if problem is None else (INCOMPLETE, problem)
 
 
 def check_named(path: str, verify: str | None = None) -> None:
     """A checkpoint folder named explicitly: refused (CheckpointCorruptError) when its files
-    do not match its manifest; a legacy one (no manifest) is accepted."""
+    do not match its manifest."""
     status, why = checkpoint_status(path, verify)
     if status == INCOMPLETE:
         raise CheckpointCorruptError(f"checkpoint {path} is damaged: {why}")
-    if status == LEGACY:
-        log.info("%s: %s", path, why)
 
 
 def newest_checkpoint(
     root: str, verify: str | None = None, purpose: str = "resume=auto", quiet: bool = False, trusted: str | None = None
 ) -> str | None:
-    """The newest complete checkpoint of ``root``, else (no complete manifest-bearing one)
-    its newest legacy one; None when it holds no checkpoint. Each newer folder passed over
-    is logged as a WARNING naming it and why (``quiet``: not logged). CheckpointCorruptError
-    when checkpoints exist but none is usable. ``trusted``: a folder known complete (just
-    sealed by save_checkpoint), not read again."""
+    """The newest complete checkpoint of ``root``; None when it holds no checkpoint. Each newer
+    folder passed over is logged as a WARNING naming it and why (``quiet``: not logged).
+    CheckpointCorruptError when checkpoints exist but none is usable. ``trusted``: a folder
+    known complete (just sealed by save_checkpoint), not read again."""
     found = list_checkpoints(root)
     skipped: list[tuple[str, str]] = []
-    legacy = None
     chosen = None
     for _, path in reversed(found):
         status, why = (COMPLETE, None) if path == trusted else checkpoint_status(path, verify)
         if status == COMPLETE:
             chosen = path
             break
-        if status == LEGACY and legacy is None:
-            legacy = path
         skipped.append((path, why or ""))
-    if chosen is None and legacy is not None:
-        chosen = legacy
-        skipped = skipped[: [p for p, _ in skipped].index(legacy)]
     if not quiet:
         for path, why in skipped:
             log.warning("%s: skipping checkpoint %s: %s", purpose, path, why)
-        if skipped and chosen is not None and chosen != legacy:
+        if skipped and chosen is not None:
             log.warning("%s: taking %s, the newest complete checkpoint", purpose, chosen)
-        if chosen is not None and chosen == legacy:
-            log.warning(
-                "%s: %s has no %s (written before manifests): taking it unverified, as no checkpoint "
-                "of %s has a manifest that matches",
-                purpose,
-                chosen,
-                MANIFEST,
-                root,
-            )
     if chosen is None and found:
         reasons = "; ".join(f"{os.path.basename(p)}: {why}" for p, why in skipped)
         raise CheckpointCorruptError(

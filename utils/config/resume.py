@@ -53,9 +53,6 @@ RESUME_FREE = (
 )
 # What no resume may change: the saved weights and data position would not fit.
 RESUME_FIXED = ("arch.", "global_batch_size", "seed")
-# Keys newer than some checkpoints: a saved config without them meant what its arch / loss
-# option (arch.name, loss.name) sets, so their absence there is no difference.
-ADDED_KEYS = ("arch.family", "arch.core", "arch.variant", "loss.family", "loss.token_loss")
 
 
 def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -71,7 +68,7 @@ def resume_differences(saved: dict, current: dict) -> tuple[list[str], list[str]
     free: list[str] = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
-        if a == b or (key not in old and key in ADDED_KEYS):
+        if a == b:
             continue
         line = f"{key} {a} -> {b}"
         (fixed if _matches(key, RESUME_FIXED) else free if _matches(key, RESUME_FREE) else training).append(line)
