@@ -1,0 +1,69 @@
+"""The command lines of the systems ARCForge hosts (docs/seeds.md), read as they are typed
+there and turned into ARCForge overrides: ``--flag value`` grammars through a table of
+``SeedFlag``s, each naming the key it sets. An unknown flag is refused by name, with the
+flags that system has; the mapped command is announced once, so the user learns it."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from utils.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SeedFlag:
+    """One flag of an original command line and what it sets here."""
+
+    key: str  # the ARCForge key it sets ("" with ``to_overrides``: several keys, or none)
+    kind: Callable[[str], object] = str  # parses and checks the value (int, float, str)
+    switch: bool = False  # a flag without a value (store_true): sets ``key=true``
+    to_overrides: Callable[[str], list[str]] | None = None  # the overrides for a value, where one key is not enough
+    note: str = ""  # where the meaning differs from the original's, in a few words (docs/seeds.md)
+
+
+def parse_seed_flags(argv: list[str], flags: dict[str, SeedFlag], system: str) -> tuple[list[str], list[str]]:
+    """(overrides, rest): ``argv``'s ``--flag value`` / ``--flag=value`` pairs of ``flags``
+    (names without the dashes; ``-`` and ``_`` alike) as ARCForge overrides, and the
+    arguments that are not flags (positionals, ``key=value`` overrides), in order. A flag
+    that ``flags`` does not hold, a missing value or one its ``kind`` refuses: ConfigError
+    naming it."""
+    by_name = {name.replace("-", "_"): (name, flag) for name, flag in flags.items()}
+    overrides: list[str] = []
+    rest: list[str] = []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith("--"):
+            rest.append(arg)
+            continue
+        name, has_value, value = arg[2:].partition("=")
+        if name.replace("-", "_") not in by_name:
+            known = ", ".join(f"--{n}" for n in flags)
+            raise ConfigError(f"{system}: {arg.split('=')[0]} is not a flag of its command line (its flags: {known})")
+        spelled, flag = by_name[name.replace("-", "_")]
+        if flag.switch:
+            if has_value:
+                raise ConfigError(f"{system}: --{spelled} takes no value")
+            overrides.append(f"{flag.key}=true")
+            continue
+        if not has_value:
+            if not args or args[0].startswith("--"):
+                raise ConfigError(f"{system}: --{spelled} needs a value")
+            value = args.pop(0)
+        try:
+            flag.kind(value)
+        except ValueError:
+            kind = getattr(flag.kind, "__name__", "value")
+            raise ConfigError(f"{system}: --{spelled} {value!r} is not a valid {kind}") from None
+        overrides += flag.to_overrides(value) if flag.to_overrides else [f"{flag.key}={value}"]
+    return overrides, rest
+
+
+def announce_mapping(system: str, original: list[str], entry: str, args: list[str]) -> None:
+    """Say once (stderr) what an original command runs as here."""
+    typed = " ".join(shlex.quote(a) for a in original)
+    mapped = " ".join(shlex.quote(a) for a in args)
+    print(f"{system}: `{typed}` runs here as: {entry} {mapped}".rstrip(), file=sys.stderr)
