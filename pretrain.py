@@ -28,6 +28,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from runconfig.compose import check_command_line, load_config, wants_help
 from runconfig.groups import register_configs
 from runconfig.help import config_help
+from runconfig.seed_grammar import announce_mapping, translate_trm_names
 from training.loop import shared_run_name, train
 from training.preemption import exit_preempted, stop_signals
 from training.state import checkpoint_root
@@ -108,6 +109,9 @@ if __name__ == "__main__":
     if wants_help(sys.argv[1:]):  # the keys and options from the schemas, not Hydra's generic screen
         print(config_help(__doc__))
         sys.exit(0)
+    typed, sys.argv[1:] = sys.argv[1:], translate_trm_names(sys.argv[1:])
+    if sys.argv[1:] != typed:
+        announce_mapping("TinyRecursiveModels", typed, "python pretrain.py", sys.argv[1:])
     try:
         check_command_line(sys.argv[1:])  # Hydra's own composition errors are a page of traceback
     except ConfigError as e:

@@ -22,23 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from runconfig.groups import CONF_DIR, SCHEMAS, check_arch_loss_pair, options_of_family, register_configs
+from runconfig.seed_grammar import TRM_NAMES
 from utils.config.schema import TrainConfig
 from utils.errors import ConfigError
-
-# TinyRecursiveModels' cfg_pretrain.yaml names that are spelled otherwise here.
-TRM_NAMES = {
-    "lr": "optimizer.lr",
-    "beta1": "optimizer.betas=[BETA1,BETA2]",
-    "beta2": "optimizer.betas=[BETA1,BETA2]",
-    "weight_decay": "optimizer.weight_decay",
-    "data_paths": "data.paths",
-    "data_paths_test": "data.test_paths",
-    "load_checkpoint": "init_from (weights) or resume (a whole run)",
-    "evaluators": "eval.* (ARC voting is built in)",
-    "eval_save_outputs": "nothing: every evaluation writes submission.json and metrics.json",
-    "arch.loss": "the loss group (loss=stablemax or loss=softmax)",
-    "arch.loss.loss_type": "loss=stablemax or loss=softmax",
-}
 
 
 def _dotted_keys(node: Any, prefix: str = "") -> list[str]:

