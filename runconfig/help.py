@@ -1,13 +1,17 @@
 """What the run keys are, generated from ``conf/`` and the schemas: ``--help`` of every entry
 point (the usage, each group's options with the default marked, every other key with its
-default, its description and its range or choices) and docs/training.md's key table, which
-``python -m runconfig.help`` rewrites in place."""
+default, its description and its range or choices) and the key tables of docs/training.md
+(the run keys), docs/ttt.md (``ttt.``) and docs/iterative.md (``iterative.``), which
+``python -m runconfig.help [PAGE ...]`` rewrites in place (``DOCS_TABLES``; every page's
+when none is named)."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +20,42 @@ from omegaconf import OmegaConf, open_dict
 
 from runconfig.compose import override_value
 from runconfig.groups import CONF_DIR, SCHEMAS, register_configs
-from utils.config.schema import TrainConfig
 from utils.schema import key_allowed, key_doc
 
-DOCS_KEY_TABLE = Path(CONF_DIR).parent / "docs" / "training.md"
-TABLE_START = "<!-- the run keys: generated from utils/config/schema.py by python -m runconfig.help -->"
-TABLE_END = "<!-- end of the generated run keys -->"
+DOCS_DIR = Path(CONF_DIR).parent / "docs"
+
+
+@dataclass(frozen=True)
+class DocsTable:
+    """A key table of a docs page, between two markers: the keys of ``schema``'s defaults, each
+    named as typed on the command line (``prefix`` + its name), with its description."""
+
+    path: Path
+    schema: str  # "module:Class"; a pipeline's is named, not imported: runconfig sits below pipelines
+    what: str  # which keys, in the markers: "the <what> keys"
+    prefix: str = ""
+    config_name: str = "config"  # the conf/<name>.yaml whose --help points at this page
+
+    @property
+    def start(self) -> str:
+        source = self.schema.split(":")[0].replace(".", "/") + ".py"
+        return f"<!-- the {self.what} keys: generated from {source} by python -m runconfig.help -->"
+
+    @property
+    def end(self) -> str:
+        return f"<!-- end of the generated {self.what} keys -->"
+
+    def defaults(self) -> Any:
+        module, name = self.schema.split(":")
+        return getattr(importlib.import_module(module), name)()
+
+
+DOCS_TABLES = (
+    DocsTable(DOCS_DIR / "training.md", "utils.config.schema:TrainConfig", "run"),
+    DocsTable(DOCS_DIR / "ttt.md", "pipelines.ttt_config:TTTConfig", "ttt", "ttt.", "ttt"),
+    DocsTable(DOCS_DIR / "iterative.md", "pipelines.iterative:IterativeConfig", "iterative", "iterative.", "iterative"),
+)
+DOCS_KEY_TABLE = DOCS_TABLES[0].path  # docs/training.md
 
 
 def config_help(usage: str, config_name: str = "config") -> str:
@@ -41,10 +75,12 @@ def config_help(usage: str, config_name: str = "config") -> str:
     lines = [
         (f"  {key}={default}".ljust(40) + f" {about}").rstrip() for key, default, about in key_rows(OmegaConf.to_object(cfg))
     ]
+    pages = [f"docs/{t.path.name}" for t in DOCS_TABLES[1:] if t.config_name == config_name] + ["docs/training.md"]
+    more = " and ".join(pages) + (" have more" if len(pages) > 1 else " has more")
     return (
         f"{usage.strip()}\n\n== Config groups (group=option) ==\n"
         + "\n".join(groups)
-        + "\n\n== Keys (key=default: what it is; docs/training.md has more) ==\n"
+        + f"\n\n== Keys (key=default: what it is; {more}) ==\n"
         + "\n".join(lines)
     )
 
@@ -67,9 +103,10 @@ def key_rows(config: Any, prefix: str = "") -> list[tuple[str, str, str]]:
     return rows
 
 
-def key_table() -> str:
-    """The run keys (TrainConfig's defaults) as a markdown table."""
-    rows = [f"| `{key}` | `{default}` | {_markdown_cell(about)} |" for key, default, about in key_rows(TrainConfig())]
+def key_table(table: DocsTable = DOCS_TABLES[0]) -> str:
+    """The keys of ``table`` (its schema's defaults) as a markdown table."""
+    keys = key_rows(table.defaults(), table.prefix)
+    rows = [f"| `{key}` | `{default}` | {_markdown_cell(about)} |" for key, default, about in keys]
     return "\n".join(["| key | default | meaning |", "| --- | --- | --- |", *rows])
 
 
@@ -77,15 +114,18 @@ def _markdown_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("<", "&lt;")  # a bar ends the cell, <name> would be an HTML tag
 
 
-def docs_with_key_table(text: str) -> str:
-    """``text`` (docs/training.md) with the table between its markers regenerated."""
-    head, start, rest = text.partition(TABLE_START)
-    _, end, tail = rest.partition(TABLE_END)
+def docs_with_key_table(text: str, table: DocsTable = DOCS_TABLES[0]) -> str:
+    """``text`` (``table``'s page) with the table between its markers regenerated."""
+    head, start, rest = text.partition(table.start)
+    _, end, tail = rest.partition(table.end)
     if not start or not end:
-        raise ValueError(f"{DOCS_KEY_TABLE}: the markers of the generated key table are missing")
-    return f"{head}{TABLE_START}\n{key_table()}\n{TABLE_END}{tail}"
+        raise ValueError(f"{table.path}: the markers of the generated key table are missing")
+    return f"{head}{table.start}\n{key_table(table)}\n{table.end}{tail}"
 
 
 if __name__ == "__main__":
-    DOCS_KEY_TABLE.write_text(docs_with_key_table(DOCS_KEY_TABLE.read_text()))
-    print(f"wrote the key table of {DOCS_KEY_TABLE}", file=sys.stderr)
+    # python -m runconfig.help [docs/ttt.md ...]: those pages' tables only (default: every page's)
+    pages = {Path(page).resolve() for page in sys.argv[1:]}
+    for docs_table in (t for t in DOCS_TABLES if not pages or t.path.resolve() in pages):
+        docs_table.path.write_text(docs_with_key_table(docs_table.path.read_text(), docs_table))
+        print(f"wrote the key table of {docs_table.path}", file=sys.stderr)

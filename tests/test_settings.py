@@ -16,11 +16,13 @@ from train_helpers import compose_config
 import pipelines.diffusion
 import pipelines.iterative
 import pipelines.test_time_training  # noqa: F401  (the pipelines register their schemas on import)
+from pipelines.iterative import IterativeConfig
+from pipelines.ttt_config import TTTConfig
 from runconfig.groups import register_configs
-from runconfig.help import DOCS_KEY_TABLE, docs_with_key_table
+from runconfig.help import DOCS_TABLES, docs_with_key_table, key_rows
 from utils.config.resume import flatten
 from utils.errors import ConfigError
-from utils.schema import Choice, plain_dict
+from utils.schema import Choice, key_doc, plain_dict
 
 # Packages above the bottom layer (utils.errors, utils.schema) and the dataset loader.
 ABOVE_THE_LOADER = ("models", "losses", "training", "evaluators", "pipelines", "pretrain", "utils.config")
@@ -117,10 +119,36 @@ def test_no_primary_config_repeats_a_default_of_its_schema(name):
     assert not repeated, f"conf/{name}.yaml repeats its schema's defaults: {repeated}"
 
 
-def test_the_key_table_of_docs_training_md_is_generated_from_the_schema():
-    """Regenerate with python -m runconfig.help (it rewrites the table in place)."""
-    text = DOCS_KEY_TABLE.read_text()
-    assert docs_with_key_table(text) == text, "docs/training.md's key table is stale: run python -m runconfig.help"
+@pytest.mark.parametrize("table", DOCS_TABLES, ids=lambda t: t.path.name)
+def test_the_key_tables_of_the_docs_are_generated_from_the_schemas(table):
+    """docs/training.md (TrainConfig), docs/ttt.md (TTTConfig) and docs/iterative.md
+    (IterativeConfig): regenerate with python -m runconfig.help (it rewrites the tables in place)."""
+    text = table.path.read_text()
+    page = f"docs/{table.path.name}"
+    assert docs_with_key_table(text, table) == text, f"{page}'s key table is stale: run python -m runconfig.help {page}"
+
+
+PIPELINE_SECTIONS = {"ttt.py": ("ttt", TTTConfig), "run_iterative_training.py": ("iterative", IterativeConfig)}
+
+
+@pytest.mark.parametrize("schema", [TTTConfig, IterativeConfig], ids=lambda s: s.__name__)
+def test_every_pipeline_key_has_a_description(schema):
+    missing = [f.name for f in dataclasses.fields(schema) if not key_doc(f)]
+    assert not missing, f"{schema.__name__}: declare {missing} with setting(..., doc=...)"
+
+
+@pytest.mark.parametrize("script", PIPELINE_SECTIONS)
+def test_a_pipeline_help_lists_its_keys_with_their_defaults_and_descriptions(script):
+    """The generated key table, not Hydra's generic help screen."""
+    section, schema = PIPELINE_SECTIONS[script]
+    result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Powered by Hydra" not in result.stdout and "schema/" not in result.stdout
+    assert f"docs/{section}.md" in result.stdout
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith(f"  {section}.")}
+    for key, default, about in key_rows(schema(), f"{section}."):
+        assert f"{key}={default}" in lines, f"{script} --help does not list {key}={default}"
+        assert about in lines[f"{key}={default}"], lines[f"{key}={default}"]
 
 
 # --- the diffusion pipeline's keys: one dataclass, the flags derived ------------------------
