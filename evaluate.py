@@ -94,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
                 return report_error(e)
             print(f"wrote {out}/: {EXPORT_WEIGHTS}, {EXPORT_CONFIG}, {EXPORT_INFO}, {MANIFEST} (from {checkpoint.path})")
             return 0
-        env = init_distributed(config.device)
+        try:
+            env = init_distributed(config.device)
+        except ValueError as e:  # ConfigError: no such device here
+            return report_error(e)
         try:
             config.data.check_exists()  # a moved or missing dataset: one line naming the key (export needs none)
             result = evaluate_checkpoint(config, checkpoint, env)

@@ -79,10 +79,10 @@ def main(cfg: DictConfig) -> float | None:
     (``-m hydra/sweeper=optuna``; set ``hydra.sweeper.direction`` to match callbacks.mode)."""
     try:
         config = load_config(cfg)
+        env = init_distributed(config.device)
     except ConfigError as e:
         exit_with_error(e)
     with stop_signals():  # SIGTERM / SIGUSR1 from here to the exit: a checkpoint, then status 75
-        env = init_distributed(config.device)
         try:
             config.run_name = job_run_name(shared_run_name(config, env))
             if env.is_main:  # the resolved config goes to the run folder's config.yaml, not before an error line

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
-import torch
 
 from dataset.sources import BadTask, Task
 from evaluators.arc import write_submission
@@ -23,7 +22,7 @@ from evaluators.submission import fallback_answer, score_submission
 from evaluators.validate_submission import validate
 from pipelines.ttt_chunk import Setup, adapt_chunk
 from pipelines.ttt_config import POLL_SECONDS, RESULT_FILE, TOTAL_GRACE_SECONDS, TTTConfig, TTTRunConfig
-from utils.distributed import DistEnv
+from utils.distributed import DistEnv, choose_device
 from utils.errors import ConfigError
 from utils.io import write_json_atomic
 
@@ -84,20 +83,12 @@ def interruptible() -> Iterator[Stop]:
 
 def launch_env(device: str = "auto") -> DistEnv:
     """torchrun's rank and world size (RANK, WORLD_SIZE, LOCAL_RANK; one process without them)
-    and this rank's device, with no process group: ttt's ranks never talk (an initialised
-    world would make SparseSignSGD gather the embedding updates of every rank's own chunk).
-    On CUDA, local rank r uses device r modulo the devices there are."""
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError("device=cuda but no CUDA device is available")
+    and this rank's device (``choose_device``), with no process group: ttt's ranks never talk
+    (an initialised world would make SparseSignSGD gather the embedding updates of every
+    rank's own chunk)."""
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
-        dev = torch.device("cuda", local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(dev)
-    else:
-        dev = torch.device("cpu")
-    return DistEnv(rank, world_size, local_rank, dev)
+    return DistEnv(rank, world_size, local_rank, choose_device(device, local_rank, world_size))
 
 
 def chunk_path(out: str, k: int) -> str:

@@ -6,6 +6,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
+import torch
 from train_helpers import build_tiny_dataset, compose_config, error_lines, run_script
 
 from evaluators.validate_submission import validate
@@ -133,4 +134,18 @@ def test_a_name_trm_has_no_counterpart_for_is_refused_with_what_to_use(tmp_path)
     assert error_lines(result) == [
         "error: eval_save_outputs is not a config key: TinyRecursiveModels' eval_save_outputs is nothing: "
         "every evaluation writes submission.json and metrics.json here"
+    ]
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has an MPS device")
+@pytest.mark.parametrize("script", ["pretrain.py", "evaluate.py"])
+def test_device_mps_where_torch_has_none_is_one_line(script, tmp_path):
+    weights = tmp_path / "weights.pt"  # evaluate.py needs a checkpoint before it chooses a device
+    torch.save({"w": torch.zeros(1)}, weights)
+    extra = ["arch=trm_tiny", f"checkpoint={weights}"] if script == "evaluate.py" else []
+    result = run_script(script, ["data.paths=[unused]", "device=mps", *extra])
+    assert result.returncode == 2, result.stderr
+    assert error_lines(result) == [
+        "error: device=mps: this torch has no MPS device (Apple silicon with torch's macOS build); "
+        "device=cpu, or auto, runs on the CPU"
     ]

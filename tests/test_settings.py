@@ -52,7 +52,7 @@ def test_the_run_schema_loads_no_model_or_loss():
 CHOICES = {
     "precision": "fp32, bf16, fp16",
     "lr_schedule": "cosine, cosine_restarts",
-    "device": "auto, cpu, cuda",
+    "device": "auto, cpu, cuda, mps",
     "wandb.mode": "offline, online, disabled",
     "eval.ranking": "vote, count, noisy_or",
     "callbacks.mode": "min, max",

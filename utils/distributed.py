@@ -10,6 +10,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from utils.errors import ConfigError
+
 
 @dataclass
 class DistEnv:
@@ -27,22 +29,43 @@ class DistEnv:
         return self.world_size > 1
 
 
-def init_distributed(device: str = "auto") -> DistEnv:
-    """Reads torchrun's RANK/WORLD_SIZE/LOCAL_RANK; without them, a single process."""
+def choose_device(device: str, local_rank: int, world_size: int) -> torch.device:
+    """This rank's device for ``device``: auto (cuda when there is one, else cpu), cpu, cuda
+    (local rank r on device r modulo the devices there are) or mps (Apple's GPU, one
+    process). ConfigError when the machine has no such device."""
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(
+                "device=mps: this torch has no MPS device (Apple silicon with torch's macOS build); "
+                "device=cpu, or auto, runs on the CPU"
+            )
+        if world_size > 1:
+            raise ConfigError("device=mps runs one process: torch has no process-group backend for MPS")
+        return torch.device("mps")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError("device=cuda but no CUDA device is available")
+    if not use_cuda:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("device=cuda: no CUDA device is available (device=cpu, or auto, runs on the CPU)")
+    dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+    torch.cuda.set_device(dev)
+    return dev
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    """Reads torchrun's RANK/WORLD_SIZE/LOCAL_RANK (without them, a single process), takes
+    this rank's device (``choose_device``) and starts the process group: nccl on CUDA, gloo
+    on the CPU."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
+    dev = choose_device(device, local_rank, world_size)
     if world_size > 1:
         dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo", store=_attempt_store(world_size), rank=rank, world_size=world_size
+            backend="nccl" if dev.type == "cuda" else "gloo",
+            store=_attempt_store(world_size),
+            rank=rank,
+            world_size=world_size,
         )
     return DistEnv(rank, world_size, local_rank, dev)
 

@@ -57,6 +57,7 @@ class Device(Choice):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+    mps = "mps"
 
 
 @dataclass
@@ -235,7 +236,7 @@ class TrainConfig:
         "after its checkpoint (Preemption and SLURM)",
     )
 
-    device: Device = setting(Device.auto, doc="auto: cuda when there is one")
+    device: Device = setting(Device.auto, doc="auto: cuda when there is one, else cpu; mps: Apple's GPU (one process)")
     compile: bool = setting(False, doc="torch.compile the model")
     log_interval: int = setting(10, ge=1, doc="steps between log lines")
     progress_bar: bool = setting(True, doc="a tqdm progress bar (rank 0)")
