@@ -13,6 +13,17 @@ Per example, with beliefs Q(o_t) = softmax(step_logits[t]) over the canvas vocab
          + lambda_prompt prompt      supervised contrastive: prompts of the same task variant close
          + rl_loss       the prompt-refinement objective the model computed (training)
 
+By default the EFE (the lambda-weighted sum above) enters with weight 1. The original ARC-EFE
+script's objective (``experiment=efe_original``, docs/seeds.md) is available per key::
+
+    loss = efe_weight * scale(step) * hard(ratio) * EFE + rl_loss + reward_weight * (-R)
+
+``scale`` the whole-EFE warm-up ``1 -> loss_scale_final`` in steps of one epoch over
+``loss_scale_warmup_epochs`` epochs of ``loss_scale_epoch_steps`` steps; ``hard`` (with
+``hard_cell_ratio``) the share of scored cells predicted wrong where above 0.01, else 1; ``R``
+the policy's refinement reward without curiosity, a constant here (no gradient flows through
+it, as through the original's reward tensor; the policy learns from ``rl_loss``).
+
 Metrics follow models/base.py: count, accuracy, exact_accuracy, lm_loss (the plain
 consistency CE: every scored cell, weight 1) and each term as ``<term>_loss``.
 """
@@ -49,6 +60,12 @@ class EFELossConfig:
     hard_cell_weight: float = setting(2.0, ge=1)  # weight of scored cells the model currently gets wrong (1: off)
     size_warmup_steps: int = setting(0, ge=0)  # EOS (size) cells reach full weight after this many training steps
     size_warmup_schedule: str = "linear"  # linear | cosine | step
+    efe_weight: float = setting(1.0, ge=0)  # the EFE terms' weight in the objective (the original: 0.7)
+    reward_weight: float = setting(0.0, ge=0)  # weight of -R (refinement reward, a constant: no gradient); original 0.3
+    hard_cell_ratio: bool = False  # scale the EFE by the share of scored cells predicted wrong, where above 0.01
+    loss_scale_final: float = setting(1.0, ge=0)  # the EFE's scale after its warm-up (the original: 0.5; 1: none)
+    loss_scale_warmup_epochs: int = setting(0, ge=0)  # epochs the EFE's scale takes from 1 to loss_scale_final
+    loss_scale_epoch_steps: int = setting(0, ge=0)  # training steps counted as one epoch of that warm-up
 
     def validate(self) -> None:
         check_ranges(self, "loss.")
@@ -57,6 +74,8 @@ class EFELossConfig:
             bad.append(f"loss.family={self.family!r} (efe_loss_schema is the efe family)")
         if self.size_warmup_schedule not in SCHEDULES:
             bad.append(f"loss.size_warmup_schedule={self.size_warmup_schedule!r} (one of {', '.join(SCHEDULES)})")
+        if self.loss_scale_warmup_epochs and not self.loss_scale_epoch_steps:
+            bad.append("loss.loss_scale_epoch_steps=0 (the warm-up of loss_scale_warmup_epochs needs an epoch's steps)")
         if bad:
             raise ValueError(f"invalid config values: {', '.join(bad)}")
 
@@ -141,6 +160,24 @@ def size_warmup_factor(step: int, warmup_steps: int, schedule: str) -> float:
     return float(step >= warmup_steps)
 
 
+def loss_scale_factor(step: int, final: float, warmup_epochs: int, epoch_steps: int) -> float:
+    """The EFE's scale at a training step: ``1 - (1 - final) min(epoch, warmup_epochs) /
+    warmup_epochs``, ``epoch = step // epoch_steps`` (constant within an epoch, as the
+    original's per-epoch SizeWarmupCurriculum: 1.0, 0.833, 0.667, 0.5 for final 0.5 over 3)."""
+    if warmup_epochs <= 0 or epoch_steps <= 0:
+        return 1.0
+    return 1.0 - (1.0 - final) * min(step // epoch_steps, warmup_epochs) / warmup_epochs
+
+
+def hard_cell_factor(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per example [B]: the share of scored cells the prediction gets wrong where above 0.01,
+    else 1 (the original's hard-cell mask ratio; no gradient)."""
+    valid = labels != IGNORE_LABEL_ID
+    wrong = (logits.detach().argmax(-1) != labels) & valid
+    ratio = wrong.sum(-1) / valid.sum(-1).clamp_min(1)
+    return torch.where(ratio > 0.01, ratio.float(), 1.0)
+
+
 def cell_weights(logits: torch.Tensor, labels: torch.Tensor, hard_cell_weight: float, size_factor: float) -> torch.Tensor:
     """Per cell [B, S]: EOS cells ``size_factor``, other scored cells 1; cells the current
     prediction gets wrong times ``hard_cell_weight``; unscored cells 0."""
@@ -182,9 +219,18 @@ class EFELoss:
                 prompt_term(output.prompt, batch["puzzle_identifiers"], measured, c.prompt_temperature),
             ),
         }
+        efe = sum(weight * value for weight, value in terms.values())
+        scale = loss_scale_factor(int(output.step), c.loss_scale_final, c.loss_scale_warmup_epochs, c.loss_scale_epoch_steps)
+        efe_scale = torch.full_like(counts, c.efe_weight * scale, dtype=torch.float32)
+        if c.hard_cell_ratio:
+            efe_scale = efe_scale * hard_cell_factor(output.logits, labels)
+        per_example = efe_scale * efe
         if output.rl_loss is not None:
             terms["rl"] = (1.0, output.rl_loss.float())
-        per_example = sum(weight * value for weight, value in terms.values())
+            per_example = per_example + output.rl_loss.float()
+        if c.reward_weight and output.reward is not None:
+            terms["reward"] = (c.reward_weight, -output.reward.detach().float())
+            per_example = per_example + c.reward_weight * terms["reward"][1]
         loss = torch.where(measured, per_example, 0.0).sum()
         metrics = {
             "count": measured.sum(),
@@ -194,6 +240,8 @@ class EFELoss:
             "memory_hits": (measured & output.memory_hits).sum(),
             **{f"{k}_loss": torch.where(measured, v.detach(), 0.0).sum() for k, (_, v) in terms.items()},
         }
+        if c.efe_weight != 1 or c.hard_cell_ratio or c.loss_scale_warmup_epochs:  # the mean scale per example
+            metrics["efe_scale"] = torch.where(measured, efe_scale, 0.0).sum()
         if output.rl_stats is not None:
             metrics.update({f"rl_{k}": torch.where(measured, v.float(), 0.0).sum() for k, v in output.rl_stats.items()})
         return loss, metrics

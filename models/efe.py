@@ -71,6 +71,7 @@ class EFEArchConfig:
     lm_path: str | None = None  # a local folder or a model id in the local HF cache; null: numeric prompt only
     lm_trainable: bool = False
     lm_lr_scale: float = setting(0.1, ge=0)  # the LM's lr as a multiple of the scheduled lr
+    lm_lr: float | None = setting(None, gt=0)  # the LM's own absolute lr (the schedule still scales it); null: lm_lr_scale
     lm_dtype: str = "float32"  # float32 | bfloat16 | float16: the LM's weights
     lm_max_tokens: int = setting(0, ge=0)  # truncate the demonstrations' text (0: no limit)
     memory_size: int = setting(256, ge=0)  # solved prompts kept (0: no memory)
@@ -123,6 +124,7 @@ class EFEOutput:
     memory_hits: torch.Tensor  # bool [B]
     rl_loss: torch.Tensor | None = None  # [B], training with a policy
     rl_stats: dict[str, torch.Tensor] | None = None  # [B] each: reward, advantage, curiosity, entropy
+    reward: torch.Tensor | None = None  # [B], training with a policy: the refinement reward without curiosity, no gradient
 
 
 # ----------------------------------------------------------------------------------------
@@ -368,9 +370,11 @@ class EFEAgent(ARCModel):
         lm_params = {id(q) for q in self.lm.parameters()} if self.lm is not None else set()
         groups: list[dict] = [{"params": [q for q in self.parameters() if q.requires_grad and id(q) not in lm_params]}]
         if self.lm is not None and self.config.lm_trainable:
-            groups.append(
-                {"params": [q for q in self.lm.parameters() if q.requires_grad], "lr_scale": self.config.lm_lr_scale}
-            )
+            trainable = [q for q in self.lm.parameters() if q.requires_grad]
+            if self.config.lm_lr is not None:
+                groups.append(AbsoluteLRGroup(self.config.lm_lr, params=trainable))
+            else:
+                groups.append({"params": trainable, "lr_scale": self.config.lm_lr_scale})
         return groups
 
     def encode_prompt(self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor) -> torch.Tensor:
@@ -446,6 +450,7 @@ class EFEAgent(ARCModel):
                 self.memory.write(prompt, solved)
         if sampled is not None:  # the policy's
             out.rl_loss, out.rl_stats = self.refinement_objective(batch["inputs"], labels, mixed, plan, *sampled, noise)
+            out.reward = out.rl_stats.pop("refinement")  # a loss term (loss.reward_weight), not a metric
         return out
 
     def refinement_objective(
@@ -461,7 +466,8 @@ class EFEAgent(ARCModel):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """REINFORCE with an EMA baseline, an entropy bonus and ICM curiosity: per example
         ``rl_weight * (-(R - b) log pi(a) - entropy_weight H(pi) + icm_error)``, where
-        ``R = sum_k w_k (score_k(refined) - score_k(unrefined)) + curiosity_weight icm_error``."""
+        ``R = sum_k w_k (score_k(refined) - score_k(unrefined)) + curiosity_weight icm_error``.
+        The stats hold ``refinement``, the sum over k alone (the reward ``loss.reward_weight`` reads)."""
         cfg = self.config
         assert self.curiosity is not None  # built with the policy (rl_weight > 0)
         with torch.no_grad():
@@ -478,7 +484,8 @@ class EFEAgent(ARCModel):
             ]
         predicted = self.curiosity(torch.cat([mixed.detach(), action.to(mixed.dtype)], dim=-1))
         icm_error = (predicted.float() - plan["features"].detach().float()).square().mean(-1)
-        reward = refinement_reward(scores[0], scores[1], cfg.reward_weights()) + cfg.curiosity_weight * icm_error.detach()
+        task_reward = refinement_reward(scores[0], scores[1], cfg.reward_weights())
+        reward = task_reward + cfg.curiosity_weight * icm_error.detach()
         advantage = reward - self.reward_baseline
         with torch.no_grad():
             self.reward_baseline.lerp_(reward.mean(), cfg.baseline_ema)
@@ -487,7 +494,7 @@ class EFEAgent(ARCModel):
         entropy = dist.entropy().sum(-1)
         loss = cfg.rl_weight * (-(advantage * log_prob) - cfg.entropy_weight * entropy + icm_error)
         stats = {"reward": reward, "advantage": advantage, "curiosity": icm_error.detach(), "entropy": entropy.detach()}
-        return loss, stats
+        return loss, {**stats, "refinement": task_reward}
 
     def forward(self, carry: StepCarry, batch: dict[str, torch.Tensor]) -> tuple[StepCarry, EFEOutput]:
         return StepCarry(batch), self.run(batch, batch["labels"] if self.training else None)
@@ -501,6 +508,23 @@ class EFEAgent(ARCModel):
         probs = output.logits.float().softmax(-1)
         predictions = Predictions(probs.argmax(-1).unsqueeze(1), probs.amax(-1).mean(-1).unsqueeze(1))
         return output, batch, predictions
+
+
+class AbsoluteLRGroup(dict):
+    """An optimizer group whose lr is absolute (``arch.lm_lr``). The trainer sets each group's
+    lr to the scheduled lr x ``lr_scale`` (training/step.py), so ``lr_scale`` is fixed to
+    ``lr / optimizer.lr`` when the optimizer fills in its default lr (torch's
+    ``add_param_group`` calls ``setdefault``); it is then a plain value, saved with the
+    optimizer's state. optimizer.lr 0 gives the group 0 too (no ratio exists)."""
+
+    def __init__(self, lr: float, **group):
+        super().__init__(group)
+        self.absolute_lr = lr
+
+    def setdefault(self, key, default=None):
+        if key == "lr" and "lr" not in self:
+            self["lr_scale"] = self.absolute_lr / default if default else 0.0
+        return super().setdefault(key, default)
 
 
 def _drop_frozen_lm(module: EFEAgent, state: dict, prefix: str, local_metadata) -> None:
