@@ -190,3 +190,38 @@ def test_a_metrics_line_torn_by_a_file_size_limit_is_dropped_and_the_resume_cont
         summary = loop.train(compose_config(common + ["max_steps=12"]), CPU)
     assert summary["step"] == 12 and "dropped a torn last line" in caplog.text
     assert [r["step"] for r in records(run)] == list(range(1, 13))
+
+
+def tensorboard_scalars(folder, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_tensorboard_holds_what_metrics_jsonl_holds_and_a_resume_keeps_each_step_once(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    common = ["epochs=100", "eval_interval=3", "log_interval=1", "tensorboard=true", "checkpoint_interval_steps=2"]
+    loop.train(compose_config(tiny_overrides(tiny_data, run, *common, "max_steps=3")), CPU)
+    shutil.rmtree(run / "step_00000003")  # killed after step 3's events: the resume starts at step 2 again
+    loop.train(compose_config(tiny_overrides(tiny_data, run, *common, "max_steps=5", "resume=auto")), CPU)
+    for tag in ("train/lm_loss", "all/lm_loss"):
+        logged = [(r["step"], r[tag]) for r in records(run) if tag in r]
+        scalars = tensorboard_scalars(run / "tensorboard", tag)
+        assert [s for s, _ in scalars] == [s for s, _ in logged] and len(set(s for s, _ in scalars)) == len(scalars)
+        assert [v for _, v in scalars] == pytest.approx([v for _, v in logged], rel=1e-6)
+    assert [s for s, _ in tensorboard_scalars(run / "tensorboard", "train/lm_loss")] == [1, 2, 3, 4, 5]
+
+
+def test_tensorboard_without_the_package_is_one_line(monkeypatch):
+    import importlib.util
+
+    from utils.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(
+        ConfigError, match=r"tensorboard=true needs the tensorboard package: pip install 'arcforge\[tensorboard\]'"
+    ):
+        compose_config(["data.paths=[unused]", "tensorboard=true"])

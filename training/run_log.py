@@ -1,7 +1,8 @@
 """What a run reports, readable under nohup or SLURM as well as in a terminal: one plain
 log line per ``log_interval`` steps, every logged dict in ``<run>/metrics.jsonl``, learning
-curves in ``<run>/curves.png`` at each evaluation, and wandb (offline unless asked; a
-resumed run continues its wandb run). Rank 0 writes; other ranks only count."""
+curves in ``<run>/curves.png`` at each evaluation, TensorBoard events (``tensorboard=true``)
+and wandb (offline unless asked; a resumed run continues its wandb run). Rank 0 writes;
+other ranks only count."""
 
 from __future__ import annotations
 
@@ -39,6 +40,17 @@ def _halted_figure(metrics: dict[str, float], key: str) -> str:
     return f"{metrics[key]:.4f}" if key in metrics else "-"
 
 
+TENSORBOARD_DIR = "tensorboard"  # in the run folder: `tensorboard --logdir <run folder>/tensorboard`
+
+
+def tensorboard_writer(folder: str, step: int) -> Any:
+    """A SummaryWriter into ``folder`` that drops the events past ``step`` (a resumed run
+    trains those steps again). The package is optional: TrainConfig.validate checks it is there."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(folder, purge_step=step + 1 if step else None)
+
+
 class RunLog:
     """A context for the training loop: on entry (rank 0) the run folder gets the resolved
     ``config.yaml`` and a ``train.log`` that every log line of the run goes to, wandb starts
@@ -48,6 +60,7 @@ class RunLog:
         self.root, self.config, self.env, self.state = root, config, env, state
         self.records: list[dict[str, Any]] = []
         self.wandb = None
+        self.tensorboard: Any = None  # a torch SummaryWriter when config.tensorboard
         self.handler: logging.Handler | None = None
         self._clock = (time.perf_counter(), state.step)
 
@@ -62,11 +75,15 @@ class RunLog:
         logging.getLogger().addHandler(self.handler)
         self.records = self._read_records(self.state.step)
         self.wandb = self._init_wandb(sum(p.numel() for p in self.state.model.parameters()))
+        if self.config.tensorboard:
+            self.tensorboard = tensorboard_writer(os.path.join(self.root, TENSORBOARD_DIR), self.state.step)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.wandb is not None:
             self.wandb.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         if self.handler is not None:
             logging.getLogger().removeHandler(self.handler)
             self.handler.close()
@@ -113,6 +130,9 @@ class RunLog:
             ) from e
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
+        if self.tensorboard is not None:
+            for key, value in metrics.items():
+                self.tensorboard.add_scalar(key, value, step)
 
     def train(self, step: int, total: int, metrics: dict[str, float]) -> None:
         """One line: step, lr, and since the last line the mean loss, the accuracy over the

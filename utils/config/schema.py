@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import os
 import re
 from dataclasses import dataclass, field
@@ -241,6 +242,9 @@ class TrainConfig:
     log_interval: int = setting(10, ge=1, doc="steps between log lines")
     progress_bar: bool = setting(True, doc="a tqdm progress bar (rank 0)")
     wandb: WandbConfig = setting(factory=WandbConfig)
+    tensorboard: bool = setting(
+        False, doc="also write TensorBoard event files to <run folder>/tensorboard (pip install 'arcforge[tensorboard]')"
+    )
     eval: EvalConfig = setting(factory=EvalConfig)
     callbacks: CallbacksConfig = setting(factory=CallbacksConfig)
 
@@ -253,6 +257,8 @@ class TrainConfig:
             bad.append(f"grad_accum_steps={self.grad_accum_steps} (must divide global_batch_size {self.global_batch_size})")
         if bad:
             raise ValueError(f"invalid config values: {', '.join(bad)}")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("tensorboard=true needs the tensorboard package: pip install 'arcforge[tensorboard]'")
         for group in (self.arch, self.data, self.loss, self.optimizer, self.eval):
             group.validate()
 
