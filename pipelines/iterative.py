@@ -11,6 +11,8 @@ Each episode N (outputs under ``iterative.output_dir``):
   dataset_episode_N.json      the tasks trained on ({"train": {...}, "test": {...}})
   data_gen_episode_N/         those tasks as a folder source + the augmented dataset built from them
   model_episode_N/            checkpoints of the episode's training (training.loop.train; resumable)
+  submission_episode_N.json   the voted answers (2 attempts per test input) of the scored tasks,
+                              under the ids dataset_episode_N.json gives them (evalset-<id>, ...)
   metrics_episode_N.json      per-task accuracy/loss on training tasks, pass@2 per evaluated task,
                               the objective; written last: its presence marks the episode done
   new_samples_episode_N.json  tasks generated for the next episode, and the failed generations
@@ -252,9 +254,15 @@ def pass2_per_task(submission: dict, tasks: dict[str, dict]) -> dict[str, float]
 
 
 def evaluate_episode(
-    config: TrainConfig, model_dir: str, dataset_path: str, groups: dict[str, list[str]], env: DistEnv
+    config: TrainConfig,
+    model_dir: str,
+    dataset_path: str,
+    groups: dict[str, list[str]],
+    env: DistEnv,
+    submission_path: str | None = None,
 ) -> tuple[dict, dict]:
-    """(metrics, per-task details) of the episode's newest checkpoint (EMA weights if kept)."""
+    """(metrics, per-task details) of the episode's newest checkpoint (EMA weights if kept);
+    the voted answers of the scored tasks go to ``submission_path`` (ARC Prize format)."""
     checkpoint = load_checkpoint(model_dir)  # its newest
     test = PuzzleDataset([dataset_path], "test", config.global_batch_size)
     meta = test.metadata
@@ -273,6 +281,8 @@ def evaluate_episode(
         )
         with open(os.path.join(dataset_path, "test_puzzles.json")) as f:
             pass2 = pass2_per_task(submission or {}, json.load(f))
+        if submission is not None and submission_path is not None and env.is_main:
+            write_json_atomic(submission_path, submission)
         metrics.update({f"test_split/{k}": v for k, v in split_metrics.items()})
     for group, ids in groups.items():
         scored = [pass2[t] for t in ids if t in pass2]
@@ -446,7 +456,14 @@ def run_episode(
         train_config.init_from = os.path.join(newest, "state.pt")  # puzzle rows matched by identifier
     started = time.perf_counter()
     loop.train(train_config, env)
-    metrics, details = evaluate_episode(train_config, model_dir, dataset, groups if test_tasks else {}, env)
+    metrics, details = evaluate_episode(
+        train_config,
+        model_dir,
+        dataset,
+        groups if test_tasks else {},
+        env,
+        os.path.join(cfg.output_dir, f"submission_episode_{episode}.json"),
+    )
     objective = metrics.get(cfg.objective)
     if objective is None:
         raise ValueError(
@@ -473,10 +490,10 @@ def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     try:
         config = load_config(cfg)
+        assert isinstance(config, IterativeRunConfig)
+        env = init_distributed(config.device)
     except ConfigError as e:
         exit_with_error(e)
-    assert isinstance(config, IterativeRunConfig)
-    env = init_distributed(config.device)
     try:
         run(config, env)
     except ConfigError as e:  # a task source or a batch the data cannot fill: one line (finished episodes stay)

@@ -73,6 +73,7 @@ class SeedFlag:
     switch: bool = False  # a flag without a value (store_true): sets ``key=true``
     to_overrides: Callable[[str], list[str]] | None = None  # the overrides for a value, where one key is not enough
     note: str = ""  # where the meaning differs from the original's, in a few words (docs/seeds.md)
+    refused: str = ""  # a flag with no counterpart here: why, in the error line that refuses it
 
 
 def parse_seed_flags(argv: list[str], flags: dict[str, SeedFlag], system: str) -> tuple[list[str], list[str]]:
@@ -95,6 +96,8 @@ def parse_seed_flags(argv: list[str], flags: dict[str, SeedFlag], system: str) -
             known = ", ".join(f"--{n}" for n in flags)
             raise ConfigError(f"{system}: {arg.split('=')[0]} is not a flag of its command line (its flags: {known})")
         spelled, flag = by_name[name.replace("-", "_")]
+        if flag.refused:
+            raise ConfigError(f"{system}: --{spelled} {flag.refused}")
         if flag.switch:
             if has_value:
                 raise ConfigError(f"{system}: --{spelled} takes no value")
