@@ -52,7 +52,12 @@ def seed_flags(epochs: int) -> dict[str, SeedFlag]:
             "batches (of 1); ARCForge's epochs are not cut, so its evaluations follow whole epochs and the end",
         ),
         "seed": SeedFlag("seed", int),
-        "resume": SeedFlag("resume", switch=True, note="resume=auto: the newest checkpoint of efe_original-seed<S>"),
+        "resume": SeedFlag(
+            "resume",
+            switch=True,
+            to_overrides=lambda _: ["resume=auto"],
+            note="resume=auto: the newest checkpoint of efe_original-seed<S>",
+        ),
     }
 
 
@@ -63,8 +68,6 @@ def translate(argv: list[str]) -> list[str]:
     epochs = next((int(o.split("=", 1)[1]) for o in reversed(overrides) if o.startswith("epochs=")), DEFAULT_EPOCHS)
     if epochs != DEFAULT_EPOCHS:
         overrides, rest = parse_seed_flags(argv, seed_flags(epochs), SYSTEM)
-    # --resume is a switch; resume takes none | auto | a folder.
-    overrides = ["resume=auto" if o == "resume=true" else o for o in overrides]
     return [PRESET, *overrides, *rest]
 
 

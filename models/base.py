@@ -113,6 +113,7 @@ class ARCModel(nn.Module):
         raise NotImplementedError
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """Dense optimizer groups; a group's ``lr_scale`` multiplies the scheduled lr
-        (e.g. a pretrained language model with its own lr). Frozen parameters are left out."""
+        """Dense optimizer groups; a group's ``lr_scale`` multiplies the optimizer's lr, or its
+        ``lr_absolute`` replaces it (e.g. a pretrained language model with its own lr); the
+        schedule scales either. Frozen parameters are left out."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]

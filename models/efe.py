@@ -372,7 +372,7 @@ class EFEAgent(ARCModel):
         if self.lm is not None and self.config.lm_trainable:
             trainable = [q for q in self.lm.parameters() if q.requires_grad]
             if self.config.lm_lr is not None:
-                groups.append(AbsoluteLRGroup(self.config.lm_lr, params=trainable))
+                groups.append({"params": trainable, "lr_absolute": self.config.lm_lr})
             else:
                 groups.append({"params": trainable, "lr_scale": self.config.lm_lr_scale})
         return groups
@@ -508,23 +508,6 @@ class EFEAgent(ARCModel):
         probs = output.logits.float().softmax(-1)
         predictions = Predictions(probs.argmax(-1).unsqueeze(1), probs.amax(-1).mean(-1).unsqueeze(1))
         return output, batch, predictions
-
-
-class AbsoluteLRGroup(dict):
-    """An optimizer group whose lr is absolute (``arch.lm_lr``). The trainer sets each group's
-    lr to the scheduled lr x ``lr_scale`` (training/step.py), so ``lr_scale`` is fixed to
-    ``lr / optimizer.lr`` when the optimizer fills in its default lr (torch's
-    ``add_param_group`` calls ``setdefault``); it is then a plain value, saved with the
-    optimizer's state. optimizer.lr 0 gives the group 0 too (no ratio exists)."""
-
-    def __init__(self, lr: float, **group):
-        super().__init__(group)
-        self.absolute_lr = lr
-
-    def setdefault(self, key, default=None):
-        if key == "lr" and "lr" not in self:
-            self["lr_scale"] = self.absolute_lr / default if default else 0.0
-        return super().setdefault(key, default)
 
 
 def _drop_frozen_lm(module: EFEAgent, state: dict, prefix: str, local_metadata) -> None:

@@ -70,7 +70,7 @@ class SeedFlag:
 
     key: str  # the ARCForge key it sets ("" with ``to_overrides``: several keys, or none)
     kind: Callable[[str], object] = str  # parses and checks the value (int, float, str)
-    switch: bool = False  # a flag without a value (store_true): sets ``key=true``
+    switch: bool = False  # a flag without a value (store_true): sets ``key=true`` (or ``to_overrides("")``)
     to_overrides: Callable[[str], list[str]] | None = None  # the overrides for a value, where one key is not enough
     note: str = ""  # where the meaning differs from the original's, in a few words (docs/seeds.md)
     refused: str = ""  # a flag with no counterpart here: why, in the error line that refuses it
@@ -101,7 +101,7 @@ def parse_seed_flags(argv: list[str], flags: dict[str, SeedFlag], system: str) -
         if flag.switch:
             if has_value:
                 raise ConfigError(f"{system}: --{spelled} takes no value")
-            overrides.append(f"{flag.key}=true")
+            overrides += flag.to_overrides("") if flag.to_overrides else [f"{flag.key}=true"]
             continue
         if not has_value:
             if not args or args[0].startswith("--"):

@@ -76,8 +76,9 @@ def train_step(state: TrainState, batch: dict[str, torch.Tensor], grad_norms: bo
             dense_params = [p for group in state.dense.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(dense_params, config.grad_clip_norm)
         for opt, base_lr in zip(state.optimizers, state.base_lrs, strict=True):
-            for group in opt.param_groups:
-                group["lr"] = base_lr * factor * group.get("lr_scale", 1.0)
+            for group in opt.param_groups:  # a group's own peak lr (lr_absolute) or a share of the optimizer's
+                peak = group["lr_absolute"] if "lr_absolute" in group else base_lr * group.get("lr_scale", 1.0)
+                group["lr"] = peak * factor
             if opt is state.dense:
                 state.scaler.step(opt)  # skipped when fp16 gradients overflowed
             elif not bad_grad:  # sign-SGD ignores the loss scale; every rank decides alike
