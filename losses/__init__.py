@@ -11,12 +11,14 @@ from losses.act import ACTLoss, LossConfig
 from losses.diffusion import DiffusionLoss, DiffusionLossConfig
 from losses.efe import EFELoss, EFELossConfig
 from losses.sequence import SequenceCELoss, SequenceLossConfig
+from losses.varc import VARCLoss, VARCLossConfig
 
 LOSSES: dict[str, Callable[[Any], Any]] = {
     "act": ACTLoss,  # token cross-entropy (stablemax | softmax) + halting losses: the recursive family
     "diffusion": DiffusionLoss,
     "efe": EFELoss,
     "sequence": SequenceCELoss,
+    "varc": VARCLoss,  # per-pixel cross-entropy on VARC's image (models/varc.py)
 }
 
 LOSS_SCHEMAS: dict[str, type] = {
@@ -24,6 +26,7 @@ LOSS_SCHEMAS: dict[str, type] = {
     "diffusion_loss_schema": DiffusionLossConfig,
     "efe_loss_schema": EFELossConfig,
     "sequence_loss_schema": SequenceLossConfig,
+    "varc_loss_schema": VARCLossConfig,
 }
 
 

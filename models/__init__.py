@@ -14,12 +14,14 @@ from models.diffusion import DiffusionArchConfig, DiffusionModel
 from models.efe import EFEAgent, EFEArchConfig
 from models.recursive import ACTModel, RecursiveArchConfig
 from models.sequence import SequenceArchConfig, SequenceModel
+from models.varc import VARCArchConfig, VARCModel
 
 MODELS: dict[str, type[ARCModel]] = {
     "recursive": ACTModel,  # TRM / HRM / transformer cores with ACT halting (models/recursive.py)
     "diffusion": DiffusionModel,  # discrete diffusion with a size head (models/diffusion.py)
     "efe": EFEAgent,  # active-inference agent with an LM prompt encoder (models/efe.py)
     "sequence": SequenceModel,  # decoder-only / encoder-decoder baselines (models/sequence.py)
+    "varc": VARCModel,  # VARC's ViT on its own image canvas (models/varc.py)
 }
 
 ARCH_SCHEMAS: dict[str, type] = {
@@ -27,6 +29,7 @@ ARCH_SCHEMAS: dict[str, type] = {
     "diffusion_schema": DiffusionArchConfig,
     "efe_schema": EFEArchConfig,
     "sequence_schema": SequenceArchConfig,
+    "varc_schema": VARCArchConfig,
 }
 
 
