@@ -15,6 +15,13 @@ submodule names under ``inner.``:
 | inner.L_level.layers.N.mlp_t.{gate_up,down}_proj.weight (TRM-MLP) | same                   |
 | inner.H_init, inner.L_init                            | same                               |
 
+URM (UbiquantAI/URM) checkpoints read the same but for its one stack and one initial state:
+
+| URM key (after ``_orig_mod.model.``)                  | ARCForge key                       |
+| ---------------------------------------------------- | ---------------------------------- |
+| inner.layers.N.{self_attn,mlp}.*  (mlp.dwconv.{weight,bias}: ConvSwiGLU) | inner.L_level.layers.N.* |
+| inner.init_hidden                                     | inner.H_init                       |
+
 ``extend_puzzle_embeddings`` grows the table for tasks the checkpoint never saw (test-time
 training, pipelines/test_time_training.py). ``fit_weights`` is the one rule every loader follows: a checkpoint's
 EMA applied, keys converted, and each puzzle-embedding row matched to its task by identifier.
@@ -33,7 +40,13 @@ PUZZLE_EMB_KEY = "inner.puzzle_emb.weights"
 NEW_ROW_INITS = ("mean", "zeros")
 
 
+# URM's names for what ARCForge's URM core calls otherwise (key prefix -> ARCForge's).
+URM_NAMES = {"inner.layers.": "inner.L_level.layers.", "inner.init_hidden": "inner.H_init"}
+
+
 def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys without the wrappers' prefixes (torch.compile, DDP, the loss head), URM's
+    names as ARCForge's."""
     out = {}
     for key, value in state.items():
         changed = True
@@ -43,6 +56,9 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 if key.startswith(prefix):
                     key = key[len(prefix) :]
                     changed = True
+        for theirs, ours in URM_NAMES.items():
+            if key.startswith(theirs):
+                key = ours + key[len(theirs) :]
         out[key] = value
     return out
 

@@ -181,3 +181,31 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
+
+
+class ConvSwiGLU(nn.Module):
+    """SwiGLU with a depthwise convolution along the token sequence between the gated
+    product and the down projection, then a second SiLU (URM's MLP). With the default
+    kernel 2 (padding 1, the first L outputs kept) each token mixes with the one before it
+    in the flattened canvas. The conv's weights are float32 here and cast to the input's
+    dtype (URM keeps them in bfloat16, where most small updates round away)."""
+
+    def __init__(self, hidden_size: int, expansion: float, kernel_size: int = 2):
+        super().__init__()
+        inter = swiglu_hidden(hidden_size, expansion)
+        self.gate_up_proj = CastedLinear(hidden_size, 2 * inter, bias=False)
+        self.dwconv = nn.Conv1d(inter, inter, kernel_size, padding=kernel_size // 2, groups=inter, bias=True)
+        self.down_proj = CastedLinear(inter, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        mixed = (F.silu(gate) * up).transpose(1, 2)
+        weight, bias = self.dwconv.weight.to(mixed.dtype), self.dwconv.bias
+        conv = F.conv1d(
+            mixed,
+            weight,
+            bias.to(mixed.dtype) if bias is not None else None,
+            padding=self.dwconv.padding,
+            groups=mixed.shape[1],
+        )
+        return self.down_proj(F.silu(conv[..., : x.shape[1]]).transpose(1, 2))

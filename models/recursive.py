@@ -21,6 +21,7 @@ from models.layers import (
     Attention,
     CastedEmbedding,
     CastedLinear,
+    ConvSwiGLU,
     CosSin,
     RotaryEmbedding,
     SwiGLU,
@@ -30,6 +31,8 @@ from models.layers import (
 )
 from models.sparse_embedding import PuzzleEmbedding
 from utils.schema import check_ranges, setting
+
+MLPS = ("swiglu", "conv_swiglu")  # each block's MLP (arch.mlp)
 
 
 @dataclass
@@ -41,7 +44,7 @@ class RecursiveArchConfig:
 
     name: str = "trm"  # a free label (run names, messages)
     family: str = "recursive"
-    core: str = "trm"  # trm | hrm | transformer (CORES): the recursion
+    core: str = "trm"  # trm | hrm | transformer | urm (CORES): the recursion
     hidden_size: int = setting(512, ge=1)
     num_heads: int = setting(8, ge=1)
     expansion: float = setting(4.0, gt=0)
@@ -55,6 +58,8 @@ class RecursiveArchConfig:
     rope_theta: float = setting(10000.0, gt=0)
     rms_norm_eps: float = setting(1e-5, gt=0)
     mlp_t: bool = False  # TRM-MLP: an MLP across the sequence replaces attention
+    mlp: str = "swiglu"  # swiglu | conv_swiglu (URM: a depthwise conv along the sequence inside the MLP)
+    conv_kernel: int = setting(2, ge=1)  # conv_swiglu's kernel (2: each token mixes with the one before it)
     halt_max_steps: int = setting(16, ge=1)
     halt_exploration_prob: float = setting(0.1, ge=0, le=1)
     no_ACT_continue: bool = True  # True: halt when q_halt > 0 (TRM); False: halt when q_halt > q_continue
@@ -71,6 +76,7 @@ class RecursiveArchConfig:
             "core": self.core in CORES,
             "hidden_size": self.hidden_size % self.num_heads == 0,
             "pos_encodings": self.pos_encodings in ("rope", "learned", "none"),
+            "mlp": self.mlp in MLPS,
             "forward_dtype": self.forward_dtype in DTYPES,
         }
         bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
@@ -121,7 +127,11 @@ class Block(nn.Module):
             self.mlp_t = SwiGLU(total_len, config.expansion)
         else:
             self.self_attn = Attention(config.hidden_size, config.num_heads)
-        self.mlp = SwiGLU(config.hidden_size, config.expansion)
+        self.mlp: nn.Module = (
+            ConvSwiGLU(config.hidden_size, config.expansion, config.conv_kernel)
+            if config.mlp == "conv_swiglu"
+            else SwiGLU(config.hidden_size, config.expansion)
+        )
 
     def forward(self, x: torch.Tensor, cos_sin: CosSin | None) -> torch.Tensor:
         if self.mixes_sequence:
@@ -304,6 +314,27 @@ class HRMCore(RecursiveCore):
         return InnerCarry(z_H, z_L)
 
 
+class URMCore(RecursiveCore):
+    """Universal Reasoning Model: one state, the input added before every pass of an
+    L_layers-deep stack; H_cycles groups of L_cycles passes per supervision step, the first
+    H_cycles - 1 groups forward-only (truncated backpropagation through loops)."""
+
+    uses_z_L = False
+
+    def __init__(self, config: RecursiveArchConfig, shape: DataShape):
+        super().__init__(config, shape)
+        self.L_level = self.blocks(config.L_layers)
+
+    def reason(self, carry: InnerCarry, x: torch.Tensor, cos_sin: CosSin | None) -> InnerCarry:
+        z = carry.z_H
+        with torch.no_grad():
+            for _ in range((self.config.H_cycles - 1) * self.config.L_cycles):
+                z = self.L_level(z, x, cos_sin)
+        for _ in range(self.config.L_cycles):
+            z = self.L_level(z, x, cos_sin)
+        return InnerCarry(z, None)
+
+
 class TransformerCore(RecursiveCore):
     """Baseline: one pass of an H_layers-deep transformer per supervision step, the
     previous step's state added to the input (TRM's ``transformers_baseline``; with
@@ -438,4 +469,4 @@ class ACTModel(ARCModel):
 
 
 # The recursive family's cores: ``arch.core`` names one.
-CORES: dict[str, type[RecursiveCore]] = {"trm": TRMCore, "hrm": HRMCore, "transformer": TransformerCore}
+CORES: dict[str, type[RecursiveCore]] = {"trm": TRMCore, "hrm": HRMCore, "transformer": TransformerCore, "urm": URMCore}
