@@ -26,11 +26,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import ROOT, use_test_threads, write_folder_source
+from conftest import ROOT, use_test_threads, write_folder_source, write_kaggle_source
 from train_helpers import CPU, compose_config, read_json
 
+import ttt
 from dataset.build_arc_dataset import main as build_main
 from dataset.common import COLOR_OFFSET, EOS_ID, IGNORE_LABEL_ID, PAD_ID
 from evaluators.validate_submission import validate
@@ -334,3 +336,54 @@ def test_tiny_varc_trains_on_real_arc_tasks_to_a_valid_submission(shared_data, t
     answered = {t: tasks[t] for t in list(tasks)[2:]}
     assert set(submission) == set(answered)
     assert validate(submission, answered) == []
+
+
+# ----------------------------------------------------------------------------------------
+# Test-time training (ttt.py) unchanged: new tasks get task-token rows, the whole net adapts
+
+
+def test_ttt_adapts_a_varc_checkpoint_to_new_tasks(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def task(colour: int) -> dict:
+        def pair() -> dict:
+            m = rng.integers(0, 2, size=(2, 2))
+            return {"input": (5 * m).tolist(), "output": (colour * m).tolist()}
+
+        return {"train": [pair() for _ in range(3)], "test": [pair()]}
+
+    src = write_folder_source(
+        tmp_path / "src", {"training": {f"t{i}": task(2 + 2 * (i % 4)) for i in range(6)}, "evaluation": {"e0": task(2)}}
+    )
+    data = tmp_path / "data"
+    args = ["--input-file-prefix", str(src), "--output-dir", str(data), "--subsets", "training", "evaluation"]
+    assert build_main([*args, "--test-set-name", "evaluation", "--num-aug", "0", "--max-grid-size", "3"]) == 0
+    use_test_threads()
+    config = compose_config(
+        [
+            "arch=varc_tiny",
+            "loss=varc_ce",
+            "optimizer=adamw",
+            f"data.paths=[{data}]",
+            "data.name=tiny",
+            "global_batch_size=8",
+            "max_steps=4",
+            "evaluate=false",
+            f"checkpoint_path={tmp_path / 'ck'}",
+            "progress_bar=false",
+            "wandb.mode=disabled",
+        ]
+    )
+    loop.train(config, CPU)
+    new = {"n4": task(4), "n8": task(8)}
+    tasks = write_kaggle_source(tmp_path / "new", {"test": new})
+    out = tmp_path / "out"
+    # VARC's test-time training adapts every weight (ttt.mode=all) from the new tasks' fresh rows
+    argv = [f"checkpoint={tmp_path / 'ck'}", f"tasks={tasks}", f"ttt.output_dir={out}", "ttt.num_aug=2", "ttt.steps=4"]
+    assert ttt.main([*argv, "ttt.mode=all", "ttt.keep_checkpoints=true"]) == 0
+    report = read_json(out / "metrics.json")
+    assert report["failed_chunks"] == [] and report["chunks"][0]["steps"] == [4]
+    assert validate(read_json(out / "submission.json"), new) == []
+    init = torch.load(next(out.glob("chunks/000/init.pt")), weights_only=False)
+    table = init["model"][VARCModel.puzzle_table_key]
+    assert table.shape[0] == len(init["identifiers"]) > 8  # the checkpoint's rows + the new variants'
