@@ -292,8 +292,10 @@ def test_rope_and_learned_positions_of_a_bucket_are_the_big_canvas_rows(pos_enco
         assert not torch.equal(x_canvas[:, [0, 1, 2, 3, 4]], x_bucket)  # the bucket's row 3 is the canvas's 4
 
 
-def test_a_learned_position_model_trains_and_evaluates_on_a_bucketed_build(datasets, tmp_path):
-    """The learned-position path end to end: training batches of every bucket, then the voter."""
+@pytest.mark.parametrize("arch", ["arch.pos_encodings=learned", "arch=urm_tiny"])
+def test_a_model_trains_and_evaluates_on_a_bucketed_build(datasets, tmp_path, arch):
+    """Learned positions and URM's sequence conv end to end: training batches of every bucket,
+    then the voter."""
     from training import loop
 
     _, bucketed = datasets
@@ -301,7 +303,7 @@ def test_a_learned_position_model_trains_and_evaluates_on_a_bucketed_build(datas
         tiny_overrides(
             bucketed,
             tmp_path / "run",
-            "arch.pos_encodings=learned",
+            arch,
             "global_batch_size=4",
             "max_steps=6",
             "epochs=1",
@@ -385,7 +387,7 @@ def _run_steps(path: Path, tmp: Path, accum: int, extra: list[str], n_steps: int
     return {k: v.detach().clone() for k, v in state.model.state_dict().items()}, grads
 
 
-@pytest.mark.parametrize("family", ["recursive", "sequence"])
+@pytest.mark.parametrize("family", ["recursive", "urm", "sequence"])
 def test_accumulating_two_halves_equals_the_whole_batch(datasets, tmp_path, family):
     """2 x 4 examples give the update of 1 x 8 in fp32, ACT carries included.
 
@@ -395,7 +397,11 @@ def test_accumulating_two_halves_equals_the_whole_batch(datasets, tmp_path, fami
     Adam's first step is ~lr * sign(g), so such an element (measured: 1 in 10^5 for the
     sequence model, none for the recursive one) may move either way."""
     single, _ = datasets
-    extra = {"recursive": ["arch.halt_exploration_prob=0"], "sequence": ["arch=decoder_only", "loss=seq_ce"]}[family]
+    extra = {
+        "recursive": ["arch.halt_exploration_prob=0"],
+        "urm": ["arch=urm_tiny", "arch.halt_exploration_prob=0"],
+        "sequence": ["arch=decoder_only", "loss=seq_ce"],
+    }[family]
     still = [*extra, "optimizer.lr=0", "puzzle_emb_lr=0"]
     _, whole_grads = _run_steps(single, tmp_path / "still", 1, still)
     _, halves_grads = _run_steps(single, tmp_path / "still", 2, still)
@@ -412,7 +418,7 @@ def test_accumulating_two_halves_equals_the_whole_batch(datasets, tmp_path, fami
         if value.is_floating_point():
             off += int(((halves[key] - value).abs() > 1e-5).sum())
             total += value.numel()
-    assert off <= (0 if family == "recursive" else total // 10**4), (off, total)
+    assert off <= (0 if family != "sequence" else total // 10**4), (off, total)
     initial, _ = _run_steps(single, tmp_path, 1, extra, n_steps=0)
     assert any(not torch.allclose(initial[k], v) for k, v in whole.items() if v.is_floating_point())  # it trained
 

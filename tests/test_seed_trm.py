@@ -95,6 +95,9 @@ def test_min_eval_interval_counts_evaluations_as_trm(every, skipped, epochs):
     evaluation = SimpleNamespace(state=SimpleNamespace(config=config))
     ours = [e for e in range(1, epochs + 1) if PeriodicEvaluation.due(evaluation, e, finished=e == epochs)]  # type: ignore[arg-type]
     assert ours == trm
+    # A run stopped inside its first epoch (max_steps) is in round 1: evaluated unless rounds are skipped.
+    assert PeriodicEvaluation.due(evaluation, 0, finished=True) == (skipped == 0)  # type: ignore[arg-type]
+    assert not PeriodicEvaluation.due(evaluation, 0, finished=False)  # type: ignore[arg-type]
 
 
 def test_the_forks_command_line_trains_to_a_checkpoint_and_a_submission(tmp_path):

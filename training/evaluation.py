@@ -48,10 +48,9 @@ class PeriodicEvaluation:
         Rounds of eval_interval epochs count from 1 (a run's last, partial round too); the
         first min_eval_interval rounds are not evaluated, as TinyRecursiveModels counts them."""
         config = self.state.config
-        round_number = -(-epoch // config.eval_interval)
-        return (
-            config.evaluate and (epoch % config.eval_interval == 0 or finished) and round_number > config.min_eval_interval
-        )
+        boundary = epoch % config.eval_interval == 0 and epoch > 0
+        round_number = epoch // config.eval_interval + (0 if boundary else 1)  # the round just ended, or in progress
+        return config.evaluate and (boundary or finished) and round_number > config.min_eval_interval
 
     def owed(self, epoch: int, finished: bool) -> bool:
         """Whether a resumed run starts at an epoch boundary whose evaluation never happened
