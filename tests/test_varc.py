@@ -387,3 +387,21 @@ def test_ttt_adapts_a_varc_checkpoint_to_new_tasks(tmp_path):
     init = torch.load(next(out.glob("chunks/000/init.pt")), weights_only=False)
     table = init["model"][VARCModel.puzzle_table_key]
     assert table.shape[0] == len(init["identifiers"]) > 8  # the checkpoint's rows + the new variants'
+
+
+def test_the_paper_preset_composes_with_the_papers_hyperparameters():
+    c = compose_config(["experiment=varc_arc1"])
+    assert (c.arch.name, c.loss.name, c.optimizer.name) == ("varc", "varc_ce", "adamw")
+    assert (c.optimizer.lr, list(c.optimizer.betas), c.optimizer.weight_decay, c.optimizer.eps) == (
+        3e-4,
+        [0.9, 0.999],
+        0,
+        1e-8,
+    )
+    assert (c.global_batch_size, c.grad_clip_norm, str(c.precision), c.seed, c.ema) == (256, 1.0, "fp16", 42, False)
+    assert (str(c.lr_schedule), c.lr_min_ratio) == ("cosine", 0.0)
+    # the schedule's length on the ARC-1 set (800 tasks, ~3.85 examples each): ~157k steps, 10% warm-up
+    steps = int(c.epochs * 800 * 3.85125 / c.global_batch_size)
+    assert abs(steps - 100 * 1568) / (100 * 1568) < 0.01
+    assert abs(c.lr_warmup_steps - steps / 10) / (steps / 10) < 0.01
+    assert (c.arch.dropout, c.arch.eval_scale, c.arch.scale_augmentation, c.arch.translation) == (0.1, 2, True, True)
