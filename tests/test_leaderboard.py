@@ -92,6 +92,7 @@ def test_conf_arch_entries_are_the_roots_and_the_non_size_variants():
         "encoder_decoder_tiny",
         "champion_tiny",
         "trm_mlp_tiny",
+        "urm_tiny",
     ):
         assert size_variant not in trees and size_variant in trees[size_variant[:-5].replace("efe", "efe_agent")]
     assert "champion" in trees and "trm_mlp" in trees  # variants that change what is computed
