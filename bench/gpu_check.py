@@ -27,6 +27,9 @@ Rows (``id``: what it measures; GPU sizes, ``--cpu`` sizes in brackets):
 - ``canvas30``: tokens/s, examples/s, ms/step and peak memory (``max_memory_allocated``;
   peak RSS on CPU) of ``train_step`` at the paper config on random canvas-30 batches (seq 900)
   [trm_tiny, canvas 10].
+- ``urm``, ``varc``: the same at URM's and VARC's paper configs (``arch=urm``: 13.7M
+  parameters, 4 layers x 12 passes per step; ``arch=varc``: the 18M ViT on its 64x64 canvas,
+  fed the same canvas-30 batches) [urm_tiny, varc_tiny].
 - ``buckets``: the same with a size-bucketed mix: one model built for the largest canvas,
   each step one random batch of one bucket (seq 64/144/256/400/625/900), round robin, each
   length warmed once; tokens/s from each length's mean step time weighted by the share of
@@ -44,7 +47,7 @@ Rows (``id``: what it measures; GPU sizes, ``--cpu`` sizes in brackets):
   (the usual case on an offline machine): SKIP, after the same path ran with a random 1-layer
   Qwen2 saved locally (that run failing is a FAIL). ``--cpu`` always uses the random Qwen2.
 
-Budgets: 420 s for all checks on a GPU (300 s with ``--cpu``), each check within its own
+Budgets: 480 s for all checks on a GPU (340 s with ``--cpu``), each check within its own
 (``Profile.budgets``) and what is left; the compile runs last and gets the rest, so
 ``--only compile`` gives it its whole 240 s. No GPU figure from these checks is recorded yet
 (docs/benchmarks.md, "GPU check").
@@ -122,6 +125,7 @@ class Profile:
     train_build: list[str]  # builder flags beyond source and output
     train_arch: list[str]
     efe_batch: int
+    models: dict[str, list[str]]  # the paper models timed like canvas30: check id -> arch overrides
     total_budget: float  # seconds for all checks together
     budgets: dict[str, float] = field(default_factory=dict)
 
@@ -142,8 +146,11 @@ def gpu_profile(batch: int) -> Profile:
         train_build=["--num-aug", "2", "--max-grid-size", "10", "--skip-oversized"],
         train_arch=["arch=trm"],
         efe_batch=64,
-        total_budget=420.0,
+        models={"urm": ["arch=urm"], "varc": ["arch=varc"]},
+        total_budget=480.0,
         budgets={
+            "urm": 45,
+            "varc": 45,
             "attention": 30,
             "adam_atan2": 30,
             "canvas30": 60,
@@ -172,8 +179,11 @@ def cpu_profile(batch: int) -> Profile:
         train_build=["--num-aug", "1", "--max-grid-size", "6", "--skip-oversized"],
         train_arch=["arch=trm_tiny"],
         efe_batch=2,
-        total_budget=300.0,
+        models={"urm": ["arch=urm_tiny"], "varc": ["arch=varc_tiny"]},
+        total_budget=340.0,
         budgets={
+            "urm": 20,
+            "varc": 20,
             "attention": 20,
             "adam_atan2": 20,
             "canvas30": 40,
@@ -438,26 +448,28 @@ def paper_config(ctx: Context, *extra: str) -> tt.TrainConfig:
 def describe(config: tt.TrainConfig, state) -> str:
     a = config.arch
     params = sum(q.numel() for q in state.model.parameters())
+    cycles = f", H{a.H_cycles}xL{a.L_cycles}" if hasattr(a, "H_cycles") else ""
     return (
-        f"{a.name} hidden {a.hidden_size}, {a.num_heads} heads, H{a.H_cycles}xL{a.L_cycles}, {params / 1e6:.2f}M "
+        f"{a.name} hidden {a.hidden_size}, {a.num_heads} heads{cycles}, {params / 1e6:.2f}M "
         f"params, batch {config.global_batch_size}"
     )
 
 
-def check_canvas30(ctx: Context) -> str:
+def check_canvas30(ctx: Context, arch: tuple[str, ...] = (), key: str = "canvas30") -> str:
     p = ctx.profile
     seq = p.canvas**2
-    config = paper_config(ctx)
+    config = paper_config(ctx, *arch)
     state = tt.build_state(config, tt.RandomData(seq_len=seq), p.device)
     batch = tt.random_batch(p.batch, state.model.num_demos, p.device, seq)
     timing = tt.time_steps(state, itertools.repeat(batch), p.device, p.steps, p.warmup, budget_s=ctx.left() - 5)
     if not timing.timed_steps:
         raise TimeoutError(f"no step timed within the budget ({timing.warmup_steps} warm-up steps ran)")
     seconds, examples, tokens = timing.realized()
-    ctx.results["canvas30"] = {"examples": examples, "tokens": tokens}
+    ctx.results[key] = {"examples": examples, "tokens": tokens}
+    puzzle_tokens = getattr(getattr(state.model, "inner", None), "puzzle_emb_len", 0)
     return (
         f"{tokens:,.0f} tokens/s, {examples:,.1f} examples/s, {1000 * seconds:.1f} ms/step, {peak_memory(timing)} "
-        f"({describe(config, state)}, seq {seq}+{getattr(config.arch, 'puzzle_emb_len', 0)}, eager, "
+        f"({describe(config, state)}, seq {seq}+{puzzle_tokens}, eager, "
         f"{timing.timed_steps} steps after {timing.warmup_steps})"
     )
 
@@ -792,18 +804,33 @@ CHECKS: dict[str, Callable[[Context], str]] = {
     "adam_atan2": check_adam_atan2,
     "compile": check_compile,
     "canvas30": check_canvas30,
+    "urm": lambda c: check_canvas30(c, tuple(c.profile.models["urm"]), "urm"),
+    "varc": lambda c: check_canvas30(c, tuple(c.profile.models["varc"]), "varc"),
     "buckets": check_buckets,
     "process_group": check_process_group,
     "torchrun": check_torchrun,
     "efe_lm": check_efe_lm,
 }
 # Run order: cheap first, the compile (longest, least interruptible) last.
-RUN_ORDER = ("attention", "adam_atan2", "canvas30", "buckets", "process_group", "torchrun", "efe_lm", "compile")
+RUN_ORDER = (
+    "attention",
+    "adam_atan2",
+    "canvas30",
+    "urm",
+    "varc",
+    "buckets",
+    "process_group",
+    "torchrun",
+    "efe_lm",
+    "compile",
+)
 TITLES: dict[str, Callable[[Context], str]] = {
     "attention": lambda c: "flash-attn vs SDPA, bf16 (B{}, seq {}, {} heads x {})".format(*c.profile.attention),
     "adam_atan2": lambda c: "adam_atan2 (CUDA) vs training/optimizers.py AdamATan2, 20 steps",
     "compile": lambda c: f"train_step eager vs torch.compile ({' '.join(c.profile.arch)}, canvas {c.profile.canvas})",
     "canvas30": lambda c: f"throughput, canvas {c.profile.canvas} (seq {c.profile.canvas**2})",
+    "urm": lambda c: f"URM throughput, canvas {c.profile.canvas} ({' '.join(c.profile.models['urm'])})",
+    "varc": lambda c: f"VARC throughput, canvas {c.profile.canvas} ({' '.join(c.profile.models['varc'])})",
     "buckets": lambda c: (
         "throughput, canvas buckets ("
         + (f"shares of {c.data}" if c.data else "/".join(str(s * s) for s in c.profile.sides))

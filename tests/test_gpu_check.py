@@ -47,7 +47,7 @@ def test_cpu_mode_prints_every_row_and_no_fail(tmp_path):
     assert all(status != "FAIL" for status, _ in table.values()), proc.stdout
     for check in ("attention", "adam_atan2"):  # CUDA-only packages
         assert table[check][0] == "SKIP" and table[check][1].startswith("skipped (no CUDA)"), table[check]
-    for check in ("compile", "canvas30", "buckets", "process_group", "torchrun"):
+    for check in ("compile", "canvas30", "urm", "varc", "buckets", "process_group", "torchrun"):
         assert table[check][0] == "OK", (check, table[check])
     assert "pass@1" in table["torchrun"][1]
     # stdout is the title, the table and the summary line: what the checks print goes to stderr.
