@@ -213,3 +213,16 @@ def test_the_arc1_preset_is_urms_run():
     config = compose_config(["experiment=urm_arc1"])
     assert {key: value(config, key) for key in URM_ARC1} == URM_ARC1
     assert "--subsets training evaluation concept --test-set-name evaluation" in config.data.build
+
+
+def test_the_arc2_preset_is_urms_run_with_muon():
+    config = compose_config(["experiment=urm_arc2"])
+    arc2 = {**URM_ARC1, "optimizer.name": "muon", "data.paths": ["data/arc2concept-aug-1000"]}
+    del arc2["optimizer.betas"]  # Muon's AdamW half takes URM's betas from the optimizer option
+    assert {key: value(config, key) for key in arc2} == arc2
+    assert (config.optimizer.muon_momentum, config.optimizer.muon_nesterov, config.optimizer.muon_ns_steps) == (
+        0.95,
+        True,
+        5,
+    )
+    assert "--subsets training2 evaluation2 concept --test-set-name evaluation2" in config.data.build
