@@ -1,7 +1,8 @@
 """A dataset built from raw ARC tasks once per content: ``cached_build`` names the output folder
 by a hash of the source files' bytes and the build settings, builds it there when it is
 missing and reuses it otherwise. An edited task file (or another canvas, seed, subset...)
-gives another hash, hence a fresh build; the same files in another place reuse the same one.
+gives another hash, hence a fresh build. The folder's name also carries the source's name, canvas
+and augmentation count, for people reading ``data/built``.
 The builder renames a finished build into place, so a folder that exists is complete."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, replace
 
 from dataset.build_arc_dataset import build
@@ -80,18 +82,27 @@ def folder_name(config: BuildConfig, key: str) -> str:
     return f"{source}-{config.max_grid_size}x{config.max_grid_size}-aug{config.num_aug}-{key[:16]}"
 
 
-def cached_build(config: BuildConfig, cache_dir: str) -> CachedBuild:
+def cached_build(config: BuildConfig, cache_dir: str, builder: bool = True, wait_s: float = 3600) -> CachedBuild:
     """The dataset ``config`` describes (its ``output_dir`` is ignored), under ``cache_dir``:
-    built when no folder of its content hash is there, reused when one is."""
+    built when no folder of its content hash is there, reused when one is. ``builder=False``
+    (a rank > 0 under torchrun): waits up to ``wait_s`` for the builder's folder instead."""
     key = content_key(config)
     path = os.path.join(cache_dir, folder_name(config, key))
-    built = not os.path.isfile(os.path.join(path, "build_info.json"))
+    info = os.path.join(path, "build_info.json")
+    built = not os.path.isfile(info)
+    if built and not builder:
+        deadline = time.monotonic() + wait_s
+        while not os.path.isfile(info):
+            if time.monotonic() > deadline:
+                raise FileNotFoundError(f"{path}: rank 0 did not build it within {wait_s:.0f} s")
+            time.sleep(1.0)
+        built = False
     if built:
         os.makedirs(cache_dir, exist_ok=True)
         log.info("building %s from %s (content %s)", path, config.input_file_prefix, key[:16])
         build(replace(config, output_dir=path))
     else:
         log.info("reusing %s: built earlier from the same task files and settings (content %s)", path, key[:16])
-    with open(os.path.join(path, "build_info.json")) as f:
+    with open(info) as f:
         skipped = list(json.load(f).get("skipped_oversized", []))
     return CachedBuild(path, built, key, skipped)

@@ -237,7 +237,7 @@ def build_tasks(options: DiffusionOptions) -> list[str]:
     )
     try:
         build.validate()
-        made = cached_build(build, options.tasks_cache)
+        made = cached_build(build, options.tasks_cache, builder=int(os.environ.get("RANK", "0")) == 0)
     except (TaskFormatError, FileNotFoundError, ValueError) as e:
         raise ConfigError(f"pipeline.tasks={options.tasks}: {e}") from None
     log.info(

@@ -161,3 +161,22 @@ def test_unknown_flags_are_refused_by_name(seed_run, capsys):
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and named in err, err
+
+
+def test_build_cache_key_follows_content(tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    from dataset.build_cache import cached_build, content_key
+    from dataset.build_config import BuildConfig
+
+    tasks = flip_tasks(tmp_path / "a")
+    config = BuildConfig(str(tasks), "", ["training", "evaluation"], "evaluation", num_aug=0, max_grid_size=4)
+    moved = shutil.copytree(tasks, tmp_path / "b")
+    assert content_key(replace(config, input_file_prefix=str(moved))) == content_key(config)
+    assert content_key(replace(config, max_grid_size=5)) != content_key(config)
+    with pytest.raises(FileNotFoundError, match="rank 0 did not build it"):  # a rank > 0 waits for rank 0's build
+        cached_build(config, str(tmp_path / "cache"), builder=False, wait_s=0.05)
+    first = cached_build(config, str(tmp_path / "cache"))
+    again = cached_build(config, str(tmp_path / "cache"), builder=False)
+    assert first.built and not again.built and again.path == first.path
