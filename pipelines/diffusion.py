@@ -114,8 +114,7 @@ class DiffusionOptions:
     tasks_cache: str = setting("data/built", doc="where builds of tasks are kept, one folder per content hash")
     lr_decay_over_max_steps: bool = setting(
         False,
-        doc="the backbone's cosine lr decay (after lr_warmup_steps, down to lr_min_ratio) spans max_steps, "
-        "not the epochs (epochs is set to what max_steps covers)",
+        doc="the backbone's cosine lr decay (after lr_warmup_steps, down to lr_min_ratio) spans max_steps, not the epochs",
     )
 
     def validate(self) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_kaggle_source
 from train_helpers import flip_tasks, read_json
 
 import run_full_pipeline
@@ -175,6 +176,12 @@ def test_build_cache_key_follows_content(tmp_path):
     moved = shutil.copytree(tasks, tmp_path / "b")
     assert content_key(replace(config, input_file_prefix=str(moved))) == content_key(config)
     assert content_key(replace(config, max_grid_size=5)) != content_key(config)
+    kaggle = write_kaggle_source(tmp_path / "kaggle", {"training": {"t0": read_json(tasks / "training" / "tr0.json")}})
+    by_prefix = replace(config, input_file_prefix=kaggle, subsets=["training"], test_set_name="training")
+    before = content_key(by_prefix)
+    solutions = Path(f"{kaggle}_training_solutions.json")
+    solutions.write_text(solutions.read_text().replace("[[", "[[ ", 1))  # any byte of a solutions file counts
+    assert content_key(by_prefix) != before
     with pytest.raises(FileNotFoundError, match="rank 0 did not build it"):  # a rank > 0 waits for rank 0's build
         cached_build(config, str(tmp_path / "cache"), builder=False, wait_s=0.05)
     first = cached_build(config, str(tmp_path / "cache"))
