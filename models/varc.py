@@ -171,7 +171,7 @@ def place(
     """Each canvas's grid as a VARC image [B, G, G] (colours 0-9, BACKGROUND elsewhere), each
     cell an s x s block from (y, x), and the mask of the grid's pixels (bool [B, G, G]). With
     ``border``: BORDER one pixel right of and below the grid, corner included (a target). Pixels
-    beyond the image are dropped."""
+    beyond the image are dropped; the mask covers the grid's box."""
     b = canvas.shape[0]
     p = torch.arange(image_size, device=canvas.device)
     s = views.scale[:, None]
@@ -183,7 +183,8 @@ def place(
     src = row[:, :, None] * side + col[:, None, :]  # [B, G, G]
     cells = canvas.long().gather(1, src.view(b, -1)).view(b, image_size, image_size) - COLOR_OFFSET
     inside = in_y[:, :, None] & in_x[:, None, :]
-    image = torch.where(inside, cells, BACKGROUND)
+    # a cell inside the grid's box that is no colour (never in a built dataset): background
+    image = torch.where(inside & (cells >= 0) & (cells < NUM_COLORS), cells, BACKGROUND)
     if border:
         right = in_y[:, :, None] & (dx == ws)[:, None, :]
         below = (dy == hs)[:, :, None] & (dx >= 0)[:, None, :] & (dx <= ws)[:, None, :]
