@@ -68,7 +68,8 @@ class VARCArchConfig:
     hidden_size: int = setting(512, ge=1)  # the embedding width (the task token's too)
     num_layers: int = setting(10, ge=1)  # encoder layers
     num_heads: int = setting(8, ge=1)  # attention heads (head width hidden_size / num_heads, a multiple of 4)
-    mlp_dim: int = setting(512, ge=1)  # the MLP's hidden width (the released scripts keep the default 512)
+    # the MLP's hidden width over hidden_size (the released scripts: mlp_dim 512 = hidden_size, so 1)
+    expansion: float = setting(1.0, gt=0)
     dropout: float = setting(0.1, ge=0, lt=1)  # every dropout: embeddings, attention, projections, MLP
     rope_theta: float = setting(10000.0, gt=0)  # the 2-D rotary embedding's base
     layer_norm_eps: float = setting(1e-5, gt=0)  # every LayerNorm's epsilon
@@ -300,8 +301,9 @@ class EncoderLayer(nn.Module):
         d, eps = config.hidden_size, config.layer_norm_eps
         self.self_attn = Attention(config)
         self.norm1 = nn.LayerNorm(d, eps=eps)
-        self.linear1 = nn.Linear(d, config.mlp_dim)
-        self.linear2 = nn.Linear(config.mlp_dim, d)
+        mlp = round(config.expansion * d)
+        self.linear1 = nn.Linear(d, mlp)
+        self.linear2 = nn.Linear(mlp, d)
         self.norm2 = nn.LayerNorm(d, eps=eps)
         self.drop = nn.Dropout(config.dropout)
 

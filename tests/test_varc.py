@@ -101,7 +101,7 @@ def model_of(ref) -> VARCModel:
         hidden_size=c["embed_dim"],
         num_layers=c["depth"],
         num_heads=c["num_heads"],
-        mlp_dim=c["mlp_dim"],
+        expansion=c["mlp_dim"] / c["embed_dim"],
         dropout=c["dropout"],
     )
     assert c["num_colors"] == NUM_CLASSES
@@ -140,11 +140,11 @@ def test_images_equal_the_reference_loader(reference):
 
 def test_the_paper_config_has_the_papers_size():
     arch = compose_config(["arch=varc", "loss=varc_ce"]).arch
-    assert (arch.num_layers, arch.hidden_size, arch.num_heads, arch.mlp_dim, arch.patch_size, arch.image_size) == (
+    assert (arch.num_layers, arch.hidden_size, arch.num_heads, arch.expansion, arch.patch_size, arch.image_size) == (
         10,
         512,
         8,
-        512,
+        1.0,
         2,
         64,
     )
@@ -276,7 +276,8 @@ def test_prediction_views_are_votes_and_reproducible():
 
 def test_a_bad_size_is_refused():
     with pytest.raises(ValueError, match="image_size"):
-        build_model(compose_config(["arch=varc_tiny", "loss=varc_ce"]).arch, DataShape(31 * 31, 12, 2, 2))
+        arch = compose_config(["arch=varc_tiny", "loss=varc_ce", "arch.image_size=32"]).arch
+        build_model(arch, DataShape(31 * 31, 12, 2, 2))  # 31 + border > 30
     with pytest.raises(ValueError, match="num_heads"):
         VARCArchConfig(hidden_size=48, num_heads=8).validate()
 
