@@ -132,8 +132,8 @@ def test_every_experiment_composes(experiment):
     """An experiment runs as its file says: each group it overrides is that option, each value
     it sets is the composed value, and its model, loss and optimizer build and take a step."""
     spec = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "experiment" / f"{experiment}.yaml"))
-    # An experiment of a pipeline sets its section's keys (iterative:), composed with that config.
-    config_name = "iterative" if "iterative" in spec else "config"
+    # An experiment of a pipeline sets its section's keys (iterative:, pipeline:), composed with that config.
+    config_name = "iterative" if "iterative" in spec else "diffusion_pipeline" if "pipeline" in spec else "config"
     config = compose_config([f"experiment={experiment}"], config_name)
     chosen = {}
     for entry in spec.pop("defaults", []):

@@ -94,7 +94,7 @@ def test_an_arch_with_another_familys_loss_is_refused_at_composition(overrides, 
     "script,args,message",
     [
         ("pretrain.py", ["+max_step=2"], "error: max_step is not a config key (did you mean max_steps?)"),
-        ("pretrain.py", ["-m", "optimizer.lr=1e-3,2e-3", "+lr=0.5"], "error: lr is not a config key"),
+        ("pretrain.py", ["-m", "optimizer.lr=1e-3,2e-3", "+max_step=2"], "error: max_step is not a config key"),
         ("pretrain.py", ["arch=trm_huge"], "error: arch=trm_huge is not an option of arch"),
         ("pretrain.py", ["data.paths=[/nonexistent/ds]"], "error: data.paths: no dataset at /nonexistent/ds"),
         (
