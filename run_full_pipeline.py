@@ -44,7 +44,7 @@ class Parser(argparse.ArgumentParser):
 
 
 # Pipeline keys set by the JSON config or the preset only, not by a flag.
-FLAGLESS = {"tasks", "task_subsets", "test_subset", "task_num_aug", "tasks_cache", "lr_decay_over_max_steps"}
+FLAGLESS = {"tasks", "task_subsets", "test_subset", "task_num_aug", "tasks_cache"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -54,7 +54,7 @@ from runconfig.compose import compose_config, parse_overrides, wants_help
 from runconfig.help import config_help
 from training import loop
 from utils import checkpoint as ckpt
-from utils.config.schema import LRSchedule, TrainConfig, as_train_config
+from utils.config.schema import TrainConfig, as_train_config
 from utils.distributed import DistEnv, barrier, cleanup_distributed, init_distributed
 from utils.errors import ConfigError
 from utils.io import write_json_atomic
@@ -112,10 +112,6 @@ class DiffusionOptions:
     test_subset: str = setting("evaluation", doc="the subset of tasks whose test pairs are evaluated")
     task_num_aug: int = setting(0, ge=0, doc="augmented variants per task in the build of tasks")
     tasks_cache: str = setting("data/built", doc="where builds of tasks are kept, one folder per content hash")
-    lr_decay_over_max_steps: bool = setting(
-        False,
-        doc="the backbone's cosine lr decay (after lr_warmup_steps, down to lr_min_ratio) spans max_steps, not the epochs",
-    )
 
     def validate(self) -> None:
         check_ranges(self, "pipeline.")
@@ -192,8 +188,6 @@ def configure(
     if options.size_head_overrides:
         size_head = as_train_config(compose_config([*overrides, *options.size_head_overrides], CONFIG_NAME))
         size_head.data.check_exists()
-    if options.lr_decay_over_max_steps:
-        backbone = decay_over_max_steps(backbone)
     if name is None:
         experiments = [o.value() for o in parse_overrides(overrides) if o.key_or_group == "experiment"]
         name = str(experiments[-1]) if experiments and experiments[-1] else "diffusion"
@@ -254,26 +248,6 @@ def build_tasks(options: DiffusionOptions) -> list[str]:
         f"data.name={json.dumps(os.path.basename(made.path))}",
         "data.test_paths=[]",
     ]
-
-
-def steps_per_epoch(config: TrainConfig) -> float:
-    """Optimizer steps an epoch takes, as training/state.py counts the schedule's length."""
-    meta = PuzzleDatasetMetadata.load(os.path.join(config.data.paths[0], "train", "dataset.json"))
-    return meta.total_groups * meta.mean_puzzle_examples / config.global_batch_size
-
-
-def decay_over_max_steps(config: TrainConfig) -> TrainConfig:
-    """``config`` with the cosine decay spanning its ``max_steps`` (``pipeline.lr_decay_over_max_steps``):
-    one cosine cycle (``cosine_restarts``, whose cycle training/schedule.py counts in epochs:
-    T_0 = max_steps - warm-up + 1 steps, so the last update is the cycle's lowest and none
-    restarts) down to ``lr_min_ratio``. TRM's ``cosine`` spans all ``epochs`` instead; the run
-    still stops at max_steps, and ``epochs`` is left as it is (a smaller one could end it first)."""
-    if config.max_steps is None:
-        raise ConfigError("pipeline.lr_decay_over_max_steps=true needs max_steps (the JSON's training.optimizer_steps)")
-    total = int(config.epochs * steps_per_epoch(config))  # training/state.py: TrainState.total_steps
-    cycle = (config.max_steps - config.lr_warmup_steps + 1) * config.epochs / max(1, total)
-    restarts = replace(config.restarts, T_0=cycle, T_mult=1, eta_min_ratio=config.lr_min_ratio)
-    return replace(config, lr_schedule=LRSchedule.cosine_restarts, restarts=restarts)
 
 
 def dataset_canvas(config: TrainConfig) -> int:

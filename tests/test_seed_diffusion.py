@@ -96,7 +96,8 @@ def test_composed_config_is_the_originals(tmp_path, capsys):
     assert (b.global_batch_size, b.max_steps, b.optimizer.name, b.optimizer.lr) == (32, 10000, "adamw", 5e-4)
     assert (b.optimizer.betas, b.optimizer.weight_decay, b.lr_warmup_steps) == ([0.9, 0.999], 0.01, 0)
     # AdamW with cosine decay over the 10000 optimizer steps (not over epochs=100000)
-    total = int(b.epochs * pipeline.steps_per_epoch(b))
+    total = 10**9  # the schedule TRM's epochs estimate would span: lr_schedule_steps replaces it
+    assert b.lr_schedule_steps == 10000
     factors = [lr_factor(b, step, total) for step in (1, 5000, 10000)]
     assert factors[0] == pytest.approx(1.0, abs=1e-6) and factors[1] == pytest.approx(0.5, abs=1e-3)
     assert factors[2] == pytest.approx(0.0, abs=1e-6)

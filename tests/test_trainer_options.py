@@ -261,3 +261,10 @@ def test_a_multirun_over_a_preset_that_names_its_run_gives_each_job_its_own_fold
         assert [step for step, _ in ckpt.list_checkpoints(str(runs / name))] == [2], name  # trained, not resumed
         assert OmegaConf.load(runs / name / "config.yaml").optimizer.lr == lr
     assert {p: p.stat().st_mtime_ns for p in (runs / "cpu_small-seed0").rglob("*")} == earlier_files
+
+
+def test_lr_schedule_steps_sets_the_cosines_length_and_needs_the_cosine():
+    config = compose_config(["data.paths=[unused]", "lr_warmup_steps=0", "lr_min_ratio=0", "lr_schedule_steps=100"])
+    assert [round(lr_factor(config, s, 10**6), 6) for s in (50, 100, 150)] == [0.5, 0.0, 0.0]  # then flat
+    with pytest.raises(ValueError, match=r"lr_schedule_steps=100 \(with lr_schedule=cosine only"):
+        compose_config(["data.paths=[unused]", "lr_schedule=cosine_restarts", "lr_schedule_steps=100"])

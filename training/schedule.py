@@ -9,7 +9,8 @@ from utils.config.schema import TrainConfig
 
 def lr_factor(config: TrainConfig, step: int, total_steps: int) -> float:
     """The scheduled lr at ``step`` as a multiple of the configured lr. ``cosine``: linear
-    warm-up, then cosine down to ``lr_min_ratio`` (TRM). ``cosine_restarts``: warm-up, then
+    warm-up, then cosine down to ``lr_min_ratio`` (TRM) over ``total_steps``, or
+    ``lr_schedule_steps`` when set, then flat. ``cosine_restarts``: warm-up, then
     cosine cycles of ``restarts.T_0`` epochs, each ``T_mult`` times longer than the last,
     down to ``restarts.eta_min_ratio``.
 
@@ -19,7 +20,8 @@ def lr_factor(config: TrainConfig, step: int, total_steps: int) -> float:
     if step < warmup:
         return step / warmup
     if config.lr_schedule == "cosine":
-        progress = (step - warmup) / max(1, total_steps - warmup)
+        span = config.lr_schedule_steps or total_steps
+        progress = min(1.0, (step - warmup) / max(1, span - warmup))
         ratio = config.lr_min_ratio
         return ratio + max(0.0, (1 - ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
     r = config.restarts

@@ -192,6 +192,9 @@ class TrainConfig:
     )
     lr_warmup_steps: int = setting(2000, ge=0, doc="steps of linear lr warm-up")
     lr_min_ratio: float = setting(1.0, ge=0, le=1, doc="the cosine ends at this fraction of the lr (1.0: constant)")
+    lr_schedule_steps: int | None = setting(
+        None, ge=1, doc="the cosine's length in optimizer steps (null: what epochs covers, TRM's estimate)"
+    )
     restarts: RestartsConfig = setting(factory=RestartsConfig)
     grad_clip_norm: float | None = setting(
         None, gt=0, doc="clip the dense gradients' global norm, after fp16 unscaling (null: no clipping)"
@@ -253,6 +256,8 @@ class TrainConfig:
         bad = []
         if self.resume not in ("none", "auto") and not self.resume:
             bad.append("resume=''")
+        if self.lr_schedule_steps is not None and self.lr_schedule != LRSchedule.cosine:
+            bad.append(f"lr_schedule_steps={self.lr_schedule_steps} (with lr_schedule=cosine only: restarts count epochs)")
         if self.global_batch_size % self.grad_accum_steps:
             bad.append(f"grad_accum_steps={self.grad_accum_steps} (must divide global_batch_size {self.global_batch_size})")
         if bad:
