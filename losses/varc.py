@@ -9,8 +9,9 @@ returns that mean times the batch's rows (the same gradient as the reference's p
 whatever its size).
 
 Metrics (sums over the examples with a label, models/base.py): ``accuracy`` and
-``exact_accuracy`` compare the prediction read back as a canvas (view 0) with the label's
-scored cells, as the evaluator would; ``pixel_accuracy`` is the reference's: the fraction of
+``exact_accuracy`` compare the prediction read back as a top-left canvas (view 0) with the
+label's scored cells moved to the top-left (training examples may be translated on their
+canvas), as the evaluator would; ``pixel_accuracy`` is the reference's: the fraction of
 scored pixels right.
 """
 
@@ -67,7 +68,7 @@ class VARCLoss:
             lm_loss = (per_example / pixels.clamp_min(1)).sum()
         with torch.no_grad():
             measured = output.measured
-            labels = batch["labels"]
+            labels = output.labels  # at the top-left, as the prediction is read back
             valid = labels != IGNORE_LABEL_ID
             counts = valid.sum(-1).clamp_min(1)
             correct = valid & (output.tokens.to(labels.dtype) == labels)

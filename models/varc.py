@@ -376,8 +376,22 @@ def reference_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 class VARCOutput:
     logits: torch.Tensor  # float [B, NUM_CLASSES, G, G]
     targets: torch.Tensor  # long [B, G, G]: classes, IGNORE_CLASS where not scored
-    tokens: torch.Tensor  # int [B, seq_len]: the prediction read back as a canvas (view 0)
+    tokens: torch.Tensor  # int [B, seq_len]: the prediction read back as a top-left canvas (view 0)
+    labels: torch.Tensor  # int [B, seq_len]: the labels moved to the top-left as ``tokens`` (IGNORE_LABEL_ID elsewhere)
     measured: torch.Tensor  # bool [B]: the example has a label
+
+
+def to_origin(labels: torch.Tensor, side: int, box: GridBox) -> torch.Tensor:
+    """Labels [B, side*side] whose grid sits at (r0, c0) (a translated training example) moved
+    so that it sits at the top-left, as predictions are read back; IGNORE_LABEL_ID where the
+    shift brings in nothing."""
+    b = labels.shape[0]
+    i = torch.arange(side, device=labels.device)
+    rows, cols = box.r0[:, None] + i[None], box.c0[:, None] + i[None]  # [B, side]
+    inside = (rows < side)[:, :, None] & (cols < side)[:, None, :]
+    src = rows.clamp_max(side - 1)[:, :, None] * side + cols.clamp_max(side - 1)[:, None, :]
+    moved = labels.gather(1, src.view(b, -1)).view(b, side, side)
+    return torch.where(inside, moved, IGNORE_LABEL_ID).view(b, -1)
 
 
 class VARCModel(ARCModel):
@@ -443,9 +457,11 @@ class VARCModel(ARCModel):
             targets, scored = place(labels_to_canvas(labels), side, box_out, views, g, border=True)
             targets = torch.where(targets == BACKGROUND, IGNORE_CLASS, targets)
             measured = (labels != IGNORE_LABEL_ID).any(-1)
+            at_origin = to_origin(labels, side, box_out)
         else:
             targets = torch.full_like(images, IGNORE_CLASS)
             measured = torch.zeros(inputs.shape[0], dtype=torch.bool, device=inputs.device)
+            at_origin = torch.full_like(inputs, IGNORE_LABEL_ID)
         with torch.no_grad():
             pred = logits.argmax(1)
             tokens = read_back(pred, views, side).to(inputs.dtype)
@@ -453,7 +469,7 @@ class VARCModel(ARCModel):
             region = place(tokens, side, find_grid(tokens, side), views, g)[1]
             p = (confidence * region).sum((1, 2)) / region.sum((1, 2)).clamp_min(1)
             score = torch.logit(p.clamp(1e-6, 1 - 1e-6))
-        return VARCOutput(logits, targets, tokens, measured), score
+        return VARCOutput(logits, targets, tokens, at_origin, measured), score
 
     def forward(self, carry: StepCarry, batch: dict[str, torch.Tensor]) -> tuple[StepCarry, VARCOutput]:
         return StepCarry(batch), self._run(batch)[0]
