@@ -352,6 +352,8 @@ def test_tiny_varc_trains_on_real_arc_tasks_to_a_valid_submission(shared_data, t
     )
     summary = loop.train(config, CPU)
     assert summary["step"] > 0 and torch.isfinite(torch.tensor(summary["train/lm_loss"]))
+    # the voter pools the dataset's augmented variants x the model's views: 3 x 3 per test input
+    assert summary["ARC/variants_per_task"] == 3 and summary["ARC/views_per_input"] == 9
     found = sorted((tmp_path / "ck").glob("evaluator_ARC_step_*/submission.json"))
     assert found, "no submission written"
     submission = read_json(found[-1])
