@@ -454,7 +454,7 @@ class VARCModel(ARCModel):
         images, mask = place(inputs, side, box_in, views, g)
         logits = self.vit(images, self.puzzle_emb(batch["puzzle_identifiers"]), mask).float()
         if labels is not None and box_out is not None:
-            targets, scored = place(labels_to_canvas(labels), side, box_out, views, g, border=True)
+            targets, _ = place(labels_to_canvas(labels), side, box_out, views, g, border=True)
             targets = torch.where(targets == BACKGROUND, IGNORE_CLASS, targets)
             measured = (labels != IGNORE_LABEL_ID).any(-1)
             at_origin = to_origin(labels, side, box_out)
@@ -463,12 +463,12 @@ class VARCModel(ARCModel):
             measured = torch.zeros(inputs.shape[0], dtype=torch.bool, device=inputs.device)
             at_origin = torch.full_like(inputs, IGNORE_LABEL_ID)
         with torch.no_grad():
-            pred = logits.argmax(1)
-            tokens = read_back(pred, views, side).to(inputs.dtype)
-            confidence = logits.softmax(1).amax(1)
-            region = place(tokens, side, find_grid(tokens, side), views, g)[1]
-            p = (confidence * region).sum((1, 2)) / region.sum((1, 2)).clamp_min(1)
-            score = torch.logit(p.clamp(1e-6, 1 - 1e-6))
+            tokens = read_back(logits.argmax(1), views, side).to(inputs.dtype)
+            score = torch.zeros(inputs.shape[0], device=inputs.device)
+            if not self.training:  # the voter's tie-break: the mean top probability over the grid's pixels
+                region = place(tokens, side, find_grid(tokens, side), views, g)[1]
+                p = (logits.softmax(1).amax(1) * region).sum((1, 2)) / region.sum((1, 2)).clamp_min(1)
+                score = torch.logit(p.clamp(1e-6, 1 - 1e-6))
         return VARCOutput(logits, targets, tokens, at_origin, measured), score
 
     def forward(self, carry: StepCarry, batch: dict[str, torch.Tensor]) -> tuple[StepCarry, VARCOutput]:
