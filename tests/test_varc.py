@@ -429,6 +429,7 @@ def test_the_paper_preset_composes_with_the_papers_hyperparameters():
     assert abs(steps - 100 * 1568) / (100 * 1568) < 0.01
     assert abs(c.lr_warmup_steps - steps / 10) / (steps / 10) < 0.01
     assert (c.arch.dropout, c.arch.eval_scale, c.arch.scale_augmentation, c.arch.translation) == (0.1, 2, True, True)
+    assert c.arch.num_views == 10  # the reference's 10 attempts per augmented view
 
 
 @pytest.mark.slow
