@@ -25,10 +25,10 @@ import pipelines.diffusion
 import pipelines.iterative
 import pipelines.test_time_training  # noqa: F401  (the pipelines register their schemas on import)
 from losses import LOSSES, build_loss
-from models import MODELS, build_model
+from models import ARCH_SCHEMAS, MODELS, build_model
 from models.base import DataShape
 from models.recursive import ACTOutput
-from runconfig.groups import SCHEMAS, options_of_family, register_configs
+from runconfig.groups import SCHEMAS, option_family, options_of_family, register_configs
 from training import loop
 from training.optimizers import OPTIMIZER_NAMES, build_optimizer
 from utils.config.schema import TrainConfig
@@ -54,18 +54,18 @@ def test_option_files_match_registries(group):
 
 
 def fitting_loss(group: str, option: str) -> list[str]:
-    """The loss override an arch option needs (a loss scores one family), or a loss's arch."""
-    arch_losses = {
-        "diffusion": "diffusion",
-        "efe": "efe",
-        "decoder_only": "seq_ce",
-        "encoder_decoder": "seq_ce",
-        "champion": "seq_ce",
-    }
+    """The loss override an arch option needs (a loss scores one family: its schema's
+    ``loss_family``), or an arch option a loss scores; read from the options, not their names."""
+    scored_by = {schema.__dataclass_fields__["family"].default: schema.loss_family for schema in ARCH_SCHEMAS.values()}
     if group == "arch":
-        return [f"loss={loss}" for prefix, loss in arch_losses.items() if option.startswith(prefix)]
+        loss_family = scored_by[option_family("arch", option)]
+        return [] if loss_family == "act" else [f"loss={options_of_family('loss', loss_family)[0]}"]
     if group == "loss":
-        return {"diffusion": ["arch=diffusion"], "efe": ["arch=efe_agent"], "seq_ce": ["arch=decoder_only"]}.get(option, [])
+        loss_family = option_family("loss", option)
+        archs = [
+            a for family, scored in scored_by.items() if scored == loss_family for a in options_of_family("arch", family)
+        ]
+        return [] if loss_family == "act" else [f"arch={min(archs, key=len)}"]
     return []
 
 
