@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from dataset.common import COLOR_OFFSET, NUM_COLORS
 from models.sparse_embedding import PuzzleEmbedding
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # forward_dtype names
@@ -66,6 +67,33 @@ class StepCarry:
 class Predictions:
     tokens: torch.Tensor  # int [B, N, seq_len]: N candidate output canvases per example
     scores: torch.Tensor  # float [B, N]: confidence, the voter's tie-break (TRM: the halt logit)
+
+
+@dataclass
+class GridBox:
+    """Where a grid sits on a token canvas: top-left (row, col) and size, per example (long [B])."""
+
+    r0: torch.Tensor
+    c0: torch.Tensor
+    h: torch.Tensor
+    w: torch.Tensor
+
+
+def find_grid(canvas: torch.Tensor, side: int) -> GridBox:
+    """The grid on each canvas [B, side*side]: its first colour row and column, and the run of
+    colour cells along them (h = w = 0 for a canvas without colours)."""
+    b = canvas.shape[0]
+    colour = ((canvas >= COLOR_OFFSET) & (canvas < COLOR_OFFSET + NUM_COLORS)).view(b, side, side)
+    idx = torch.arange(side, device=canvas.device)
+    any_row, any_col = colour.any(2), colour.any(1)
+    r0 = torch.where(any_row, idx, side).amin(1).clamp_max(side - 1)
+    c0 = torch.where(any_col, idx, side).amin(1).clamp_max(side - 1)
+    first_row = colour.gather(1, r0.view(b, 1, 1).expand(b, 1, side)).squeeze(1)
+    first_col = colour.gather(2, c0.view(b, 1, 1).expand(b, side, 1)).squeeze(2)
+    w = (first_row | (idx < c0[:, None])).long().cumprod(1).sum(1) - c0
+    h = (first_col | (idx < r0[:, None])).long().cumprod(1).sum(1) - r0
+    empty = (h <= 0) | (w <= 0) | ~any_row.any(1)
+    return GridBox(r0, c0, h.masked_fill(empty, 0), w.masked_fill(empty, 0))
 
 
 class ARCModel(nn.Module):

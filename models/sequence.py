@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataset.common import COLOR_OFFSET, EOS_ID, IGNORE_LABEL_ID, NUM_COLORS, PAD_ID
-from models.base import DTYPES, ARCModel, DataShape, Predictions, StepCarry
+from models.base import DTYPES, ARCModel, DataShape, Predictions, StepCarry, find_grid
 from models.layers import (
     _LOW_PRECISION,
     CPU_LOW_PRECISION_GEMM_IN_FP32,
@@ -131,19 +131,9 @@ def canvas_to_seq(canvas: torch.Tensor, side: int) -> GridSeq:
     NEWLINE after each row and END after the last: h * (w + 1) + 1 tokens. The grid is the
     run of colour cells right of and below the first colour row and column; a canvas
     without one gives the empty grid [END]."""
-    b = canvas.shape[0]
     canvas = canvas.long()
-    colour = ((canvas >= COLOR_OFFSET) & (canvas < COLOR_OFFSET + NUM_COLORS)).view(b, side, side)
-    idx = torch.arange(side, device=canvas.device)
-    any_row, any_col = colour.any(2), colour.any(1)
-    r0 = torch.where(any_row, idx, side).amin(1).clamp_max(side - 1)
-    c0 = torch.where(any_col, idx, side).amin(1).clamp_max(side - 1)
-    first_row = colour.gather(1, r0.view(b, 1, 1).expand(b, 1, side)).squeeze(1)
-    first_col = colour.gather(2, c0.view(b, 1, 1).expand(b, side, 1)).squeeze(2)
-    w = (first_row | (idx < c0[:, None])).long().cumprod(1).sum(1) - c0
-    h = (first_col | (idx < r0[:, None])).long().cumprod(1).sum(1) - r0
-    empty = (h <= 0) | (w <= 0)
-    h, w = h.masked_fill(empty, 0), w.masked_fill(empty, 0)
+    box = find_grid(canvas, side)
+    r0, c0, h, w = box.r0, box.c0, box.h, box.w
     lengths = h * (w + 1) + 1
     j = torch.arange(int(lengths.max()), device=canvas.device)[None]
     row, col = j // (w[:, None] + 1), j % (w[:, None] + 1)

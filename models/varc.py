@@ -5,8 +5,8 @@ The dataset's examples are token canvases (PAD 0, EOS 1, colour c -> c + 2, the 
 anywhere on the canvas with EOS after its right and bottom edges). The model turns each one
 into VARC's image itself:
 
-- ``find_grid`` locates the grid on a canvas (its first colour row and column, then the run of
-  colour cells along them);
+- ``find_grid`` (models/base.py, shared with the sequence family) locates the grid on a
+  canvas (its first colour row and column, then the run of colour cells along them);
 - ``place`` draws it on an ``image_size`` canvas of the background class (10), each cell an
   ``s x s`` block at offset (y, x); a target (``border=True``) also gets a one-pixel border
   of class 11 right of and below the grid (the corner included), which tells the reader where
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataset.common import COLOR_OFFSET, EOS_ID, IGNORE_LABEL_ID, NUM_COLORS, PAD_ID
-from models.base import ARCModel, DataShape, Predictions, StepCarry
+from models.base import ARCModel, DataShape, GridBox, Predictions, StepCarry, find_grid
 from models.sparse_embedding import PuzzleEmbedding
 from utils.schema import check_ranges, setting
 
@@ -100,39 +100,12 @@ class VARCArchConfig:
 
 
 @dataclass
-class GridBox:
-    """Where a grid sits on a token canvas: top-left (row, col) and size, per example (long [B])."""
-
-    r0: torch.Tensor
-    c0: torch.Tensor
-    h: torch.Tensor
-    w: torch.Tensor
-
-
-@dataclass
 class Views:
     """How each example is drawn on the image: scale and offset (long [B])."""
 
     scale: torch.Tensor
     y: torch.Tensor
     x: torch.Tensor
-
-
-def find_grid(canvas: torch.Tensor, side: int) -> GridBox:
-    """The grid on each canvas [B, side*side]: its first colour row and column, and the run of
-    colour cells along them (h = w = 0 for a canvas without colours)."""
-    b = canvas.shape[0]
-    colour = ((canvas >= COLOR_OFFSET) & (canvas < COLOR_OFFSET + NUM_COLORS)).view(b, side, side)
-    idx = torch.arange(side, device=canvas.device)
-    any_row, any_col = colour.any(2), colour.any(1)
-    r0 = torch.where(any_row, idx, side).amin(1).clamp_max(side - 1)
-    c0 = torch.where(any_col, idx, side).amin(1).clamp_max(side - 1)
-    first_row = colour.gather(1, r0.view(b, 1, 1).expand(b, 1, side)).squeeze(1)
-    first_col = colour.gather(2, c0.view(b, 1, 1).expand(b, side, 1)).squeeze(2)
-    w = (first_row | (idx < c0[:, None])).long().cumprod(1).sum(1) - c0
-    h = (first_col | (idx < r0[:, None])).long().cumprod(1).sum(1) - r0
-    empty = (h <= 0) | (w <= 0) | ~any_row.any(1)
-    return GridBox(r0, c0, h.masked_fill(empty, 0), w.masked_fill(empty, 0))
 
 
 def _randint(low: torch.Tensor, high: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

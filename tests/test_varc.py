@@ -38,7 +38,7 @@ from dataset.common import COLOR_OFFSET, EOS_ID, IGNORE_LABEL_ID, PAD_ID
 from evaluators.validate_submission import validate
 from losses import build_loss
 from models import build_model
-from models.base import DataShape, StepCarry
+from models.base import DataShape, StepCarry, find_grid
 from models.varc import (
     BACKGROUND,
     BORDER,
@@ -48,7 +48,6 @@ from models.varc import (
     VARCOutput,
     Views,
     draw_views,
-    find_grid,
     place,
     read_back,
     reference_state_dict,
