@@ -98,3 +98,22 @@ def one_torch_thread():
     use_test_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory):
+    """A random 1-layer Qwen2 saved offline, without tokenizer files (fixed symbol ids): the
+    EFE agent's language model in tests, nothing downloaded."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        vocab_size=32,
+    )
+    path = tmp_path_factory.mktemp("qwen")
+    transformers.Qwen2ForCausalLM(config).save_pretrained(path)
+    return path

@@ -37,24 +37,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_qwen(tmp_path_factory):
-    """A random 1-layer Qwen2 saved offline, without tokenizer files (fixed symbol ids)."""
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.Qwen2Config(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=64,
-        vocab_size=32,
-    )
-    path = tmp_path_factory.mktemp("qwen")
-    transformers.Qwen2ForCausalLM(config).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     return build_tiny_dataset(tmp_path_factory.mktemp("efe"), num_aug=0, canvas=3, side=2, seed=learning_seed())
 

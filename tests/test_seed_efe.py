@@ -128,24 +128,6 @@ def test_an_unknown_flag_is_refused_by_name():
 
 
 @pytest.fixture(scope="module")
-def tiny_qwen(tmp_path_factory):
-    """A random 1-layer Qwen2 saved offline (as tests/test_efe.py's): no download."""
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.Qwen2Config(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=64,
-        vocab_size=32,
-    )
-    path = tmp_path_factory.mktemp("qwen")
-    transformers.Qwen2ForCausalLM(config).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     return build_tiny_dataset(tmp_path_factory.mktemp("efe_seed"), num_aug=0, canvas=3, side=2)
 
