@@ -37,44 +37,43 @@ def device(value: str) -> str:
     return value
 
 
-def seed_flags(epochs: int) -> dict[str, SeedFlag]:
-    """The original's flags; ``epochs``: the run's, which --max_batches needs."""
-    return {
-        "epochs": SeedFlag("epochs", int, note="an epoch visits every task once (the original: 3232 pairs)"),
-        "agent_lr": SeedFlag("optimizer.lr", float),
-        "qwen_lr": SeedFlag("arch.lm_lr", float),
-        "device": SeedFlag("device", device, to_overrides=device_overrides, note="cpu also sets precision=fp32"),
-        "max_batches": SeedFlag(
-            "",
-            int,
-            to_overrides=lambda n: [f"max_steps={epochs * int(n)}", f"loss.loss_scale_epoch_steps={n}"],
-            note="max_steps = epochs x N and loss.loss_scale_epoch_steps = N: the original cut each epoch to N "
-            "batches (of 1); ARCForge's epochs are not cut, so its evaluations follow whole epochs and the end",
-        ),
-        "seed": SeedFlag("seed", int),
-        "resume": SeedFlag(
-            "resume",
-            switch=True,
-            to_overrides=lambda _: ["resume=auto"],
-            note="resume=auto: the newest checkpoint of efe_original-seed<S>",
-        ),
-    }
+# The original's flags (--max_batches's max_steps is added by ``translate``: it needs the epochs).
+SEED_FLAGS: dict[str, SeedFlag] = {
+    "epochs": SeedFlag("epochs", int, note="an epoch visits every task once (the original: 3232 pairs)"),
+    "agent_lr": SeedFlag("optimizer.lr", float),
+    "qwen_lr": SeedFlag("arch.lm_lr", float),
+    "device": SeedFlag("device", device, to_overrides=device_overrides, note="cpu also sets precision=fp32"),
+    "max_batches": SeedFlag(
+        "",
+        int,
+        to_overrides=lambda n: [f"loss.loss_scale_epoch_steps={n}"],
+        note="max_steps = epochs x N and loss.loss_scale_epoch_steps = N: the original cut each epoch to N "
+        "batches (of 1); ARCForge's epochs are not cut, so its evaluations follow whole epochs and the end",
+    ),
+    "seed": SeedFlag("seed", int),
+    "resume": SeedFlag(
+        "resume",
+        switch=True,
+        to_overrides=lambda _: ["resume=auto"],
+        note="resume=auto: the newest checkpoint of efe_original-seed<S>",
+    ),
+}
 
 
 def translate(argv: list[str]) -> list[str]:
     """pretrain.py's arguments for the original command line ``argv``: the preset, the flags'
     overrides, then the remaining ``key=value`` overrides. ConfigError for a bad flag."""
-    overrides, rest = parse_seed_flags(argv, seed_flags(DEFAULT_EPOCHS), SYSTEM)
-    epochs = next((int(o.split("=", 1)[1]) for o in reversed(overrides) if o.startswith("epochs=")), DEFAULT_EPOCHS)
-    if epochs != DEFAULT_EPOCHS:
-        overrides, rest = parse_seed_flags(argv, seed_flags(epochs), SYSTEM)
+    overrides, rest = parse_seed_flags(argv, SEED_FLAGS, SYSTEM)
+    last = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides}
+    if "loss.loss_scale_epoch_steps" in last:  # --max_batches N: the run stops after epochs x N steps
+        overrides.append(f"max_steps={int(last.get('epochs', DEFAULT_EPOCHS)) * int(last['loss.loss_scale_epoch_steps'])}")
     return [PRESET, *overrides, *rest]
 
 
 def main(argv: list[str]) -> None:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
-        for name, flag in seed_flags(DEFAULT_EPOCHS).items():
+        for name, flag in SEED_FLAGS.items():
             print(f"  --{name:12s} {flag.key or '-'}{'  # ' + flag.note if flag.note else ''}")
         sys.exit(0)
     try:
@@ -83,7 +82,7 @@ def main(argv: list[str]) -> None:
         exit_with_error(e)
     announce_mapping(SYSTEM, argv, "python pretrain.py", args)
     typed = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
-    for name, flag in seed_flags(DEFAULT_EPOCHS).items():
+    for name, flag in SEED_FLAGS.items():
         if name in typed and flag.note:  # where the meaning differs from the original's
             print(f"  --{name}: {flag.note}", file=sys.stderr)
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py")
