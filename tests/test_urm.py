@@ -12,12 +12,15 @@ fires. It holds:
 
 * ``config``: URM's config (batch 4, seq_len 16, vocab 12, 5 puzzle identifiers, hidden 32,
   2 heads, expansion 2, 2 layers, H_cycles 2, L_cycles 2, loops 3, puzzle_emb_ndim 32);
-* ``state_dict``: every tensor random after ``torch.manual_seed(0)`` (x 0.5), keyed as URM's
-  checkpoints (``_orig_mod.model.inner.*``);
+* ``state_dict``: URM's own initialisation after ``torch.manual_seed(0)``, with the tensors it
+  zero-initialises (puzzle table, q_head, conv bias) made random (x 0.5) so that they matter,
+  keyed as URM's checkpoints (``_orig_mod.model.inner.*``). Weights random everywhere make
+  the recursion expansive: a kernel's 1e-7 rounding then grows about 5x per block, and the
+  ``ATEN_CPU_CAPABILITY=default`` kernels ended 6e-3 away; at URM's init they stay within 1e-5;
 * ``batches``: ``batch`` then ``batch2`` three times;
 * ``outputs["eval"]`` / ``outputs["train"]``: per call, logits, q_halt / q_continue logits,
   halted, steps; in train mode also the loss (lm + 0.5 q_halt) and, for the first two calls
-  (every example halted after call 0, so call 1 replaces three and continues one), the
+  (three of four examples halt at call 0, so call 1 replaces three and continues one), the
   gradient of every parameter: the truncated backpropagation through loops.
 """
 
